@@ -1,0 +1,1 @@
+"""Adapter format, validation, base-model loading: shared by ``service`` and ``training``."""

@@ -1,0 +1,104 @@
+"""The one exception tree of loraswap.
+
+Every error a user can cause or observe derives from :class:`LoraswapError`. Each class
+carries a stable machine-readable ``code``; the service maps classes to HTTP statuses in
+exactly one place (``service/api/errors.py``), the CLIs print ``str(error)``.
+"""
+
+from __future__ import annotations
+
+
+class LoraswapError(Exception):
+    """Root of every loraswap error; ``code`` is stable and machine-readable."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequestError(LoraswapError):
+    """The request is well-formed JSON but asks for something impossible."""
+
+    code = "invalid_request"
+
+
+class InputTooLongError(InvalidRequestError):
+    """The prompt (after templating) has more tokens than the configured limit."""
+
+    code = "input_too_long"
+
+
+class NotFoundError(LoraswapError):
+    """A named resource does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+
+
+class AdapterNotFoundError(NotFoundError):
+    """No adapter of that name is servable."""
+
+    code = "adapter_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"adapter {name!r} not found")
+        self.name = name
+
+
+class AdapterValidationError(LoraswapError):
+    """An adapter's files are malformed, unsafe, or incompatible with the base model."""
+
+    code = "adapter_invalid"
+
+
+class AdapterIncompatibleError(AdapterValidationError):
+    """The adapter is well-formed but cannot run on this engine (targets, rank, base)."""
+
+    code = "adapter_incompatible"
+
+
+class OverloadedError(LoraswapError):
+    """The server cannot take more work right now; retry after ``retry_after`` seconds."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotReadyError(LoraswapError):
+    """The service is starting or stopping and cannot answer yet."""
+
+    code = "not_ready"
+
+
+class RequestCancelledError(LoraswapError):
+    """The client went away or the request was aborted."""
+
+    code = "cancelled"
+
+
+class ModelLoadError(LoraswapError):
+    """The base model folder is missing, incomplete or of an unsupported architecture."""
+
+    code = "model_load_failed"
+
+
+class QuantizationUnavailableError(ModelLoadError):
+    """The requested quantization cannot run on this machine."""
+
+    code = "quantization_unavailable"
+
+
+class ProvisioningError(LoraswapError):
+    """Fetching or converting the base model failed."""
+
+    code = "provisioning_failed"
+
+
+class RegistryUnreachableError(ProvisioningError):
+    """The package registry that ships the base model cannot be reached."""
+
+    code = "registry_unreachable"

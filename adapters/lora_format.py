@@ -1,0 +1,184 @@
+"""Reading PEFT LoRA adapters (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+Only the safetensors format is ever opened: a pickle-based ``adapter_model.bin`` is refused
+before anything is read, because unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from adapters.errors import AdapterIncompatibleError, AdapterValidationError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
+
+# Projections of a Llama decoder layer that a LoRA adapter may target.
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+_TENSOR_KEY = re.compile(
+    r"(?:^|\.)layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<module>\w+)"
+    r"\.lora_(?P<which>[AB])(?:\.default)?\.weight$"
+)
+
+
+@dataclass(frozen=True)
+class LoraConfigSummary:
+    """The parts of a PEFT ``LoraConfig`` that decide how the adapter is applied."""
+
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    target_modules: tuple[str, ...]
+    task_type: str | None
+    base_model_name_or_path: str | None
+
+    @property
+    def scaling(self) -> float:
+        """PEFT's multiplier of ``B @ A``: alpha/r, or alpha/sqrt(r) with rsLoRA."""
+        if self.use_rslora:
+            return self.lora_alpha / math.sqrt(self.r)
+        return self.lora_alpha / self.r
+
+
+@dataclass
+class LoraAdapterWeights:
+    """A decoded adapter: per (layer, projection) the ``A`` [r, in] and ``B`` [out, r] factors.
+
+    ``scaling`` is kept separate so that tables can fold it in once, at load time.
+    """
+
+    name: str
+    config: LoraConfigSummary
+    factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+
+    @property
+    def rank(self) -> int:
+        """Largest rank over all targeted projections."""
+        return max((a.shape[0] for a, _ in self.factors.values()), default=0)
+
+    @property
+    def targets(self) -> frozenset[str]:
+        """Projection names that this adapter changes."""
+        return frozenset(module for _, module in self.factors)
+
+    @property
+    def num_bytes(self) -> int:
+        """Host memory held by the factors."""
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
+                   for a, b in self.factors.values())
+
+
+def _read_config(folder: Path) -> LoraConfigSummary:
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise AdapterValidationError(f"{folder.name}: missing {CONFIG_FILE}")
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterValidationError(
+            f"{folder.name}: {CONFIG_FILE} is not valid JSON: {exc}"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise AdapterValidationError(f"{folder.name}: {CONFIG_FILE} must hold a JSON object")
+    peft_type = raw.get("peft_type", "LORA")
+    if peft_type != "LORA":
+        raise AdapterIncompatibleError(f"{folder.name}: peft_type {peft_type!r} is not LORA")
+    unsupported = {
+        "use_dora": raw.get("use_dora"),
+        "fan_in_fan_out": raw.get("fan_in_fan_out"),
+        "rank_pattern": raw.get("rank_pattern"),
+        "alpha_pattern": raw.get("alpha_pattern"),
+    }
+    for key, value in unsupported.items():
+        if value:
+            raise AdapterIncompatibleError(f"{folder.name}: {key}={value!r} is not supported")
+    if raw.get("bias", "none") != "none":
+        raise AdapterIncompatibleError(f"{folder.name}: bias={raw['bias']!r} is not supported")
+    r, alpha = raw.get("r"), raw.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise AdapterValidationError(f"{folder.name}: r must be a positive integer, got {r!r}")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
+        raise AdapterValidationError(f"{folder.name}: lora_alpha must be positive, got {alpha!r}")
+    targets = raw.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    return LoraConfigSummary(
+        r=r,
+        lora_alpha=float(alpha),
+        use_rslora=bool(raw.get("use_rslora", False)),
+        target_modules=tuple(sorted(str(t) for t in targets)),
+        task_type=raw.get("task_type"),
+        base_model_name_or_path=raw.get("base_model_name_or_path"),
+    )
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    for pickle_name in PICKLE_FILES:
+        if (folder / pickle_name).exists():
+            raise AdapterValidationError(
+                f"{folder.name}: {pickle_name} is a pickle file and is never loaded; "
+                f"save the adapter with safetensors ({WEIGHTS_FILE})"
+            )
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise AdapterValidationError(f"{folder.name}: missing {WEIGHTS_FILE}")
+    try:
+        return load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterValidationError(f"{folder.name}: {WEIGHTS_FILE} is unreadable: {exc}") from exc
+
+
+def _pair_factors(
+    name: str, tensors: dict[str, torch.Tensor], config: LoraConfigSummary
+) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+    halves: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _TENSOR_KEY.search(key)
+        if match is None:
+            if "lora_" in key or "modules_to_save" in key:
+                raise AdapterIncompatibleError(f"{name}: unsupported tensor {key!r}")
+            raise AdapterValidationError(f"{name}: unexpected tensor {key!r}")
+        module = match["module"]
+        if module not in LLAMA_PROJECTIONS:
+            raise AdapterIncompatibleError(f"{name}: target {module!r} is not a Llama projection")
+        if tensor.ndim != 2:
+            raise AdapterValidationError(f"{name}: {key} has shape {tuple(tensor.shape)}, not 2-D")
+        if not torch.isfinite(tensor).all():
+            raise AdapterValidationError(f"{name}: {key} contains NaN or Inf")
+        halves.setdefault((int(match["layer"]), module), {})[match["which"]] = tensor
+    factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    for (layer, module), pair in sorted(halves.items()):
+        if set(pair) != {"A", "B"}:
+            raise AdapterValidationError(f"{name}: layer {layer} {module} lacks lora_A or lora_B")
+        lora_a, lora_b = pair["A"], pair["B"]
+        if lora_a.shape[0] != config.r or lora_b.shape[1] != config.r:
+            raise AdapterValidationError(
+                f"{name}: layer {layer} {module} has rank {lora_a.shape[0]}/{lora_b.shape[1]}, "
+                f"config says r={config.r}"
+            )
+        factors[(layer, module)] = (lora_a.float(), lora_b.float())
+    if not factors:
+        raise AdapterValidationError(f"{name}: {WEIGHTS_FILE} holds no LoRA tensors")
+    return factors
+
+
+def read_lora_adapter(folder: Path, name: str | None = None) -> LoraAdapterWeights:
+    """Read and check a PEFT LoRA adapter folder; factors come back as float32 on CPU."""
+    adapter_name = name or folder.name
+    if not folder.is_dir():
+        raise AdapterValidationError(f"{adapter_name}: {folder} is not a folder")
+    config = _read_config(folder)
+    tensors = _read_tensors(folder)
+    return LoraAdapterWeights(
+        name=adapter_name, config=config, factors=_pair_factors(adapter_name, tensors, config)
+    )

@@ -1,0 +1,1 @@
+"""The ``loraswap`` command line: serve, model fetch, bench."""

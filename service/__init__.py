@@ -1,0 +1,1 @@
+"""The loraswap inference service: FastAPI app, scheduler and multi-adapter engine."""

@@ -1,0 +1,1 @@
+"""HTTP layer: protocol models, serving classes, thin routers, error mapping."""

@@ -1,0 +1,70 @@
+"""Turning request inputs into token ids, with the chat template and the length limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.errors import InputTooLongError, InvalidRequestError
+from service.engine.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """Token limits applied to every request."""
+
+    max_input_tokens: int
+    max_model_len: int
+    max_new_tokens: int
+
+
+class PromptBuilder:
+    """Tokenizes prompts and conversations for the base model, enforcing the limits."""
+
+    def __init__(self, tokenizer: Any, limits: PromptLimits) -> None:
+        self._tokenizer = tokenizer
+        self.limits = limits
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def from_text(self, text: str, *, raw: bool) -> list[int]:
+        """A string prompt: as-is when ``raw`` (or without a template), else one user turn."""
+        if raw or not self.has_chat_template:
+            return self._check(list(self._tokenizer(text)["input_ids"]))
+        return self.from_messages([{"role": "user", "content": text}])
+
+    def from_messages(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation rendered with the chat template, ready for the assistant's turn."""
+        if not messages:
+            raise InvalidRequestError("messages must not be empty")
+        if not self.has_chat_template:
+            raise InvalidRequestError("the base model has no chat template; send raw text")
+        rendered = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        ids = self._tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return self._check(list(ids))
+
+    def sampling(self, prompt_len: int, *, max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int | None, stop: list[str], ignore_eos: bool,
+                 ) -> SamplingParams:
+        """Sampling parameters, with ``max_new_tokens`` clipped to the room left in context."""
+        if max_new_tokens > self.limits.max_new_tokens:
+            raise InvalidRequestError(
+                f"max_new_tokens={max_new_tokens} exceeds the limit {self.limits.max_new_tokens}"
+            )
+        room = self.limits.max_model_len - prompt_len
+        return SamplingParams(
+            max_new_tokens=min(max_new_tokens, room), temperature=temperature, top_p=top_p,
+            seed=seed, stop=tuple(stop), ignore_eos=ignore_eos,
+        )
+
+    def _check(self, ids: list[int]) -> list[int]:
+        if not ids:
+            raise InvalidRequestError("the prompt is empty")
+        limit = min(self.limits.max_input_tokens, self.limits.max_model_len - 1)
+        if len(ids) > limit:
+            raise InputTooLongError(
+                f"the prompt has {len(ids)} tokens, more than the limit of {limit} "
+                "(LORASWAP_MAX_INPUT_TOKENS)"
+            )
+        return ids

@@ -1,0 +1,96 @@
+"""Request and response bodies of the native API (``/v1/predict``, health, errors)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation, rendered with the base model's chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PredictParameters(BaseModel):
+    """Generation parameters; each request keeps its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=64, ge=1, description="Most tokens to generate.")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(default=None, ge=0, description="Seed for reproducible sampling.")
+    stop: list[str] = Field(default_factory=list, max_length=16,
+                            description="Strings that end generation (not included).")
+    ignore_eos: bool = Field(default=False, description="Keep generating past end-of-sequence.")
+
+
+class PredictRequest(BaseModel):
+    """Body of ``POST /v1/predict``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = Field(default=None, description="Adapter name; null for the base.")
+    inputs: str | list[str] | list[ChatMessage] = Field(
+        description="A prompt, a batch of prompts, or one conversation (list of messages).",
+    )
+    parameters: PredictParameters = Field(default_factory=PredictParameters)
+    raw: bool = Field(
+        default=False,
+        description="Send string prompts as they are, without the chat template.",
+    )
+    stream: bool = Field(default=False, description="Answer with server-sent events.")
+
+
+class PredictOutput(BaseModel):
+    """One generated text."""
+
+    text: str
+    tokens: int
+    finish_reason: Literal["length", "stop"]
+
+
+class Usage(BaseModel):
+    """Token counts of a request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class PredictResponse(BaseModel):
+    """Body of a ``/v1/predict`` answer."""
+
+    id: str
+    adapter: str | None
+    outputs: list[PredictOutput]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``code`` and a message that names the problem."""
+
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Body of every native-API error."""
+
+    error: ErrorDetail
+
+
+class ReadyResponse(BaseModel):
+    """Body of ``/readyz``: what is really loaded and in effect."""
+
+    status: Literal["ready", "loading", "failed"]
+    model: dict[str, Any] | None = None
+    engine: dict[str, Any] | None = None
+    adapters_available: list[str] = Field(default_factory=list)
+    error: str | None = None

@@ -1,0 +1,54 @@
+"""Thin routers for health, metrics and the native predict API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.api.deps import PredictServiceDep, StateDep
+from service.api.disconnect import until_disconnect
+from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse, ReadyResponse
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 413, 422, 429, 503)
+}
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """The process is up (it may still be loading the model)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=ReadyResponse, tags=["health"],
+            responses={503: {"model": ReadyResponse}})
+async def readyz(state: StateDep) -> JSONResponse:
+    """Whether the base model is loaded, and exactly what is in effect."""
+    body = ReadyResponse(status=state.status, error=state.error,
+                         adapters_available=state.resolver.names())
+    if state.components is not None:
+        body.model = state.components.info.as_dict()
+        body.engine = state.components.engine.stats()
+    return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
+
+
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
+             responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
+async def predict(body: PredictRequest, request: Request, service: PredictServiceDep,
+                  ) -> PredictResponse | StreamingResponse:
+    """Generate with the named adapter (or the base); ``stream`` answers with SSE."""
+    request.state.adapter = body.adapter or "base"
+    prepared = await service.prepare(body, fairness_key=body.adapter or "base")
+    if body.stream:
+        return StreamingResponse(prepared.sse(), media_type="text/event-stream")
+    return await until_disconnect(request, prepared.collect())

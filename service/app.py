@@ -1,0 +1,122 @@
+"""App factory: builds the FastAPI app; the lifespan loads the model in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+
+from adapters.base_model import LoadedBaseModel, load_base_model
+from service.adapter_source import AdapterResolver, LocalAdapterDirectory
+from service.api.errors import install_error_handlers
+from service.api.generation import GenerationService
+from service.api.json_body import FormBodyAsJson
+from service.api.prompts import PromptBuilder, PromptLimits
+from service.api.routes import router
+from service.api.serving_predict import PredictService
+from service.engine.engine import EngineConfig, LoraEngine
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+from service.state import ServiceState, ServingComponents
+
+logger = logging.getLogger(__name__)
+
+ModelLoader = Callable[[Settings], LoadedBaseModel]
+
+
+def load_from_settings(settings: Settings) -> LoadedBaseModel:
+    """Load the base model the settings name (the default loader)."""
+    return load_base_model(settings.base_model, settings.quantization, settings.device)
+
+
+def build_components(settings: Settings, loaded: LoadedBaseModel, state: ServiceState,
+                     ) -> ServingComponents:
+    """Engine, prompt builder and serving classes around a loaded base model."""
+    engine = LoraEngine(
+        loaded.model, loaded.tokenizer,
+        EngineConfig(
+            max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
+            max_cpu_loras=settings.max_cpu_loras, max_batch_size=settings.max_batch_size,
+            max_model_len=settings.max_model_len, max_prefill_tokens=settings.max_prefill_tokens,
+            max_queue=settings.max_queue,
+        ),
+        state.metrics,
+    )
+    prompts = PromptBuilder(loaded.tokenizer, PromptLimits(
+        max_input_tokens=settings.max_input_tokens, max_model_len=settings.max_model_len,
+        max_new_tokens=settings.max_new_tokens_limit,
+    ))
+    generation = GenerationService(engine, state.resolver, state.metrics)
+    return ServingComponents(
+        info=loaded.info, engine=engine, prompts=prompts, generation=generation,
+        predict=PredictService(generation, prompts),
+    )
+
+
+async def _load(settings: Settings, state: ServiceState, loader: ModelLoader) -> None:
+    try:
+        loaded = await asyncio.to_thread(loader, settings)
+        components = await asyncio.to_thread(build_components, settings, loaded, state)
+        components.engine.start()
+    except Exception as exc:
+        state.status, state.error = "failed", str(exc)
+        logger.exception("loading the base model failed")
+        return
+    state.components, state.status = components, "ready"
+    info = loaded.info
+    logger.info(
+        "ready: model=%s quantization=%s weights=%s compute_dtype=%s device=%s "
+        "memory=%.1f MiB load=%.1fs",
+        info.name, info.quantization, info.weight_format, info.compute_dtype, info.device,
+        info.memory_bytes / 2**20, info.load_seconds,
+    )
+
+
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
+               resolver: AdapterResolver | None = None) -> FastAPI:
+    """Build the app. Nothing is loaded until the lifespan starts."""
+    state = ServiceState(
+        settings=settings, metrics=ServiceMetrics(),
+        resolver=resolver or LocalAdapterDirectory(settings.adapter_dir),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load(settings, state, loader))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            if state.components is not None:
+                await asyncio.to_thread(state.components.engine.stop)
+
+    app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan,
+                  description="Many tenants' LoRA adapters on one resident base model.")
+    app.state.loraswap = state
+    install_error_handlers(app)
+    app.add_middleware(FormBodyAsJson)
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def record_metrics(request: Request,
+                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        adapter: Any = getattr(request.state, "adapter", None) or "-"
+        state.metrics.observe_request(_route_template(request), response.status_code,
+                                      str(adapter), time.perf_counter() - started)
+        return response
+
+    return app

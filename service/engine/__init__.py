@@ -1,0 +1,1 @@
+"""Multi-adapter inference engine: slot table, runner, residency tiers, scheduler."""

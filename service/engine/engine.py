@@ -1,0 +1,125 @@
+"""The engine facade: one resident base model serving many LoRA adapters at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from adapters.lora_format import LLAMA_PROJECTIONS, LoraAdapterWeights
+from service.engine.detokenizer import Tokenizer
+from service.engine.lora_slots import LoraSlotTable
+from service.engine.observer import EngineObserver
+from service.engine.requests import GenerationRequest, RequestStream
+from service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
+from service.engine.runner import KvCache, LlamaRunner, model_shape, projection_groups
+from service.engine.scheduler import ContinuousBatchScheduler, SchedulerConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Sizes of the engine's preallocated tables and queues."""
+
+    max_loras: int = 16
+    max_lora_rank: int = 16
+    max_cpu_loras: int = 64
+    max_batch_size: int = 32
+    max_model_len: int = 2048
+    max_prefill_tokens: int = 2048
+    max_queue: int = 256
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Token ids that end a generation: the tokenizer's EOS and the generation config's."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+class LoraEngine:
+    """Continuous-batching generation over a slot table of LoRA adapters."""
+
+    def __init__(self, model: Any, tokenizer: Tokenizer, config: EngineConfig,
+                 observer: EngineObserver) -> None:
+        shape = model_shape(model)
+        device = next(model.parameters()).device
+        dtype: torch.dtype = model.model.embed_tokens.weight.dtype
+        # On CPU, small float32 GEMMs dispatch several times faster than bfloat16 ones, so
+        # LoRA runs in float32 there; on CUDA it runs in the model's compute dtype.
+        lora_dtype = torch.float32 if device.type == "cpu" else dtype
+        self.config = config
+        self.table = LoraSlotTable(
+            num_layers=shape.num_layers, groups=projection_groups(shape),
+            max_loras=config.max_loras, max_rank=config.max_lora_rank,
+            dtype=lora_dtype, device=device,
+        )
+        self.cache = KvCache(shape, config.max_batch_size, config.max_model_len, dtype, device)
+        self.runner = LlamaRunner(model, self.table, self.cache)
+        self.slots = LoraSlotManager(self.table, observer)
+        self.host = HostLoraCache(config.max_cpu_loras, observer)
+        self.scheduler = ContinuousBatchScheduler(
+            self.runner, self.slots, tokenizer,
+            SchedulerConfig(
+                max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
+                max_prefill_tokens=config.max_prefill_tokens, max_queue=config.max_queue,
+                stop_token_ids=stop_token_ids(model, tokenizer),
+            ),
+            observer,
+        )
+
+    @property
+    def servable_targets(self) -> tuple[str, ...]:
+        """Projections adapters may target."""
+        return LLAMA_PROJECTIONS
+
+    def start(self) -> None:
+        """Start the engine thread."""
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        """Stop the engine thread, failing what is still pending."""
+        self.scheduler.stop()
+
+    async def adapter_weights(
+        self, key: AdapterKey, read: Callable[[], LoraAdapterWeights]
+    ) -> LoraAdapterWeights:
+        """Decoded weights of ``key`` from the host tier, read (and checked) on a miss."""
+
+        def read_checked() -> LoraAdapterWeights:
+            weights = read()
+            self.table.check_compatible(weights)
+            return weights
+
+        return await self.host.get(key, read_checked)
+
+    def submit(self, request: GenerationRequest) -> RequestStream:
+        """Queue ``request``; its events arrive on the returned stream."""
+        stream = RequestStream(asyncio.get_running_loop())
+        self.scheduler.submit(request, stream)
+        return stream
+
+    def cancel(self, stream: RequestStream) -> None:
+        """Drop a request (client went away)."""
+        stream.cancel()
+        self.scheduler.wake()
+
+    def stats(self) -> dict[str, Any]:
+        """Residency and queue figures for ``/readyz``."""
+        return {
+            "adapters_in_slots": [str(k) for k in self.slots.resident],
+            "adapters_in_host_memory": len(self.host),
+            "max_loras": self.config.max_loras,
+            "max_lora_rank": self.config.max_lora_rank,
+            "waiting": self.scheduler.num_waiting,
+            "running": self.scheduler.num_running,
+            "kv_cache_bytes": self.cache.num_bytes,
+            "slot_table_bytes": self.table.num_bytes,
+        }

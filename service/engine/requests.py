@@ -1,0 +1,91 @@
+"""Requests into the engine and the stream of events that comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from adapters.errors import LoraswapError, RequestCancelledError
+from adapters.lora_format import LoraAdapterWeights
+from service.engine.residency import AdapterKey
+from service.engine.sampling import SamplingParams
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to complete with one adapter (or the base model when ``adapter`` is None)."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: AdapterKey | None = None
+    adapter_weights: LoraAdapterWeights | None = field(default=None, repr=False)
+    # Requests sharing a fairness key share one turn of the round-robin admission.
+    fairness_key: str = "default"
+    arrived_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def adapter_label(self) -> str:
+        """The adapter's name for metrics and logs ("base" for none)."""
+        return self.adapter.name if self.adapter else "base"
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """New output of one request; the last event has ``finished=True``."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finished: bool = False
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: LoraswapError | None = None
+
+
+class RequestStream:
+    """Carries a request's events from the engine thread to the event loop that awaits them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        # Written by the event loop, read by the engine thread: a plain bool is enough,
+        # the engine polls it between steps.
+        self.cancelled = False
+
+    def push(self, event: GenerationEvent) -> None:
+        """Deliver an event (thread-safe; called by the engine thread)."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this request at its next step."""
+        self.cancelled = True
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        """Events in order until the final one; an engine-side error is raised here."""
+        while True:
+            event = await self._queue.get()
+            if event.error is not None:
+                raise event.error
+            yield event
+            if event.finished:
+                return
+
+    async def collect(self) -> GenerationEvent:
+        """Wait for the end and return one event with all the text and tokens."""
+        texts: list[str] = []
+        tokens: list[int] = []
+        last: GenerationEvent | None = None
+        async for event in self.events():
+            texts.append(event.text)
+            tokens.extend(event.token_ids)
+            last = event
+        if last is None:  # pragma: no cover - events() always ends with a final event
+            raise RequestCancelledError("request ended without output")
+        return GenerationEvent(
+            text="".join(texts), token_ids=tuple(tokens), finished=True,
+            finish_reason=last.finish_reason, prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+        )

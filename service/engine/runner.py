@@ -1,0 +1,228 @@
+"""Forward pass of a Llama-architecture base model with per-row LoRA slots and a KV cache.
+
+The runner re-uses the loaded Hugging Face model's modules (embedding, norms, projections,
+rotary embedding, head), so a bitsandbytes 4-bit or 8-bit base runs unchanged, but it owns
+the batching: each row of a decode step is one sequence with its own cache row, position
+and adapter slot. Plain (unquantized) q/k/v and gate/up weights are fused into one GEMM
+each; the original modules keep views into the fused tensors, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from adapters.errors import ModelLoadError
+from service.engine.lora_slots import LoraBatchPlan, LoraSlotTable, ProjectionGroup
+
+# Per-step attention: writes the new keys/values into the cache and attends.
+_Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+ATTENTION_MEMBERS = ("q_proj", "k_proj", "v_proj")
+MLP_MEMBERS = ("gate_proj", "up_proj")
+
+
+class FusedProjection:
+    """Projections sharing one input, computed as one output ``[rows, sum(out)]``."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self._modules = modules
+        self._weight: torch.Tensor | None = None
+        # Subclasses (bitsandbytes Linear4bit, Linear8bitLt) keep their own forward.
+        linears = [m for m in modules
+                   if isinstance(m, nn.Linear) and type(m) is nn.Linear and m.bias is None]
+        if len(linears) == len(modules):
+            fused = torch.cat([m.weight.detach() for m in linears]).contiguous()
+            start = 0
+            for module in linears:
+                rows = int(module.weight.shape[0])
+                # The module now shares storage with the fused weight: no second copy.
+                module.weight = nn.Parameter(fused[start : start + rows], requires_grad=False)
+                start += rows
+            self._weight = fused
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._weight is not None:
+            return F.linear(x, self._weight)
+        outputs = [m(x) for m in self._modules]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of the base model the engine needs."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+
+
+class KvCache:
+    """Preallocated keys and values: ``[layers, rows, kv_heads, max_len, head_dim]``."""
+
+    def __init__(self, shape: ModelShape, max_rows: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        size = (shape.num_layers, max_rows, shape.num_kv_heads, max_len, shape.head_dim)
+        self.keys = torch.zeros(size, dtype=dtype, device=device)
+        self.values = torch.zeros(size, dtype=dtype, device=device)
+        self.max_rows = max_rows
+        self.max_len = max_len
+
+    @property
+    def num_bytes(self) -> int:
+        """Memory held by the cache."""
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+
+def model_shape(model: Any) -> ModelShape:
+    """Read the dimensions of a Llama-architecture causal LM, refusing anything else."""
+    config = model.config
+    if getattr(config, "model_type", None) not in {"llama", "mistral"}:
+        raise ModelLoadError(f"model_type {config.model_type!r} is not a Llama architecture")
+    heads = config.num_attention_heads
+    return ModelShape(
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        num_heads=heads,
+        num_kv_heads=config.num_key_value_heads or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+    )
+
+
+def projection_groups(shape: ModelShape) -> list[ProjectionGroup]:
+    """The four input-sharing projection groups of a Llama decoder layer."""
+    q_out, kv_out = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    hidden, inter = shape.hidden_size, shape.intermediate_size
+    return [
+        ProjectionGroup("qkv", ATTENTION_MEMBERS, hidden, (q_out, kv_out, kv_out)),
+        ProjectionGroup("o", ("o_proj",), q_out, (hidden,)),
+        ProjectionGroup("gate_up", MLP_MEMBERS, hidden, (inter, inter)),
+        ProjectionGroup("down", ("down_proj",), inter, (hidden,)),
+    ]
+
+
+class LlamaRunner:
+    """Runs prefill and decode steps over rows of the KV cache, with LoRA slots per row."""
+
+    def __init__(self, model: Any, slots: LoraSlotTable, cache: KvCache) -> None:
+        # ``model`` is a transformers LlamaForCausalLM (untyped library, hence Any).
+        self.model = model
+        self.shape = model_shape(model)
+        self.slots = slots
+        self.cache = cache
+        decoder = model.model
+        self._embed = decoder.embed_tokens
+        self._norm = decoder.norm
+        self._rotary = decoder.rotary_emb
+        self._head = model.lm_head
+        self._layers = list(decoder.layers)
+        self._qkv = [FusedProjection([getattr(layer.self_attn, m) for m in ATTENTION_MEMBERS])
+                     for layer in self._layers]
+        self._o = [FusedProjection([layer.self_attn.o_proj]) for layer in self._layers]
+        self._gate_up = [FusedProjection([getattr(layer.mlp, m) for m in MLP_MEMBERS])
+                         for layer in self._layers]
+        self._down = [FusedProjection([layer.mlp.down_proj]) for layer in self._layers]
+        self.dtype: torch.dtype = self._embed.weight.dtype
+        self.device: torch.device = self._embed.weight.device
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int]) -> torch.Tensor:
+        """Run whole prompts into cache ``rows``; float32 logits of each last token."""
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        width = int(lengths.max())
+        tokens = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for i, prompt in enumerate(prompts):
+            tokens[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        positions = torch.arange(width, device=self.device).expand(len(prompts), width)
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        key_valid = positions < lengths[:, None]
+        mask = (causal[None] & key_valid[:, None, :])[:, None]
+        row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.cache.keys[layer, row_index, :, :width] = k
+            self.cache.values[layer, row_index, :, :width] = v
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+        row_slots = torch.tensor(slots, dtype=torch.long).repeat_interleave(width)
+        hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
+        last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
+        return self._logits(last)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+               ) -> torch.Tensor:
+        """One token for each of cache rows ``0..len(tokens)-1``; float32 logits per row.
+
+        ``positions[i]`` is where row ``i``'s new token goes; rows that hold no sequence
+        pass token 0 at position 0 with slot 0 and their logits are ignored.
+        """
+        num_rows = tokens.shape[0]
+        span = int(positions.max()) + 1
+        rows = torch.arange(num_rows, device=self.device)
+        mask = (torch.arange(span, device=self.device)[None, :] <= positions[:, None])
+        mask = mask[:, None, None, :]
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = self.cache.keys[layer], self.cache.values[layer]
+            keys[rows, :, positions] = k[:, :, 0]
+            values[rows, :, positions] = v[:, :, 0]
+            return F.scaled_dot_product_attention(
+                q, keys[:num_rows, :, :span], values[:num_rows, :, :span],
+                attn_mask=mask, enable_gqa=True,
+            )
+
+        hidden = self._forward(tokens[:, None], positions[:, None], attend, self.slots.plan(slots))
+        return self._logits(hidden[:, 0])
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self._head(self._norm(hidden)).float()
+        return logits
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, attend: _Attend,
+                 plan: LoraBatchPlan | None) -> torch.Tensor:
+        batch, width = tokens.shape
+        shape = self.shape
+        hidden: torch.Tensor = self._embed(tokens)
+        cos, sin = self._rotary(hidden, positions)
+        q_out, kv_out = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+        for index, layer in enumerate(self._layers):
+            x = layer.input_layernorm(hidden).reshape(batch * width, -1)
+            qkv = self._qkv[index](x)
+            if plan is not None:
+                plan.add_delta(index, "qkv", x, qkv)
+            q, k, v = torch.split(qkv, [q_out, kv_out, kv_out], dim=-1)
+            q = q.view(batch, width, shape.num_heads, shape.head_dim).transpose(1, 2)
+            k = k.view(batch, width, shape.num_kv_heads, shape.head_dim).transpose(1, 2)
+            v = v.view(batch, width, shape.num_kv_heads, shape.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            attn = attend(index, q, k, v).transpose(1, 2).reshape(batch * width, q_out)
+            out = self._o[index](attn)
+            if plan is not None:
+                plan.add_delta(index, "o", attn, out)
+            hidden = hidden + out.view(batch, width, -1)
+            x = layer.post_attention_layernorm(hidden).reshape(batch * width, -1)
+            gate_up = self._gate_up[index](x)
+            if plan is not None:
+                plan.add_delta(index, "gate_up", x, gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
+            mixed: torch.Tensor = layer.mlp.act_fn(gate) * up
+            down = self._down[index](mixed)
+            if plan is not None:
+                plan.add_delta(index, "down", mixed, down)
+            hidden = hidden + down.view(batch, width, -1)
+        return hidden
+
+

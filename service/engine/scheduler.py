@@ -1,0 +1,312 @@
+"""Continuous batching: one engine thread owns the running batch.
+
+Each iteration (1) drops cancelled sequences, (2) admits waiting requests into free cache
+rows and prefills them together (bounded by a prompt-token budget, so decoding never
+stalls for long), (3) runs one decode step for every running sequence. Finished sequences
+leave at once and free their row and their slot reference.
+
+Fairness: waiting requests are queued per fairness key (the tenant, or the adapter when
+no tenant is known) and admitted round-robin across keys, one request per key per turn,
+so one key's flood of requests delays another key's by at most one admission per key.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from adapters.errors import (
+    LoraswapError,
+    NotReadyError,
+    OverloadedError,
+    RequestCancelledError,
+)
+from service.engine.detokenizer import IncrementalText, Tokenizer
+from service.engine.observer import EngineObserver
+from service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
+from service.engine.residency import LoraSlotManager
+from service.engine.runner import LlamaRunner
+from service.engine.sampling import TokenSampler, sample_rows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Limits of the running batch and the waiting queue."""
+
+    max_batch_size: int
+    max_model_len: int
+    max_prefill_tokens: int
+    max_queue: int
+    stop_token_ids: frozenset[int]
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    stream: RequestStream
+    sampler: TokenSampler
+    text: IncrementalText
+    slot: int = 0
+    row: int = -1
+    output_ids: list[int] = field(default_factory=list)
+    last_token_at: float = 0.0
+
+    @property
+    def next_position(self) -> int:
+        """Cache position of the token fed at the next decode step."""
+        return len(self.request.prompt_ids) + len(self.output_ids) - 1
+
+
+class _FairQueue:
+    """Per-key FIFO queues served round-robin."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[_Sequence]] = {}
+        self._turns: deque[str] = deque()
+        self.size = 0
+
+    def push(self, seq: _Sequence) -> None:
+        key = seq.request.fairness_key
+        if key not in self._queues:
+            self._queues[key] = deque()
+            self._turns.append(key)
+        self._queues[key].append(seq)
+        self.size += 1
+
+    def keys_in_turn(self) -> list[str]:
+        return list(self._turns)
+
+    def peek(self, key: str) -> _Sequence:
+        return self._queues[key][0]
+
+    def pop(self, key: str) -> _Sequence:
+        queue = self._queues[key]
+        seq = queue.popleft()
+        self.size -= 1
+        self._turns.remove(key)
+        if queue:
+            self._turns.append(key)  # served: back of the line
+        else:
+            del self._queues[key]
+        return seq
+
+    def drain(self) -> list[_Sequence]:
+        seqs = [seq for queue in self._queues.values() for seq in queue]
+        self._queues.clear()
+        self._turns.clear()
+        self.size = 0
+        return seqs
+
+
+class ContinuousBatchScheduler:
+    """Owns the engine thread, the waiting queue and the running batch."""
+
+    def __init__(
+        self, runner: LlamaRunner, slots: LoraSlotManager, tokenizer: Tokenizer,
+        config: SchedulerConfig, observer: EngineObserver,
+    ) -> None:
+        self._runner = runner
+        self._slots = slots
+        self._tokenizer = tokenizer
+        self.config = config
+        self._observer = observer
+        self._waiting = _FairQueue()
+        self._running: dict[int, _Sequence] = {}  # cache row -> sequence
+        self._free_rows = list(range(config.max_batch_size))
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="loraswap-engine", daemon=True)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests admitted to the queue but not yet running."""
+        return self._waiting.size
+
+    @property
+    def num_running(self) -> int:
+        """Sequences in the running batch."""
+        return len(self._running)
+
+    def start(self) -> None:
+        """Start the engine thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Fail everything pending and stop the engine thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._thread.join(timeout=30)
+
+    def submit(self, request: GenerationRequest, stream: RequestStream) -> None:
+        """Queue a request; raises :class:`OverloadedError` when the queue is full."""
+        seq = _Sequence(
+            request=request, stream=stream, sampler=TokenSampler(request.params),
+            text=IncrementalText(self._tokenizer, request.params.stop),
+        )
+        with self._lock:
+            if self._stopping:
+                raise NotReadyError("server is shutting down")
+            if self._waiting.size >= self.config.max_queue:
+                raise OverloadedError(
+                    f"request queue is full ({self.config.max_queue} waiting); retry later",
+                    retry_after=1,
+                )
+            self._waiting.push(seq)
+            self._lock.notify_all()
+
+    def wake(self) -> None:
+        """Make the engine thread look at its queues now (e.g. after a cancellation)."""
+        with self._lock:
+            self._lock.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._running and not self._waiting.size:
+                    self._lock.wait()
+                if self._stopping:
+                    break
+            try:
+                self._step()
+            except Exception:
+                logger.exception("engine step failed; failing the running batch")
+                for seq in list(self._running.values()):
+                    self._finish(seq, "error", LoraswapError("engine step failed"))
+        self._shutdown()
+
+    def _step(self) -> None:
+        self._reap_cancelled()
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+        if self._running:
+            self._decode()
+        self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
+        if not admitted and not self._running and self._waiting.size:
+            # Everything waiting needs a slot that running sequences hold; nothing runs, so
+            # this cannot last, but do not spin while a cancellation is being processed.
+            time.sleep(0.001)
+
+    def _reap_cancelled(self) -> None:
+        for seq in list(self._running.values()):
+            if seq.stream.cancelled:
+                self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
+
+    def _admit(self) -> list[_Sequence]:
+        admitted: list[_Sequence] = []
+        budget = self.config.max_prefill_tokens
+        with self._lock:
+            progress = True
+            while progress and self._free_rows and self._waiting.size:
+                progress = False
+                for key in self._waiting.keys_in_turn():
+                    if not self._free_rows:
+                        break
+                    seq = self._waiting.peek(key)
+                    if seq.stream.cancelled:
+                        self._waiting.pop(key)
+                        self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
+                        continue
+                    need = len(seq.request.prompt_ids)
+                    if admitted and need > budget:
+                        return admitted
+                    if not self._take_slot(seq):
+                        continue  # its adapter waits for a slot; other keys go on
+                    self._waiting.pop(key)
+                    seq.row = heapq.heappop(self._free_rows)
+                    budget -= need
+                    admitted.append(seq)
+                    progress = True
+        return admitted
+
+    def _take_slot(self, seq: _Sequence) -> bool:
+        request = seq.request
+        if request.adapter is None or request.adapter_weights is None:
+            seq.slot = 0
+            return True
+        slot = self._slots.acquire(request.adapter, request.adapter_weights)
+        if slot is None:
+            return False
+        seq.slot = slot
+        return True
+
+    def _prefill(self, seqs: list[_Sequence]) -> None:
+        logits = self._runner.prefill(
+            [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs]
+        )
+        tokens = sample_rows(logits, [s.sampler for s in seqs])
+        for seq, token in zip(seqs, tokens, strict=True):
+            self._running[seq.row] = seq
+            now = time.perf_counter()
+            self._observer.first_token(seq.request.adapter_label, now - seq.request.arrived_at)
+            seq.last_token_at = now
+            self._accept(seq, token)
+
+    def _decode(self) -> None:
+        width = max(self._running) + 1
+        tokens = torch.zeros(width, dtype=torch.long)
+        positions = torch.zeros(width, dtype=torch.long)
+        slots = torch.zeros(width, dtype=torch.long)
+        samplers: list[TokenSampler | None] = [None] * width
+        for row, seq in self._running.items():
+            tokens[row] = seq.output_ids[-1]
+            positions[row] = seq.next_position
+            slots[row] = seq.slot
+            samplers[row] = seq.sampler
+        logits = self._runner.decode(tokens, positions, slots)
+        chosen = sample_rows(logits, samplers)
+        now = time.perf_counter()
+        for row, seq in list(self._running.items()):
+            self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
+            seq.last_token_at = now
+            self._accept(seq, chosen[row])
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        seq.output_ids.append(token)
+        params = seq.request.params
+        reason: str | None = None
+        is_eos = token in self.config.stop_token_ids and not params.ignore_eos
+        delta = "" if is_eos else seq.text.add(token)
+        if is_eos or seq.text.stopped:
+            reason = "stop"
+        elif (len(seq.output_ids) >= params.max_new_tokens
+              or seq.next_position + 1 >= self.config.max_model_len):
+            reason = "length"
+        if reason is None:
+            seq.stream.push(GenerationEvent(text=delta, token_ids=(token,)))
+            return
+        delta += seq.text.flush()
+        self._finish(seq, reason, None, last=GenerationEvent(text=delta, token_ids=(token,)))
+
+    def _finish(self, seq: _Sequence, reason: str, error: LoraswapError | None,
+                last: GenerationEvent | None = None) -> None:
+        if self._running.get(seq.row) is seq:
+            del self._running[seq.row]
+            heapq.heappush(self._free_rows, seq.row)
+            self._slots.release(seq.slot)
+        prompt_tokens = len(seq.request.prompt_ids)
+        completion = len(seq.output_ids)
+        seq.stream.push(GenerationEvent(
+            text=last.text if last else "", token_ids=last.token_ids if last else (),
+            finished=True, finish_reason=reason, prompt_tokens=prompt_tokens,
+            completion_tokens=completion, error=error,
+        ))
+        self._observer.request_finished(seq.request.adapter_label, reason, completion)
+
+    def _shutdown(self) -> None:
+        error = NotReadyError("server is shutting down")
+        for seq in list(self._running.values()):
+            self._finish(seq, "error", error)
+        with self._lock:
+            pending = self._waiting.drain()
+        for seq in pending:
+            self._finish(seq, "error", error)

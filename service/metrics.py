@@ -1,0 +1,99 @@
+"""Prometheus metrics of one service instance (own registry: no module-level state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.engine.observer import Tier
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2)
+LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class ServiceMetrics:
+    """HTTP, token, scheduler and adapter-residency metrics; also the engine's observer."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("loraswap_requests", "HTTP requests answered.",
+                                ["route", "status", "adapter"], registry=r)
+        self.request_seconds = Histogram(
+            "loraswap_request_duration_seconds", "HTTP request latency.",
+            ["route", "status", "adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("loraswap_prompt_tokens", "Prompt tokens processed.",
+                                     ["adapter"], registry=r)
+        self.generated_tokens = Counter("loraswap_generated_tokens", "Output tokens generated.",
+                                        ["adapter"], registry=r)
+        self.finished = Counter("loraswap_generations_finished", "Generations ended, by reason.",
+                                ["adapter", "reason"], registry=r)
+        self.ttft = Histogram("loraswap_time_to_first_token_seconds",
+                              "Arrival to first output token.", ["adapter"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("loraswap_time_per_output_token_seconds",
+                              "Time between output tokens of one request.", ["adapter"],
+                              buckets=TOKEN_BUCKETS, registry=r)
+        self.queue_depth = Gauge("loraswap_queue_depth", "Requests waiting for admission.",
+                                 registry=r)
+        self.batch_size = Gauge("loraswap_running_batch_size", "Sequences in the running batch.",
+                                registry=r)
+        self.resident = Gauge("loraswap_resident_adapters", "Adapters resident, by tier.",
+                              ["tier"], registry=r)
+        self.loads = Counter("loraswap_adapter_loads", "Adapter loads into a tier.",
+                             ["tier", "adapter"], registry=r)
+        self.load_seconds = Histogram("loraswap_adapter_load_seconds",
+                                      "Adapter load latency into a tier.", ["tier"],
+                                      buckets=LOAD_BUCKETS, registry=r)
+        self.evictions = Counter("loraswap_adapter_evictions", "Adapters evicted from a tier.",
+                                 ["tier", "adapter"], registry=r)
+        self.lookups = Counter("loraswap_adapter_lookups", "Adapter lookups by tier and result.",
+                               ["tier", "result"], registry=r)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every metric."""
+        text: bytes = generate_latest(self.registry)
+        return text
+
+    def observe_request(self, route: str, status: int, adapter: str, seconds: float) -> None:
+        """Count one HTTP request and its latency."""
+        labels = (route, str(status), adapter)
+        self.requests.labels(*labels).inc()
+        self.request_seconds.labels(*labels).observe(seconds)
+
+    # EngineObserver ----------------------------------------------------------------------
+
+    def adapter_lookup(self, tier: Tier, *, hit: bool) -> None:
+        """Count a lookup in a residency tier."""
+        self.lookups.labels(tier, "hit" if hit else "miss").inc()
+
+    def adapter_loaded(self, adapter: str, tier: Tier, seconds: float) -> None:
+        """Count a load and its latency."""
+        self.loads.labels(tier, adapter).inc()
+        self.load_seconds.labels(tier).observe(seconds)
+
+    def adapter_evicted(self, adapter: str, tier: Tier) -> None:
+        """Count an eviction."""
+        self.evictions.labels(tier, adapter).inc()
+
+    def resident_adapters(self, tier: Tier, count: int) -> None:
+        """Set the number of resident adapters in a tier."""
+        self.resident.labels(tier).set(count)
+
+    def scheduler_state(self, *, waiting: int, running: int) -> None:
+        """Set queue depth and running batch size."""
+        self.queue_depth.set(waiting)
+        self.batch_size.set(running)
+
+    def first_token(self, adapter: str, seconds: float) -> None:
+        """Observe a time to first token."""
+        self.ttft.labels(adapter).observe(seconds)
+
+    def output_token(self, adapter: str, seconds: float) -> None:
+        """Observe one inter-token latency."""
+        self.tpot.labels(adapter).observe(seconds)
+
+    def request_finished(self, adapter: str, reason: str, tokens: int) -> None:
+        """Count a finished generation and its tokens."""
+        self.finished.labels(adapter, reason).inc()
+        self.generated_tokens.labels(adapter).inc(tokens)

@@ -1,0 +1,55 @@
+"""Service configuration: the only place ``LORASWAP_*`` environment variables are read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.base_model import DEFAULT_BASE_MODEL_DIR, Quantization
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. Built once at an entry point and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="LORASWAP_", extra="ignore")
+
+    base_model: Path = Field(
+        default=DEFAULT_BASE_MODEL_DIR,
+        description="Folder of the base model (safetensors + tokenizer).",
+    )
+    quantization: Quantization | None = Field(
+        default=None,
+        description="nf4 | int8 | bf16 | fp32; unset: nf4 on CUDA, bf16 on CPU.",
+    )
+    device: str | None = Field(default=None, description="cpu | cuda[:N]; unset: cuda if present.")
+    adapter_dir: Path | None = Field(
+        default=None,
+        description="Development adapter folder: one PEFT LoRA adapter per sub-folder.",
+    )
+    max_loras: int = Field(default=16, ge=1, le=1024, description="Adapter slots in the engine.")
+    max_lora_rank: int = Field(default=16, ge=1, le=1024, description="Largest servable rank.")
+    max_cpu_loras: int = Field(
+        default=64, ge=1, description="Adapters kept decoded in host memory (LRU)."
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="Sequences per step.")
+    max_model_len: int = Field(
+        default=2048, ge=16, description="Longest sequence (prompt + output) in tokens."
+    )
+    max_input_tokens: int = Field(
+        default=1536, ge=1, description="Longest prompt accepted; longer is 413."
+    )
+    max_new_tokens_limit: int = Field(
+        default=1024, ge=1, description="Largest max_new_tokens a request may ask for."
+    )
+    max_prefill_tokens: int = Field(
+        default=2048, ge=16, description="Prompt tokens prefilled together in one step."
+    )
+    max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads.")
+    host: str = Field(default="127.0.0.1", description="Bind address of `loraswap serve`.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of `loraswap serve`.")
+    log_format: Literal["json", "text"] = Field(default="text", description="Log line format.")
+    log_level: str = Field(default="INFO", description="Python logging level.")

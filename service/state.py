@@ -1,0 +1,46 @@
+"""Everything one running service instance holds, built by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from adapters.base_model import BaseModelInfo
+from adapters.errors import NotReadyError
+from service.adapter_source import AdapterResolver
+from service.api.generation import GenerationService
+from service.api.prompts import PromptBuilder
+from service.api.serving_predict import PredictService
+from service.engine.engine import LoraEngine
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+
+@dataclass
+class ServingComponents:
+    """What exists once the base model is loaded."""
+
+    info: BaseModelInfo
+    engine: LoraEngine
+    prompts: PromptBuilder
+    generation: GenerationService
+    predict: PredictService
+
+
+@dataclass
+class ServiceState:
+    """Per-app state (kept on ``app.state``; never module-level)."""
+
+    settings: Settings
+    metrics: ServiceMetrics
+    resolver: AdapterResolver
+    status: Literal["loading", "ready", "failed"] = "loading"
+    error: str | None = None
+    components: ServingComponents | None = field(default=None)
+
+    def ready(self) -> ServingComponents:
+        """The serving components, or :class:`NotReadyError` (503) while loading."""
+        if self.components is None:
+            detail = f": {self.error}" if self.error else ""
+            raise NotReadyError(f"the base model is {self.status}{detail}")
+        return self.components

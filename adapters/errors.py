@@ -30,6 +30,12 @@ class InputTooLongError(InvalidRequestError):
     code = "input_too_long"
 
 
+class AuthenticationError(LoraswapError):
+    """The request carries no API key, or one that is not valid."""
+
+    code = "invalid_api_key"
+
+
 class NotFoundError(LoraswapError):
     """A named resource does not exist (or is not visible to the caller)."""
 

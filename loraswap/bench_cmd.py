@@ -219,7 +219,13 @@ def bench(
         results, load = [run_http_mode(opts, http, models, api_key)], None
     else:
         results, load = run_benchmark(opts)
-    parts = [scenario_table(results, baseline="base" if http is None else "http")]
+    setup = (
+        f"Workload: {opts.base_model.name} ({'over HTTP' if http else 'bf16 on ' + device}, "
+        f"torch threads {threads}), prompts of {prompt_tokens} tokens, {max_tokens} output "
+        f"tokens each (ignore_eos, greedy), {concurrency} concurrent clients; adapters "
+        f"r={rank}, alpha={alpha:g}, targets {targets}."
+    )
+    parts = [setup, scenario_table(results, baseline="base" if http is None else "http")]
     if load is not None:
         parts.append(render_load(load))
     text = "\n\n".join(parts)

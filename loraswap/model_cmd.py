@@ -43,8 +43,9 @@ def fetch(
 
     Does nothing when the model is already there and intact.
     """
-    out = Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    # Created per call (not at import) so they write to whatever stdout/stderr is now.
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         with err.status(f"fetching {MODEL_NAME}") as status:
 
@@ -61,11 +62,9 @@ def fetch(
         out.print(
             f"{MODEL_NAME} already present at {escape(str(outcome.path))} "
             f"(sha256 {outcome.weights_sha256}); nothing to do",
-            soft_wrap=True,
         )
     else:
         out.print(
             f"{MODEL_NAME} fetched into {escape(str(outcome.path))} "
             f"(sha256 {outcome.weights_sha256})",
-            soft_wrap=True,
         )

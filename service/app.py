@@ -18,7 +18,10 @@ from service.api.generation import GenerationService
 from service.api.json_body import FormBodyAsJson
 from service.api.prompts import PromptBuilder, PromptLimits
 from service.api.routes import router
+from service.api.routes_openai import router as openai_router
+from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
+from service.auth import ApiKeyAuthenticator, log_auth_mode
 from service.engine.engine import EngineConfig, LoraEngine
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -55,6 +58,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
     return ServingComponents(
         info=loaded.info, engine=engine, prompts=prompts, generation=generation,
         predict=PredictService(generation, prompts),
+        openai=OpenAIServing(generation, prompts, loaded.info.name),
     )
 
 
@@ -88,10 +92,12 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     state = ServiceState(
         settings=settings, metrics=ServiceMetrics(),
         resolver=resolver or LocalAdapterDirectory(settings.adapter_dir),
+        authenticator=ApiKeyAuthenticator(k.get_secret_value() for k in settings.api_keys),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log_auth_mode(state.authenticator)
         loading = asyncio.create_task(_load(settings, state, loader))
         try:
             yield
@@ -108,6 +114,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     install_error_handlers(app)
     app.add_middleware(FormBodyAsJson)
     app.include_router(router)
+    app.include_router(openai_router)
 
     @app.middleware("http")
     async def record_metrics(request: Request,

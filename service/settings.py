@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.base_model import DEFAULT_BASE_MODEL_DIR, Quantization
 
@@ -53,3 +54,19 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port of `loraswap serve`.")
     log_format: Literal["json", "text"] = Field(default="text", description="Log line format.")
     log_level: str = Field(default="INFO", description="Python logging level.")
+    # NoDecode: the env value is a comma-separated string, not pydantic-settings' JSON list.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys (comma-separated); empty: the API is open to anyone.",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: Any) -> Any:
+        """Accept ``"k1,k2"`` (and a JSON list) as well as a Python list."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [key.strip() for key in text.split(",") if key.strip()]

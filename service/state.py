@@ -10,7 +10,9 @@ from adapters.errors import NotReadyError
 from service.adapter_source import AdapterResolver
 from service.api.generation import GenerationService
 from service.api.prompts import PromptBuilder
+from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
+from service.auth import Authenticator
 from service.engine.engine import LoraEngine
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -25,6 +27,7 @@ class ServingComponents:
     prompts: PromptBuilder
     generation: GenerationService
     predict: PredictService
+    openai: OpenAIServing
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     resolver: AdapterResolver
+    authenticator: Authenticator
     status: Literal["loading", "ready", "failed"] = "loading"
     error: str | None = None
     components: ServingComponents | None = field(default=None)

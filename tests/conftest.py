@@ -67,9 +67,13 @@ AdapterFactory = Callable[..., Path]
 
 def write_random_adapter(
     base_dir: Path, out_dir: Path, *, rank: int, targets: Sequence[str], seed: int,
-    alpha: float | None = None,
+    alpha: float | None = None, scale: float = 0.2,
 ) -> Path:
-    """Save a PEFT LoRA adapter with random (non-zero) A and B for the model in ``base_dir``."""
+    """Save a PEFT LoRA adapter with random (non-zero) A and B for the model in ``base_dir``.
+
+    ``scale`` is the standard deviation of B: large enough that adapters visibly change the
+    output (PEFT initialises B to zero), small enough on a real model to keep it fluent.
+    """
     torch.manual_seed(seed)
     model = LlamaForCausalLM.from_pretrained(base_dir)
     config = LoraConfig(
@@ -77,11 +81,10 @@ def write_random_adapter(
         target_modules=list(targets), init_lora_weights=False,
     )
     peft_model = get_peft_model(model, config)
-    # PEFT's random init of B is small; make the adapters visibly change the output.
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.normal_(0, 0.2)
+                param.normal_(0, scale)
     peft_model.save_pretrained(out_dir)
     return out_dir
 

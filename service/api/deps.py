@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
+from service.auth import Tenant
 from service.state import ServiceState, ServingComponents
+
+# auto_error=False: a missing key is our AuthenticationError (401, right body), not FastAPI's.
+_bearer = HTTPBearer(auto_error=False, description="An API key from LORASWAP_API_KEYS.")
 
 
 def get_state(request: Request) -> ServiceState:
@@ -28,6 +34,23 @@ def get_predict_service(
     return components.predict
 
 
+def get_openai_serving(
+    components: Annotated[ServingComponents, Depends(get_components)],
+) -> OpenAIServing:
+    """The OpenAI-compatible serving class."""
+    return components.openai
+
+
+def get_tenant(
+    state: Annotated[ServiceState, Depends(get_state)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant | None:
+    """The caller's tenant; None when auth is off; 401 for a missing or wrong key."""
+    return state.authenticator.authenticate(credentials.credentials if credentials else None)
+
+
 StateDep = Annotated[ServiceState, Depends(get_state)]
 ComponentsDep = Annotated[ServingComponents, Depends(get_components)]
 PredictServiceDep = Annotated[PredictService, Depends(get_predict_service)]
+OpenAIServingDep = Annotated[OpenAIServing, Depends(get_openai_serving)]
+TenantDep = Annotated[Tenant | None, Depends(get_tenant)]

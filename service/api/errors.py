@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.errors import (
     AdapterValidationError,
+    AuthenticationError,
     InputTooLongError,
     InvalidRequestError,
     LoraswapError,
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 _STATUS_BY_ERROR: tuple[tuple[type[LoraswapError], int], ...] = (
     (InputTooLongError, 413),
     (InvalidRequestError, 400),
+    (AuthenticationError, 401),
     (NotFoundError, 404),
     (AdapterValidationError, 422),
     (OverloadedError, 429),
@@ -79,6 +81,8 @@ def error_response(request: Request, error: LoraswapError) -> JSONResponse:
     headers = {}
     if isinstance(error, OverloadedError):
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if isinstance(error, AuthenticationError):
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 6750: say which scheme to use
     if status >= 500:
         logger.error("request failed: %s", error)
     return JSONResponse(

@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.api.deps import PredictServiceDep, StateDep
+from service.api.deps import PredictServiceDep, StateDep, TenantDep
 from service.api.disconnect import until_disconnect
 from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse, ReadyResponse
+from service.auth import fairness_key
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 413, 422, 429, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
 }
 
 router = APIRouter()
@@ -44,11 +45,12 @@ async def metrics(state: StateDep) -> Response:
 
 @router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
              responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
-async def predict(body: PredictRequest, request: Request, service: PredictServiceDep,
-                  ) -> PredictResponse | StreamingResponse:
+async def predict(body: PredictRequest, request: Request, tenant: TenantDep,
+                  service: PredictServiceDep) -> PredictResponse | StreamingResponse:
     """Generate with the named adapter (or the base); ``stream`` answers with SSE."""
     request.state.adapter = body.adapter or "base"
-    prepared = await service.prepare(body, fairness_key=body.adapter or "base")
+    key = fairness_key(tenant, body.adapter or "base")
+    prepared = await service.prepare(body, fairness_key=key)
     if body.stream:
         return StreamingResponse(prepared.sse(), media_type="text/event-stream")
     return await until_disconnect(request, prepared.collect())

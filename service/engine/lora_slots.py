@@ -64,22 +64,22 @@ class ActiveLoraWeights:
 
 
 class LoraBatchPlan:
-    """How the rows of one forward pass map onto adapters; applies the LoRA delta."""
+    """How the rows of one forward pass map onto adapters; applies the LoRA delta.
+
+    Rows are gathered into a ``[adapters, rows_per_adapter, in]`` block. Where an adapter
+    has fewer rows than the block's height the gather repeats a real row and ``pad_mask``
+    zeroes it, so its delta is exactly zero and scatters harmlessly.
+    """
 
     def __init__(
         self, weights: ActiveLoraWeights, gather_index: torch.Tensor, rows_per_adapter: int,
-        num_rows: int, compute_dtype: torch.dtype,
+        pad_mask: torch.Tensor | None, compute_dtype: torch.dtype,
     ) -> None:
         self.weights = weights
         self.gather_index = gather_index
         self.rows_per_adapter = rows_per_adapter
-        self.num_rows = num_rows
+        self.pad_mask = pad_mask
         self.compute_dtype = compute_dtype
-        # When every row uses one adapter, in order, no gather or scatter is needed.
-        self.identity = (
-            len(weights.slots) == 1 and rows_per_adapter == num_rows
-            and bool(torch.equal(gather_index, torch.arange(num_rows)))
-        )
 
     def add_delta(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """``y += lora_delta(x)`` for the rows of ``x`` ([rows, in]) and ``y`` ([rows, out])."""
@@ -87,18 +87,12 @@ class LoraBatchPlan:
         if weights is None:
             return
         shrink, expand = weights.shrink[layer], weights.expand[layer]
-        xc = x.to(self.compute_dtype)
-        num_adapters = shrink.shape[0]
-        if self.identity:
-            y += (xc @ shrink[0] @ expand[0]).to(y.dtype)
-            return
-        padded_x = torch.cat([xc, xc.new_zeros(1, xc.shape[1])])
-        blocks = padded_x.index_select(0, self.gather_index)
-        blocks = blocks.view(num_adapters, self.rows_per_adapter, -1)
-        delta = torch.bmm(torch.bmm(blocks, shrink), expand).view(-1, expand.shape[-1])
-        scattered = delta.new_zeros(self.num_rows + 1, delta.shape[1])
-        scattered.index_add_(0, self.gather_index, delta)
-        y += scattered[: self.num_rows].to(y.dtype)
+        blocks = x.index_select(0, self.gather_index).to(self.compute_dtype)
+        blocks = blocks.view(shrink.shape[0], self.rows_per_adapter, -1)
+        if self.pad_mask is not None:
+            blocks = blocks * self.pad_mask
+        delta = torch.bmm(torch.bmm(blocks, shrink), expand)
+        y.index_add_(0, self.gather_index, delta.view(-1, delta.shape[-1]).to(y.dtype))
 
 
 class LoraSlotTable:
@@ -198,25 +192,25 @@ class LoraSlotTable:
         if not active:
             return None
         weights = self._active_weights(active)
-        position = {slot: i for i, slot in enumerate(active)}
-        counts = [0] * len(active)
-        for slot in slots:
-            if slot:
-                counts[position[slot]] += 1
-        rows_per_adapter = max(counts)
-        num_rows = len(slots)
-        # Padding entries point at row ``num_rows``: a zero row on the way in, a discarded
-        # row on the way out.
-        gather = [num_rows] * (len(active) * rows_per_adapter)
-        filled = [0] * len(active)
+        rows_of: dict[int, list[int]] = {slot: [] for slot in active}
         for row, slot in enumerate(slots):
             if slot:
-                index = position[slot]
-                gather[index * rows_per_adapter + filled[index]] = row
-                filled[index] += 1
+                rows_of[slot].append(row)
+        rows_per_adapter = max(len(rows) for rows in rows_of.values())
+        gather: list[int] = []
+        valid: list[bool] = []
+        for slot in active:
+            rows = rows_of[slot]
+            missing = rows_per_adapter - len(rows)
+            gather += rows + [rows[0]] * missing
+            valid += [True] * len(rows) + [False] * missing
+        pad_mask = None
+        if not all(valid):
+            pad_mask = torch.tensor(valid, dtype=self.dtype, device=self.device)
+            pad_mask = pad_mask.view(len(active), rows_per_adapter, 1)
         return LoraBatchPlan(
             weights, torch.tensor(gather, dtype=torch.long, device=self.device),
-            rows_per_adapter, num_rows, self.dtype,
+            rows_per_adapter, pad_mask, self.dtype,
         )
 
     def _active_weights(self, active: tuple[int, ...]) -> ActiveLoraWeights:

@@ -35,10 +35,14 @@ class FusedProjection:
         self._modules = modules
         self._weight: torch.Tensor | None = None
         # Subclasses (bitsandbytes Linear4bit, Linear8bitLt) keep their own forward.
-        linears = [m for m in modules
-                   if isinstance(m, nn.Linear) and type(m) is nn.Linear and m.bias is None]
+        linears: list[nn.Linear] = []
+        for module in modules:
+            if isinstance(module, nn.Linear) and module.bias is None:
+                linears.append(module)
+        if any(type(module) is not nn.Linear for module in modules):
+            linears = []
         if len(linears) == len(modules):
-            fused = torch.cat([m.weight.detach() for m in linears]).contiguous()
+            fused = torch.cat([linear.weight.detach() for linear in linears]).contiguous()
             start = 0
             for module in linears:
                 rows = int(module.weight.shape[0])

@@ -36,7 +36,8 @@ def model_copy(tiny_base_dir: Path, tmp_path: Path) -> Path:
 def _reference_logits(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.inference_mode():
-        return model(input_ids=input_ids).logits
+        logits: torch.Tensor = model(input_ids=input_ids).logits
+    return logits
 
 
 def test_default_dir_is_under_the_user_cache() -> None:
@@ -234,7 +235,7 @@ def test_failing_int8_kernels_are_reported_not_hidden(
         raise RuntimeError("no int8 kernel for this CPU")
 
     monkeypatch.setattr(bnb.nn.Linear8bitLt, "forward", broken)
-    with pytest.raises(QuantizationUnavailableError, match="int8 .*no int8 kernel"):
+    with pytest.raises(QuantizationUnavailableError, match=r"int8 .*no int8 kernel"):
         load_base_model(tiny_base_dir, Quantization.INT8, "cpu")
 
 
@@ -244,5 +245,5 @@ def test_quantization_that_did_not_happen_is_refused(
     # Simulate a transformers that ignores the quantization config: the model comes back
     # as plain bf16, and load_base_model must not report (or accept) it as nf4.
     monkeypatch.setattr(base_model, "_precision_kwargs", lambda quant: {"dtype": torch.bfloat16})
-    with pytest.raises(QuantizationUnavailableError, match="asked for nf4 .* bfloat16"):
+    with pytest.raises(QuantizationUnavailableError, match=r"asked for nf4 .* bfloat16"):
         load_base_model(tiny_base_dir, Quantization.NF4, "cpu")

@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make run    install into .venv, fetch SmolLM2-135M-Instruct, serve on 127.0.0.1:8000
+#   make test   install into .venv (with test tools), then lint, type-check and test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install model run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstalled whenever pyproject.toml changes. torch==2.13.0 is the CPU wheel.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+model: install
+	$(BIN)/loraswap model fetch
+
+run: model
+	$(BIN)/loraswap serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: model
+	$(BIN)/loraswap bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,90 @@
+"""A real uvicorn server on a free loopback port, serving the tiny model."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from adapters.base_model import LoadedBaseModel, Quantization, load_base_model
+from service.app import create_app
+from service.settings import Settings
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A running server and an HTTP client pointed at it."""
+
+    url: str
+    settings: Settings
+    client: httpx.Client
+    app: Any
+
+    def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
+        """Poll /readyz until the model is loaded; its body."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            response = self.client.get("/readyz")
+            if response.status_code == 200:
+                body: dict[str, Any] = response.json()
+                return body
+            assert response.json()["status"] != "failed", response.text
+            time.sleep(0.05)
+        raise AssertionError("server did not become ready")
+
+
+ServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Factory starting the service (tiny fp32 model) with settings overrides."""
+    servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
+
+    def start(**overrides: Any) -> LiveServer:
+        port = free_port()
+        values: dict[str, Any] = {
+            "base_model": tiny_base_dir, "quantization": Quantization.FP32, "device": "cpu",
+            "adapter_dir": tmp_path / "adapters", "max_batch_size": 8, "max_model_len": 256,
+            "max_input_tokens": 128, "port": port, **overrides,
+        }
+        settings = Settings(**values)
+
+        def loader(s: Settings) -> LoadedBaseModel:
+            return load_base_model(s.base_model, s.quantization, s.device)
+
+        app = create_app(settings, loader=loader)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=url, timeout=60)
+        servers.append((server, thread, client))
+        live = LiveServer(url=url, settings=settings, client=client, app=app)
+        live.wait_ready()
+        return live
+
+    yield start
+    for server, thread, client in servers:
+        client.close()
+        server.should_exit = True
+        thread.join(timeout=30)

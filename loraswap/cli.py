@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from loraswap.adapters_cmd import adapters_app
 from loraswap.model_cmd import model_app
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(model_app, name="model")
+app.add_typer(adapters_app, name="adapters")
 
 
 @app.command()

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from adapters.demo import write_random_adapter
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -63,30 +64,6 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 AdapterFactory = Callable[..., Path]
-
-
-def write_random_adapter(
-    base_dir: Path, out_dir: Path, *, rank: int, targets: Sequence[str], seed: int,
-    alpha: float | None = None, scale: float = 0.2,
-) -> Path:
-    """Save a PEFT LoRA adapter with random (non-zero) A and B for the model in ``base_dir``.
-
-    ``scale`` is the standard deviation of B: large enough that adapters visibly change the
-    output (PEFT initialises B to zero), small enough on a real model to keep it fluent.
-    """
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha if alpha is not None else 2 * rank,
-        target_modules=list(targets), init_lora_weights=False,
-    )
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, scale)
-    peft_model.save_pretrained(out_dir)
-    return out_dir
 
 
 @pytest.fixture

@@ -112,7 +112,8 @@ def test_errors_name_the_problem(live_server, make_adapter, tmp_path) -> None:  
     assert pickle.status_code == 422
     assert "pickle" in pickle.json()["error"]["message"]
 
-    not_json = post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
+    not_json = post("/v1/predict", content=b"{not json",
+                    headers={"content-type": "application/json"})
     assert not_json.status_code == 422
 
 

@@ -73,42 +73,48 @@ def _worker(mode: str, model_dir: Path, threads: int) -> dict[str, Any]:
     after_load = _memory()
     model, tokenizer = loaded.model, loaded.tokenizer
 
-    def encode(question: str) -> Any:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )
+    # Measured through the service's own engine (what `loraswap serve` runs), one request
+    # at a time, so the figures are what a lone client sees.
+    import asyncio
 
-    def generate(batch: Any, new_tokens: int, exact: bool) -> Any:
-        with torch.inference_mode():
-            return model.generate(
-                **batch,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens if exact else None,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-            )
+    from service.engine.engine import EngineConfig, LoraEngine
+    from service.engine.observer import NullObserver
+    from service.engine.requests import GenerationRequest
+    from service.engine.sampling import SamplingParams
 
-    latency_prompt = encode(PROMPTS[0])
-    generate(latency_prompt, 4, exact=True)  # warm-up: first-call setup is not latency
-    # The machine may be shared: repeat, and report the best (least disturbed) and median.
-    latencies = []
-    for _ in range(LATENCY_REPEATS):
-        started = time.perf_counter()
-        output = generate(latency_prompt, LATENCY_TOKENS, exact=True)
-        latencies.append(time.perf_counter() - started)
-        produced = output.shape[1] - latency_prompt["input_ids"].shape[1]
-        if produced != LATENCY_TOKENS:
-            raise RuntimeError(f"expected {LATENCY_TOKENS} new tokens, got {produced}")
+    engine = LoraEngine(model, tokenizer, EngineConfig(max_loras=1, max_batch_size=1,
+                                                       max_model_len=512), NullObserver())
 
-    answers = []
-    for question in PROMPTS:
-        batch = encode(question)
-        out = generate(batch, ANSWER_TOKENS, exact=False)
-        new = out[0, batch["input_ids"].shape[1] :]
-        answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+    def encode(question: str) -> list[int]:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    async def generate(prompt: list[int], new_tokens: int, exact: bool) -> tuple[str, int]:
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=exact)
+        result = await engine.submit(GenerationRequest("q", prompt, params)).collect()
+        return result.text, result.completion_tokens
+
+    async def measure() -> tuple[list[float], list[str]]:
+        prompt = encode(PROMPTS[0])
+        await generate(prompt, 4, exact=True)  # warm-up: first-call setup is not latency
+        # The machine may be shared: repeat, report the best (least disturbed) and median.
+        latencies = []
+        for _ in range(LATENCY_REPEATS):
+            started = time.perf_counter()
+            _, produced = await generate(prompt, LATENCY_TOKENS, exact=True)
+            latencies.append(time.perf_counter() - started)
+            if produced != LATENCY_TOKENS:
+                raise RuntimeError(f"expected {LATENCY_TOKENS} new tokens, got {produced}")
+        answers = [(await generate(encode(q), ANSWER_TOKENS, exact=False))[0].strip()
+                   for q in PROMPTS]
+        return latencies, answers
+
+    engine.start()
+    try:
+        latencies, answers = asyncio.run(measure())
+    finally:
+        engine.stop()
 
     _trim_heap()
     steady = _memory()
@@ -201,7 +207,8 @@ def render(results: list[dict[str, Any]], model_dir: Path, threads: int, load: s
         "bitsandbytes for int8/nf4), before loading. RSS loaded: right after "
         "`load_base_model`. RSS steady: after all requests, gc and `malloc_trim`; in brackets "
         "the file-backed part (mapped safetensors and libraries, reclaimable by the kernel). "
-        "Footprint: `model.get_memory_footprint()`. Latency: one request at a time, greedy, "
+        "Footprint: `model.get_memory_footprint()`. Latency: through the loraswap engine, one "
+        "request at a time, greedy, "
         f"exactly {LATENCY_TOKENS} new tokens, after a 4-token warm-up, "
         f"{LATENCY_REPEATS} runs. Load average (1/5/15 min) {load}.",
     ]

@@ -5,6 +5,7 @@ Runnable without the main CLI as ``python -m loraswap.bench_cmd [OPTIONS]``.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import tempfile
@@ -62,6 +63,14 @@ def _log(message: str) -> None:
     typer.echo(f"[bench] {message}", err=True)
 
 
+def _record(results: list[Any], result: Any) -> None:
+    """Append a finished scenario, noting the host's load average at its end."""
+    result.host_load = os.getloadavg()[0]
+    results.append(result)
+    _log(f"{result.scenario}: {result.tokens_per_s:.1f} tok/s, {result.wall_s:.1f}s, "
+         f"load average {result.host_load:.2f}")
+
+
 def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
     """Run the selected in-process scenarios; returns (scenario results, load result)."""
     import torch
@@ -109,10 +118,9 @@ def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
     for name in opts.scenarios:
         if name in ENGINE_SCENARIOS:
             _log(f"{name}: {len(prompts)} requests x {opts.max_tokens} tokens")
-            results.append(run_engine_scenario(
+            _record(results, run_engine_scenario(
                 name, model, tokenizer, prompts, decoded[:ENGINE_SCENARIOS[name]], run
             ))
-            _log(f"{name}: {results[-1].tokens_per_s:.1f} tok/s")
     if "poisson" in selected:
         rate = opts.poisson_rate
         if rate is None:
@@ -121,10 +129,10 @@ def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
                 _log("poisson: measuring lora16 first to pick the arrival rate")
                 reference = run_engine_scenario("lora16", model, tokenizer, prompts,
                                                 decoded[:16], run)
-                results.append(reference)
+                _record(results, reference)
             rate = POISSON_LOAD * reference.tokens_per_s / opts.max_tokens
         _log(f"poisson: {len(prompts)} requests at {rate:.2f} req/s")
-        results.append(run_engine_scenario("poisson", model, tokenizer, prompts,
+        _record(results, run_engine_scenario("poisson", model, tokenizer, prompts,
                                            decoded[:POISSON_ADAPTERS], run, poisson_rate=rate))
     load: LoadLatencyResult | None = None
     if "load" in selected:
@@ -137,11 +145,11 @@ def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
         if "naive" in selected:
             naive_prompts = prompts[:opts.naive_requests or len(prompts)]
             _log(f"naive: {len(naive_prompts)} requests, one at a time")
-            results.append(run_naive_server(peft_model, names, tokenizer, naive_prompts,
+            _record(results, run_naive_server(peft_model, names, tokenizer, naive_prompts,
                                             opts.max_tokens, opts.concurrency))
         if "peft-mixed" in selected:
             _log(f"peft-mixed: {len(prompts)} requests in batches of {opts.max_batch_size}")
-            results.append(run_peft_mixed(peft_model, names, tokenizer, prompts,
+            _record(results, run_peft_mixed(peft_model, names, tokenizer, prompts,
                                           opts.max_tokens, opts.max_batch_size))
     order = {name: i for i, name in enumerate(ALL_SCENARIOS)}
     results.sort(key=lambda r: order.get(r.scenario, len(order)))
@@ -225,6 +233,10 @@ def bench(
         f"tokens each (ignore_eos, greedy), {concurrency} concurrent clients; adapters "
         f"r={rank}, alpha={alpha:g}, targets {targets}."
     )
+    loads = ", ".join(f"{r.scenario} {r.host_load:.1f}" for r in results
+                      if r.host_load is not None)
+    if loads:
+        setup += f" Host load average (1 min) at the end of each scenario: {loads}."
     parts = [setup, scenario_table(results, baseline="base" if http is None else "http")]
     if load is not None:
         parts.append(render_load(load))

@@ -24,7 +24,6 @@ def serve(
 ) -> None:
     """Run the HTTP service (configuration from LORASWAP_* variables)."""
     # Heavy imports only for this command, so `loraswap --help` stays fast.
-    import torch
     import uvicorn
 
     from service.app import create_app
@@ -37,8 +36,6 @@ def serve(
     if port is not None:
         settings.port = port
     configure_logging(settings.log_format, settings.log_level)
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_config=None, timeout_graceful_shutdown=30)
 

@@ -23,6 +23,7 @@ from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import ApiKeyAuthenticator, log_auth_mode
 from service.engine.engine import EngineConfig, LoraEngine
+from service.engine.engine_thread import EngineThread
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 from service.state import ServiceState, ServingComponents
@@ -38,7 +39,7 @@ def load_from_settings(settings: Settings) -> LoadedBaseModel:
 
 
 def build_components(settings: Settings, loaded: LoadedBaseModel, state: ServiceState,
-                     ) -> ServingComponents:
+                     thread: EngineThread) -> ServingComponents:
     """Engine, prompt builder and serving classes around a loaded base model."""
     engine = LoraEngine(
         loaded.model, loaded.tokenizer,
@@ -48,7 +49,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
             max_model_len=settings.max_model_len, max_prefill_tokens=settings.max_prefill_tokens,
             max_queue=settings.max_queue,
         ),
-        state.metrics,
+        state.metrics, thread,
     )
     prompts = PromptBuilder(loaded.tokenizer, PromptLimits(
         max_input_tokens=settings.max_input_tokens, max_model_len=settings.max_model_len,
@@ -62,10 +63,12 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
     )
 
 
-async def _load(settings: Settings, state: ServiceState, loader: ModelLoader) -> None:
+async def _load(settings: Settings, state: ServiceState, loader: ModelLoader,
+                thread: EngineThread) -> None:
+    # The model is loaded on the engine thread: all torch work stays on one thread.
     try:
-        loaded = await asyncio.to_thread(loader, settings)
-        components = await asyncio.to_thread(build_components, settings, loaded, state)
+        loaded = await thread.run(lambda: loader(settings))
+        components = await thread.run(lambda: build_components(settings, loaded, state, thread))
         components.engine.start()
     except Exception as exc:
         state.status, state.error = "failed", str(exc)
@@ -98,15 +101,16 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_auth_mode(state.authenticator)
-        loading = asyncio.create_task(_load(settings, state, loader))
+        thread = EngineThread(settings.threads)
+        thread.start()
+        loading = asyncio.create_task(_load(settings, state, loader, thread))
         try:
             yield
         finally:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
-            if state.components is not None:
-                await asyncio.to_thread(state.components.engine.stop)
+            await asyncio.to_thread(thread.stop)
 
     app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan,
                   description="Many tenants' LoRA adapters on one resident base model.")

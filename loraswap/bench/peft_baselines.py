@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,9 @@ def run_naive_server(peft_model: Any, names: list[str], tokenizer: Any,
 
     async def serve() -> tuple[list[RequestTiming], float]:
         lock = asyncio.Lock()
+        # One model worker thread, as in a typical server (and one OpenMP team for torch).
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="naive-model")
+        loop = asyncio.get_running_loop()
         timings: list[RequestTiming | None] = [None] * len(prompts)
         next_index = 0
 
@@ -106,15 +110,18 @@ def run_naive_server(peft_model: Any, names: list[str], tokenizer: Any,
                 next_index += 1
                 started = time.perf_counter()
                 async with lock:
-                    tokens, first = await asyncio.to_thread(
-                        generate_one, names[index % len(names)], prompts[index]
+                    tokens, first = await loop.run_in_executor(
+                        worker, generate_one, names[index % len(names)], prompts[index]
                     )
                 ended = time.perf_counter()
                 timings[index] = RequestTiming((first or ended) - started, ended - started,
                                                tokens)
 
         started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(min(concurrency, len(prompts)))))
+        try:
+            await asyncio.gather(*(client() for _ in range(min(concurrency, len(prompts)))))
+        finally:
+            worker.shutdown()
         return [t for t in timings if t is not None], time.perf_counter() - started
 
     timings, wall = asyncio.run(serve())

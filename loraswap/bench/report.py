@@ -43,6 +43,9 @@ class ScenarioResult:
     latencies_s: list[float] = field(repr=False)
     ttfts_s: list[float] = field(repr=False)
     note: str = ""
+    # 1-minute load average of the host when the scenario ended (others' CPU use shows up
+    # here: with N cores, a value well above the benchmark's own threads means contention).
+    host_load: float | None = None
 
     @classmethod
     def from_timings(cls, scenario: str, distinct_adapters: int, timings: list[RequestTiming],

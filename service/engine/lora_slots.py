@@ -1,23 +1,24 @@
 """Slot table of resident LoRA adapters and the batched LoRA delta.
 
-Every targetable projection has one preallocated tensor per factor, indexed by slot:
-``A[module]`` is ``[layers, slots, in, R]`` and ``B[module]`` is ``[layers, slots, R, out]``
-(``R`` = max rank; smaller ranks are zero-padded, the LoRA scaling is folded into ``B``).
-Slot 0 is "no adapter" and stays zero. Loading an adapter copies into its slot in place.
+Projections that read the same input form a *group* (q/k/v share the attention input,
+gate/up the MLP input). For each group the table preallocates, indexed by slot:
+``shrink[group]`` ``[layers, slots, in, k*R]`` (the members' ``A`` side by side) and
+``expand[group]`` ``[layers, slots, k*R, out]`` (the members' ``B`` block-diagonally, so
+its columns line up with the group's fused base output). ``R`` is the max rank; smaller
+ranks are zero-padded and the LoRA scaling is folded into ``expand``. Slot 0 is "no
+adapter". Loading an adapter copies into its slot in place; the layout work is done then,
+once, not at every step.
 
-Projections that read the same input are applied together as one *group* (q/k/v share the
-attention input, gate/up the MLP input): one shrink GEMM against the members' concatenated
-``A`` and one expand GEMM against a block-diagonal ``B`` whose columns line up with the
-group's fused base output. For a batch, rows are grouped by slot into a padded
-``[adapters, rows, in]`` block and both GEMMs run as one ``bmm`` each, so the number of
-kernel calls does not grow with the number of distinct adapters (PEFT's mixed batch loops
-in Python over them). The per-active-set weight layout is built once when the set of
-adapters in the running batch changes, not at every step.
+For a batch, rows are grouped by slot into a padded ``[slots, rows, in]`` block and the
+delta is two ``bmm`` calls per group against the table itself, sliced to the range of
+slots the batch uses: no weights are copied per step or when the batch's set of adapters
+changes, and the number of kernel calls does not grow with the number of distinct
+adapters (PEFT's mixed batch loops over them in Python). New adapters take the lowest
+free slot, which keeps that range short.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -45,50 +46,33 @@ class ProjectionGroup:
         return sum(self.out_features[:index])
 
 
-@dataclass
-class _GroupWeights:
-    shrink: torch.Tensor  # [layers, G, in, k*R]
-    expand: torch.Tensor  # [layers, G, k*R, fused_out]
-
-
-class ActiveLoraWeights:
-    """Compute layout for one set of active slots: per group, stacked shrink/expand weights."""
-
-    def __init__(self, slots: tuple[int, ...], groups: dict[str, _GroupWeights]) -> None:
-        self.slots = slots
-        self._groups = groups
-
-    def for_group(self, group: str) -> _GroupWeights | None:
-        """Weights for ``group``, or None when no active adapter targets it."""
-        return self._groups.get(group)
-
-
 class LoraBatchPlan:
-    """How the rows of one forward pass map onto adapters; applies the LoRA delta.
+    """How the rows of one forward pass map onto slots; applies the LoRA delta.
 
-    Rows are gathered into a ``[adapters, rows_per_adapter, in]`` block. Where an adapter
-    has fewer rows than the block's height the gather repeats a real row and ``pad_mask``
-    zeroes it, so its delta is exactly zero and scatters harmlessly.
+    Slots ``first .. first + count - 1`` each get a block of ``rows_per_slot`` rows. A slot
+    with fewer rows (or none: it lies in the range but no row uses it) repeats a real row,
+    which ``pad_mask`` zeroes, so its delta is exactly zero and scatters harmlessly.
     """
 
     def __init__(
-        self, weights: ActiveLoraWeights, gather_index: torch.Tensor, rows_per_adapter: int,
-        pad_mask: torch.Tensor | None, compute_dtype: torch.dtype,
+        self, table: LoraSlotTable, first: int, count: int, gather_index: torch.Tensor,
+        rows_per_slot: int, pad_mask: torch.Tensor | None, groups: frozenset[str],
     ) -> None:
-        self.weights = weights
+        self.table = table
+        self.slots = slice(first, first + count)
         self.gather_index = gather_index
-        self.rows_per_adapter = rows_per_adapter
+        self.rows_per_slot = rows_per_slot
         self.pad_mask = pad_mask
-        self.compute_dtype = compute_dtype
+        self.groups = groups
 
     def add_delta(self, layer: int, group: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """``y += lora_delta(x)`` for the rows of ``x`` ([rows, in]) and ``y`` ([rows, out])."""
-        weights = self.weights.for_group(group)
-        if weights is None:
+        if group not in self.groups:
             return
-        shrink, expand = weights.shrink[layer], weights.expand[layer]
-        blocks = x.index_select(0, self.gather_index).to(self.compute_dtype)
-        blocks = blocks.view(shrink.shape[0], self.rows_per_adapter, -1)
+        shrink = self.table.shrink(group)[layer, self.slots]
+        expand = self.table.expand(group)[layer, self.slots]
+        blocks = x.index_select(0, self.gather_index).to(shrink.dtype)
+        blocks = blocks.view(shrink.shape[0], self.rows_per_slot, -1)
         if self.pad_mask is not None:
             blocks = blocks * self.pad_mask
         delta = torch.bmm(torch.bmm(blocks, shrink), expand)
@@ -109,21 +93,19 @@ class LoraSlotTable:
         self.dtype = dtype
         self.device = device
         self._member_group: dict[str, tuple[ProjectionGroup, int]] = {}
-        self._a: dict[str, torch.Tensor] = {}
-        self._b: dict[str, torch.Tensor] = {}
+        self._shrink: dict[str, torch.Tensor] = {}
+        self._expand: dict[str, torch.Tensor] = {}
         for group in groups:
+            width = max_rank * len(group.members)
             for index, member in enumerate(group.members):
                 self._member_group[member] = (group, index)
-                shape_a = (num_layers, max_loras + 1, group.in_features, max_rank)
-                shape_b = (num_layers, max_loras + 1, max_rank, group.out_features[index])
-                self._a[member] = torch.zeros(shape_a, dtype=dtype, device=device)
-                self._b[member] = torch.zeros(shape_b, dtype=dtype, device=device)
+            for store, shape in ((self._shrink, (group.in_features, width)),
+                                 (self._expand, (width, group.fused_out))):
+                store[group.name] = torch.zeros((num_layers, max_loras + 1, *shape),
+                                                dtype=dtype, device=device)
         self._slot_rank = [0] * (max_loras + 1)
         self._slot_targets: list[frozenset[str]] = [frozenset()] * (max_loras + 1)
-        self._generation = [0] * (max_loras + 1)
-        self._active_cache: OrderedDict[tuple[tuple[int, int], ...], ActiveLoraWeights] = (
-            OrderedDict()
-        )
+        self._group_of_target = {m: g.name for g in groups for m in g.members}
 
     @property
     def targets(self) -> frozenset[str]:
@@ -132,8 +114,8 @@ class LoraSlotTable:
 
     @property
     def num_bytes(self) -> int:
-        """Memory held by the preallocated factors."""
-        tensors = [*self._a.values(), *self._b.values()]
+        """Memory held by the slot table."""
+        tensors = [*self._shrink.values(), *self._expand.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def check_compatible(self, adapter: LoraAdapterWeights) -> None:
@@ -170,12 +152,15 @@ class LoraSlotTable:
         scaling = adapter.config.scaling
         with torch.no_grad():
             for (layer, module), (lora_a, lora_b) in adapter.factors.items():
+                group, index = self._member_group[module]
                 rank = lora_a.shape[0]
-                self._a[module][layer, slot, :, :rank].copy_(lora_a.t())
-                self._b[module][layer, slot, :rank, :].copy_(lora_b.t() * scaling)
+                cols = slice(index * self.max_rank, index * self.max_rank + rank)
+                start = group.member_offset(index)
+                out = slice(start, start + group.out_features[index])
+                self._shrink[group.name][layer, slot, :, cols].copy_(lora_a.t())
+                self._expand[group.name][layer, slot, cols, out].copy_(lora_b.t() * scaling)
         self._slot_rank[slot] = adapter.rank
         self._slot_targets[slot] = adapter.targets
-        self._generation[slot] += 1
 
     def clear(self, slot: int) -> None:
         """Zero ``slot`` so that it holds no adapter."""
@@ -183,76 +168,51 @@ class LoraSlotTable:
         self._zero(slot)
         self._slot_rank[slot] = 0
         self._slot_targets[slot] = frozenset()
-        self._generation[slot] += 1
+
+    def shrink(self, group: str) -> torch.Tensor:
+        """``[layers, slots, in, k*R]`` shrink factors of ``group``."""
+        return self._shrink[group]
+
+    def expand(self, group: str) -> torch.Tensor:
+        """``[layers, slots, k*R, out]`` expand factors (scaling folded in) of ``group``."""
+        return self._expand[group]
 
     def plan(self, row_slots: torch.Tensor) -> LoraBatchPlan | None:
         """Group the rows of a forward pass by slot; None when no row uses an adapter."""
         slots = row_slots.tolist()
-        active = tuple(sorted({s for s in slots if s != 0}))
-        if not active:
-            return None
-        weights = self._active_weights(active)
-        rows_of: dict[int, list[int]] = {slot: [] for slot in active}
+        rows_of: dict[int, list[int]] = {}
         for row, slot in enumerate(slots):
             if slot:
-                rows_of[slot].append(row)
-        rows_per_adapter = max(len(rows) for rows in rows_of.values())
+                rows_of.setdefault(slot, []).append(row)
+        if not rows_of:
+            return None
+        first, last = min(rows_of), max(rows_of)
+        rows_per_slot = max(len(rows) for rows in rows_of.values())
+        any_row = next(iter(rows_of.values()))[0]
         gather: list[int] = []
         valid: list[bool] = []
-        for slot in active:
-            rows = rows_of[slot]
-            missing = rows_per_adapter - len(rows)
-            gather += rows + [rows[0]] * missing
+        for slot in range(first, last + 1):
+            rows = rows_of.get(slot, [])
+            missing = rows_per_slot - len(rows)
+            gather += rows + [any_row] * missing
             valid += [True] * len(rows) + [False] * missing
         pad_mask = None
         if not all(valid):
             pad_mask = torch.tensor(valid, dtype=self.dtype, device=self.device)
-            pad_mask = pad_mask.view(len(active), rows_per_adapter, 1)
+            pad_mask = pad_mask.view(last - first + 1, rows_per_slot, 1)
+        groups = frozenset(self._group_of_target[target] for slot in rows_of
+                           for target in self._slot_targets[slot])
         return LoraBatchPlan(
-            weights, torch.tensor(gather, dtype=torch.long, device=self.device),
-            rows_per_adapter, pad_mask, self.dtype,
+            self, first, last - first + 1,
+            torch.tensor(gather, dtype=torch.long, device=self.device), rows_per_slot,
+            pad_mask, groups,
         )
-
-    def _active_weights(self, active: tuple[int, ...]) -> ActiveLoraWeights:
-        key = tuple((slot, self._generation[slot]) for slot in active)
-        cached = self._active_cache.get(key)
-        if cached is not None:
-            self._active_cache.move_to_end(key)
-            return cached
-        weights = self._build_active(active)
-        self._active_cache[key] = weights
-        while len(self._active_cache) > 2:
-            self._active_cache.popitem(last=False)
-        return weights
-
-    def _build_active(self, active: tuple[int, ...]) -> ActiveLoraWeights:
-        index = torch.tensor(active, dtype=torch.long, device=self.device)
-        rank = max(self._slot_rank[slot] for slot in active)
-        used = frozenset().union(*(self._slot_targets[slot] for slot in active))
-        built: dict[str, _GroupWeights] = {}
-        for group in self.groups.values():
-            members = [m for m in group.members if m in used]
-            if not members:
-                continue
-            shape_shrink = (self.num_layers, len(active), group.in_features, rank * len(members))
-            shape_expand = (self.num_layers, len(active), rank * len(members), group.fused_out)
-            shrink = torch.zeros(shape_shrink, dtype=self.dtype, device=self.device)
-            expand = torch.zeros(shape_expand, dtype=self.dtype, device=self.device)
-            for position, member in enumerate(members):
-                member_index = group.members.index(member)
-                cols = slice(position * rank, (position + 1) * rank)
-                start = group.member_offset(member_index)
-                out = slice(start, start + group.out_features[member_index])
-                shrink[:, :, :, cols] = self._a[member].index_select(1, index)[..., :rank]
-                expand[:, :, cols, out] = self._b[member].index_select(1, index)[:, :, :rank, :]
-            built[group.name] = _GroupWeights(shrink=shrink, expand=expand)
-        return ActiveLoraWeights(active, built)
 
     def _zero(self, slot: int) -> None:
         with torch.no_grad():
-            for member in self._a:
-                self._a[member][:, slot].zero_()
-                self._b[member][:, slot].zero_()
+            for name in self._shrink:
+                self._shrink[name][:, slot].zero_()
+                self._expand[name][:, slot].zero_()
 
     def _check_slot(self, slot: int) -> None:
         if not 1 <= slot <= self.max_loras:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from adapters.lora_format import LoraAdapterWeights
@@ -84,9 +84,14 @@ class LoraSlotManager:
 class HostLoraCache:
     """Decoded adapters in host memory (LRU), with one load in flight per adapter."""
 
-    def __init__(self, capacity: int, observer: EngineObserver) -> None:
+    def __init__(
+        self, capacity: int, observer: EngineObserver,
+        run_blocking: Callable[[Callable[[], LoraAdapterWeights]], Awaitable[LoraAdapterWeights]],
+    ) -> None:
+        """``run_blocking`` runs a (torch-using) read off the event loop: the engine thread."""
         self.capacity = capacity
         self._observer = observer
+        self._run_blocking = run_blocking
         self._entries: OrderedDict[AdapterKey, LoraAdapterWeights] = OrderedDict()
         self._loading: dict[AdapterKey, asyncio.Future[LoraAdapterWeights]] = {}
 
@@ -96,7 +101,7 @@ class HostLoraCache:
     async def get(
         self, key: AdapterKey, load: Callable[[], LoraAdapterWeights]
     ) -> LoraAdapterWeights:
-        """The decoded adapter; ``load`` (blocking, run in a thread) only on a miss."""
+        """The decoded adapter; ``load`` (blocking, run off the loop) only on a miss."""
         cached = self._entries.get(key)
         if cached is not None:
             self._entries.move_to_end(key)
@@ -110,7 +115,7 @@ class HostLoraCache:
         self._loading[key] = future
         try:
             started = time.perf_counter()
-            weights = await asyncio.to_thread(load)
+            weights = await self._run_blocking(load)
             self._observer.adapter_loaded(key.name, "host", time.perf_counter() - started)
         except BaseException as exc:
             future.set_exception(exc)

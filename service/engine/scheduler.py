@@ -1,4 +1,4 @@
-"""Continuous batching: one engine thread owns the running batch.
+"""Continuous batching: the scheduler, stepped by the engine thread, owns the running batch.
 
 Each iteration (1) drops cancelled sequences, (2) admits waiting requests into free cache
 rows and prefills them together (bounded by a prompt-token budget, so decoding never
@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -107,7 +108,7 @@ class _FairQueue:
 
 
 class ContinuousBatchScheduler:
-    """Owns the engine thread, the waiting queue and the running batch."""
+    """Owns the waiting queue and the running batch; stepped by the engine thread."""
 
     def __init__(
         self, runner: LlamaRunner, slots: LoraSlotManager, tokenizer: Tokenizer,
@@ -121,9 +122,11 @@ class ContinuousBatchScheduler:
         self._waiting = _FairQueue()
         self._running: dict[int, _Sequence] = {}  # cache row -> sequence
         self._free_rows = list(range(config.max_batch_size))
-        self._lock = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="loraswap-engine", daemon=True)
+        self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
+        self._closed = False
+        self._waiting_for_slot = False
+        # Set by the engine thread that steps us: wakes it after a submit or a cancellation.
+        self.wake: Callable[[], None] = lambda: None
 
     @property
     def num_waiting(self) -> int:
@@ -135,17 +138,6 @@ class ContinuousBatchScheduler:
         """Sequences in the running batch."""
         return len(self._running)
 
-    def start(self) -> None:
-        """Start the engine thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Fail everything pending and stop the engine thread."""
-        with self._lock:
-            self._stopping = True
-            self._lock.notify_all()
-        self._thread.join(timeout=30)
-
     def submit(self, request: GenerationRequest, stream: RequestStream) -> None:
         """Queue a request; raises :class:`OverloadedError` when the queue is full."""
         seq = _Sequence(
@@ -153,7 +145,7 @@ class ContinuousBatchScheduler:
             text=IncrementalText(self._tokenizer, request.params.stop),
         )
         with self._lock:
-            if self._stopping:
+            if self._closed:
                 raise NotReadyError("server is shutting down")
             if self._waiting.size >= self.config.max_queue:
                 raise OverloadedError(
@@ -161,40 +153,38 @@ class ContinuousBatchScheduler:
                     retry_after=1,
                 )
             self._waiting.push(seq)
-            self._lock.notify_all()
+        self.kick()
 
-    def wake(self) -> None:
-        """Make the engine thread look at its queues now (e.g. after a cancellation)."""
-        with self._lock:
-            self._lock.notify_all()
+    def kick(self) -> None:
+        """Make the engine thread reconsider its queues now (after a submit or cancel)."""
+        self._waiting_for_slot = False
+        self.wake()
 
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._stopping and not self._running and not self._waiting.size:
-                    self._lock.wait()
-                if self._stopping:
-                    break
-            try:
-                self._step()
-            except Exception:
-                logger.exception("engine step failed; failing the running batch")
-                for seq in list(self._running.values()):
-                    self._finish(seq, "error", LoraswapError("engine step failed"))
-        self._shutdown()
+    def has_work(self) -> bool:
+        """Whether a step would do something (lock-free: called under the thread's lock)."""
+        return bool(self._running) or (self._waiting.size > 0 and not self._waiting_for_slot)
+
+    def step(self) -> None:
+        """One iteration: drop cancelled, admit and prefill, decode; never raises."""
+        try:
+            self._step()
+        except Exception:
+            logger.exception("engine step failed; failing the running batch")
+            for seq in list(self._running.values()):
+                self._finish(seq, "error", LoraswapError("engine step failed"))
 
     def _step(self) -> None:
         self._reap_cancelled()
         admitted = self._admit()
+        # Requests wait but none could be admitted although nothing runs: the slots they
+        # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
+        stuck = not admitted and not self._running and self._waiting.size > 0
         if admitted:
             self._prefill(admitted)
         if self._running:
             self._decode()
+        self._waiting_for_slot = stuck
         self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
-        if not admitted and not self._running and self._waiting.size:
-            # Everything waiting needs a slot that running sequences hold; nothing runs, so
-            # this cannot last, but do not spin while a cancellation is being processed.
-            time.sleep(0.001)
 
     def _reap_cancelled(self) -> None:
         for seq in list(self._running.values()):
@@ -302,11 +292,13 @@ class ContinuousBatchScheduler:
         ))
         self._observer.request_finished(seq.request.adapter_label, reason, completion)
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """Fail everything running or waiting (the server is stopping)."""
         error = NotReadyError("server is shutting down")
         for seq in list(self._running.values()):
             self._finish(seq, "error", error)
         with self._lock:
+            self._closed = True
             pending = self._waiting.drain()
         for seq in pending:
             self._finish(seq, "error", error)

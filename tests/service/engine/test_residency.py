@@ -69,7 +69,7 @@ def test_slots_in_use_or_pinned_are_never_evicted() -> None:
 
 async def test_concurrent_misses_load_an_adapter_once() -> None:
     observer = CountingObserver()
-    cache = HostLoraCache(capacity=2, observer=observer)
+    cache = HostLoraCache(capacity=2, observer=observer, run_blocking=asyncio.to_thread)
     calls = 0
     lock = threading.Lock()
 

@@ -73,7 +73,6 @@ def _record(results: list[Any], result: Any) -> None:
 
 def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
     """Run the selected in-process scenarios; returns (scenario results, load result)."""
-    import torch
 
     from loraswap.bench.engine_bench import (
         EngineRun,
@@ -90,8 +89,16 @@ def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
         load_base,
         parse_targets,
     )
+    from service.engine.engine_thread import EngineThread
 
-    torch.set_num_threads(opts.threads)
+    # All torch work on one thread, as in the service (a second thread running torch ops
+    # slows the first one down measurably on this CPU).
+    torch_thread = EngineThread(opts.threads, name="bench-torch")
+    torch_thread.start()
+
+    def on_thread(fn: Any) -> Any:
+        return torch_thread.call(fn).result()
+
     spec = AdapterSpec(rank=opts.rank, alpha=opts.alpha, targets=parse_targets(opts.targets))
     selected = set(opts.scenarios)
     needed = [ENGINE_SCENARIOS[s] for s in selected if s in ENGINE_SCENARIOS]
@@ -105,7 +112,7 @@ def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
     folders = ensure_adapters(opts.adapter_dir, opts.base_model, max(needed, default=0), spec)
     _log(f"{len(folders)} adapters ({spec.tag}) ready in {opts.adapter_dir} "
          f"({time.perf_counter() - started:.1f}s)")
-    model, tokenizer = load_base(opts.base_model, opts.device)
+    model, tokenizer = on_thread(lambda: load_base(opts.base_model, opts.device))
     prompts = build_prompts(tokenizer, opts.requests, opts.prompt_tokens)
     run = EngineRun(
         max_new_tokens=opts.max_tokens, concurrency=opts.concurrency,
@@ -113,13 +120,14 @@ def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
         max_model_len=max(64, opts.prompt_tokens + opts.max_tokens + 8),
     )
     engine_counts = [ENGINE_SCENARIOS[s] for s in opts.scenarios if s in ENGINE_SCENARIOS]
-    decoded = read_adapters(folders[:max([*engine_counts, POISSON_ADAPTERS])])
+    decoded = on_thread(lambda: read_adapters(folders[:max([*engine_counts, POISSON_ADAPTERS])]))
     results: list[ScenarioResult] = []
     for name in opts.scenarios:
         if name in ENGINE_SCENARIOS:
             _log(f"{name}: {len(prompts)} requests x {opts.max_tokens} tokens")
             _record(results, run_engine_scenario(
-                name, model, tokenizer, prompts, decoded[:ENGINE_SCENARIOS[name]], run
+                name, model, tokenizer, prompts, decoded[:ENGINE_SCENARIOS[name]], run,
+                thread=torch_thread,
             ))
     if "poisson" in selected:
         rate = opts.poisson_rate
@@ -128,29 +136,34 @@ def run_benchmark(opts: BenchOptions) -> tuple[list[Any], Any]:
             if reference is None:
                 _log("poisson: measuring lora16 first to pick the arrival rate")
                 reference = run_engine_scenario("lora16", model, tokenizer, prompts,
-                                                decoded[:16], run)
+                                                decoded[:16], run, thread=torch_thread)
                 _record(results, reference)
             rate = POISSON_LOAD * reference.tokens_per_s / opts.max_tokens
         _log(f"poisson: {len(prompts)} requests at {rate:.2f} req/s")
         _record(results, run_engine_scenario("poisson", model, tokenizer, prompts,
-                                           decoded[:POISSON_ADAPTERS], run, poisson_rate=rate))
+                                           decoded[:POISSON_ADAPTERS], run, poisson_rate=rate,
+                                           thread=torch_thread))
     load: LoadLatencyResult | None = None
     if "load" in selected:
         _log(f"load: {opts.load_adapters} adapters disk -> slot")
-        load = measure_load_latency(model, tokenizer, folders[:opts.load_adapters], run)
+        load = on_thread(lambda: measure_load_latency(model, tokenizer,
+                                                      folders[:opts.load_adapters], run))
     if selected & {"naive", "peft-mixed"}:
         del model
-        peft_base, _ = load_base(opts.base_model, opts.device)
-        peft_model, names = build_peft_model(peft_base, folders[:PEFT_ADAPTERS])
+        peft_base, _ = on_thread(lambda: load_base(opts.base_model, opts.device))
+        peft_model, names = on_thread(lambda: build_peft_model(peft_base,
+                                                               folders[:PEFT_ADAPTERS]))
         if "naive" in selected:
             naive_prompts = prompts[:opts.naive_requests or len(prompts)]
             _log(f"naive: {len(naive_prompts)} requests, one at a time")
             _record(results, run_naive_server(peft_model, names, tokenizer, naive_prompts,
-                                            opts.max_tokens, opts.concurrency))
+                                            opts.max_tokens, opts.concurrency,
+                                            submit=torch_thread.call))
         if "peft-mixed" in selected:
             _log(f"peft-mixed: {len(prompts)} requests in batches of {opts.max_batch_size}")
-            _record(results, run_peft_mixed(peft_model, names, tokenizer, prompts,
-                                          opts.max_tokens, opts.max_batch_size))
+            _record(results, on_thread(lambda: run_peft_mixed(
+                peft_model, names, tokenizer, prompts, opts.max_tokens, opts.max_batch_size)))
+    torch_thread.stop()
     order = {name: i for i, name in enumerate(ALL_SCENARIOS)}
     results.sort(key=lambda r: order.get(r.scenario, len(order)))
     return results, load

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from loraswap.adapters_cmd import adapters_app
+from loraswap.bench_cmd import bench
 from loraswap.model_cmd import model_app
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(model_app, name="model")
 app.add_typer(adapters_app, name="adapters")
+app.command(name="bench", help="Measure throughput and latency (see docs/benchmarks.md).")(bench)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from typing import Any
 from adapters.lora_format import LoraAdapterWeights, read_lora_adapter
 from loraswap.bench.report import LoadLatencyResult, RequestTiming, ScenarioResult
 from service.engine.engine import EngineConfig, LoraEngine
+from service.engine.engine_thread import EngineThread
 from service.engine.observer import NullObserver
 from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
@@ -37,14 +38,18 @@ def read_adapters(folders: list[Path]) -> list[Adapter]:
     return [(AdapterKey(f.name, "1"), read_lora_adapter(f)) for f in folders]
 
 
-def make_engine(model: Any, tokenizer: Any, num_adapters: int, run: EngineRun) -> LoraEngine:
-    """An engine with one slot per distinct adapter (at least one)."""
+def make_engine(model: Any, tokenizer: Any, num_adapters: int, run: EngineRun,
+                thread: EngineThread | None = None) -> LoraEngine:
+    """An engine with one slot per distinct adapter (at least one), on ``thread``."""
     config = EngineConfig(
         max_loras=max(1, num_adapters), max_lora_rank=run.max_lora_rank,
         max_cpu_loras=max(64, num_adapters), max_batch_size=run.max_batch_size,
         max_model_len=run.max_model_len, max_queue=4096,
     )
-    return LoraEngine(model, tokenizer, config, NullObserver())
+    if thread is None:
+        return LoraEngine(model, tokenizer, config, NullObserver())
+    return thread.call(
+        lambda: LoraEngine(model, tokenizer, config, NullObserver(), thread)).result()
 
 
 async def timed_request(engine: LoraEngine, request_id: str, prompt: list[int],
@@ -128,11 +133,11 @@ async def _warm_up(engine: LoraEngine, prompt: list[int]) -> None:
 
 def run_engine_scenario(
     name: str, model: Any, tokenizer: Any, prompts: list[list[int]], adapters: list[Adapter],
-    run: EngineRun, poisson_rate: float | None = None,
+    run: EngineRun, poisson_rate: float | None = None, thread: EngineThread | None = None,
 ) -> ScenarioResult:
     """One scenario on a fresh engine (slots = distinct adapters): closed loop, or open loop
     when ``poisson_rate`` is given. Slots start empty, so first loads are measured too."""
-    engine = make_engine(model, tokenizer, len(adapters), run)
+    engine = make_engine(model, tokenizer, len(adapters), run, thread)
     engine.start()
 
     async def body() -> tuple[list[RequestTiming], float, float]:

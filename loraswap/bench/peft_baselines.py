@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +81,9 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 def run_naive_server(peft_model: Any, names: list[str], tokenizer: Any,
                      prompts: list[list[int]], max_new_tokens: int,
-                     concurrency: int) -> ScenarioResult:
+                     concurrency: int,
+    submit: Callable[[Callable[[], Any]], Future[Any]] | None = None,
+) -> ScenarioResult:
     """``concurrency`` clients against a server that, per request, takes a lock, calls
     ``set_adapter(name)`` and ``generate``: requests are served one at a time."""
     config = greedy_config(peft_model, max_new_tokens, _pad_id(tokenizer))
@@ -97,9 +101,10 @@ def run_naive_server(peft_model: Any, names: list[str], tokenizer: Any,
 
     async def serve() -> tuple[list[RequestTiming], float]:
         lock = asyncio.Lock()
-        # One model worker thread, as in a typical server (and one OpenMP team for torch).
+        # One model worker thread, as in a typical server (and one OpenMP team for torch):
+        # the caller's torch thread when given, so every scenario runs torch on one thread.
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="naive-model")
-        loop = asyncio.get_running_loop()
+        run = submit or worker.submit
         timings: list[RequestTiming | None] = [None] * len(prompts)
         next_index = 0
 
@@ -110,9 +115,9 @@ def run_naive_server(peft_model: Any, names: list[str], tokenizer: Any,
                 next_index += 1
                 started = time.perf_counter()
                 async with lock:
-                    tokens, first = await loop.run_in_executor(
-                        worker, generate_one, names[index % len(names)], prompts[index]
-                    )
+                    name, prompt = names[index % len(names)], prompts[index]
+                    tokens, first = await asyncio.wrap_future(
+                        run(functools.partial(generate_one, name, prompt)))
                 ended = time.perf_counter()
                 timings[index] = RequestTiming((first or ended) - started, ended - started,
                                                tokens)

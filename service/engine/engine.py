@@ -67,6 +67,7 @@ class LoraEngine:
         self.cache = KvCache(shape, config.max_batch_size, config.max_model_len, dtype, device)
         self.runner = LlamaRunner(model, self.table, self.cache)
         self.slots = LoraSlotManager(self.table, observer)
+        self._owns_thread = thread is None
         self.thread = thread or EngineThread()
         self.host = HostLoraCache(config.max_cpu_loras, observer, self._run_on_thread)
         self.scheduler = ContinuousBatchScheduler(
@@ -92,8 +93,11 @@ class LoraEngine:
         self.thread.drive(self.scheduler)
 
     def stop(self) -> None:
-        """Stop the engine thread, failing what is still pending."""
-        self.thread.stop()
+        """Fail what is still pending; stop the engine thread if this engine made it."""
+        if self._owns_thread:
+            self.thread.stop()
+        elif self.thread.started:
+            self.thread.release(self.scheduler)
 
     async def _run_on_thread(self, fn: Callable[[], LoraAdapterWeights]) -> LoraAdapterWeights:
         if not self.thread.started:  # not serving yet (tests, tools): run inline

@@ -73,6 +73,15 @@ class EngineThread:
             self._driver = driver
             self._cond.notify_all()
 
+    def release(self, driver: EngineDriver) -> None:
+        """Stop stepping ``driver`` and shut it down on the thread; the thread goes on."""
+        def detach() -> None:
+            if self._driver is driver:
+                self._driver = None
+            driver.shutdown()
+
+        self.call(detach).result(timeout=60)
+
     def wake(self) -> None:
         """Look for work now (new request, cancellation)."""
         with self._cond:

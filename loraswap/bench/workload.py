@@ -167,12 +167,7 @@ def ensure_adapters(root: Path, base_dir: Path, count: int, spec: AdapterSpec) -
 
 def load_base(path: Path, device: str = "cpu") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) in bfloat16: the one place the benchmark loads it."""
-    try:
-        from adapters.base_model import Quantization, load_base_model
-    except ImportError:  # pragma: no cover - fallback while the loader is not there
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from adapters.base_model import Quantization, load_base_model
 
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
-        return model.to(device), AutoTokenizer.from_pretrained(str(path))
     loaded = load_base_model(path, Quantization.BF16, device)
     return loaded.model, loaded.tokenizer

@@ -59,6 +59,7 @@ class _Sequence:
     row: int = -1
     output_ids: list[int] = field(default_factory=list)
     last_token_at: float = 0.0
+    done: bool = False
 
     @property
     def next_position(self) -> int:
@@ -125,6 +126,7 @@ class ContinuousBatchScheduler:
         self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
         self._closed = False
         self._waiting_for_slot = False
+        self._admitting: list[_Sequence] = []  # taken from the queue, not yet running
         # Set by the engine thread that steps us: wakes it after a submit or a cancellation.
         self.wake: Callable[[], None] = lambda: None
 
@@ -170,12 +172,13 @@ class ContinuousBatchScheduler:
             self._step()
         except Exception:
             logger.exception("engine step failed; failing the running batch")
-            for seq in list(self._running.values()):
+            for seq in [*self._running.values(), *self._admitting]:
                 self._finish(seq, "error", LoraswapError("engine step failed"))
+        self._admitting = []
 
     def _step(self) -> None:
         self._reap_cancelled()
-        admitted = self._admit()
+        admitted = self._admitting = self._admit()
         # Requests wait but none could be admitted although nothing runs: the slots they
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
         stuck = not admitted and not self._running and self._waiting.size > 0
@@ -279,10 +282,15 @@ class ContinuousBatchScheduler:
 
     def _finish(self, seq: _Sequence, reason: str, error: LoraswapError | None,
                 last: GenerationEvent | None = None) -> None:
+        if seq.done:
+            return
+        seq.done = True
         if self._running.get(seq.row) is seq:
             del self._running[seq.row]
+        if seq.row >= 0:  # holds a cache row and a slot reference: give both back once
             heapq.heappush(self._free_rows, seq.row)
             self._slots.release(seq.slot)
+            seq.row, seq.slot = -1, 0
         prompt_tokens = len(seq.request.prompt_ids)
         completion = len(seq.output_ids)
         seq.stream.push(GenerationEvent(

@@ -11,7 +11,7 @@ from peft import PeftModel
 from transformers import LlamaForCausalLM
 
 from adapters.base_model import Quantization, load_base_model
-from adapters.errors import OverloadedError, RequestCancelledError
+from adapters.errors import LoraswapError, OverloadedError, RequestCancelledError
 from adapters.lora_format import read_lora_adapter
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.observer import NullObserver
@@ -104,3 +104,27 @@ async def test_bf16_mixed_batch_logits_match_peft_within_tolerance(
         with torch.inference_mode():
             theirs = peft_model(torch.tensor([prompt])).logits[0, -1].float()
         torch.testing.assert_close(ours[row], theirs, rtol=0.03, atol=0.03)
+
+
+async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(
+        tiny_base_dir: Path) -> None:
+    engine = engine_for(tiny_base_dir, max_batch_size=2)
+    real_decode = engine.runner.decode
+    calls = {"n": 0}
+
+    def broken_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated kernel failure")
+        return real_decode(*args, **kwargs)
+
+    engine.runner.decode = broken_once  # type: ignore[method-assign]
+    engine.start()
+    try:
+        with pytest.raises(LoraswapError, match="engine step failed"):
+            await engine.submit(request("doomed", "t", tokens=8)).collect()
+        result = await engine.submit(request("after", "t", tokens=8)).collect()
+    finally:
+        engine.stop()
+    assert result.completion_tokens == 8
+    assert engine.scheduler.num_running == 0

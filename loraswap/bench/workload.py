@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
-
+from adapters.demo import DEFAULT_TARGETS, write_random_adapter
 from adapters.lora_format import CONFIG_FILE, LLAMA_PROJECTIONS, WEIGHTS_FILE
-
-DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 SENTENCES: tuple[str, ...] = (
     "The old lighthouse keeper climbed the spiral stairs every evening at dusk.",
@@ -98,69 +92,18 @@ def build_prompts(tokenizer: Any, count: int, length: int) -> list[list[int]]:
     return prompts
 
 
-def projection_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each Llama projection, from a ``config.json`` dict."""
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    inter = int(config["intermediate_size"])
-    return {
-        "q_proj": (hidden, heads * head_dim),
-        "k_proj": (hidden, kv_heads * head_dim),
-        "v_proj": (hidden, kv_heads * head_dim),
-        "o_proj": (heads * head_dim, hidden),
-        "gate_proj": (hidden, inter),
-        "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
-    }
-
-
-def write_random_adapter(folder: Path, config: dict[str, Any], spec: AdapterSpec,
-                         seed: int) -> Path:
-    """Save a PEFT-format LoRA adapter (safetensors) with random A and B.
-
-    A is drawn like PEFT's default (uniform in ±1/sqrt(in)), B from normal(0, init_std), so
-    unlike a freshly initialised adapter (B = 0) it really changes the outputs.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    shapes = projection_shapes(config)
-    tensors: dict[str, torch.Tensor] = {}
-    for layer in range(int(config["num_hidden_layers"])):
-        for module in spec.targets:
-            parent = "mlp" if module in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-            prefix = f"base_model.model.model.layers.{layer}.{parent}.{module}"
-            in_features, out_features = shapes[module]
-            bound = 1.0 / math.sqrt(in_features)
-            lora_a = (torch.rand(spec.rank, in_features, generator=generator) * 2 - 1) * bound
-            lora_b = torch.randn(out_features, spec.rank, generator=generator) * spec.init_std
-            tensors[f"{prefix}.lora_A.weight"] = lora_a.contiguous()
-            tensors[f"{prefix}.lora_B.weight"] = lora_b.contiguous()
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / WEIGHTS_FILE))
-    adapter_config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank,
-        "lora_alpha": spec.alpha, "lora_dropout": 0.0, "bias": "none",
-        "target_modules": list(spec.targets), "use_rslora": False, "use_dora": False,
-        "fan_in_fan_out": False, "inference_mode": True,
-        "base_model_name_or_path": config.get("_name_or_path"),
-    }
-    (folder / CONFIG_FILE).write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
-    return folder
-
-
 def ensure_adapters(root: Path, base_dir: Path, count: int, spec: AdapterSpec) -> list[Path]:
     """Folders of ``count`` random adapters for the model in ``base_dir``, generated once.
 
     They live in ``root/<model>-<spec tag>/adapter-NN``; existing ones are reused.
     """
-    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     cache = root / f"{base_dir.name}-{spec.tag}"
     folders: list[Path] = []
     for index in range(count):
         folder = cache / f"adapter-{index:02d}"
         if not ((folder / WEIGHTS_FILE).is_file() and (folder / CONFIG_FILE).is_file()):
-            write_random_adapter(folder, config, spec, spec.seed + index)
+            write_random_adapter(base_dir, folder, rank=spec.rank, targets=spec.targets,
+                                 seed=spec.seed + index, alpha=spec.alpha, scale=spec.init_std)
         folders.append(folder)
     return folders
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from adapters.lora_format import LLAMA_PROJECTIONS, LoraAdapterWeights
+from adapters.lora_format import LoraAdapterWeights
 from service.engine.detokenizer import Tokenizer
 from service.engine.engine_thread import EngineThread
 from service.engine.lora_slots import LoraSlotTable
@@ -79,11 +79,6 @@ class LoraEngine:
             ),
             observer,
         )
-
-    @property
-    def servable_targets(self) -> tuple[str, ...]:
-        """Projections adapters may target."""
-        return LLAMA_PROJECTIONS
 
     def start(self) -> None:
         """Start stepping the scheduler on the engine thread."""

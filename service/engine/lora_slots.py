@@ -103,9 +103,7 @@ class LoraSlotTable:
                                  (self._expand, (width, group.fused_out))):
                 store[group.name] = torch.zeros((num_layers, max_loras + 1, *shape),
                                                 dtype=dtype, device=device)
-        self._slot_rank = [0] * (max_loras + 1)
         self._slot_targets: list[frozenset[str]] = [frozenset()] * (max_loras + 1)
-        self._group_of_target = {m: g.name for g in groups for m in g.members}
 
     @property
     def targets(self) -> frozenset[str]:
@@ -159,14 +157,12 @@ class LoraSlotTable:
                 out = slice(start, start + group.out_features[index])
                 self._shrink[group.name][layer, slot, :, cols].copy_(lora_a.t())
                 self._expand[group.name][layer, slot, cols, out].copy_(lora_b.t() * scaling)
-        self._slot_rank[slot] = adapter.rank
         self._slot_targets[slot] = adapter.targets
 
     def clear(self, slot: int) -> None:
         """Zero ``slot`` so that it holds no adapter."""
         self._check_slot(slot)
         self._zero(slot)
-        self._slot_rank[slot] = 0
         self._slot_targets[slot] = frozenset()
 
     def shrink(self, group: str) -> torch.Tensor:
@@ -200,7 +196,7 @@ class LoraSlotTable:
         if not all(valid):
             pad_mask = torch.tensor(valid, dtype=self.dtype, device=self.device)
             pad_mask = pad_mask.view(last - first + 1, rows_per_slot, 1)
-        groups = frozenset(self._group_of_target[target] for slot in rows_of
+        groups = frozenset(self._member_group[target][0].name for slot in rows_of
                            for target in self._slot_targets[slot])
         return LoraBatchPlan(
             self, first, last - first + 1,

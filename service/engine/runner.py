@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
@@ -35,13 +35,8 @@ class FusedProjection:
         self._modules = modules
         self._weight: torch.Tensor | None = None
         # Subclasses (bitsandbytes Linear4bit, Linear8bitLt) keep their own forward.
-        linears: list[nn.Linear] = []
-        for module in modules:
-            if isinstance(module, nn.Linear) and module.bias is None:
-                linears.append(module)
-        if any(type(module) is not nn.Linear for module in modules):
-            linears = []
-        if len(linears) == len(modules):
+        if all(type(m) is nn.Linear and m.bias is None for m in modules):
+            linears = cast(list[nn.Linear], modules)
             fused = torch.cat([linear.weight.detach() for linear in linears]).contiguous()
             start = 0
             for module in linears:

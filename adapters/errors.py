@@ -30,10 +30,28 @@ class InputTooLongError(InvalidRequestError):
     code = "input_too_long"
 
 
+class PayloadTooLargeError(InvalidRequestError):
+    """An upload or one of its files exceeds a configured size limit."""
+
+    code = "payload_too_large"
+
+
 class AuthenticationError(LoraswapError):
     """The request carries no API key, or one that is not valid."""
 
     code = "invalid_api_key"
+
+
+class PermissionDeniedError(LoraswapError):
+    """The caller is authenticated but may not do this (e.g. a non-admin on /admin)."""
+
+    code = "permission_denied"
+
+
+class ConflictError(LoraswapError):
+    """The request conflicts with the current state (e.g. deleting the active version)."""
+
+    code = "conflict"
 
 
 class NotFoundError(LoraswapError):
@@ -78,6 +96,24 @@ class NotReadyError(LoraswapError):
     """The service is starting or stopping and cannot answer yet."""
 
     code = "not_ready"
+
+
+class RateLimitedError(OverloadedError):
+    """A tenant exceeded its request-rate or concurrency limit."""
+
+    code = "rate_limited"
+
+
+class StoreError(LoraswapError):
+    """The adapter store (filesystem or S3) failed or cannot be reached."""
+
+    code = "store_unavailable"
+
+
+class ConfigurationError(LoraswapError):
+    """The service's configuration is unsafe or inconsistent; it refuses to start."""
+
+    code = "invalid_configuration"
 
 
 class RequestCancelledError(LoraswapError):

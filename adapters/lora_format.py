@@ -25,6 +25,10 @@ PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
 # Projections of a Llama decoder layer that a LoRA adapter may target.
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+# The classification head a seq-cls / token-cls adapter carries (PEFT ``modules_to_save``).
+_HEAD_KEY = re.compile(r"(?:^|\.)score(?:\.modules_to_save\.default)?\.(?P<part>weight|bias)$")
+HEAD_TASK_TYPES = ("SEQ_CLS", "TOKEN_CLS")
+
 _TENSOR_KEY = re.compile(
     r"(?:^|\.)layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<module>\w+)"
     r"\.lora_(?P<which>[AB])(?:\.default)?\.weight$"
@@ -50,6 +54,19 @@ class LoraConfigSummary:
         return self.lora_alpha / self.r
 
 
+@dataclass(frozen=True)
+class ClassificationHead:
+    """A task head: ``weight`` [num_labels, hidden] and, for token-cls, ``bias``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @property
+    def num_labels(self) -> int:
+        """Number of output classes."""
+        return int(self.weight.shape[0])
+
+
 @dataclass
 class LoraAdapterWeights:
     """A decoded adapter: per (layer, projection) the ``A`` [r, in] and ``B`` [out, r] factors.
@@ -60,6 +77,7 @@ class LoraAdapterWeights:
     name: str
     config: LoraConfigSummary
     factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    head: ClassificationHead | None = field(default=None, repr=False)
 
     @property
     def rank(self) -> int:
@@ -74,8 +92,13 @@ class LoraAdapterWeights:
     @property
     def num_bytes(self) -> int:
         """Host memory held by the factors."""
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size()
-                   for a, b in self.factors.values())
+        head = 0
+        if self.head is not None:
+            head = self.head.weight.numel() * self.head.weight.element_size()
+            if self.head.bias is not None:
+                head += self.head.bias.numel() * self.head.bias.element_size()
+        return head + sum(a.numel() * a.element_size() + b.numel() * b.element_size()
+                          for a, b in self.factors.values())
 
 
 def _read_config(folder: Path) -> LoraConfigSummary:
@@ -138,6 +161,47 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
         raise AdapterValidationError(f"{folder.name}: {WEIGHTS_FILE} is unreadable: {exc}") from exc
 
 
+def _split_head(
+    name: str, tensors: dict[str, torch.Tensor], config: LoraConfigSummary
+) -> tuple[dict[str, torch.Tensor], ClassificationHead | None]:
+    """Separate the ``score`` head tensors from the LoRA factors and check them."""
+    parts: dict[str, torch.Tensor] = {}
+    rest: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        match = _HEAD_KEY.search(key)
+        if match is None:
+            rest[key] = tensor
+        else:
+            parts[match["part"]] = tensor
+    wants_head = config.task_type in HEAD_TASK_TYPES
+    if parts and not wants_head:
+        raise AdapterIncompatibleError(
+            f"{name}: tensor 'score' is a classification head, but task_type is "
+            f"{config.task_type!r} (expected one of {', '.join(HEAD_TASK_TYPES)})"
+        )
+    if not wants_head:
+        return rest, None
+    weight = parts.get("weight")
+    if weight is None:
+        raise AdapterValidationError(
+            f"{name}: task_type {config.task_type} needs a classification head "
+            "(score.weight via modules_to_save), and the weights file has none"
+        )
+    bias = parts.get("bias")
+    if weight.ndim != 2 or (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
+        raise AdapterValidationError(
+            f"{name}: classification head has shape {tuple(weight.shape)}"
+            f"{'' if bias is None else f' / bias {tuple(bias.shape)}'}, expected "
+            "[num_labels, hidden] and [num_labels]"
+        )
+    for part in (weight, bias):
+        if part is not None and not torch.isfinite(part).all():
+            raise AdapterValidationError(f"{name}: classification head contains NaN or Inf")
+    return rest, ClassificationHead(
+        weight=weight.float(), bias=None if bias is None else bias.float()
+    )
+
+
 def _pair_factors(
     name: str, tensors: dict[str, torch.Tensor], config: LoraConfigSummary
 ) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
@@ -178,7 +242,8 @@ def read_lora_adapter(folder: Path, name: str | None = None) -> LoraAdapterWeigh
     if not folder.is_dir():
         raise AdapterValidationError(f"{adapter_name}: {folder} is not a folder")
     config = _read_config(folder)
-    tensors = _read_tensors(folder)
+    tensors, head = _split_head(adapter_name, _read_tensors(folder), config)
     return LoraAdapterWeights(
-        name=adapter_name, config=config, factors=_pair_factors(adapter_name, tensors, config)
+        name=adapter_name, config=config, factors=_pair_factors(adapter_name, tensors, config),
+        head=head,
     )

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.errors import (
     AdapterValidationError,
     AuthenticationError,
+    ConflictError,
     InputTooLongError,
     InvalidRequestError,
     LoraswapError,
@@ -25,7 +26,10 @@ from adapters.errors import (
     NotFoundError,
     NotReadyError,
     OverloadedError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
     RequestCancelledError,
+    StoreError,
 )
 
 logger = logging.getLogger(__name__)
@@ -33,21 +37,26 @@ logger = logging.getLogger(__name__)
 # Most specific first: the first matching class decides the status.
 _STATUS_BY_ERROR: tuple[tuple[type[LoraswapError], int], ...] = (
     (InputTooLongError, 413),
+    (PayloadTooLargeError, 413),
     (InvalidRequestError, 400),
     (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
     (NotFoundError, 404),
+    (ConflictError, 409),
     (AdapterValidationError, 422),
     (OverloadedError, 429),
     (NotReadyError, 503),
     (RequestCancelledError, 499),
     (ModelLoadError, 503),
+    (StoreError, 503),
 )
 
 OPENAI_PREFIXES = ("/v1/completions", "/v1/chat/completions", "/v1/models")
 
 _OPENAI_TYPE_BY_STATUS = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
+    404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error", 503: "service_unavailable",
 }
 

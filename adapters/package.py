@@ -1,0 +1,190 @@
+"""The loraswap adapter package: a PEFT LoRA adapter plus ``loraswap.json``.
+
+A package is a folder holding ``adapter_config.json``, ``adapter_model.safetensors``,
+optionally ``profile.json`` (the training-data profile drift monitoring compares live
+traffic against) and ``loraswap.json`` (:class:`AdapterManifest`): who owns the adapter,
+what task it answers, which base model it was trained on, and the sha256 of every other
+file. The format is documented in ``docs/adapter-format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapters.errors import AdapterValidationError
+from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
+
+MANIFEST_FILE = "loraswap.json"
+PROFILE_FILE = "profile.json"
+FORMAT_VERSION = 1
+# Files a package may contain besides the manifest; anything else is refused.
+PACKAGE_FILES = (CONFIG_FILE, WEIGHTS_FILE, PROFILE_FILE)
+
+# Tenant and adapter names: one safe path segment, usable in URLs, object keys and labels.
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SAFE_NAME_RULE = (
+    "use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit"
+)
+
+
+def check_safe_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe tenant/adapter name, else a validation error."""
+    if not SAFE_NAME.fullmatch(value):
+        raise AdapterValidationError(f"{kind} name {value!r} is invalid: {SAFE_NAME_RULE}")
+    return value
+
+
+class TaskKind(StrEnum):
+    """What an adapter answers."""
+
+    CAUSAL_LM = "causal-lm"
+    SEQ_CLS = "seq-cls"
+    TOKEN_CLS = "token-cls"
+
+    @property
+    def peft_task_type(self) -> str:
+        """The PEFT ``task_type`` an adapter of this kind is saved with."""
+        return {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS", "token-cls": "TOKEN_CLS"}[
+            self.value
+        ]
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether adapters of this kind carry a label list and a classification head."""
+        return self is not TaskKind.CAUSAL_LM
+
+
+class BaseModelRef(BaseModel):
+    """The base model an adapter was trained on: its name and weights fingerprint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class LoraSummary(BaseModel):
+    """Rank, alpha and target modules, as in the PEFT config (repeated for listing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    r: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    targets: list[str] = Field(min_length=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class AdapterManifest(BaseModel):
+    """``loraswap.json``: validated on construction; errors name the bad field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = Field(default=FORMAT_VERSION)
+    tenant: str | None = Field(default=None, description="Owner; set by the registry.")
+    name: str | None = Field(default=None, description="Adapter name; set by the registry.")
+    version: int | None = Field(default=None, ge=1, description="Set by the registry.")
+    task: TaskKind
+    labels: list[str] | None = Field(default=None, description="Class names, in head order.")
+    base_model: BaseModelRef
+    lora: LoraSummary
+    metrics: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict, description="How it was trained.")
+    files: dict[str, str] = Field(description="sha256 of every other file in the package.")
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != FORMAT_VERSION:
+            raise ValueError(f"format_version {value} is not supported (expected 1)")
+        return value
+
+    @field_validator("tenant", "name")
+    @classmethod
+    def _safe_names(cls, value: str | None) -> str | None:
+        if value is not None and not SAFE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a safe name: {SAFE_NAME_RULE}")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _known_files(cls, value: dict[str, str]) -> dict[str, str]:
+        for file_name, digest in value.items():
+            if file_name not in PACKAGE_FILES:
+                raise ValueError(f"file {file_name!r} is not part of the package format")
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"sha256 of {file_name} is not 64 hex digits")
+        for required in (CONFIG_FILE, WEIGHTS_FILE):
+            if required not in value:
+                raise ValueError(f"files must list {required}")
+        return value
+
+    @model_validator(mode="after")
+    def _labels_match_task(self) -> AdapterManifest:
+        if self.task.has_labels:
+            if not self.labels:
+                raise ValueError(f"task {self.task} needs a non-empty labels list")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels must be unique")
+        elif self.labels:
+            raise ValueError("a causal-lm adapter has no labels")
+        return self
+
+    def to_json(self) -> str:
+        """Canonical JSON text of the manifest."""
+        return self.model_dump_json(indent=2, exclude_none=False) + "\n"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of each package file present in ``folder`` (manifest excluded)."""
+    return {name: sha256_file(folder / name) for name in PACKAGE_FILES if (folder / name).is_file()}
+
+
+def parse_manifest(text: str | bytes, source: str = MANIFEST_FILE) -> AdapterManifest:
+    """Parse manifest JSON; a validation error names the file and the bad field."""
+    try:
+        raw = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterValidationError(f"{source} is not valid JSON: {exc}") from exc
+    try:
+        return AdapterManifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise AdapterValidationError(f"{source} is invalid: {problems}") from exc
+
+
+def read_manifest(folder: Path) -> AdapterManifest:
+    """The manifest of the package in ``folder``."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise AdapterValidationError(f"{folder.name}: missing {MANIFEST_FILE}")
+    return parse_manifest(path.read_bytes(), f"{folder.name}/{MANIFEST_FILE}")
+
+
+def write_manifest(folder: Path, manifest: AdapterManifest) -> Path:
+    """Write ``loraswap.json`` atomically (temporary file, then rename)."""
+    path = folder / MANIFEST_FILE
+    tmp = folder / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    tmp.replace(path)
+    return path

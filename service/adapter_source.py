@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Protocol
 
 from adapters.errors import AdapterNotFoundError, InvalidRequestError
 from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, LoraAdapterWeights, read_lora_adapter
+from adapters.package import MANIFEST_FILE, TaskKind, read_manifest
 from service.engine.residency import AdapterKey
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -21,6 +23,9 @@ class ResolvedAdapter:
 
     key: AdapterKey
     read: Callable[[], LoraAdapterWeights]
+    task: TaskKind = TaskKind.CAUSAL_LM
+    # Class names in head order (seq-cls / token-cls); None: "LABEL_<i>".
+    labels: tuple[str, ...] | None = None
 
 
 class AdapterResolver(Protocol):
@@ -42,6 +47,22 @@ def check_adapter_name(name: str) -> None:
             f"adapter name {name!r} is invalid: use letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 128 characters"
         )
+
+
+_TASK_BY_PEFT_TYPE = {kind.peft_task_type: kind for kind in TaskKind}
+
+
+def _task_of(folder: Path) -> tuple[TaskKind, tuple[str, ...] | None]:
+    """Task and labels: from ``loraswap.json`` when present, else PEFT's ``task_type``."""
+    if (folder / MANIFEST_FILE).is_file():
+        manifest = read_manifest(folder)
+        return manifest.task, tuple(manifest.labels) if manifest.labels else None
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return TaskKind.CAUSAL_LM, None  # read() reports the broken config
+    task_type = raw.get("task_type") if isinstance(raw, dict) else None
+    return _TASK_BY_PEFT_TYPE.get(str(task_type), TaskKind.CAUSAL_LM), None
 
 
 class LocalAdapterDirectory:
@@ -68,7 +89,9 @@ class LocalAdapterDirectory:
         except FileNotFoundError:
             stat = (folder / CONFIG_FILE).stat()  # read() will name the missing file
         version = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-        return ResolvedAdapter(AdapterKey(name, version), lambda: read_lora_adapter(folder, name))
+        task, labels = _task_of(folder)
+        return ResolvedAdapter(AdapterKey(name, version), lambda: read_lora_adapter(folder, name),
+                               task=task, labels=labels)
 
     def names(self) -> list[str]:
         """Sub-folders that hold an adapter config."""

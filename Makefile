@@ -22,8 +22,10 @@ install: $(VENV)/.installed
 model: install
 	$(BIN)/loraswap model fetch
 
+# Without LORASWAP_ADMIN_TOKEN in the environment this is a development run (--dev: the
+# /admin API is open); with it, the service runs as in production.
 run: model
-	$(BIN)/loraswap serve
+	$(BIN)/loraswap serve $(if $(LORASWAP_ADMIN_TOKEN),,--dev)
 
 lint: install
 	$(BIN)/ruff check .

@@ -188,3 +188,25 @@ def write_manifest(folder: Path, manifest: AdapterManifest) -> Path:
     tmp.write_text(manifest.to_json(), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def build_manifest(folder: Path, *, task: TaskKind, base_model: BaseModelRef,
+                   labels: list[str] | None = None, metrics: dict[str, float] | None = None,
+                   training: dict[str, Any] | None = None, tenant: str | None = None,
+                   name: str | None = None) -> AdapterManifest:
+    """A manifest for the PEFT adapter in ``folder`` (LoRA summary from its config, file
+    digests from its files); write it with :func:`write_manifest`."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AdapterValidationError(f"{folder.name}: {CONFIG_FILE} is unreadable: {exc}") from exc
+    targets = config.get("target_modules") or []
+    lora = LoraSummary(
+        r=config.get("r", 0), alpha=config.get("lora_alpha", 0),
+        targets=[targets] if isinstance(targets, str) else sorted(targets),
+        dropout=config.get("lora_dropout") or 0.0,
+    )
+    return AdapterManifest(
+        tenant=tenant, name=name, task=task, labels=labels, base_model=base_model, lora=lora,
+        metrics=metrics or {}, training=training or {}, files=package_file_digests(folder),
+    )

@@ -36,3 +36,39 @@ def demo(
                              scale=0.02)
         typer.echo(f"wrote {folder} (r={rank}, targets={','.join(targets)})")
     typer.echo(f"serve them with: LORASWAP_ADAPTER_DIR={dest} loraswap serve")
+
+
+@adapters_app.command()
+def push(
+    package: Annotated[Path, typer.Argument(help="Package folder (or .tar.gz / .zip).")],
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the adapter.")],
+    name: Annotated[str, typer.Option(help="Adapter name (addressed as tenant/name).")],
+    server: Annotated[str, typer.Option(envvar="LORASWAP_URL",
+                                        help="Service URL [LORASWAP_URL].")
+                      ] = "http://127.0.0.1:8000",
+    admin_token: Annotated[str | None, typer.Option(
+        envvar="LORASWAP_ADMIN_TOKEN", help="Admin token [LORASWAP_ADMIN_TOKEN].")] = None,
+    activate: Annotated[bool | None, typer.Option(
+        "--activate/--no-activate",
+        help="Make the new version active (default: only if none is active yet).")] = None,
+) -> None:
+    """Register a new version of an adapter on a running service."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from adapters.errors import LoraswapError
+    from adapters.push import PushTarget, push_package
+
+    target = PushTarget(server=server, admin_token=admin_token, tenant=tenant, name=name,
+                        activate=activate)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task(f"uploading {package.name}", total=None)
+        try:
+            result = push_package(package, target, progress=lambda sent, total: bar.update(
+                task, completed=sent, total=total or None))
+        except LoraswapError as exc:
+            bar.stop()
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    state = "active" if result.get("active") else "not active (promote it to serve it)"
+    typer.echo(f"registered {tenant}/{name} version {result['version']}: {state}")

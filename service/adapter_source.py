@@ -1,4 +1,10 @@
-"""Where servable adapters come from. In this slice: a local folder of PEFT adapters."""
+"""Where servable adapters come from: the registry (``tenant/name``) and a dev folder.
+
+Resolution is the first tier of the request path: it turns the name a request uses into
+an immutable :class:`AdapterKey` (name + version) and a way to read that version's weights.
+A request keeps the key it resolved, so promoting a new version never changes the weights
+of a request already running; the next request resolves the new active version.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from adapters.errors import AdapterNotFoundError, InvalidRequestError
+from adapters.errors import AdapterNotFoundError, AdapterValidationError, InvalidRequestError
 from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, LoraAdapterWeights, read_lora_adapter
-from adapters.package import MANIFEST_FILE, TaskKind, read_manifest
+from adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, TaskKind, read_manifest
+from adapters.registry import AdapterRegistry
 from service.engine.residency import AdapterKey
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -28,15 +35,31 @@ class ResolvedAdapter:
     labels: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class AdapterListing:
+    """One servable adapter as a caller sees it in a list."""
+
+    name: str
+    task: TaskKind
+    version: str | None = None
+
+
 class AdapterResolver(Protocol):
-    """Looks adapters up by the name a request uses."""
+    """Looks adapters up by the name a request uses.
+
+    ``resolve`` may read the store or copy files: call it off the event loop.
+    """
 
     def resolve(self, name: str) -> ResolvedAdapter:
         """The adapter called ``name``; :class:`AdapterNotFoundError` if there is none."""
         ...
 
+    def listing(self, owner: str | None) -> list[AdapterListing]:
+        """Adapters visible to tenant ``owner`` (None: development adapters only)."""
+        ...
+
     def names(self) -> list[str]:
-        """Every servable adapter name."""
+        """Development adapter names (visible to every caller)."""
         ...
 
 
@@ -93,6 +116,18 @@ class LocalAdapterDirectory:
         return ResolvedAdapter(AdapterKey(name, version), lambda: read_lora_adapter(folder, name),
                                task=task, labels=labels)
 
+    def listing(self, owner: str | None) -> list[AdapterListing]:
+        """Every development adapter with its task (the same for every caller)."""
+        found = []
+        for name in self.names():
+            try:
+                task = _task_of(self.root / name)[0] if self.root is not None else None
+            except AdapterValidationError:
+                continue  # a broken manifest: resolve() reports it when asked for
+            if task is not None:
+                found.append(AdapterListing(name, task))
+        return found
+
     def names(self) -> list[str]:
         """Sub-folders that hold an adapter config."""
         if self.root is None or not self.root.is_dir():
@@ -101,3 +136,68 @@ class LocalAdapterDirectory:
             p.name for p in self.root.iterdir()
             if (p / CONFIG_FILE).is_file() and ADAPTER_NAME.fullmatch(p.name)
         )
+
+
+def split_registry_name(name: str) -> tuple[str, str] | None:
+    """``("tenant", "name")`` for a ``tenant/name`` reference; None for a plain name."""
+    owner, slash, adapter = name.partition("/")
+    if not slash:
+        return None
+    if not (SAFE_NAME.fullmatch(owner) and SAFE_NAME.fullmatch(adapter)):
+        raise InvalidRequestError(
+            f"adapter name {name!r} is invalid: registered adapters are 'tenant/name', each "
+            f"part: {SAFE_NAME_RULE}")
+    return owner, adapter
+
+
+def check_adapter_ref(name: str) -> None:
+    """400 naming the rule for a name that no adapter (registered or dev) can have."""
+    if "/" in name:
+        split_registry_name(name)
+    else:
+        check_adapter_name(name)
+
+
+class RegistryAdapterSource:
+    """Registry adapters (``tenant/name``, active version) beside the dev folder.
+
+    The registry caches each adapter's active version for ``registry_refresh_seconds`` and
+    reads the store at once on a miss, so a version promoted on another replica is served
+    here within that time. Resolving copies the version's files into the local cache (sha256
+    verified) so that the engine thread only ever reads local files.
+    """
+
+    def __init__(self, registry: AdapterRegistry, local: LocalAdapterDirectory) -> None:
+        self.registry = registry
+        self.local = local
+
+    def resolve(self, name: str) -> ResolvedAdapter:
+        """The active version of ``tenant/name``, or the dev folder's ``name``."""
+        parts = split_registry_name(name)
+        if parts is None:
+            return self.local.resolve(name)
+        version = self.registry.active(*parts)
+        folder = self.registry.local_folder(version.tenant, version.name, version.version)
+        manifest = version.manifest
+        return ResolvedAdapter(
+            AdapterKey(name, str(version.version)),
+            lambda: read_lora_adapter(folder, name),
+            task=manifest.task,
+            labels=tuple(manifest.labels) if manifest.labels else None,
+        )
+
+    def listing(self, owner: str | None) -> list[AdapterListing]:
+        """Dev adapters, then ``owner``'s registered adapters that have an active version."""
+        found = self.local.listing(None)
+        if owner is None:
+            return found
+        for record in self.registry.list(owner):
+            active = next((v for v in record.versions if v.version == record.active), None)
+            if active is not None:
+                found.append(AdapterListing(f"{record.tenant}/{record.name}",
+                                            active.manifest.task, str(active.version)))
+        return found
+
+    def names(self) -> list[str]:
+        """Development adapter names."""
+        return self.local.names()

@@ -12,19 +12,27 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from adapters.base_model import LoadedBaseModel, load_base_model
-from service.adapter_source import AdapterResolver, LocalAdapterDirectory
+from adapters.registry import AdapterRegistry
+from adapters.store import ObjectStore, ObservedStore, open_store
+from adapters.tenants import TenantDirectory
+from adapters.validation import BaseModelFingerprint, ValidationLimits
+from service.adapter_source import AdapterResolver, LocalAdapterDirectory, RegistryAdapterSource
 from service.api.errors import install_error_handlers
 from service.api.generation import GenerationService
 from service.api.json_body import FormBodyAsJson
 from service.api.prompts import PromptBuilder, PromptLimits
 from service.api.routes import router
+from service.api.routes_admin import router as admin_router
 from service.api.routes_openai import router as openai_router
+from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
-from service.auth import ApiKeyAuthenticator, log_auth_mode
+from service.auth import TenantAuthenticator, log_auth_mode
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
+from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
+from service.registry_sync import RegistryWatcher
 from service.settings import Settings
 from service.state import ServiceState, ServingComponents
 
@@ -38,9 +46,23 @@ def load_from_settings(settings: Settings) -> LoadedBaseModel:
     return load_base_model(settings.base_model, settings.quantization, settings.device)
 
 
+def build_registry(settings: Settings, store: ObjectStore,
+                   loaded: LoadedBaseModel) -> AdapterRegistry:
+    """The adapter registry, validating uploads against the loaded base model."""
+    base = BaseModelFingerprint.from_loaded(loaded.info, loaded.model.config.to_dict())
+    limits = ValidationLimits(max_rank=settings.max_lora_rank,
+                              max_upload_bytes=settings.max_upload_bytes)
+    return AdapterRegistry(store, base, limits, settings.adapter_cache_dir,
+                           refresh_seconds=settings.registry_refresh_seconds)
+
+
 def build_components(settings: Settings, loaded: LoadedBaseModel, state: ServiceState,
                      thread: EngineThread) -> ServingComponents:
-    """Engine, prompt builder and serving classes around a loaded base model."""
+    """Engine, registry, prompt builder and serving classes around a loaded base model."""
+    registry = build_registry(settings, state.store, loaded)
+    if state.resolver_is_default:
+        local = LocalAdapterDirectory(settings.adapter_dir)
+        state.resolver = RegistryAdapterSource(registry, local)
     engine = LoraEngine(
         loaded.model, loaded.tokenizer,
         EngineConfig(
@@ -56,10 +78,16 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
         max_new_tokens=settings.max_new_tokens_limit,
     ))
     generation = GenerationService(engine, state.resolver, state.metrics)
+    # Pins and gauges need not be fresher than active versions: twice the refresh interval.
+    watcher = RegistryWatcher(registry, state.resolver, engine, state.metrics,
+                              interval=max(1.0, 2 * settings.registry_refresh_seconds))
     return ServingComponents(
         info=loaded.info, engine=engine, prompts=prompts, generation=generation,
         predict=PredictService(generation, prompts),
         openai=OpenAIServing(generation, prompts, loaded.info.name),
+        admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
+                           watcher),
+        watcher=watcher,
     )
 
 
@@ -82,6 +110,7 @@ async def _load(settings: Settings, state: ServiceState, loader: ModelLoader,
         info.name, info.quantization, info.weight_format, info.compute_dtype, info.device,
         info.memory_bytes / 2**20, info.load_seconds,
     )
+    await components.watcher.run()  # until the lifespan cancels this task at shutdown
 
 
 def _route_template(request: Request) -> str:
@@ -91,11 +120,23 @@ def _route_template(request: Request) -> str:
 
 def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
                resolver: AdapterResolver | None = None) -> FastAPI:
-    """Build the app. Nothing is loaded until the lifespan starts."""
+    """Build the app. Nothing is loaded until the lifespan starts.
+
+    Refuses (:class:`ConfigurationError`) an empty or placeholder admin token outside dev
+    mode. ``resolver`` replaces the registry + dev-folder resolver (tests).
+    """
+    settings.check_secure()
+    metrics = ServiceMetrics()
+    store = ObservedStore(open_store(settings.store_uri), metrics)
+    tenants = TenantDirectory(store, refresh_seconds=settings.registry_refresh_seconds)
     state = ServiceState(
-        settings=settings, metrics=ServiceMetrics(),
+        settings=settings, metrics=metrics, store=store, tenants=tenants,
         resolver=resolver or LocalAdapterDirectory(settings.adapter_dir),
-        authenticator=ApiKeyAuthenticator(k.get_secret_value() for k in settings.api_keys),
+        resolver_is_default=resolver is None,
+        authenticator=TenantAuthenticator(
+            tenants, (k.get_secret_value() for k in settings.api_keys),
+            required=settings.auth_required),
+        limiter=TenantLimiter(),
     )
 
     @contextlib.asynccontextmanager
@@ -119,6 +160,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     app.add_middleware(FormBodyAsJson)
     app.include_router(router)
     app.include_router(openai_router)
+    app.include_router(admin_router)
 
     @app.middleware("http")
     async def record_metrics(request: Request,

@@ -1,7 +1,9 @@
-"""API-key authentication: who is calling, as a :class:`Tenant`.
+"""Who is calling: API keys become a :class:`Tenant`; what a tenant may reach.
 
-This is the interim key store (keys from ``LORASWAP_API_KEYS``); tenants with hashed keys in
-the registry replace it later behind the same :class:`Authenticator` protocol.
+Two kinds of keys exist. Registry tenants (created through ``/admin/tenants``) own the
+adapters addressed ``tenant/name``; their keys are stored hashed in the shared store, so a
+key created on one replica works on every replica. Static keys from ``LORASWAP_API_KEYS``
+are operator keys: base model and development adapters only.
 """
 
 from __future__ import annotations
@@ -13,16 +15,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from adapters.errors import AuthenticationError
+from adapters.errors import AdapterNotFoundError, AuthenticationError, PermissionDeniedError
+from adapters.tenants import TenantDirectory
+from service.adapter_source import check_adapter_ref
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Tenant:
-    """An authenticated caller; ``id`` is stable and safe to log (it is not the key)."""
+    """An authenticated caller; ``id`` is stable and safe to log (it is not the key).
+
+    ``name`` is the registry tenant that owns adapters (None for static operator keys).
+    """
 
     id: str
+    name: str | None = None
+    allow_base_model: bool = True
+    requests_per_second: float | None = None
+    max_concurrent: int | None = None
 
 
 class Authenticator(Protocol):
@@ -34,7 +45,7 @@ class Authenticator(Protocol):
         ...
 
     def authenticate(self, token: str | None) -> Tenant | None:
-        """The caller for ``token``; None when auth is off; :class:`AuthenticationError` else."""
+        """The caller for ``token``; None for an anonymous caller; 401 for a bad key."""
         ...
 
 
@@ -45,34 +56,64 @@ def _digest(key: str) -> bytes:
 class ApiKeyAuthenticator:
     """Static API keys; only their SHA-256 digests are kept in memory.
 
-    With no keys configured, authentication is off and every request is anonymous.
+    With no keys configured (and ``required`` False), authentication is off and every
+    request is anonymous.
     """
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str], *, required: bool = False) -> None:
         self._digests = tuple(dict.fromkeys(_digest(k) for k in keys if k))
+        self._required = required
 
     @property
     def enabled(self) -> bool:
-        """Whether any key is configured."""
-        return bool(self._digests)
+        """Whether a request without a key is refused."""
+        return self._required or bool(self._digests)
 
-    def authenticate(self, token: str | None) -> Tenant | None:
-        """The tenant of ``token`` (compared in constant time against every known key)."""
-        if not self.enabled:
-            return None
-        if not token:
-            raise AuthenticationError(
-                "missing API key: send the header 'Authorization: Bearer <key>'"
-            )
+    def match(self, token: str) -> Tenant | None:
+        """The static-key caller for ``token``, or None (constant time over all keys)."""
         presented = _digest(token)
-        match: bytes | None = None
+        found: bytes | None = None
         # No early exit: the time taken must not reveal which key (if any) matched.
         for known in self._digests:
             if hmac.compare_digest(presented, known):
-                match = known
-        if match is None:
+                found = known
+        return None if found is None else Tenant(id=f"key-{found.hex()[:8]}")
+
+    def authenticate(self, token: str | None) -> Tenant | None:
+        """The caller of ``token``; None (anonymous) when no key is needed and none given."""
+        if not token:
+            if self.enabled:
+                raise AuthenticationError(
+                    "missing API key: send the header 'Authorization: Bearer <key>'"
+                )
+            return None
+        tenant = self.match(token)
+        if tenant is None and self.enabled:
             raise AuthenticationError("invalid API key")
-        return Tenant(id=f"key-{match.hex()[:8]}")
+        # Open API (dev mode): an unknown key is an anonymous caller, since SDKs such as
+        # OpenAI's always send one; a tenant's key still identifies that tenant.
+        return tenant
+
+
+class TenantAuthenticator(ApiKeyAuthenticator):
+    """Registry tenants' keys first, then static keys."""
+
+    def __init__(self, tenants: TenantDirectory, keys: Iterable[str], *,
+                 required: bool) -> None:
+        super().__init__(keys, required=required)
+        self._tenants = tenants
+
+    def match(self, token: str) -> Tenant | None:
+        """Tenant whose (hashed) key is ``token``; static keys when no tenant has it."""
+        record = self._tenants.authenticate(token)
+        if record is not None:
+            policy = record.policy
+            return Tenant(
+                id=record.name, name=record.name, allow_base_model=policy.allow_base_model,
+                requests_per_second=policy.requests_per_second,
+                max_concurrent=policy.max_concurrent,
+            )
+        return super().match(token)
 
 
 def log_auth_mode(authenticator: Authenticator) -> None:
@@ -80,8 +121,28 @@ def log_auth_mode(authenticator: Authenticator) -> None:
     if authenticator.enabled:
         logger.info("API key authentication is on")
     else:
-        logger.warning("LORASWAP_API_KEYS is not set: the API is open to anyone who can "
-                       "reach it")
+        logger.warning("no admin token and no LORASWAP_API_KEYS: the inference API is open to "
+                       "anyone who can reach it (tenant adapters still need their key)")
+
+
+def check_access(tenant: Tenant | None, adapter: str | None) -> None:
+    """Refuse what the caller may not use.
+
+    ``tenant/name`` adapters belong to that tenant alone; for anyone else the adapter does
+    not exist (404, the same answer as for a missing adapter, so names do not leak).
+    Plain names are development adapters from ``LORASWAP_ADAPTER_DIR``, open to all.
+    """
+    if adapter is None:
+        if tenant is not None and not tenant.allow_base_model:
+            raise PermissionDeniedError(
+                f"tenant {tenant.id!r} may not call the base model (policy "
+                "allow_base_model=false): name one of its adapters"
+            )
+        return
+    check_adapter_ref(adapter)
+    owner, slash, _ = adapter.partition("/")
+    if slash and (tenant is None or tenant.name != owner):
+        raise AdapterNotFoundError(adapter)
 
 
 def fairness_key(tenant: Tenant | None, fallback: str) -> str:

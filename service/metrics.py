@@ -8,6 +8,7 @@ from service.engine.observer import Tier
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2)
+STORE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
@@ -49,6 +50,21 @@ class ServiceMetrics:
                                  ["tier", "adapter"], registry=r)
         self.lookups = Counter("loraswap_adapter_lookups", "Adapter lookups by tier and result.",
                                ["tier", "result"], registry=r)
+        self.registered = Gauge("loraswap_registered_adapters",
+                                "Adapters in the registry, per tenant.", ["tenant"], registry=r)
+        self.registrations = Counter("loraswap_adapter_registrations",
+                                     "Adapter versions registered through this replica.",
+                                     ["tenant"], registry=r)
+        self.rejections = Counter("loraswap_adapter_rejections",
+                                  "Adapter uploads refused, by reason.", ["reason"], registry=r)
+        self.promotions = Counter("loraswap_adapter_promotions",
+                                  "Active-version switches, by kind (promote/rollback).",
+                                  ["tenant", "kind"], registry=r)
+        self.store_seconds = Histogram("loraswap_store_operation_seconds",
+                                       "Adapter store operation latency.", ["operation"],
+                                       buckets=STORE_BUCKETS, registry=r)
+        self.store_errors = Counter("loraswap_store_errors", "Adapter store operations failed.",
+                                    ["operation"], registry=r)
 
     def render(self) -> bytes:
         """Prometheus text exposition of every metric."""
@@ -60,6 +76,34 @@ class ServiceMetrics:
         labels = (route, str(status), adapter)
         self.requests.labels(*labels).inc()
         self.request_seconds.labels(*labels).observe(seconds)
+
+    # registry ------------------------------------------------------------------------------
+
+    def observe_store(self, operation: str, seconds: float, ok: bool) -> None:
+        """StoreObserver: one store operation's latency, and its failure."""
+        self.store_seconds.labels(operation).observe(seconds)
+        if not ok:
+            self.store_errors.labels(operation).inc()
+
+    def adapter_registered(self, tenant: str) -> None:
+        """Count a version registered through this replica."""
+        self.registrations.labels(tenant).inc()
+
+    def adapter_rejected(self, reason: str) -> None:
+        """Count a refused upload by its error code."""
+        self.rejections.labels(reason).inc()
+
+    def adapter_promoted(self, tenant: str, kind: str) -> None:
+        """Count a promote or rollback."""
+        self.promotions.labels(tenant, kind).inc()
+
+    def registered_adapters(self, counts: dict[str, int]) -> None:
+        """Set the registered-adapter gauge per tenant (tenants now at zero included)."""
+        for labels in list(self.registered._metrics):  # drop tenants that disappeared
+            if labels[0] not in counts:
+                self.registered.remove(*labels)
+        for tenant, count in counts.items():
+            self.registered.labels(tenant).set(count)
 
     # EngineObserver ----------------------------------------------------------------------
 

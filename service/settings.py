@@ -10,6 +10,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.base_model import DEFAULT_BASE_MODEL_DIR, Quantization
+from adapters.errors import ConfigurationError
+
+DEFAULT_STATE_DIR = Path.home() / ".cache" / "loraswap"
+# Admin tokens that are clearly examples, not secrets.
+_PLACEHOLDER_TOKENS = frozenset({
+    "admin", "changeme", "change-me", "change_me", "password", "secret", "token",
+    "placeholder", "example", "test", "dev", "xxx", "todo",
+})
+MIN_ADMIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -28,7 +37,34 @@ class Settings(BaseSettings):
     device: str | None = Field(default=None, description="cpu | cuda[:N]; unset: cuda if present.")
     adapter_dir: Path | None = Field(
         default=None,
-        description="Development adapter folder: one PEFT LoRA adapter per sub-folder.",
+        description="Development adapter folder: one PEFT LoRA adapter per sub-folder "
+        "(read-only, open to every caller).",
+    )
+    store_uri: str = Field(
+        default=(DEFAULT_STATE_DIR / "store").as_uri(),
+        description="Adapter registry store: file:///abs/path or s3://bucket/prefix "
+        "(S3 endpoint and credentials from the standard AWS_* variables).",
+    )
+    adapter_cache_dir: Path = Field(
+        default=DEFAULT_STATE_DIR / "adapter-cache",
+        description="Local copies of registry adapter versions (verified by sha256).",
+    )
+    registry_refresh_seconds: float = Field(
+        default=2.0, gt=0, le=300,
+        description="How stale a replica's view of the registry may get (active versions, "
+        "tenants); misses are looked up at once.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the /admin API; required unless dev_mode.",
+    )
+    dev_mode: bool = Field(
+        default=False,
+        description="Development only: allow an empty admin token (the /admin API is then "
+        "open).",
+    )
+    max_upload_bytes: int = Field(
+        default=1 << 30, ge=1024, description="Largest adapter upload (all files together)."
     )
     max_loras: int = Field(default=16, ge=1, le=1024, description="Adapter slots in the engine.")
     max_lora_rank: int = Field(default=16, ge=1, le=1024, description="Largest servable rank.")
@@ -59,6 +95,30 @@ class Settings(BaseSettings):
         default_factory=list,
         description="API keys (comma-separated); empty: the API is open to anyone.",
     )
+
+    def check_secure(self) -> None:
+        """Refuse to run with an empty or placeholder admin token outside dev mode."""
+        if self.dev_mode:
+            return
+        token = self.admin_token.get_secret_value() if self.admin_token else ""
+        if not token:
+            raise ConfigurationError(
+                "LORASWAP_ADMIN_TOKEN is not set: set a random secret of at least "
+                f"{MIN_ADMIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 32`), or set "
+                "LORASWAP_DEV_MODE=true for local development (the /admin API is then open)"
+            )
+        lowered = token.strip().lower()
+        if (len(token) < MIN_ADMIN_TOKEN_LENGTH or lowered in _PLACEHOLDER_TOKENS
+                or "changeme" in lowered or "change-me" in lowered or lowered.startswith("<")):
+            raise ConfigurationError(
+                "LORASWAP_ADMIN_TOKEN looks like a placeholder or is shorter than "
+                f"{MIN_ADMIN_TOKEN_LENGTH} characters: use a random secret"
+            )
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether every inference request must carry a key (production mode)."""
+        return bool(self.api_keys) or self.admin_token is not None
 
     @field_validator("api_keys", mode="before")
     @classmethod

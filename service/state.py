@@ -7,14 +7,19 @@ from typing import Literal
 
 from adapters.base_model import BaseModelInfo
 from adapters.errors import NotReadyError
+from adapters.store import ObjectStore
+from adapters.tenants import TenantDirectory
 from service.adapter_source import AdapterResolver
 from service.api.generation import GenerationService
 from service.api.prompts import PromptBuilder
+from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import Authenticator
 from service.engine.engine import LoraEngine
+from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
+from service.registry_sync import RegistryWatcher
 from service.settings import Settings
 
 
@@ -28,6 +33,8 @@ class ServingComponents:
     generation: GenerationService
     predict: PredictService
     openai: OpenAIServing
+    admin: AdminService
+    watcher: RegistryWatcher
 
 
 @dataclass
@@ -36,8 +43,12 @@ class ServiceState:
 
     settings: Settings
     metrics: ServiceMetrics
+    store: ObjectStore
+    tenants: TenantDirectory
     resolver: AdapterResolver
     authenticator: Authenticator
+    limiter: TenantLimiter
+    resolver_is_default: bool = True
     status: Literal["loading", "ready", "failed"] = "loading"
     error: str | None = None
     components: ServingComponents | None = field(default=None)

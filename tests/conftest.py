@@ -11,6 +11,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from adapters.demo import write_random_adapter
+from tests.s3_server import s3_server_fixture  # noqa: F401 (registers the s3_server fixture)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -74,5 +75,84 @@ def make_adapter(tiny_base_dir: Path, tmp_path: Path) -> AdapterFactory:
                 seed: int = 0, root: Path | None = None) -> Path:
         folder = (root or tmp_path / "adapters") / name
         return write_random_adapter(tiny_base_dir, folder, rank=rank, targets=targets, seed=seed)
+
+    return factory
+
+
+# --- Classification adapters (seq-cls / token-cls) -------------------------------------
+
+DEFAULT_CLASSIFIER_LABELS = {
+    "seq-cls": ("negative", "neutral", "positive"),
+    "token-cls": ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"),
+}
+
+
+def write_classifier_adapter(
+    base_dir: Path, folder: Path, *, task: str, labels: Sequence[str], seed: int,
+    rank: int = 4, targets: Sequence[str] = ("q_proj", "v_proj"),
+) -> Path:
+    """A real PEFT seq-cls / token-cls LoRA package for the model in ``base_dir``.
+
+    transformers' ``LlamaFor{Sequence,Token}Classification`` is built with the base's
+    weights, wrapped by ``get_peft_model`` (task_type SEQ_CLS / TOKEN_CLS, so the ``score``
+    head is a ``modules_to_save``), its LoRA factors and head are randomized (PEFT starts
+    B at zero, which would make every adapter equal the base) and it is saved with
+    safetensors, plus a ``loraswap.json`` manifest: a complete adapter package.
+    """
+    # Imported here so this section stays appended to the file; peft is also slow to
+    # import and only classifier tests need it.
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import LlamaForSequenceClassification, LlamaForTokenClassification
+
+    from adapters.base_model import weights_sha256
+    from adapters.package import BaseModelRef, TaskKind, build_manifest, write_manifest
+
+    kind = TaskKind(task)
+    model_class, task_type = {
+        TaskKind.SEQ_CLS: (LlamaForSequenceClassification, TaskType.SEQ_CLS),
+        TaskKind.TOKEN_CLS: (LlamaForTokenClassification, TaskType.TOKEN_CLS),
+    }[kind]
+    model = model_class.from_pretrained(
+        base_dir, num_labels=len(labels), dtype=torch.float32,
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+    )
+    peft_model = get_peft_model(model, LoraConfig(
+        task_type=task_type, r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+        target_modules=list(targets),
+    ))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name:
+                bound = 1.0 / param.shape[1] ** 0.5
+                param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
+            elif "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+            elif "modules_to_save" in name and "score" in name:
+                # Spread logits (hidden states are RMS-normed, ~1 per feature): clear winners.
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.4)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)  # not a package file
+    base = BaseModelRef(name=base_dir.name, weights_sha256=weights_sha256(base_dir))
+    write_manifest(folder, build_manifest(folder, task=kind, labels=list(labels),
+                                          base_model=base))
+    return folder
+
+
+@pytest.fixture
+def make_classifier_adapter(tiny_base_dir: Path, tmp_path: Path) -> AdapterFactory:
+    """Factory: ``make_classifier_adapter(name, task="seq-cls"|"token-cls", labels=[...],
+    seed=..., rank=..., targets=..., root=...)`` -> a complete classification package in
+    ``tmp_path/adapters/name`` (the folder ``live_server`` serves) unless ``root`` is given.
+    Labels default to :data:`DEFAULT_CLASSIFIER_LABELS` of the task."""
+
+    def factory(name: str, *, task: str = "seq-cls", labels: Sequence[str] | None = None,
+                seed: int = 0, rank: int = 4, targets: Sequence[str] = ("q_proj", "v_proj"),
+                root: Path | None = None) -> Path:
+        folder = (root or tmp_path / "adapters") / name
+        return write_classifier_adapter(
+            tiny_base_dir, folder, task=task,
+            labels=labels if labels is not None else DEFAULT_CLASSIFIER_LABELS[task],
+            seed=seed, rank=rank, targets=targets)
 
     return factory

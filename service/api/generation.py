@@ -7,8 +7,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from adapters.errors import AdapterValidationError, InvalidRequestError
 from adapters.lora_format import LoraAdapterWeights
-from service.adapter_source import AdapterResolver
+from adapters.package import TaskKind
+from service.adapter_source import AdapterResolver, ResolvedAdapter
+from service.engine.classify import (
+    ClassificationRequest,
+    ClassificationResult,
+    ClassificationStream,
+)
 from service.engine.engine import LoraEngine
 from service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from service.engine.residency import AdapterKey
@@ -23,11 +30,33 @@ class ResolvedTarget:
     name: str | None
     key: AdapterKey | None
     weights: LoraAdapterWeights | None
+    task: TaskKind = TaskKind.CAUSAL_LM
+    labels: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
         """Metrics label: the adapter name, or "base"."""
         return self.name or "base"
+
+    @property
+    def version(self) -> str | None:
+        """The adapter version served (None for the base)."""
+        return self.key.version if self.key else None
+
+    def class_names(self) -> list[str]:
+        """Names of the head's outputs, in order: the adapter's labels, else "LABEL_<i>"."""
+        head = self.weights.head if self.weights else None
+        if head is None:
+            raise AdapterValidationError(
+                f"{self.label}: a {self.task} adapter needs a classification head, "
+                "and its weights have none")
+        if self.labels is None:
+            return [f"LABEL_{i}" for i in range(head.num_labels)]
+        if len(self.labels) != head.num_labels:
+            raise AdapterValidationError(
+                f"{self.label}: the manifest lists {len(self.labels)} labels, "
+                f"the classification head has {head.num_labels} outputs")
+        return list(self.labels)
 
 
 class SubmittedBatch:
@@ -80,6 +109,27 @@ class SubmittedBatch:
                     await task
 
 
+class ClassificationBatch:
+    """Inputs of one HTTP request submitted for classification; cancelled together."""
+
+    def __init__(self, engine: LoraEngine, streams: list[ClassificationStream]) -> None:
+        self._engine = engine
+        self.streams = streams
+
+    def cancel(self) -> None:
+        """Drop every input of the batch that has not run yet."""
+        for stream in self.streams:
+            self._engine.cancel(stream)
+
+    async def collect(self) -> list[ClassificationResult]:
+        """Every input's probabilities, in order."""
+        try:
+            return list(await asyncio.gather(*(s.result() for s in self.streams)))
+        except BaseException:
+            self.cancel()
+            raise
+
+
 class GenerationService:
     """Resolves adapters through the registry/cache tiers and submits work to the engine."""
 
@@ -89,18 +139,34 @@ class GenerationService:
         self.resolver = resolver
         self.metrics = metrics
 
+    async def lookup(self, name: str | None) -> ResolvedAdapter | None:
+        """Which adapter version ``name`` means, and its task (None = the base model).
+
+        Cheap next to :meth:`load`; the resolver may read the store, so it runs off the loop.
+        """
+        if name is None:
+            return None
+        return await asyncio.to_thread(self.resolver.resolve, name)
+
+    async def load(self, name: str | None, resolved: ResolvedAdapter | None) -> ResolvedTarget:
+        """The target of a looked-up adapter, with its decoded (and checked) weights."""
+        if name is None or resolved is None:
+            return ResolvedTarget(None, None, None)
+        weights = await self.engine.adapter_weights(resolved.key, resolved.read)
+        return ResolvedTarget(name, resolved.key, weights, resolved.task, resolved.labels)
+
     async def resolve(self, name: str | None) -> ResolvedTarget:
         """The target for an adapter name (None = the base model)."""
-        if name is None:
-            return ResolvedTarget(None, None, None)
-        resolved = self.resolver.resolve(name)
-        weights = await self.engine.adapter_weights(resolved.key, resolved.read)
-        return ResolvedTarget(name, resolved.key, weights)
+        return await self.load(name, await self.lookup(name))
 
     def submit(self, target: ResolvedTarget, prompts: list[list[int]],
                params: list[SamplingParams], *, request_id: str, fairness_key: str,
                ) -> SubmittedBatch:
         """Queue every prompt; if the queue refuses one, the ones before it are dropped."""
+        if target.task is not TaskKind.CAUSAL_LM:
+            raise InvalidRequestError(
+                f"adapter {target.label!r} is a {target.task} adapter and does not generate "
+                "text; use POST /v1/predict")
         streams: list[RequestStream] = []
         batch = SubmittedBatch(self.engine, streams)
         try:
@@ -111,6 +177,27 @@ class GenerationService:
                     fairness_key=fairness_key,
                 )
                 streams.append(self.engine.submit(request))
+                self.metrics.prompt_tokens.labels(target.label).inc(len(prompt))
+        except BaseException:
+            batch.cancel()
+            raise
+        return batch
+
+    def classify(self, target: ResolvedTarget, prompts: list[list[int]], *, request_id: str,
+                 fairness_key: str) -> ClassificationBatch:
+        """Queue every input of a seq-cls / token-cls request; all or none stay queued."""
+        if target.key is None or target.weights is None or not target.task.has_labels:
+            raise InvalidRequestError(f"{target.label!r} is not a classification adapter")
+        streams: list[ClassificationStream] = []
+        batch = ClassificationBatch(self.engine, streams)
+        try:
+            for index, prompt in enumerate(prompts):
+                request = ClassificationRequest(
+                    request_id=f"{request_id}-{index}", prompt_ids=prompt, task=target.task,
+                    adapter=target.key, adapter_weights=target.weights,
+                    fairness_key=fairness_key,
+                )
+                streams.append(self.engine.classify(request))
                 self.metrics.prompt_tokens.labels(target.label).inc(len(prompt))
         except BaseException:
             batch.cancel()

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.package import TaskKind
+
 
 class ChatMessage(BaseModel):
     """One turn of a conversation, rendered with the base model's chat template."""
@@ -17,7 +19,7 @@ class ChatMessage(BaseModel):
 
 
 class PredictParameters(BaseModel):
-    """Generation parameters; each request keeps its own."""
+    """Generation parameters; each request keeps its own. Refused for classification."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,22 +39,47 @@ class PredictRequest(BaseModel):
 
     adapter: str | None = Field(default=None, description="Adapter name; null for the base.")
     inputs: str | list[str] | list[ChatMessage] = Field(
-        description="A prompt, a batch of prompts, or one conversation (list of messages).",
+        description="A prompt, a batch of prompts, or one conversation (list of messages). "
+                    "Classification adapters take a text or a list of texts, never templated.",
     )
     parameters: PredictParameters = Field(default_factory=PredictParameters)
     raw: bool = Field(
         default=False,
-        description="Send string prompts as they are, without the chat template.",
+        description="Send string prompts as they are, without the chat template "
+                    "(classification inputs always are).",
     )
     stream: bool = Field(default=False, description="Answer with server-sent events.")
 
 
 class PredictOutput(BaseModel):
-    """One generated text."""
+    """One generated text (causal-lm)."""
 
     text: str
     tokens: int
     finish_reason: Literal["length", "stop"]
+
+
+class SequenceClassOutput(BaseModel):
+    """The class of one input (seq-cls): the most probable label and every label's score."""
+
+    label: str
+    scores: dict[str, float] = Field(description="Softmax probability of each label.")
+
+
+class Entity(BaseModel):
+    """A labelled span of the input (token-cls): ``text == input[start:end]``."""
+
+    text: str
+    label: str = Field(description="Entity type, without the B-/I- prefix.")
+    start: int = Field(description="Character offset of the first character.")
+    end: int = Field(description="Character offset just past the last character.")
+    score: float = Field(description="Mean probability of the span's token labels.")
+
+
+class TokenClassOutput(BaseModel):
+    """The entities found in one input (token-cls)."""
+
+    entities: list[Entity]
 
 
 class Usage(BaseModel):
@@ -68,7 +95,10 @@ class PredictResponse(BaseModel):
 
     id: str
     adapter: str | None
-    outputs: list[PredictOutput]
+    adapter_version: str | None = Field(description="Version served; null for the base.")
+    task: TaskKind
+    outputs: list[PredictOutput | SequenceClassOutput | TokenClassOutput] = Field(
+        description="One per input, in order; the shape depends on the task.")
     usage: Usage
 
 

@@ -22,7 +22,7 @@ from pydantic import (
 from service.api.protocol import Usage
 
 ModelTask = str
-"""What a model does: "causal-lm", "seq-cls", "token-cls" (see ``serving_openai.task_of``)."""
+"""What a model does: "causal-lm", "seq-cls" or "token-cls" (``adapters.package.TaskKind``)."""
 
 # Values of unsupported OpenAI fields that ask for nothing, so SDK defaults still pass.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {

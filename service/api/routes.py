@@ -10,10 +10,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from service.api.deps import PredictServiceDep, StateDep, TenantDep
 from service.api.disconnect import until_disconnect
 from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse, ReadyResponse
-from service.auth import fairness_key
+from service.auth import check_access, fairness_key
+from service.limits import release_after
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422, 429, 503)
 }
 
 router = APIRouter()
@@ -29,6 +30,7 @@ async def healthz() -> dict[str, str]:
             responses={503: {"model": ReadyResponse}})
 async def readyz(state: StateDep) -> JSONResponse:
     """Whether the base model is loaded, and exactly what is in effect."""
+    # Only development adapters: tenants' adapters are listed to their owners alone.
     body = ReadyResponse(status=state.status, error=state.error,
                          adapters_available=state.resolver.names())
     if state.components is not None:
@@ -45,12 +47,25 @@ async def metrics(state: StateDep) -> Response:
 
 @router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
              responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
-async def predict(body: PredictRequest, request: Request, tenant: TenantDep,
+async def predict(body: PredictRequest, request: Request, tenant: TenantDep, state: StateDep,
                   service: PredictServiceDep) -> PredictResponse | StreamingResponse:
-    """Generate with the named adapter (or the base); ``stream`` answers with SSE."""
+    """Answer with the named adapter (or the base); ``stream`` answers with SSE.
+
+    ``adapter`` is ``tenant/name`` for a registered adapter (its active version), or a
+    development adapter's name.
+    """
     request.state.adapter = body.adapter or "base"
-    key = fairness_key(tenant, body.adapter or "base")
-    prepared = await service.prepare(body, fairness_key=key)
-    if body.stream:
-        return StreamingResponse(prepared.sse(), media_type="text/event-stream")
-    return await until_disconnect(request, prepared.collect())
+    check_access(tenant, body.adapter)
+    lease = state.limiter.admit(tenant)
+    streaming = False
+    try:
+        prepared = await service.prepare(body, fairness_key=fairness_key(
+            tenant, body.adapter or "base"))
+        if body.stream:
+            streaming = True  # the stream releases the lease when it ends
+            return StreamingResponse(release_after(prepared.sse(), lease),
+                                     media_type="text/event-stream")
+        return await until_disconnect(request, prepared.collect())
+    finally:
+        if not streaming:
+            lease.release()

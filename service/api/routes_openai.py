@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import OpenAIServingDep, TenantDep
+from service.api.deps import OpenAIServingDep, StateDep, TenantDep
 from service.api.disconnect import until_disconnect
 from service.api.protocol_openai import (
     ChatCompletionRequest,
@@ -18,52 +19,61 @@ from service.api.protocol_openai import (
     ModelList,
 )
 from service.api.serving_openai import PreparedOpenAI
+from service.limits import Lease, release_after
 
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": "OpenAI error body: {error: {message, type, param, code}}"}
-    for status in (400, 401, 404, 413, 429, 503)
+    for status in (400, 401, 403, 404, 413, 429, 503)
 }
 STREAM: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-async def _answer(prepared: PreparedOpenAI, request: Request, stream: bool | None,
-                  ) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
-    request.state.adapter = prepared.target.label
-    if stream:
-        return StreamingResponse(prepared.sse(request), media_type="text/event-stream")
-    return await until_disconnect(request, prepared.collect())
+async def _answer(prepare: Awaitable[PreparedOpenAI], request: Request, stream: bool | None,
+                  lease: Lease) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
+    """Run a prepared request; ``lease`` is released when the answer is complete."""
+    held: Lease | None = lease
+    try:
+        prepared = await prepare
+        request.state.adapter = prepared.target.label
+        if stream:
+            body, held = release_after(prepared.sse(request), lease), None
+            return StreamingResponse(body, media_type="text/event-stream")
+        return await until_disconnect(request, prepared.collect())
+    finally:
+        if held is not None:
+            held.release()
 
 
 @router.get("/models", response_model=ModelList, responses=OPENAI_ERRORS)
 async def list_models(tenant: TenantDep, service: OpenAIServingDep) -> ModelList:
     """The base model and every adapter the caller may use, as OpenAI models."""
-    # Every key sees every adapter until tenants own adapters (registry issue).
-    return await service.list_models()
+    return await service.list_models(tenant)
 
 
-@router.get("/models/{model}", response_model=ModelCard, responses=OPENAI_ERRORS)
+@router.get("/models/{model:path}", response_model=ModelCard, responses=OPENAI_ERRORS)
 async def retrieve_model(model: str, tenant: TenantDep, service: OpenAIServingDep) -> ModelCard:
     """One model of the list; 404 naming it if there is none."""
-    return await service.model_card(model)
+    return await service.model_card(model, tenant)
 
 
 @router.post("/completions", response_model=CompletionResponse,
              responses={**OPENAI_ERRORS, **STREAM})
 async def completions(body: CompletionRequest, request: Request, tenant: TenantDep,
-                      service: OpenAIServingDep,
+                      state: StateDep, service: OpenAIServingDep,
                       ) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
     """Complete raw text prompts with an adapter (or the base model)."""
-    prepared = await service.prepare_completion(body, tenant=tenant)
-    return await _answer(prepared, request, body.stream)
+    lease = state.limiter.admit(tenant)
+    return await _answer(service.prepare_completion(body, tenant=tenant), request, body.stream,
+                         lease)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse,
              responses={**OPENAI_ERRORS, **STREAM})
 async def chat_completions(body: ChatCompletionRequest, request: Request, tenant: TenantDep,
-                           service: OpenAIServingDep,
+                           state: StateDep, service: OpenAIServingDep,
                            ) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
     """Answer a conversation (base model chat template) with an adapter (or the base)."""
-    prepared = await service.prepare_chat(body, tenant=tenant)
-    return await _answer(prepared, request, body.stream)
+    lease = state.limiter.admit(tenant)
+    return await _answer(service.prepare_chat(body, tenant=tenant), request, body.stream, lease)

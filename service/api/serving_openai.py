@@ -16,8 +16,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from adapters.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
-from adapters.lora_format import CONFIG_FILE
-from service.adapter_source import ADAPTER_NAME, AdapterResolver, LocalAdapterDirectory
+from adapters.package import TaskKind
 from service.api.errors import error_body, status_for
 from service.api.generation import GenerationService, ResolvedTarget, SubmittedBatch
 from service.api.prompts import PromptBuilder
@@ -40,39 +39,13 @@ from service.api.protocol_openai import (
     ModelTask,
     SamplingFields,
 )
-from service.auth import Tenant, fairness_key
+from service.auth import Tenant, check_access, fairness_key
 from service.engine.requests import GenerationEvent
 
 BASE_ALIAS = "base"
 """Accepted as ``model`` for the base model, whatever its name."""
 
 GENERATIVE: ModelTask = "causal-lm"
-_PEFT_TASKS: dict[str, ModelTask] = {
-    "CAUSAL_LM": GENERATIVE, "SEQ_CLS": "seq-cls", "TOKEN_CLS": "token-cls",
-}
-
-
-def task_of(task_type: str | None) -> ModelTask:
-    """loraswap's task for a PEFT ``task_type``; none given means a causal LM."""
-    if not task_type:
-        return GENERATIVE
-    return _PEFT_TASKS.get(task_type.upper(), task_type.lower().replace("_", "-"))
-
-
-def adapter_task_type(resolver: AdapterResolver, name: str) -> str | None:
-    """``task_type`` of the adapter's ``adapter_config.json``; None when not readable.
-
-    Only the local adapter folder exposes its files; the registry will report the task
-    itself. ``name`` must already match :data:`ADAPTER_NAME` (no path tricks).
-    """
-    if not isinstance(resolver, LocalAdapterDirectory) or resolver.root is None:
-        return None
-    try:
-        raw = json.loads((resolver.root / name / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None  # a missing adapter is reported by the resolver, with its name
-    value = raw.get("task_type") if isinstance(raw, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def _finish(event: GenerationEvent) -> FinishReason:
@@ -171,37 +144,40 @@ class OpenAIServing:
         self.base_model = base_model
         self.created = int(time.time())
 
-    async def list_models(self) -> ModelList:
-        """The base model and every servable adapter, with their kind and task."""
-        resolver = self._generation.resolver
-        names = resolver.names()
-        tasks = await asyncio.to_thread(
-            lambda: [task_of(adapter_task_type(resolver, n)) for n in names])
-        cards = [ModelCard(id=self.base_model, created=self.created, owned_by="loraswap",
-                           loraswap=ModelExtension(kind="base", task=GENERATIVE))]
-        cards += [ModelCard(id=name, created=self.created, owned_by="loraswap",
-                            loraswap=ModelExtension(kind="adapter", task=task))
-                  for name, task in zip(names, tasks, strict=True)]
+    async def list_models(self, tenant: Tenant | None) -> ModelList:
+        """The base model (if the tenant may use it) and every adapter visible to the caller."""
+        owner = tenant.name if tenant is not None else None
+        listing = await asyncio.to_thread(self._generation.resolver.listing, owner)
+        cards = []
+        if tenant is None or tenant.allow_base_model:
+            cards.append(ModelCard(id=self.base_model, created=self.created, owned_by="loraswap",
+                                   loraswap=ModelExtension(kind="base", task=GENERATIVE)))
+        cards += [ModelCard(id=item.name, created=self.created,
+                            owned_by=item.name.partition("/")[0] if "/" in item.name
+                            else "loraswap",
+                            loraswap=ModelExtension(kind="adapter", task=str(item.task)))
+                  for item in listing]
         return ModelList(data=cards)
 
-    async def model_card(self, model: str) -> ModelCard:
+    async def model_card(self, model: str, tenant: Tenant | None) -> ModelCard:
         """The entry of ``model`` (an adapter, the base id or "base")."""
         wanted = self.base_model if model == BASE_ALIAS else model
-        for card in (await self.list_models()).data:
+        for card in (await self.list_models(tenant)).data:
             if card.id == wanted:
                 return card
         raise AdapterNotFoundError(model)
 
-    def _check_generative(self, model: str) -> str | None:
-        """The adapter name ``model`` means (None: the base); 404/400 if it can't generate."""
+    async def _check_generative(self, model: str, tenant: Tenant | None) -> str | None:
+        """The adapter ``model`` means (None: the base); 404/403/400 if the caller can't use
+        it to generate."""
         if model in (self.base_model, BASE_ALIAS):
+            check_access(tenant, None)
             return None
-        if not ADAPTER_NAME.fullmatch(model):
-            raise AdapterNotFoundError(model)  # no servable adapter can have this name
-        task = task_of(adapter_task_type(self._generation.resolver, model))
-        if task != GENERATIVE:
+        check_access(tenant, model)
+        resolved = await asyncio.to_thread(self._generation.resolver.resolve, model)
+        if resolved.task is not TaskKind.CAUSAL_LM:
             raise InvalidRequestError(
-                f"model {model!r} is a {task} adapter and does not generate text; "
+                f"model {model!r} is a {resolved.task} adapter and does not generate text; "
                 "use POST /v1/predict")
         return model
 
@@ -217,7 +193,7 @@ class OpenAIServing:
     async def _submit(self, body: SamplingFields, tenant: Tenant | None, chat: bool,
                       tokenize: Callable[[], list[list[int]]], max_tokens: int,
                       ) -> PreparedOpenAI:
-        adapter = self._check_generative(body.model)
+        adapter = await self._check_generative(body.model, tenant)
         prompts = tokenize()
         params = [
             self._prompts.sampling(

@@ -1,4 +1,10 @@
-"""``/v1/predict``: the native API over the shared generation service."""
+"""``/v1/predict``: the native API over the shared generation service.
+
+The adapter's task decides what a request does: a causal-lm adapter (or the base model)
+generates text; a seq-cls adapter classifies each input; a token-cls adapter labels the
+entities of each input. Classification takes raw texts only (no chat template, see
+:mod:`service.api.classification`) and refuses generation parameters and ``stream``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,28 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from adapters.errors import InvalidRequestError, LoraswapError
-from service.api.generation import GenerationService, ResolvedTarget, SubmittedBatch
+from adapters.package import TaskKind
+from service.adapter_source import ResolvedAdapter
+from service.api.classification import EncodedInput, encode_input, sequence_output, token_output
+from service.api.generation import (
+    ClassificationBatch,
+    GenerationService,
+    ResolvedTarget,
+    SubmittedBatch,
+)
 from service.api.prompts import PromptBuilder
-from service.api.protocol import PredictOutput, PredictRequest, PredictResponse, Usage
+from service.api.protocol import (
+    PredictOutput,
+    PredictRequest,
+    PredictResponse,
+    SequenceClassOutput,
+    TokenClassOutput,
+    Usage,
+)
+from service.engine.classify import ClassificationResult
 from service.engine.requests import GenerationEvent
 
 
@@ -18,9 +41,21 @@ def _sse(event: str, payload: object) -> str:
     return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+class Prepared(Protocol):
+    """A validated, submitted predict request, answered whole or as an event stream."""
+
+    async def collect(self) -> PredictResponse:
+        """Wait for every output."""
+        ...
+
+    def sse(self) -> AsyncIterator[str]:
+        """Server-sent events ending with ``done`` (the whole answer)."""
+        ...
+
+
 @dataclass
 class PreparedPredict:
-    """A validated, submitted predict request; consumed whole or as an event stream."""
+    """A validated, submitted generation request; consumed whole or as an event stream."""
 
     request_id: str
     target: ResolvedTarget
@@ -31,7 +66,8 @@ class PreparedPredict:
         prompt = sum(r.prompt_tokens for r in results)
         completion = sum(r.completion_tokens for r in results)
         return PredictResponse(
-            id=self.request_id, adapter=self.target.name,
+            id=self.request_id, adapter=self.target.name, adapter_version=self.target.version,
+            task=self.target.task,
             outputs=[
                 PredictOutput(text=r.text, tokens=r.completion_tokens,
                               finish_reason="stop" if r.finish_reason == "stop" else "length")
@@ -66,6 +102,67 @@ class PreparedPredict:
         yield _sse("done", self.response(done).model_dump())
 
 
+@dataclass
+class PreparedClassification:
+    """A validated, submitted seq-cls / token-cls request."""
+
+    request_id: str
+    target: ResolvedTarget
+    labels: list[str]
+    inputs: list[EncodedInput]
+    batch: ClassificationBatch
+
+    def response(self, results: list[ClassificationResult]) -> PredictResponse:
+        """Per input: the label and scores (seq-cls) or the entities (token-cls)."""
+        outputs: list[PredictOutput | SequenceClassOutput | TokenClassOutput]
+        if self.target.task is TaskKind.SEQ_CLS:
+            outputs = [sequence_output(r.probs[0], self.labels) for r in results]
+        else:
+            outputs = [token_output(encoded, r.probs, self.labels)
+                       for encoded, r in zip(self.inputs, results, strict=True)]
+        prompt = sum(r.prompt_tokens for r in results)
+        return PredictResponse(
+            id=self.request_id, adapter=self.target.name, adapter_version=self.target.version,
+            task=self.target.task, outputs=outputs,
+            usage=Usage(prompt_tokens=prompt, completion_tokens=0, total_tokens=prompt),
+        )
+
+    async def collect(self) -> PredictResponse:
+        """Wait for every input's result."""
+        return self.response(await self.batch.collect())
+
+    async def sse(self) -> AsyncIterator[str]:
+        """One ``done`` event with the whole answer (``stream`` is refused up front)."""
+        try:
+            response = await self.collect()
+        except LoraswapError as exc:
+            yield _sse("error", {"error": {"code": exc.code, "message": exc.message}})
+            return
+        yield _sse("done", response.model_dump(mode="json"))
+
+
+def check_classification_body(body: PredictRequest, adapter: str, task: TaskKind) -> list[str]:
+    """The input texts of a classification request; 400 naming what does not apply.
+
+    ``raw`` is accepted either way: classification inputs are never templated.
+    """
+    what = f"adapter {adapter!r} is a {task} adapter"
+    if body.stream:
+        raise InvalidRequestError(
+            f"stream is not supported: {what}, its answer comes whole in one response")
+    given = sorted(body.parameters.model_fields_set)  # only what the client sent
+    if given:
+        raise InvalidRequestError(
+            f"parameters {', '.join(given)} do not apply: {what} and does not generate text")
+    if isinstance(body.inputs, str):
+        return [body.inputs]
+    texts = [i for i in body.inputs if isinstance(i, str)]
+    if len(texts) != len(body.inputs):
+        raise InvalidRequestError(
+            f"chat messages are not accepted: {what}; send a text or a list of texts")
+    return texts
+
+
 class PredictService:
     """Validates predict requests, builds prompts and submits them to the engine."""
 
@@ -73,10 +170,14 @@ class PredictService:
         self._generation = generation
         self._prompts = prompts
 
-    async def prepare(self, body: PredictRequest, *, fairness_key: str) -> PreparedPredict:
+    async def prepare(self, body: PredictRequest, *, fairness_key: str) -> Prepared:
         """Resolve the adapter, tokenize, check limits and submit; raises 4xx errors early."""
         if not body.inputs and not isinstance(body.inputs, str):
             raise InvalidRequestError("inputs must not be an empty list")
+        resolved = await self._generation.lookup(body.adapter)
+        if resolved is not None and resolved.task.has_labels and body.adapter is not None:
+            return await self._prepare_classification(body, body.adapter, resolved,
+                                                      fairness_key)
         if isinstance(body.inputs, str):
             prompts = [self._prompts.from_text(body.inputs, raw=body.raw)]
         elif body.inputs and all(isinstance(i, str) for i in body.inputs):
@@ -91,8 +192,24 @@ class PredictService:
                 top_p=p.top_p, seed=p.seed, stop=p.stop, ignore_eos=p.ignore_eos)
             for prompt in prompts
         ]
-        target = await self._generation.resolve(body.adapter)
+        target = await self._generation.load(body.adapter, resolved)
         request_id = f"pred-{uuid.uuid4().hex[:24]}"
         batch = self._generation.submit(target, prompts, params, request_id=request_id,
                                         fairness_key=fairness_key or target.label)
         return PreparedPredict(request_id, target, batch)
+
+    async def _prepare_classification(self, body: PredictRequest, adapter: str,
+                                      resolved: ResolvedAdapter, fairness_key: str,
+                                      ) -> PreparedClassification:
+        texts = check_classification_body(body, adapter, resolved.task)
+        tokenizer = self._generation.engine.tokenizer
+        offsets = resolved.task is TaskKind.TOKEN_CLS
+        inputs = [encode_input(tokenizer, text, self._prompts.limits, offsets=offsets)
+                  for text in texts]
+        target = await self._generation.load(adapter, resolved)
+        labels = target.class_names()
+        request_id = f"pred-{uuid.uuid4().hex[:24]}"
+        batch = self._generation.classify(target, [i.ids for i in inputs],
+                                          request_id=request_id,
+                                          fairness_key=fairness_key or target.label)
+        return PreparedClassification(request_id, target, labels, inputs, batch)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from adapters.lora_format import LoraAdapterWeights
+from service.engine.classify import ClassificationRequest, ClassificationStream, check_head
 from service.engine.detokenizer import Tokenizer
 from service.engine.engine_thread import EngineThread
 from service.engine.lora_slots import LoraSlotTable
@@ -46,7 +47,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
 
 
 class LoraEngine:
-    """Continuous-batching generation over a slot table of LoRA adapters."""
+    """Continuous-batching generation, and classification, over a slot table of LoRA adapters."""
 
     def __init__(self, model: Any, tokenizer: Tokenizer, config: EngineConfig,
                  observer: EngineObserver, thread: EngineThread | None = None) -> None:
@@ -59,6 +60,8 @@ class LoraEngine:
         # faster end to end, and doubles the table's memory.
         lora_dtype = dtype
         self.config = config
+        self.tokenizer = tokenizer
+        self.hidden_size = shape.hidden_size
         self.table = LoraSlotTable(
             num_layers=shape.num_layers, groups=projection_groups(shape),
             max_loras=config.max_loras, max_rank=config.max_lora_rank,
@@ -77,7 +80,7 @@ class LoraEngine:
                 max_prefill_tokens=config.max_prefill_tokens, max_queue=config.max_queue,
                 stop_token_ids=stop_token_ids(model, tokenizer),
             ),
-            observer,
+            observer, pad_token_id=getattr(model.config, "pad_token_id", None),
         )
 
     def start(self) -> None:
@@ -107,9 +110,28 @@ class LoraEngine:
         def read_checked() -> LoraAdapterWeights:
             weights = read()
             self.table.check_compatible(weights)
+            check_head(weights, self.hidden_size)
             return weights
 
         return await self.host.get(key, read_checked)
+
+    async def pin(self, key: AdapterKey, weights: LoraAdapterWeights) -> bool:
+        """Keep ``key`` resident (other versions of its adapter lose their pin) and load it
+        into a slot now; False when every slot is busy (it then stays once loaded)."""
+
+        def pin_and_load() -> bool:
+            self.slots.pin(key)
+            slot = self.slots.acquire(key, weights)
+            if slot is None:
+                return False
+            self.slots.release(slot)
+            return True
+
+        return await self.thread.run(pin_and_load)
+
+    async def unpin(self, name: str) -> None:
+        """Let adapter ``name`` be evicted like any other."""
+        await self.thread.run(lambda: self.slots.unpin(name))
 
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue ``request``; its events arrive on the returned stream."""
@@ -117,7 +139,13 @@ class LoraEngine:
         self.scheduler.submit(request, stream)
         return stream
 
-    def cancel(self, stream: RequestStream) -> None:
+    def classify(self, request: ClassificationRequest) -> ClassificationStream:
+        """Queue a classification request; its result arrives on the returned stream."""
+        stream = ClassificationStream(asyncio.get_running_loop())
+        self.scheduler.submit_classification(request, stream)
+        return stream
+
+    def cancel(self, stream: RequestStream | ClassificationStream) -> None:
         """Drop a request (client went away)."""
         stream.cancel()
         self.scheduler.kick()

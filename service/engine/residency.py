@@ -40,7 +40,9 @@ class LoraSlotManager:
         self._slot_of: OrderedDict[AdapterKey, int] = OrderedDict()  # LRU order, oldest first
         self._refs = [0] * (table.max_loras + 1)
         self._free = list(range(table.max_loras, 0, -1))
-        self.pinned: set[str] = set()
+        # One pinned version per adapter name: promoting re-pins, so an old version is not
+        # kept resident for ever.
+        self.pinned: set[AdapterKey] = set()
 
     @property
     def resident(self) -> list[AdapterKey]:
@@ -66,6 +68,14 @@ class LoraSlotManager:
         self._observer.resident_adapters("slot", len(self._slot_of))
         return slot
 
+    def pin(self, key: AdapterKey) -> None:
+        """Never evict ``key``; unpins other versions of the same adapter."""
+        self.pinned = {k for k in self.pinned if k.name != key.name} | {key}
+
+    def unpin(self, name: str) -> None:
+        """Let every version of adapter ``name`` be evicted again."""
+        self.pinned = {k for k in self.pinned if k.name != name}
+
     def release(self, slot: int) -> None:
         """Drop one running sequence's reference to ``slot``."""
         if slot:
@@ -73,7 +83,7 @@ class LoraSlotManager:
 
     def _evict_one(self) -> int | None:
         for key, slot in self._slot_of.items():
-            if self._refs[slot] == 0 and key.name not in self.pinned:
+            if self._refs[slot] == 0 and key not in self.pinned:
                 del self._slot_of[key]
                 self.table.clear(slot)
                 self._observer.adapter_evicted(key.name, "slot")
@@ -97,6 +107,10 @@ class HostLoraCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def keys(self) -> list[AdapterKey]:
+        """Adapters now decoded in host memory, least recently used first."""
+        return list(self._entries)
 
     async def get(
         self, key: AdapterKey, load: Callable[[], LoraAdapterWeights]

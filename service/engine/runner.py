@@ -136,9 +136,9 @@ class LlamaRunner:
         self.dtype: torch.dtype = self._embed.weight.dtype
         self.device: torch.device = self._embed.weight.device
 
-    @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int]) -> torch.Tensor:
-        """Run whole prompts into cache ``rows``; float32 logits of each last token."""
+    def _padded(self, prompts: list[list[int]],
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded tokens, positions, causal mask over real keys, and lengths."""
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         width = int(lengths.max())
         tokens = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
@@ -148,6 +148,13 @@ class LlamaRunner:
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         key_valid = positions < lengths[:, None]
         mask = (causal[None] & key_valid[:, None, :])[:, None]
+        return tokens, positions, mask, lengths
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int]) -> torch.Tensor:
+        """Run whole prompts into cache ``rows``; float32 logits of each last token."""
+        tokens, positions, mask, lengths = self._padded(prompts)
+        width = tokens.shape[1]
         row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -159,6 +166,24 @@ class LlamaRunner:
         hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
         last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
         return self._logits(last)
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+        """Final-normed hidden states ``[prompts, max_len, hidden]`` of whole prompts.
+
+        The prefill forward with each prompt's LoRA slot, but attention runs on the step's
+        own keys and values: nothing is written to the KV cache, so a prompt-only request
+        (classification) needs no cache row. Positions past a prompt's length are padding.
+        """
+        tokens, positions, mask, _ = self._padded(prompts)
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+        row_slots = torch.tensor(slots, dtype=torch.long).repeat_interleave(tokens.shape[1])
+        hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
+        normed: torch.Tensor = self._norm(hidden)
+        return normed
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,

@@ -5,9 +5,11 @@ rows and prefills them together (bounded by a prompt-token budget, so decoding n
 stalls for long), (3) runs one decode step for every running sequence. Finished sequences
 leave at once and free their row and their slot reference.
 
-Fairness: waiting requests are queued per fairness key (the tenant, or the adapter when
-no tenant is known) and admitted round-robin across keys, one request per key per turn,
-so one key's flood of requests delays another key's by at most one admission per key.
+Classification requests (seq-cls, token-cls adapters) wait in the same queue and are
+admitted by the same rules, but need no cache row: the ones admitted in a step run
+together in one forward pass (:class:`BatchClassifier`) and finish in that step.
+
+Fairness: see :class:`FairQueue` (round-robin across tenants, FIFO within one).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import heapq
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,7 +29,14 @@ from adapters.errors import (
     OverloadedError,
     RequestCancelledError,
 )
+from service.engine.classify import (
+    BatchClassifier,
+    ClassificationRequest,
+    ClassificationStream,
+    PendingClassification,
+)
 from service.engine.detokenizer import IncrementalText, Tokenizer
+from service.engine.fair_queue import FairQueue
 from service.engine.observer import EngineObserver
 from service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from service.engine.residency import LoraSlotManager
@@ -67,45 +75,8 @@ class _Sequence:
         return len(self.request.prompt_ids) + len(self.output_ids) - 1
 
 
-class _FairQueue:
-    """Per-key FIFO queues served round-robin."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, deque[_Sequence]] = {}
-        self._turns: deque[str] = deque()
-        self.size = 0
-
-    def push(self, seq: _Sequence) -> None:
-        key = seq.request.fairness_key
-        if key not in self._queues:
-            self._queues[key] = deque()
-            self._turns.append(key)
-        self._queues[key].append(seq)
-        self.size += 1
-
-    def keys_in_turn(self) -> list[str]:
-        return list(self._turns)
-
-    def peek(self, key: str) -> _Sequence:
-        return self._queues[key][0]
-
-    def pop(self, key: str) -> _Sequence:
-        queue = self._queues[key]
-        seq = queue.popleft()
-        self.size -= 1
-        self._turns.remove(key)
-        if queue:
-            self._turns.append(key)  # served: back of the line
-        else:
-            del self._queues[key]
-        return seq
-
-    def drain(self) -> list[_Sequence]:
-        seqs = [seq for queue in self._queues.values() for seq in queue]
-        self._queues.clear()
-        self._turns.clear()
-        self.size = 0
-        return seqs
+# What waits in the queue: a generation sequence or a classification request.
+_Queued = _Sequence | PendingClassification
 
 
 class ContinuousBatchScheduler:
@@ -113,20 +84,25 @@ class ContinuousBatchScheduler:
 
     def __init__(
         self, runner: LlamaRunner, slots: LoraSlotManager, tokenizer: Tokenizer,
-        config: SchedulerConfig, observer: EngineObserver,
+        config: SchedulerConfig, observer: EngineObserver, pad_token_id: int | None = None,
     ) -> None:
+        """``pad_token_id``: the model's pad token, which seq-cls pooling skips."""
         self._runner = runner
         self._slots = slots
         self._tokenizer = tokenizer
         self.config = config
         self._observer = observer
-        self._waiting = _FairQueue()
+        self._waiting: FairQueue[_Queued] = FairQueue(lambda item: item.request.fairness_key)
+        self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
+        # Classifications in the queue: with every cache row busy, only they can be admitted.
+        self._classify_waiting = 0
         self._running: dict[int, _Sequence] = {}  # cache row -> sequence
         self._free_rows = list(range(config.max_batch_size))
         self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
         self._closed = False
         self._waiting_for_slot = False
         self._admitting: list[_Sequence] = []  # taken from the queue, not yet running
+        self._classifying: list[PendingClassification] = []  # admitted in this step
         # Set by the engine thread that steps us: wakes it after a submit or a cancellation.
         self.wake: Callable[[], None] = lambda: None
 
@@ -146,6 +122,14 @@ class ContinuousBatchScheduler:
             request=request, stream=stream, sampler=TokenSampler(request.params),
             text=IncrementalText(self._tokenizer, request.params.stop),
         )
+        self._enqueue(seq)
+
+    def submit_classification(self, request: ClassificationRequest,
+                              stream: ClassificationStream) -> None:
+        """Queue a classification request; :class:`OverloadedError` when the queue is full."""
+        self._enqueue(PendingClassification(request, stream))
+
+    def _enqueue(self, item: _Queued) -> None:
         with self._lock:
             if self._closed:
                 raise NotReadyError("server is shutting down")
@@ -154,7 +138,8 @@ class ContinuousBatchScheduler:
                     f"request queue is full ({self.config.max_queue} waiting); retry later",
                     retry_after=1,
                 )
-            self._waiting.push(seq)
+            self._waiting.push(item)
+            self._classify_waiting += isinstance(item, PendingClassification)
         self.kick()
 
     def kick(self) -> None:
@@ -172,18 +157,24 @@ class ContinuousBatchScheduler:
             self._step()
         except Exception:
             logger.exception("engine step failed; failing the running batch")
-            for seq in [*self._running.values(), *self._admitting]:
-                self._finish(seq, "error", LoraswapError("engine step failed"))
-        self._admitting = []
+            error = LoraswapError("engine step failed")
+            failed: list[_Queued] = [*self._running.values(), *self._admitting,
+                                     *self._classifying]
+            for item in failed:
+                self._drop(item, "error", error)
+        self._admitting, self._classifying = [], []
 
     def _step(self) -> None:
         self._reap_cancelled()
-        admitted = self._admitting = self._admit()
+        admitted, classify = self._admit()
+        self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
-        stuck = not admitted and not self._running and self._waiting.size > 0
+        stuck = not admitted and not classify and not self._running and self._waiting.size > 0
         if admitted:
             self._prefill(admitted)
+        if classify:
+            self._classifier.run(classify)
         if self._running:
             self._decode()
         self._waiting_for_slot = stuck
@@ -194,42 +185,55 @@ class ContinuousBatchScheduler:
             if seq.stream.cancelled:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
-    def _admit(self) -> list[_Sequence]:
+    def _admit(self) -> tuple[list[_Sequence], list[PendingClassification]]:
+        """Waiting requests to run this step: generations (each takes a cache row) and
+        classifications (no row), within one prompt-token budget."""
         admitted: list[_Sequence] = []
+        classify: list[PendingClassification] = []
         budget = self.config.max_prefill_tokens
         with self._lock:
             progress = True
-            while progress and self._free_rows and self._waiting.size:
+            while progress and self._waiting.size and (self._free_rows or self._classify_waiting):
                 progress = False
                 for key in self._waiting.keys_in_turn():
-                    if not self._free_rows:
+                    if not (self._free_rows or self._classify_waiting):
                         break
-                    seq = self._waiting.peek(key)
-                    if seq.stream.cancelled:
-                        self._waiting.pop(key)
-                        self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
+                    item = self._waiting.peek(key)
+                    if item.stream.cancelled:
+                        self._pop(key)
+                        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
                         continue
-                    need = len(seq.request.prompt_ids)
-                    if admitted and need > budget:
-                        return admitted
-                    if not self._take_slot(seq):
+                    if isinstance(item, _Sequence) and not self._free_rows:
+                        continue  # waits for a cache row; classifications of other keys go on
+                    need = len(item.request.prompt_ids)
+                    if (admitted or classify) and need > budget:
+                        return admitted, classify
+                    if not self._take_slot(item):
                         continue  # its adapter waits for a slot; other keys go on
-                    self._waiting.pop(key)
-                    seq.row = heapq.heappop(self._free_rows)
+                    self._pop(key)
                     budget -= need
-                    admitted.append(seq)
                     progress = True
-        return admitted
+                    if isinstance(item, _Sequence):
+                        item.row = heapq.heappop(self._free_rows)
+                        admitted.append(item)
+                    else:
+                        classify.append(item)
+        return admitted, classify
 
-    def _take_slot(self, seq: _Sequence) -> bool:
-        request = seq.request
+    def _pop(self, key: str) -> _Queued:
+        item = self._waiting.pop(key)
+        self._classify_waiting -= isinstance(item, PendingClassification)
+        return item
+
+    def _take_slot(self, item: _Queued) -> bool:
+        request = item.request
         if request.adapter is None or request.adapter_weights is None:
-            seq.slot = 0
+            item.slot = 0
             return True
         slot = self._slots.acquire(request.adapter, request.adapter_weights)
         if slot is None:
             return False
-        seq.slot = slot
+        item.slot = slot
         return True
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
@@ -280,6 +284,13 @@ class ContinuousBatchScheduler:
         delta += seq.text.flush()
         self._finish(seq, reason, None, last=GenerationEvent(text=delta, token_ids=(token,)))
 
+    def _drop(self, item: _Queued, reason: str, error: LoraswapError) -> None:
+        """End a request of either kind with ``error`` (cancelled, failed, shutting down)."""
+        if isinstance(item, _Sequence):
+            self._finish(item, reason, error)
+        else:
+            self._classifier.finish(item, error, reason)
+
     def _finish(self, seq: _Sequence, reason: str, error: LoraswapError | None,
                 last: GenerationEvent | None = None) -> None:
         if seq.done:
@@ -308,5 +319,6 @@ class ContinuousBatchScheduler:
         with self._lock:
             self._closed = True
             pending = self._waiting.drain()
-        for seq in pending:
-            self._finish(seq, "error", error)
+            self._classify_waiting = 0
+        for item in pending:
+            self._drop(item, "error", error)

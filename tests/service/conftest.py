@@ -14,7 +14,9 @@ import httpx
 import pytest
 import uvicorn
 
-from adapters.base_model import LoadedBaseModel, Quantization, load_base_model
+from adapters.base_model import LoadedBaseModel, Quantization, load_base_model, weights_sha256
+from adapters.demo import write_random_adapter
+from adapters.package import BaseModelRef, TaskKind, build_manifest, write_manifest
 from service.app import create_app
 from service.settings import Settings
 
@@ -61,7 +63,9 @@ def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
         values: dict[str, Any] = {
             "base_model": tiny_base_dir, "quantization": Quantization.FP32, "device": "cpu",
             "adapter_dir": tmp_path / "adapters", "max_batch_size": 8, "max_model_len": 256,
-            "max_input_tokens": 128, "port": port, **overrides,
+            "max_input_tokens": 128, "port": port,
+            "store_uri": (tmp_path / "store").as_uri(), "adapter_cache_dir": tmp_path / "cache",
+            "dev_mode": True, "registry_refresh_seconds": 0.5, **overrides,
         }
         settings = Settings(**values)
 
@@ -88,3 +92,27 @@ def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
         client.close()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+PackageFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_package(tiny_base_dir: Path, tmp_path: Path) -> PackageFactory:
+    """Factory: a complete causal-lm adapter package (PEFT files + loraswap.json)."""
+    base = BaseModelRef(name=tiny_base_dir.name, weights_sha256=weights_sha256(tiny_base_dir))
+
+    def factory(name: str, *, rank: int = 4, seed: int = 0,
+                targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+        folder = tmp_path / "packages" / name
+        write_random_adapter(tiny_base_dir, folder, rank=rank, targets=targets, seed=seed,
+                             scale=1.0)
+        write_manifest(folder, build_manifest(folder, task=TaskKind.CAUSAL_LM, base_model=base))
+        return folder
+
+    return factory
+
+
+def upload_files(folder: Path) -> list[tuple[str, tuple[str, bytes]]]:
+    """The multipart ``files`` parts of an adapter package folder, for httpx."""
+    return [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir()) if p.is_file()]

@@ -52,10 +52,14 @@ def adapter_dir(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def server(real_model_dir: Path, adapter_dir: Path) -> Iterator[str]:
+def server(real_model_dir: Path, adapter_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`loraswap serve` as users start it, in fp32 so greedy tokens compare exactly."""
     port = free_port()
+    state = tmp_path_factory.mktemp("real-state")
     env = {**os.environ, "LORASWAP_BASE_MODEL": str(real_model_dir),
+           "LORASWAP_DEV_MODE": "true", "LORASWAP_STORE_URI": (state / "store").as_uri(),
+           "LORASWAP_ADAPTER_CACHE_DIR": str(state / "cache"),
            "LORASWAP_ADAPTER_DIR": str(adapter_dir), "LORASWAP_QUANTIZATION": "fp32",
            "LORASWAP_MAX_LORAS": "2", "LORASWAP_MAX_MODEL_LEN": "512"}
     process = subprocess.Popen(

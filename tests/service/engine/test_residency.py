@@ -59,12 +59,24 @@ def test_slots_in_use_or_pinned_are_never_evicted() -> None:
     slots.acquire(key("a"), WEIGHTS["a"])  # held by a running sequence
     slot_b = slots.acquire(key("b"), WEIGHTS["b"])
     assert slot_b is not None
-    slots.pinned.add("b")
+    slots.pin(key("b"))
     slots.release(slot_b)
     assert slots.acquire(key("c"), WEIGHTS["c"]) is None  # a busy, b pinned: c waits
     assert observer.evicted == []
-    slots.pinned.discard("b")
+    slots.unpin("b")
     assert slots.acquire(key("c"), WEIGHTS["c"]) == slot_b
+
+
+def test_pinning_a_new_version_lets_the_old_one_go() -> None:
+    slots, _ = manager(1)
+    old, new = AdapterKey("b", "1"), AdapterKey("b", "2")
+    slot = slots.acquire(old, WEIGHTS["b"])
+    assert slot is not None
+    slots.pin(old)
+    slots.release(slot)
+    slots.pin(new)  # promoted: the pin moves to the new version
+    assert slots.pinned == {new}
+    assert slots.acquire(new, WEIGHTS["c"]) == slot  # the old version was evictable
 
 
 async def test_concurrent_misses_load_an_adapter_once() -> None:

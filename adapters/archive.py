@@ -1,0 +1,361 @@
+"""Getting package files onto local disk safely: uploads, store URIs, verified copies.
+
+Uploads (.tar, .tar.gz, .zip, or single files) are not trusted: member names must be plain
+relative names (no absolute paths, no ``..``, no drive letters or backslashes), only regular
+files are extracted (links, devices and FIFOs are refused), at most one top-level folder is
+allowed (and stripped), duplicates are refused, and sizes are limited twice, by the sizes
+the archive declares and by the bytes actually written, so a decompression bomb stops at
+the limit. Members are written by this module itself, never by ``tarfile``/``zipfile``
+extraction helpers. :func:`stage_from_uri` copies a package from a folder or an S3 prefix;
+:func:`download_verified` makes the registry's sha256-checked local copies."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from adapters.errors import (
+    AdapterValidationError,
+    ConfigurationError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    StoreError,
+)
+from adapters.package import MANIFEST_FILE, sha256_file
+from adapters.store import FileSystemStore, ObjectStore, SizedStore, open_store
+from adapters.validation import ALLOWED_FILES, ValidationLimits
+
+_CHUNK = 1 << 20
+# One plain file name of a package (see validation.ALLOWED_FILES for which are accepted).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class _Budget:
+    """Files and bytes written so far, checked against the limits."""
+
+    limits: ValidationLimits
+    files: int = 0
+    total: int = 0
+    seen: set[str] = field(default_factory=set)
+
+    def admit(self, name: str, declared: int) -> None:
+        """Account for one more member before any of its bytes are written."""
+        if name in self.seen:
+            raise AdapterValidationError(f"archive holds {name!r} twice")
+        self.seen.add(name)
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise PayloadTooLargeError(
+                f"upload holds more than {self.limits.max_files} files"
+            )
+        if declared > self.limits.max_file_bytes:
+            raise PayloadTooLargeError(
+                f"{name} is {declared} bytes, over the limit of "
+                f"{self.limits.max_file_bytes} bytes per file"
+            )
+        if self.total + declared > self.limits.max_upload_bytes:
+            raise PayloadTooLargeError(
+                f"upload is over the limit of {self.limits.max_upload_bytes} bytes"
+            )
+
+    def copy(self, name: str, source: IO[bytes], target: Path, declared: int | None) -> None:
+        """Copy ``source`` to ``target``, counting bytes; stop at the first byte too many."""
+        written = 0
+        with target.open("xb") as sink:
+            while chunk := source.read(_CHUNK):
+                written += len(chunk)
+                self.total += len(chunk)
+                if declared is not None and written > declared:
+                    raise AdapterValidationError(
+                        f"{name} holds more bytes than the archive declares ({declared})"
+                    )
+                if written > self.limits.max_file_bytes:
+                    raise PayloadTooLargeError(
+                        f"{name} is over the limit of {self.limits.max_file_bytes} bytes "
+                        "per file"
+                    )
+                if self.total > self.limits.max_upload_bytes:
+                    raise PayloadTooLargeError(
+                        f"upload is over the limit of {self.limits.max_upload_bytes} bytes"
+                    )
+                sink.write(chunk)
+
+
+def _member_parts(raw_name: str) -> list[str]:
+    """Split a member name into checked path segments (``./`` prefixes dropped)."""
+    if not raw_name or "\\" in raw_name or "\x00" in raw_name:
+        raise AdapterValidationError(f"archive member name {raw_name!r} is not allowed")
+    if raw_name.startswith("/") or re.match(r"^[A-Za-z]:", raw_name):
+        raise AdapterValidationError(f"archive member {raw_name!r} has an absolute path")
+    parts = [part for part in raw_name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise AdapterValidationError(f"archive member {raw_name!r} contains '..'")
+    for part in parts:
+        if not _PLAIN_NAME.fullmatch(part):
+            raise AdapterValidationError(f"archive member {raw_name!r}: {part!r} is not a "
+                                         "plain file or folder name")
+    return parts
+
+
+class _Layout:
+    """Where members go: flat, or all inside one top-level folder (which is stripped)."""
+
+    def __init__(self) -> None:
+        self.top: str | None = None
+        self.flat = False
+
+    def file_name(self, raw_name: str) -> str:
+        parts = _member_parts(raw_name)
+        if not parts:
+            raise AdapterValidationError(f"archive member {raw_name!r} has no file name")
+        if len(parts) > 2:
+            raise AdapterValidationError(
+                f"archive member {raw_name!r} is in a nested folder; put the package files "
+                "at the top or in one folder"
+            )
+        if len(parts) == 1:
+            self.flat = True
+        else:
+            self._enter(parts[0], raw_name)
+        if self.flat and self.top is not None:
+            raise AdapterValidationError(
+                "archive mixes files at the top with files in folder "
+                f"{self.top!r}; use one layout"
+            )
+        return parts[-1]
+
+    def folder(self, raw_name: str) -> None:
+        # Folder entries carry nothing; only the files decide the layout.
+        if len(_member_parts(raw_name)) > 1:
+            raise AdapterValidationError(f"archive holds nested folder {raw_name!r}")
+
+    def _enter(self, top: str, raw_name: str) -> None:
+        if self.top is None:
+            self.top = top
+        elif self.top != top:
+            raise AdapterValidationError(
+                f"archive has more than one top-level folder ({self.top!r}, "
+                f"{raw_name!r}); put the package files in one folder"
+            )
+
+
+def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+    layout = _Layout()
+    try:
+        # Stream mode ("r|*"): members are read in order and never seeked past, so work
+        # stays bounded by the limits even for a compressed bomb.
+        with tarfile.open(archive, mode="r|*") as tar:
+            for member in tar:
+                if member.isdir():
+                    layout.folder(member.name)
+                    continue
+                if not member.isreg():
+                    kind = "link" if member.issym() or member.islnk() else "special file"
+                    raise AdapterValidationError(
+                        f"archive member {member.name!r} is a {kind}; only plain files are "
+                        "allowed"
+                    )
+                name = layout.file_name(member.name)
+                budget.admit(name, member.size)
+                source = tar.extractfile(member)
+                if source is None:
+                    raise AdapterValidationError(f"archive member {member.name!r} is unreadable")
+                with source:
+                    budget.copy(name, source, dest / name, member.size)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise AdapterValidationError(f"archive is not a readable tar file: {exc}") from exc
+
+
+def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    layout = _Layout()
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            for info in bundle.infolist():
+                mode = info.external_attr >> 16
+                if info.is_dir():
+                    layout.folder(info.filename)
+                    continue
+                # Zips made on Windows carry no file type (0); any other type but a
+                # regular file (symlink, device) is refused.
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                    kind = "link" if stat.S_ISLNK(mode) else "special file"
+                    raise AdapterValidationError(
+                        f"archive member {info.filename!r} is a {kind}; only plain files "
+                        "are allowed"
+                    )
+                name = layout.file_name(info.filename)
+                budget.admit(name, info.file_size)
+                with bundle.open(info) as source:
+                    budget.copy(name, source, dest / name, info.file_size)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
+            OSError) as exc:
+        raise AdapterValidationError(f"archive is not a readable zip file: {exc}") from exc
+
+
+@contextmanager
+def _fresh_dest(dest: Path) -> Iterator[None]:
+    """Create ``dest`` (it must be absent or empty); remove what was written on failure."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise AdapterValidationError(f"{dest} must be an empty folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for child in dest.iterdir():
+            child.unlink(missing_ok=True)
+        raise
+
+
+def extract_upload(archive_path: Path, dest: Path, limits: ValidationLimits) -> Path:
+    """Unpack a ``.tar``, ``.tar.gz`` or ``.zip`` package into ``dest`` (a new folder).
+
+    The format is recognised from the content, not the name. Returns ``dest``, which then
+    holds the package files flat, ready for :func:`adapters.validation.validate_package`.
+    """
+    size = archive_path.stat().st_size
+    if size > limits.max_upload_bytes:
+        raise PayloadTooLargeError(
+            f"upload is {size} bytes, over the limit of {limits.max_upload_bytes} bytes"
+        )
+    with archive_path.open("rb") as handle:
+        magic = handle.read(4)
+    budget = _Budget(limits)
+    with _fresh_dest(dest):
+        if magic.startswith(b"PK"):
+            _extract_zip(archive_path, dest, budget)
+        elif magic.startswith(_GZIP_MAGIC) or tarfile.is_tarfile(archive_path):
+            _extract_tar(archive_path, dest, budget)
+        else:
+            raise AdapterValidationError(
+                "upload is not a .tar, .tar.gz or .zip archive"
+            )
+        if budget.files == 0:
+            raise AdapterValidationError("archive holds no files")
+    return dest
+
+
+def write_uploaded_files(
+    files: list[tuple[str, BinaryIO]], dest: Path, limits: ValidationLimits
+) -> Path:
+    """Write individually uploaded package files (multipart form) into ``dest``.
+
+    Each file name must be one of the package's plain file names (``adapter_config.json``,
+    ``adapter_model.safetensors``, ``profile.json``, ``loraswap.json``).
+    """
+    budget = _Budget(limits)
+    with _fresh_dest(dest):
+        if not files:
+            raise AdapterValidationError("no files uploaded")
+        for filename, stream in files:
+            if filename not in ALLOWED_FILES:
+                raise AdapterValidationError(
+                    f"uploaded file name {filename!r} is not a package file (expected "
+                    f"{', '.join(sorted(ALLOWED_FILES))})"
+                )
+            budget.admit(filename, 0)
+            budget.copy(filename, stream, dest / filename, None)
+    return dest
+
+
+def copy_local_package(folder: Path, dest: Path, limits: ValidationLimits) -> Path:
+    """Copy the package in a local folder into ``dest``; links and sub-folders are refused."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise AdapterValidationError(f"{folder} is not a folder")
+    budget = _Budget(limits)
+    with _fresh_dest(dest):
+        for entry in sorted(folder.iterdir()):
+            mode = entry.lstat().st_mode
+            if not stat.S_ISREG(mode):
+                kind = "link" if stat.S_ISLNK(mode) else "folder or special file"
+                raise AdapterValidationError(f"{entry.name} is a {kind}; packages hold only "
+                                             "plain files")
+            if not _PLAIN_NAME.fullmatch(entry.name):
+                raise AdapterValidationError(f"{entry.name!r} is not a plain file name")
+            budget.admit(entry.name, entry.stat().st_size)
+            with entry.open("rb") as source:
+                budget.copy(entry.name, source, dest / entry.name, None)
+    return dest
+
+
+def download_store_package(store: ObjectStore, dest: Path, limits: ValidationLimits) -> Path:
+    """Download the package stored under a store's root (``s3://bucket/prefix/``) to ``dest``."""
+    keys = store.list("")
+    if not keys:
+        raise AdapterValidationError(f"{store.uri} holds no files")
+    budget = _Budget(limits)
+    with _fresh_dest(dest):
+        for key in keys:
+            if key == "" or key.endswith("/"):
+                continue  # folder markers some S3 consoles create
+            if "/" in key:
+                raise AdapterValidationError(f"{store.uri}/{key} is in a nested folder")
+            if not _PLAIN_NAME.fullmatch(key):
+                raise AdapterValidationError(f"{store.uri}/{key}: {key!r} is not a plain "
+                                             "file name")
+            # Sizes are checked before downloading where the store can tell them cheaply.
+            declared = store.size(key) if isinstance(store, SizedStore) else 0
+            budget.admit(key, declared)
+            store.download(key, dest / key)
+            size = (dest / key).stat().st_size
+            budget.total += size
+            if size > limits.max_file_bytes or budget.total > limits.max_upload_bytes:
+                raise PayloadTooLargeError(f"{store.uri}/{key} is over the size limits")
+    return dest
+
+
+def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits) -> Path:
+    """Copy the package at ``file:///folder`` or ``s3://bucket/prefix/`` into ``dest``."""
+    try:
+        source = open_store(uri)
+    except ConfigurationError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+    if isinstance(source, FileSystemStore):
+        return copy_local_package(source.root, dest, limits)
+    return download_store_package(source, dest, limits)
+
+
+def is_complete_copy(folder: Path, files: Mapping[str, str], raw_manifest: bytes) -> bool:
+    """Whether ``folder`` holds exactly this version (same manifest bytes, all files)."""
+    try:
+        if (folder / MANIFEST_FILE).read_bytes() != raw_manifest:
+            return False
+    except OSError:
+        return False
+    return all((folder / file_name).is_file() for file_name in files)
+
+
+def download_verified(store: ObjectStore, prefix: str, files: Mapping[str, str],
+                      raw_manifest: bytes, final: Path) -> Path:
+    """Download a stored version into ``final``: sha256-checked, published by one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.tmp-") as tmp:
+        staging = Path(tmp) / "package"
+        staging.mkdir()
+        for file_name, expected in sorted(files.items()):
+            store.download(prefix + file_name, staging / file_name)
+            actual = sha256_file(staging / file_name)
+            if actual != expected:
+                raise StoreError(
+                    f"{store.uri}/{prefix}{file_name} has sha256 {actual}, its manifest "
+                    f"says {expected}"
+                )
+        try:
+            (staging / MANIFEST_FILE).write_bytes(raw_manifest)
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete or stale copy
+            staging.rename(final)
+        except OSError as exc:
+            if is_complete_copy(final, files, raw_manifest):  # another process was faster
+                return final
+            raise StoreError(f"cannot write the local copy {final}: {exc}") from exc
+    return final

@@ -1,0 +1,420 @@
+"""The adapter registry: versioned adapter packages per tenant in an object store.
+
+Object layout (documented in ``docs/adapter-format.md``)::
+
+    adapters/{tenant}/{name}/claims/{v:08d}                   version number taken (never reused)
+    adapters/{tenant}/{name}/versions/{v:08d}/{package files}  uploaded first
+    adapters/{tenant}/{name}/versions/{v:08d}/loraswap.json    written last: the version exists
+    adapters/{tenant}/{name}/state.json                        {"active", "previous", "pinned"}
+
+Numbers are claimed with ``create_exclusive``, so replicas never share one; a crashed
+upload leaves blobs without a manifest (invisible) and a retry takes the next number.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapters.archive import download_verified, is_complete_copy, stage_from_uri
+from adapters.errors import AdapterNotFoundError, ConflictError, StoreError
+from adapters.package import (
+    MANIFEST_FILE,
+    SAFE_NAME,
+    AdapterManifest,
+    check_safe_name,
+    parse_manifest,
+)
+from adapters.store import ObjectStore, ObservedStore, StoreObserver
+from adapters.store.base import StoreKeyMissing
+from adapters.validation import (
+    BaseModelFingerprint,
+    ManifestDefaults,
+    ValidationLimits,
+    validate_package,
+)
+
+logger = logging.getLogger(__name__)
+
+ROOT = "adapters/"
+STATE_FILE = "state.json"
+HISTORY_LIMIT = 20
+_MAX_CLAIM_ATTEMPTS = 1000
+_MANIFEST_KEY = re.compile(
+    r"^adapters/(?P<tenant>[^/]+)/(?P<name>[^/]+)/versions/(?P<v>\d{8})/loraswap\.json$"
+)
+_NUMBERED_KEY = re.compile(r"/(?:claims|versions)/(?P<v>\d{8})(?:/|$)")
+
+
+def adapter_prefix(tenant: str, name: str) -> str:
+    """Prefix of every object of one adapter."""
+    return f"{ROOT}{tenant}/{name}/"
+
+
+def version_prefix(tenant: str, name: str, version: int) -> str:
+    """Prefix of the files of one version."""
+    return f"{adapter_prefix(tenant, name)}versions/{version:08d}/"
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One registered, immutable version of an adapter."""
+
+    tenant: str
+    name: str
+    version: int
+    manifest: AdapterManifest
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """An adapter, its active version, whether it is pinned, and all its versions."""
+
+    tenant: str
+    name: str
+    active: int | None
+    pinned: bool
+    versions: tuple[AdapterVersion, ...]
+
+
+class AdapterState(BaseModel):
+    """``state.json``: which version serves, the activation history and the pin flag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    active: int | None = Field(default=None, ge=1)
+    previous: list[int] = Field(default_factory=list)
+    pinned: bool = False
+
+
+def _lookup_name(tenant: str, name: str) -> str:
+    """``tenant/name`` for messages; names that cannot exist are simply not found."""
+    label = f"{tenant}/{name}"
+    if not (SAFE_NAME.fullmatch(tenant) and SAFE_NAME.fullmatch(name)):
+        raise AdapterNotFoundError(label)
+    return label
+
+
+class AdapterRegistry:
+    """Registers, versions, activates and serves adapter packages stored in an object store.
+
+    Synchronous and thread-safe; mutations from this instance are serialised, mutations
+    from other replicas become visible within ``refresh_seconds`` (immediately for a
+    lookup that misses the cache). ``state.json`` updates are last-writer-wins.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        base: BaseModelFingerprint,
+        limits: ValidationLimits,
+        cache_dir: Path,
+        *,
+        refresh_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        observer: StoreObserver | None = None,
+    ) -> None:
+        self.store: ObjectStore = ObservedStore(store, observer) if observer else store
+        self.base = base
+        self.limits = limits
+        self.cache_dir = cache_dir
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        # (tenant, name) -> (state or None when absent, when it was read)
+        self._states: dict[tuple[str, str], tuple[AdapterState | None, float]] = {}
+        # Version manifests are immutable: cached as (manifest, raw bytes, fetched at).
+        self._manifests: dict[tuple[str, str, int], tuple[AdapterManifest, bytes, float]] = {}
+        self._download_locks: dict[tuple[str, str, int], threading.Lock] = {}
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    # ----------------------------------------------------------------- reading
+    def _read_state(self, tenant: str, name: str) -> AdapterState | None:
+        key = adapter_prefix(tenant, name) + STATE_FILE
+        try:
+            raw = self.store.get(key)
+        except StoreKeyMissing:
+            state = None
+        else:
+            try:
+                state = AdapterState.model_validate_json(raw)
+            except ValidationError as exc:
+                raise StoreError(f"{self.store.uri}: {key} is corrupt: {exc}") from exc
+        with self._lock:
+            self._states[(tenant, name)] = (state, self.clock())
+        return state
+
+    def _write_state(self, tenant: str, name: str, state: AdapterState) -> None:
+        key = adapter_prefix(tenant, name) + STATE_FILE
+        self.store.put(key, state.model_dump_json(indent=2).encode())
+        with self._lock:
+            self._states[(tenant, name)] = (state, self.clock())
+
+    def _cached_state(self, tenant: str, name: str) -> AdapterState | None:
+        """State from the cache while fresh; else the store (stale cache if it fails)."""
+        with self._lock:
+            entry = self._states.get((tenant, name))
+        cached, fetched = entry if entry is not None else (None, 0.0)
+        # Only a hit is served from the cache; a miss reads the store at once (lazy lookup).
+        if cached is not None and cached.active and self.clock() - fetched < self.refresh_seconds:
+            return cached
+        try:
+            return self._read_state(tenant, name)
+        except StoreError:
+            if cached is None:
+                raise
+            logger.warning("store unreachable; serving cached state of %s/%s", tenant, name)
+            return cached
+
+    def _manifest(self, tenant: str, name: str, version: int,
+                  *, max_age: float | None = None) -> tuple[AdapterManifest, bytes]:
+        cache_key = (tenant, name, version)
+        with self._lock:
+            cached = self._manifests.get(cache_key)
+        if cached is not None and (max_age is None or self.clock() - cached[2] < max_age):
+            return cached[0], cached[1]
+        key = version_prefix(tenant, name, version) + MANIFEST_FILE
+        try:
+            raw = self.store.get(key)
+        except StoreKeyMissing:
+            with self._lock:
+                self._manifests.pop(cache_key, None)
+            raise AdapterNotFoundError(f"{tenant}/{name}@{version}") from None
+        manifest = parse_manifest(raw, f"{self.store.uri}/{key}")
+        with self._lock:
+            self._manifests[cache_key] = (manifest, raw, self.clock())
+        return manifest, raw
+
+    def _versions(self, prefix: str = ROOT) -> dict[tuple[str, str], list[int]]:
+        """Every (tenant, name) under ``prefix`` with its versions (those with a manifest)."""
+        found: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+        for key in self.store.list(prefix):
+            match = _MANIFEST_KEY.match(key)
+            if match:
+                found[(match["tenant"], match["name"])].append(int(match["v"]))
+        return {pair: sorted(versions) for pair, versions in sorted(found.items())}
+
+    def _record(self, tenant: str, name: str, versions: list[int]) -> AdapterRecord:
+        state = self._read_state(tenant, name) or AdapterState()
+        return AdapterRecord(
+            tenant=tenant, name=name, active=state.active, pinned=state.pinned,
+            versions=tuple(
+                AdapterVersion(tenant, name, v, self._manifest(tenant, name, v)[0])
+                for v in versions
+            ),
+        )
+
+    def get(self, tenant: str, name: str) -> AdapterRecord:
+        """The adapter with all its versions; :class:`AdapterNotFoundError` if none."""
+        label = _lookup_name(tenant, name)
+        versions = self._versions(adapter_prefix(tenant, name)).get((tenant, name))
+        if not versions:
+            raise AdapterNotFoundError(label)
+        return self._record(tenant, name, versions)
+
+    def list(self, tenant: str | None = None) -> list[AdapterRecord]:
+        """Every adapter (of one tenant, if given), sorted by tenant and name."""
+        if tenant is not None and not SAFE_NAME.fullmatch(tenant):
+            return []
+        found = self._versions(f"{ROOT}{tenant}/" if tenant else ROOT)
+        return [self._record(t, n, vs) for (t, n), vs in found.items()]
+
+    def active(self, tenant: str, name: str) -> AdapterVersion:
+        """The version serving requests now (hot path: cached, see the class doc)."""
+        label = _lookup_name(tenant, name)
+        state = self._cached_state(tenant, name)
+        if state is None or state.active is None:
+            raise AdapterNotFoundError(label)
+        manifest, _ = self._manifest(tenant, name, state.active)
+        return AdapterVersion(tenant, name, state.active, manifest)
+
+    def version(self, tenant: str, name: str, version: int) -> AdapterVersion:
+        """One version; :class:`AdapterNotFoundError` if it does not exist."""
+        _lookup_name(tenant, name)
+        manifest, _ = self._manifest(tenant, name, version, max_age=self.refresh_seconds)
+        return AdapterVersion(tenant, name, version, manifest)
+
+    def tenants_with_adapters(self) -> dict[str, int]:
+        """Number of registered adapters per tenant (for metrics)."""
+        counts: collections.Counter[str] = collections.Counter(t for t, _ in self._versions())
+        return dict(sorted(counts.items()))
+
+    # -------------------------------------------------------------- registering
+    def _allocate(self, tenant: str, name: str) -> int:
+        """Claim the next free version number with ``create_exclusive``."""
+        prefix = adapter_prefix(tenant, name)
+        taken = [int(m["v"]) for key in self.store.list(prefix)
+                 if (m := _NUMBERED_KEY.search(key[len(prefix) - 1:]))]
+        claim = json.dumps({"claimed_at": datetime.now(UTC).isoformat()}).encode()
+        start = max(taken, default=0) + 1
+        for version in range(start, start + _MAX_CLAIM_ATTEMPTS):
+            if self.store.create_exclusive(f"{prefix}claims/{version:08d}", claim):
+                return version
+        raise ConflictError(f"could not allocate a version number for {tenant}/{name}")
+
+    def register(self, tenant: str, name: str, staged: Path, *, activate: bool | None = None,
+                 manifest_defaults: ManifestDefaults | None = None) -> AdapterVersion:
+        """Validate ``staged`` (nothing is written if it fails), then store it as a new version.
+
+        ``activate``: True promotes it, False does not, None promotes it only if the adapter
+        has no active version yet. ``manifest_defaults`` admits a plain PEFT folder.
+        """
+        check_safe_name("tenant", tenant)
+        check_safe_name("adapter", name)
+        checked = validate_package(staged, self.base, self.limits,
+                                   manifest_defaults=manifest_defaults)
+        # Blobs are uploaded without holding the write lock (they can be large): the
+        # claimed number keeps concurrent registrations apart.
+        version = self._allocate(tenant, name)
+        data = checked.model_dump(mode="json")
+        data.update(tenant=tenant, name=name, version=version)
+        manifest = AdapterManifest.model_validate(data)
+        raw = self._upload(tenant, name, version, manifest, staged)
+        with self._lock:
+            self._manifests[(tenant, name, version)] = (manifest, raw, self.clock())
+        with self._write_lock:
+            state = self._read_state(tenant, name)
+            if activate or (activate is None and (state is None or state.active is None)):
+                self._activate(tenant, name, version, state or AdapterState())
+        logger.info("registered %s/%s version %d", tenant, name, version)
+        return AdapterVersion(tenant, name, version, manifest)
+
+    def _upload(self, tenant: str, name: str, version: int, manifest: AdapterManifest,
+                staged: Path) -> bytes:
+        """Blobs first, the manifest last; on failure remove the blobs (best effort)."""
+        prefix = version_prefix(tenant, name, version)
+        uploaded: list[str] = []
+        try:
+            for file_name in sorted(manifest.files):
+                self.store.put_file(prefix + file_name, staged / file_name)
+                uploaded.append(prefix + file_name)
+            raw = manifest.to_json().encode()
+            self.store.put(prefix + MANIFEST_FILE, raw)  # last: now the version exists
+        except StoreError:
+            for key in uploaded:  # leftovers would be invisible anyway
+                try:
+                    self.store.delete(key)
+                except StoreError:
+                    logger.warning("could not remove orphan %s", key)
+            raise
+        return raw
+
+    def register_from_uri(self, tenant: str, name: str, uri: str, *,
+                          activate: bool | None = None,
+                          manifest_defaults: ManifestDefaults | None = None) -> AdapterVersion:
+        """Register the package at ``file:///folder`` or ``s3://bucket/prefix/``."""
+        check_safe_name("tenant", tenant)
+        check_safe_name("adapter", name)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
+            staged = stage_from_uri(uri, Path(tmp) / "package", self.limits)
+            return self.register(tenant, name, staged, activate=activate,
+                                 manifest_defaults=manifest_defaults)
+
+    # ----------------------------------------------------------------- changing
+    def _activate(self, tenant: str, name: str, version: int, state: AdapterState) -> None:
+        if state.active == version:
+            return
+        previous = [*state.previous, state.active] if state.active is not None else state.previous
+        self._write_state(tenant, name, AdapterState(
+            active=version, previous=previous[-HISTORY_LIMIT:], pinned=state.pinned))
+
+    def promote(self, tenant: str, name: str, version: int) -> AdapterRecord:
+        """Make ``version`` the active one (the current one goes into the history)."""
+        with self._write_lock:
+            self.version(tenant, name, version)
+            self._activate(tenant, name, version, self._read_state(tenant, name) or AdapterState())
+            return self.get(tenant, name)
+
+    def rollback(self, tenant: str, name: str) -> AdapterRecord:
+        """Re-activate the previously active version; :class:`ConflictError` if none."""
+        with self._write_lock:
+            record = self.get(tenant, name)
+            state = self._read_state(tenant, name) or AdapterState()
+            existing = {v.version for v in record.versions}
+            history = list(state.previous)
+            while history:
+                candidate = history.pop()
+                if candidate != state.active and candidate in existing:
+                    self._write_state(tenant, name, AdapterState(
+                        active=candidate, previous=history, pinned=state.pinned))
+                    return self.get(tenant, name)
+            raise ConflictError(f"{tenant}/{name} has no previous version to roll back to")
+
+    def set_pinned(self, tenant: str, name: str, pinned: bool) -> AdapterRecord:
+        """Set the adapter's pin flag."""
+        with self._write_lock:
+            self.get(tenant, name)
+            state = self._read_state(tenant, name) or AdapterState()
+            self._write_state(tenant, name, state.model_copy(update={"pinned": pinned}))
+            return self.get(tenant, name)
+
+    def delete_version(self, tenant: str, name: str, version: int) -> None:
+        """Delete one version; :class:`ConflictError` while it is the active one."""
+        with self._write_lock:
+            self.version(tenant, name, version)
+            state = self._read_state(tenant, name) or AdapterState()
+            if state.active == version:
+                raise ConflictError(
+                    f"version {version} of {tenant}/{name} is active; promote another version "
+                    "first or delete the whole adapter"
+                )
+            self._delete_prefix(version_prefix(tenant, name, version))
+            if version in state.previous:
+                self._write_state(tenant, name, state.model_copy(
+                    update={"previous": [v for v in state.previous if v != version]}))
+            self._forget(tenant, name, version)
+
+    def delete_adapter(self, tenant: str, name: str) -> None:
+        """Delete every version and the state; version numbers stay claimed (never reused)."""
+        with self._write_lock:
+            record = self.get(tenant, name)
+            prefix = adapter_prefix(tenant, name)
+            self.store.delete(prefix + STATE_FILE)  # first: it stops serving at once
+            for item in record.versions:
+                self._delete_prefix(version_prefix(tenant, name, item.version))
+            for key in self.store.list(prefix + "versions/"):  # orphans of crashed uploads
+                self.store.delete(key)
+            with self._lock:
+                self._states.pop((tenant, name), None)
+            for item in record.versions:
+                self._forget(tenant, name, item.version)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        """Delete a version: the manifest first (it vanishes atomically), then its blobs."""
+        self.store.delete(prefix + MANIFEST_FILE)
+        for key in self.store.list(prefix):
+            self.store.delete(key)
+
+    def _forget(self, tenant: str, name: str, version: int) -> None:
+        with self._lock:
+            self._manifests.pop((tenant, name, version), None)
+        shutil.rmtree(self.cache_dir / tenant / name / str(version), ignore_errors=True)
+
+    # ------------------------------------------------------------ local copies
+    def local_folder(self, tenant: str, name: str, version: int) -> Path:
+        """The version's files in ``cache_dir/{tenant}/{name}/{version}/`` (sha256-checked)."""
+        _lookup_name(tenant, name)
+        manifest, raw = self._manifest(tenant, name, version)
+        final = self.cache_dir / tenant / name / str(version)
+        if is_complete_copy(final, manifest.files, raw):
+            return final
+        with self._lock:
+            lock = self._download_locks.setdefault((tenant, name, version), threading.Lock())
+        with lock:
+            if not is_complete_copy(final, manifest.files, raw):
+                download_verified(self.store, version_prefix(tenant, name, version),
+                                  manifest.files, raw, final)
+        return final

@@ -1,0 +1,368 @@
+"""Deciding whether an adapter package may be registered for the served base model.
+
+:func:`validate_package` reads a staged package folder and either returns its (possibly
+synthesized) :class:`~adapters.package.AdapterManifest` or raises, naming the problem:
+:class:`PayloadTooLargeError` for size and count limits, :class:`AdapterIncompatibleError`
+when the package is well-formed but does not fit this base model or engine, and
+:class:`AdapterValidationError` for anything malformed or unsafe. Nothing is written.
+The rules are listed in ``docs/adapter-format.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.base_model import BaseModelInfo, weights_sha256
+from adapters.base_model import read_manifest as read_base_manifest
+from adapters.demo import projection_shapes
+from adapters.errors import (
+    AdapterIncompatibleError,
+    AdapterValidationError,
+    ConfigurationError,
+    PayloadTooLargeError,
+)
+from adapters.lora_format import (
+    CONFIG_FILE,
+    PICKLE_FILES,
+    WEIGHTS_FILE,
+    LoraAdapterWeights,
+    read_lora_adapter,
+)
+from adapters.package import (
+    MANIFEST_FILE,
+    PACKAGE_FILES,
+    AdapterManifest,
+    BaseModelRef,
+    TaskKind,
+    package_file_digests,
+    parse_manifest,
+    sha256_file,
+)
+
+MIB = 2**20
+ALLOWED_FILES = frozenset((*PACKAGE_FILES, MANIFEST_FILE))
+# Extensions of serialisation formats that execute code when loaded.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_TASK_BY_PEFT_TYPE = {kind.peft_task_type: kind for kind in TaskKind}
+
+
+@dataclass(frozen=True)
+class BaseModelFingerprint:
+    """What an adapter must match: the base model's identity and its projection shapes.
+
+    ``projection_shapes`` maps a Llama projection name to ``(in_features, out_features)``.
+    """
+
+    name: str
+    weights_sha256: str
+    num_layers: int
+    projection_shapes: dict[str, tuple[int, int]]
+    hidden_size: int
+
+    @classmethod
+    def from_config(cls, name: str, sha256: str, config: dict[str, Any]) -> BaseModelFingerprint:
+        """Fingerprint from a model's ``config.json`` dict plus its name and weights hash."""
+        try:
+            return cls(
+                name=name,
+                weights_sha256=sha256,
+                num_layers=int(config["num_hidden_layers"]),
+                projection_shapes=projection_shapes(config),
+                hidden_size=int(config["hidden_size"]),
+            )
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ConfigurationError(f"base model config.json lacks a usable {exc}") from exc
+
+    @classmethod
+    def from_folder(cls, path: Path) -> BaseModelFingerprint:
+        """Read ``config.json``; the weights hash from the fetch manifest, else computed."""
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"cannot read {path / 'config.json'}: {exc}") from exc
+        manifest = read_base_manifest(path) or {}
+        sha = manifest.get("weights_sha256")
+        if not (isinstance(sha, str) and len(sha) == 64):
+            sha = weights_sha256(path)
+        name = manifest.get("name")
+        # Same naming rule as adapters.base_model.load_base_model.
+        name = name if isinstance(name, str) and name else path.name
+        return cls.from_config(name, sha, config)
+
+    @classmethod
+    def from_loaded(cls, info: BaseModelInfo, config_dict: dict[str, Any]) -> BaseModelFingerprint:
+        """Fingerprint of a loaded base model (``model.config.to_dict()``)."""
+        return cls.from_config(info.name, info.weights_sha256, config_dict)
+
+    def describe(self) -> str:
+        """``name (sha256 …)`` for error messages."""
+        return f"{self.name} (weights sha256 {self.weights_sha256})"
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    """Size and shape limits applied to every package and upload."""
+
+    max_rank: int = 64
+    max_file_bytes: int = 512 * MIB
+    max_upload_bytes: int = 1024 * MIB
+    max_files: int = 8
+    max_labels: int = 4096
+
+
+@dataclass(frozen=True)
+class ManifestDefaults:
+    """How to accept a plain PEFT folder (no ``loraswap.json``): what the caller vouches for.
+
+    The manifest is synthesized with ``task`` (default: from PEFT's ``task_type``),
+    ``labels`` (required for seq-cls / token-cls, in head order), the *served* base model,
+    the LoRA summary from ``adapter_config.json`` and the sha256 of the files present.
+    When the package has its own ``loraswap.json``, that manifest is used and these
+    defaults are ignored.
+    """
+
+    task: TaskKind | None = None
+    labels: tuple[str, ...] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_entries(folder: Path, limits: ValidationLimits) -> dict[str, int]:
+    """Names and sizes of the package files; refuses links, folders, unknown files, pickles."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise AdapterValidationError(f"package {folder.name!r} is not a folder")
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    if len(entries) > limits.max_files:
+        raise PayloadTooLargeError(
+            f"package has {len(entries)} files, more than the limit of {limits.max_files}"
+        )
+    sizes: dict[str, int] = {}
+    for entry in entries:
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            raise AdapterValidationError(f"{entry.name} is a link; packages hold only plain files")
+        if not stat.S_ISREG(info.st_mode):
+            raise AdapterValidationError(f"{entry.name} is not a plain file (folders and "
+                                         "devices are not allowed in a package)")
+        if entry.name in PICKLE_FILES or entry.name.lower().endswith(_PICKLE_SUFFIXES):
+            raise AdapterValidationError(
+                f"{entry.name} is a pickle file and is never loaded; save the adapter with "
+                f"safetensors ({WEIGHTS_FILE})"
+            )
+        if entry.name not in ALLOWED_FILES:
+            allowed = ", ".join(sorted(ALLOWED_FILES))
+            raise AdapterValidationError(f"unknown file {entry.name!r} (a package holds only "
+                                         f"{allowed})")
+        if info.st_size > limits.max_file_bytes:
+            raise PayloadTooLargeError(
+                f"{entry.name} is {info.st_size} bytes, over the limit of "
+                f"{limits.max_file_bytes} bytes per file"
+            )
+        sizes[entry.name] = info.st_size
+    total = sum(sizes.values())
+    if total > limits.max_upload_bytes:
+        raise PayloadTooLargeError(
+            f"package is {total} bytes, over the limit of {limits.max_upload_bytes} bytes"
+        )
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if required not in sizes:
+            raise AdapterValidationError(f"missing {required}")
+    return sizes
+
+
+def _read_peft_config(folder: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AdapterValidationError(f"{CONFIG_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise AdapterValidationError(f"{CONFIG_FILE} must hold a JSON object")
+    return raw
+
+
+def _task_from_peft(peft: dict[str, Any]) -> TaskKind:
+    task_type = peft.get("task_type") or "CAUSAL_LM"
+    task = _TASK_BY_PEFT_TYPE.get(str(task_type))
+    if task is None:
+        raise AdapterIncompatibleError(
+            f"{CONFIG_FILE}: task_type {task_type!r} is not supported (expected one of "
+            f"{', '.join(sorted(_TASK_BY_PEFT_TYPE))})"
+        )
+    return task
+
+
+def _synthesize(folder: Path, peft: dict[str, Any], base: BaseModelFingerprint,
+                defaults: ManifestDefaults) -> AdapterManifest:
+    """A manifest for a plain PEFT folder, from the caller's defaults and the served base."""
+    peft_task = _task_from_peft(peft)
+    task = defaults.task or peft_task
+    targets = peft.get("target_modules") or []
+    raw: dict[str, Any] = {
+        "task": task.value,
+        "labels": list(defaults.labels) if defaults.labels is not None else None,
+        "base_model": {"name": base.name, "weights_sha256": base.weights_sha256},
+        "lora": {
+            "r": peft.get("r"), "alpha": peft.get("lora_alpha"),
+            "targets": [targets] if isinstance(targets, str) else list(targets),
+            "dropout": peft.get("lora_dropout") or 0.0,
+        },
+        "metrics": dict(defaults.metrics),
+        "training": dict(defaults.training),
+        "files": package_file_digests(folder),
+    }
+    return parse_manifest(json.dumps(raw), f"manifest synthesized for {folder.name}")
+
+
+def _check_files(folder: Path, manifest: AdapterManifest, present: set[str]) -> None:
+    listed = set(manifest.files)
+    if missing := sorted(listed - present):
+        raise AdapterValidationError(
+            f"{MANIFEST_FILE} lists {', '.join(missing)} but the file is missing"
+        )
+    if unlisted := sorted(present - listed):
+        raise AdapterValidationError(
+            f"{', '.join(unlisted)} is not listed in {MANIFEST_FILE} files"
+        )
+    for name, expected in sorted(manifest.files.items()):
+        actual = sha256_file(folder / name)
+        if actual != expected:
+            raise AdapterValidationError(
+                f"{name} has sha256 {actual}, but {MANIFEST_FILE} says {expected}"
+            )
+
+
+def _check_base(manifest: AdapterManifest, base: BaseModelFingerprint) -> None:
+    ref: BaseModelRef = manifest.base_model
+    if ref.name != base.name or ref.weights_sha256 != base.weights_sha256:
+        raise AdapterIncompatibleError(
+            f"adapter was trained on {ref.name} (weights sha256 {ref.weights_sha256}), but "
+            f"this server runs {base.describe()}"
+        )
+
+
+def _check_lora(weights: LoraAdapterWeights, base: BaseModelFingerprint,
+                limits: ValidationLimits) -> None:
+    """Targets, layers, rank and every factor's shape against the base model."""
+    config = weights.config
+    if config.r > limits.max_rank:
+        raise AdapterIncompatibleError(
+            f"rank r={config.r} is above the limit of {limits.max_rank}"
+        )
+    for target in config.target_modules:
+        if target not in base.projection_shapes:
+            raise AdapterIncompatibleError(
+                f"target {target!r} is not a projection of {base.name} (expected some of "
+                f"{', '.join(sorted(base.projection_shapes))})"
+            )
+    missing_tensors = set(config.target_modules) - weights.targets
+    extra_tensors = weights.targets - set(config.target_modules)
+    if missing_tensors or extra_tensors:
+        raise AdapterValidationError(
+            f"tensors do not match target_modules {list(config.target_modules)}: "
+            f"no tensors for {sorted(missing_tensors)}, unlisted tensors for "
+            f"{sorted(extra_tensors)}"
+        )
+    for (layer, module), (lora_a, lora_b) in sorted(weights.factors.items()):
+        if layer >= base.num_layers:
+            raise AdapterIncompatibleError(
+                f"layer {layer} {module}: {base.name} has only {base.num_layers} layers"
+            )
+        in_features, out_features = base.projection_shapes[module]
+        want_a, want_b = (config.r, in_features), (out_features, config.r)
+        if tuple(lora_a.shape) != want_a or tuple(lora_b.shape) != want_b:
+            raise AdapterIncompatibleError(
+                f"layer {layer} {module}: lora_A {tuple(lora_a.shape)} / lora_B "
+                f"{tuple(lora_b.shape)}, expected {want_a} / {want_b} for {base.name}"
+            )
+
+
+def _check_summary(manifest: AdapterManifest, weights: LoraAdapterWeights,
+                   peft: dict[str, Any]) -> None:
+    """The manifest's ``lora`` summary and task must agree with ``adapter_config.json``."""
+    config, summary = weights.config, manifest.lora
+    dropout = float(peft.get("lora_dropout") or 0.0)
+    problems = []
+    if summary.r != config.r:
+        problems.append(f"r {summary.r} != {config.r}")
+    if not math.isclose(summary.alpha, config.lora_alpha, rel_tol=1e-6):
+        problems.append(f"alpha {summary.alpha} != {config.lora_alpha}")
+    if sorted(summary.targets) != sorted(config.target_modules):
+        problems.append(f"targets {sorted(summary.targets)} != {list(config.target_modules)}")
+    if not math.isclose(summary.dropout, dropout, abs_tol=1e-9):
+        problems.append(f"dropout {summary.dropout} != {dropout}")
+    if problems:
+        raise AdapterValidationError(
+            f"{MANIFEST_FILE} lora summary disagrees with {CONFIG_FILE}: " + "; ".join(problems)
+        )
+    peft_task = _task_from_peft(peft)
+    if manifest.task is not peft_task:
+        raise AdapterValidationError(
+            f"{MANIFEST_FILE} says task {manifest.task}, but {CONFIG_FILE} has task_type "
+            f"{peft.get('task_type')!r} ({peft_task})"
+        )
+
+
+def _check_head(manifest: AdapterManifest, weights: LoraAdapterWeights,
+                base: BaseModelFingerprint, limits: ValidationLimits) -> None:
+    labels = manifest.labels or []
+    if len(labels) > limits.max_labels:
+        raise PayloadTooLargeError(
+            f"{len(labels)} labels, more than the limit of {limits.max_labels}"
+        )
+    head = weights.head
+    if not manifest.task.has_labels:
+        return
+    if head is None:  # read_lora_adapter already insists on a head for these task types
+        raise AdapterValidationError(f"task {manifest.task} needs a classification head")
+    if head.num_labels != len(labels):
+        raise AdapterValidationError(
+            f"classification head has {head.num_labels} outputs, but {MANIFEST_FILE} lists "
+            f"{len(labels)} labels"
+        )
+    if int(head.weight.shape[1]) != base.hidden_size:
+        raise AdapterIncompatibleError(
+            f"classification head expects hidden size {int(head.weight.shape[1])}, "
+            f"{base.name} has {base.hidden_size}"
+        )
+
+
+def validate_package(
+    folder: Path,
+    base: BaseModelFingerprint,
+    limits: ValidationLimits,
+    *,
+    manifest_defaults: ManifestDefaults | None = None,
+) -> AdapterManifest:
+    """Check every rule for the package in ``folder``; return its manifest.
+
+    A folder without ``loraswap.json`` is refused unless ``manifest_defaults`` is given;
+    then a manifest is synthesized from it (see :class:`ManifestDefaults`).
+    """
+    sizes = _check_entries(folder, limits)
+    peft = _read_peft_config(folder)
+    if MANIFEST_FILE in sizes:
+        manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), MANIFEST_FILE)
+    elif manifest_defaults is not None:
+        manifest = _synthesize(folder, peft, base, manifest_defaults)
+    else:
+        raise AdapterValidationError(
+            f"missing {MANIFEST_FILE}; to register a plain PEFT folder, give the task and "
+            "labels so that a manifest can be synthesized"
+        )
+    _check_files(folder, manifest, set(sizes) - {MANIFEST_FILE})
+    _check_base(manifest, base)
+    rank = peft.get("r")
+    # Checked before the tensors are read: a huge rank means huge tensors.
+    if isinstance(rank, int) and rank > limits.max_rank:
+        raise AdapterIncompatibleError(f"rank r={rank} is above the limit of {limits.max_rank}")
+    weights = read_lora_adapter(folder, name=folder.name)
+    _check_lora(weights, base, limits)
+    _check_summary(manifest, weights, peft)
+    _check_head(manifest, weights, base, limits)
+    return manifest

@@ -1,0 +1,126 @@
+"""Inputs and outputs of seq-cls / token-cls adapters on ``/v1/predict``.
+
+Tokenization contract: a classification input is tokenized exactly as it is sent, with
+the tokenizer's own ``add_special_tokens`` default and *no* chat template, because the
+trainer tokenizes its training texts the same way (``tokenizer(text)``); any other
+rendering would feed the head token sequences it never saw.
+
+token-cls answers entities: each token's most probable tag, BIO tags merged into spans
+the way seqeval's default (lenient) mode does, with character offsets from the fast
+tokenizer's offset mapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.errors import ConfigurationError, InputTooLongError, InvalidRequestError
+from service.api.prompts import PromptLimits
+from service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
+
+
+@dataclass(frozen=True)
+class EncodedInput:
+    """One classification input: its text, token ids and each token's character span."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]] | None = None
+
+
+def encode_input(tokenizer: Any, text: str, limits: PromptLimits, *, offsets: bool,
+                 ) -> EncodedInput:
+    """Tokenize ``text`` as is (see the module docstring); ``offsets`` for token-cls."""
+    if offsets and not getattr(tokenizer, "is_fast", False):
+        raise ConfigurationError(
+            "token-cls adapters need a fast tokenizer (character offsets); the base model's "
+            f"tokenizer {type(tokenizer).__name__} is not one")
+    encoded = tokenizer(text, return_offsets_mapping=offsets)
+    ids = [int(i) for i in encoded["input_ids"]]
+    if not ids:
+        raise InvalidRequestError("the input is empty")
+    # No token is generated, so the whole context is the input's.
+    limit = min(limits.max_input_tokens, limits.max_model_len)
+    if len(ids) > limit:
+        raise InputTooLongError(
+            f"the input has {len(ids)} tokens, more than the limit of {limit} "
+            "(LORASWAP_MAX_INPUT_TOKENS)")
+    spans = [(int(s), int(e)) for s, e in encoded["offset_mapping"]] if offsets else None
+    return EncodedInput(text=text, ids=ids, offsets=spans)
+
+
+def sequence_output(probs: list[float], labels: list[str]) -> SequenceClassOutput:
+    """The most probable label (the first on a tie) and every label's probability."""
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return SequenceClassOutput(label=labels[best],
+                               scores=dict(zip(labels, probs, strict=True)))
+
+
+def split_tag(tag: str) -> tuple[str, str | None]:
+    """``("B", "PER")`` for ``"B-PER"``; ``("O", None)`` for ``"O"``.
+
+    B/I/E/S prefixes are understood (IOB2 and IOBES); a tag without one (``"PER"``,
+    ``"LABEL_3"``) is taken as ``I-<tag>``: consecutive tokens of that type form one span.
+    """
+    if tag == "O":
+        return "O", None
+    prefix, dash, kind = tag.partition("-")
+    if dash and kind and prefix in ("B", "I", "E", "S"):
+        return prefix, kind
+    return "I", tag
+
+
+@dataclass
+class _Span:
+    label: str
+    start: int
+    end: int
+    scores: list[float] = field(default_factory=list)
+
+
+def merge_entities(text: str, offsets: list[tuple[int, int]], tags: list[str],
+                   scores: list[float]) -> list[Entity]:
+    """Spans of consecutive tagged tokens, like seqeval's lenient ``get_entities``.
+
+    B-X (or S-X) starts a span; I-X (or E-X) continues a span of type X and starts a new
+    one after O or after another type; a span ends after E-X or S-X. Tokens that cover no
+    characters (special tokens) end a span. ``start`` skips the leading whitespace that
+    byte-level BPE tokens carry (the 'Ġ' space), so ``text == input[start:end]`` is the
+    entity itself. ``score`` is the mean probability of the span's token tags.
+    """
+    spans: list[_Span] = []
+    current: _Span | None = None
+    for (start, end), tag, score in zip(offsets, tags, scores, strict=True):
+        prefix, kind = split_tag(tag)
+        if kind is None or start >= end:
+            current = None
+            continue
+        if prefix in ("B", "S") or current is None or current.label != kind:
+            current = _Span(kind, start, end)
+            spans.append(current)
+        current.end = max(current.end, end)
+        current.scores.append(score)
+        if prefix in ("E", "S"):
+            current = None
+    entities: list[Entity] = []
+    for span in spans:
+        start = span.start
+        while start < span.end and text[start].isspace():
+            start += 1
+        if start == span.end:
+            continue  # whitespace only: nothing to label
+        entities.append(Entity(text=text[start:span.end], label=span.label, start=start,
+                               end=span.end, score=sum(span.scores) / len(span.scores)))
+    return entities
+
+
+def token_output(encoded: EncodedInput, probs: list[list[float]], labels: list[str],
+                 ) -> TokenClassOutput:
+    """Entities of one input from its per-token label probabilities."""
+    if encoded.offsets is None:  # pragma: no cover - token-cls inputs are encoded with them
+        raise ValueError("token-cls output needs the input's offsets")
+    best = [max(range(len(row)), key=row.__getitem__) for row in probs]
+    return TokenClassOutput(entities=merge_entities(
+        encoded.text, encoded.offsets, [labels[i] for i in best],
+        [row[i] for row, i in zip(probs, best, strict=True)]))

@@ -1,0 +1,98 @@
+"""Request and response bodies of the admin API (``/admin``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.package import SAFE_NAME, TaskKind
+
+
+class TenantPolicyBody(BaseModel):
+    """What a tenant may do, and how much of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_base_model: bool = Field(default=True, description="May call the base model.")
+    requests_per_second: float | None = Field(
+        default=None, gt=0, description="Sustained request rate per replica; null: no limit.")
+    max_concurrent: int | None = Field(
+        default=None, ge=1, description="Requests in flight per replica; null: no limit.")
+
+
+class CreateTenantRequest(BaseModel):
+    """Body of ``POST /admin/tenants``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=SAFE_NAME.pattern, description="Tenant id used in tenant/name.")
+    policy: TenantPolicyBody = Field(default_factory=TenantPolicyBody)
+
+
+class TenantInfo(BaseModel):
+    """A tenant as the admin sees it (never its keys)."""
+
+    name: str
+    created_at: datetime
+    policy: TenantPolicyBody
+    keys: int = Field(description="Number of valid API keys.")
+    adapters: int = Field(description="Registered adapters.")
+
+
+class TenantKey(BaseModel):
+    """A new API key. It is shown exactly once: only its hash is stored."""
+
+    tenant: TenantInfo
+    api_key: str
+
+
+class ImportAdapterRequest(BaseModel):
+    """Body of ``POST /admin/adapters/{tenant}/{name}/versions/import``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_uri: str = Field(description="file:///folder or s3://bucket/prefix of a package.")
+    activate: bool | None = Field(
+        default=None, description="Make it active; null: only if no version is active yet.")
+
+
+class PromoteRequest(BaseModel):
+    """Body of ``POST /admin/adapters/{tenant}/{name}/promote``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class AdapterVersionInfo(BaseModel):
+    """One immutable version of an adapter, from its manifest."""
+
+    version: int
+    active: bool
+    task: TaskKind
+    labels: list[str] | None
+    base_model: dict[str, str]
+    lora: dict[str, Any]
+    metrics: dict[str, float]
+    files: dict[str, str]
+    created_at: datetime
+
+
+class Residency(BaseModel):
+    """Where this replica holds the adapter right now."""
+
+    in_slot: list[int] = Field(description="Versions in engine slots.")
+    in_host_memory: list[int] = Field(description="Versions decoded in host memory.")
+
+
+class AdapterInfo(BaseModel):
+    """An adapter with its versions, active version, pin and residency."""
+
+    tenant: str
+    name: str
+    active_version: int | None
+    pinned: bool
+    versions: list[AdapterVersionInfo]
+    residency: Residency

@@ -1,0 +1,149 @@
+"""Thin router for ``/admin``: tenants, keys and adapter versions. Admin token required."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+
+from adapters.errors import PayloadTooLargeError
+from service.api.deps import AdminServiceDep, StateDep, require_admin
+from service.api.protocol import ErrorResponse
+from service.api.protocol_admin import (
+    AdapterInfo,
+    AdapterVersionInfo,
+    CreateTenantRequest,
+    ImportAdapterRequest,
+    PromoteRequest,
+    TenantInfo,
+    TenantKey,
+    TenantPolicyBody,
+)
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)
+}
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses=ADMIN_ERRORS)
+
+
+
+@router.post("/tenants", status_code=201, response_model=TenantKey)
+async def create_tenant(body: CreateTenantRequest, admin: AdminServiceDep) -> TenantKey:
+    """Create a tenant; the answer holds its API key, shown this once."""
+    return await admin.create_tenant(body)
+
+
+@router.get("/tenants", response_model=list[TenantInfo])
+async def list_tenants(admin: AdminServiceDep) -> list[TenantInfo]:
+    """Every tenant with its policy."""
+    return await admin.list_tenants()
+
+
+@router.get("/tenants/{tenant}", response_model=TenantInfo)
+async def get_tenant(tenant: str, admin: AdminServiceDep) -> TenantInfo:
+    """One tenant."""
+    return await admin.get_tenant(tenant)
+
+
+@router.put("/tenants/{tenant}/policy", response_model=TenantInfo)
+async def update_policy(tenant: str, body: TenantPolicyBody,
+                        admin: AdminServiceDep) -> TenantInfo:
+    """Replace the tenant's policy (base-model access, rate and concurrency limits)."""
+    return await admin.update_policy(tenant, body)
+
+
+@router.post("/tenants/{tenant}/keys/rotate", response_model=TenantKey)
+async def rotate_key(tenant: str, admin: AdminServiceDep) -> TenantKey:
+    """Issue a new API key; every older key of the tenant stops working."""
+    return await admin.rotate_key(tenant)
+
+
+@router.delete("/tenants/{tenant}", status_code=204)
+async def delete_tenant(tenant: str, admin: AdminServiceDep) -> Response:
+    """Delete a tenant that owns no adapters."""
+    await admin.delete_tenant(tenant)
+    return Response(status_code=204)
+
+
+@router.get("/adapters", response_model=list[AdapterInfo])
+async def list_adapters(admin: AdminServiceDep,
+                        tenant: Annotated[str | None, Query()] = None) -> list[AdapterInfo]:
+    """Every adapter (optionally of one tenant) with versions and residency."""
+    return await admin.list_adapters(tenant)
+
+
+@router.get("/adapters/{tenant}/{name}", response_model=AdapterInfo)
+async def get_adapter(tenant: str, name: str, admin: AdminServiceDep) -> AdapterInfo:
+    """One adapter with all its versions."""
+    return await admin.get_adapter(tenant, name)
+
+
+@router.post("/adapters/{tenant}/{name}/versions", status_code=201,
+             response_model=AdapterVersionInfo)
+async def upload_version(
+    tenant: str, name: str, request: Request, state: StateDep, admin: AdminServiceDep,
+    files: Annotated[list[UploadFile], File(description="Package files, or one archive.")],
+    activate: Annotated[bool | None, Form()] = None,
+) -> AdapterVersionInfo:
+    """Register a new version from uploaded package files (or a .tar.gz / .zip).
+
+    The first version becomes active; later ones only with ``activate=true`` or a promote.
+    Nothing is stored unless every validation rule passes.
+    """
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > state.settings.max_upload_bytes:
+        raise PayloadTooLargeError(
+            f"upload of {int(length)} bytes exceeds LORASWAP_MAX_UPLOAD_BYTES="
+            f"{state.settings.max_upload_bytes}")
+    parts = [(f.filename or "", f.file) for f in files]
+    return await admin.register_upload(tenant, name, parts, activate)
+
+
+@router.post("/adapters/{tenant}/{name}/versions/import", status_code=201,
+             response_model=AdapterVersionInfo)
+async def import_version(tenant: str, name: str, body: ImportAdapterRequest,
+                         admin: AdminServiceDep) -> AdapterVersionInfo:
+    """Register a new version from a package in a store (file:// or s3://)."""
+    return await admin.register_uri(tenant, name, body)
+
+
+@router.post("/adapters/{tenant}/{name}/promote", response_model=AdapterInfo)
+async def promote(tenant: str, name: str, body: PromoteRequest,
+                  admin: AdminServiceDep) -> AdapterInfo:
+    """Make a version active: new requests use it; running ones finish on theirs."""
+    return await admin.promote(tenant, name, body.version)
+
+
+@router.post("/adapters/{tenant}/{name}/rollback", response_model=AdapterInfo)
+async def rollback(tenant: str, name: str, admin: AdminServiceDep) -> AdapterInfo:
+    """Make the previously active version active again."""
+    return await admin.rollback(tenant, name)
+
+
+@router.put("/adapters/{tenant}/{name}/pin", response_model=AdapterInfo)
+async def pin(tenant: str, name: str, admin: AdminServiceDep) -> AdapterInfo:
+    """Keep the adapter's active version resident in an engine slot."""
+    return await admin.set_pinned(tenant, name, True)
+
+
+@router.delete("/adapters/{tenant}/{name}/pin", response_model=AdapterInfo)
+async def unpin(tenant: str, name: str, admin: AdminServiceDep) -> AdapterInfo:
+    """Let the adapter be evicted like any other."""
+    return await admin.set_pinned(tenant, name, False)
+
+
+@router.delete("/adapters/{tenant}/{name}/versions/{version}", status_code=204)
+async def delete_version(tenant: str, name: str, version: int,
+                         admin: AdminServiceDep) -> Response:
+    """Delete a version; refused (409) while it is the active one."""
+    await admin.delete_version(tenant, name, version)
+    return Response(status_code=204)
+
+
+@router.delete("/adapters/{tenant}/{name}", status_code=204)
+async def delete_adapter(tenant: str, name: str, admin: AdminServiceDep) -> Response:
+    """Delete an adapter with every version."""
+    await admin.delete_adapter(tenant, name)
+    return Response(status_code=204)

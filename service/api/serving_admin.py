@@ -1,0 +1,239 @@
+"""The admin API's logic: tenants and keys, adapter versions, promote/rollback, pins.
+
+Store and registry calls are blocking (filesystem or S3): they run in worker threads so
+the event loop keeps serving inference while an upload is validated and stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from adapters.archive import extract_upload, write_uploaded_files
+from adapters.errors import (
+    AdapterValidationError,
+    ConflictError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+)
+from adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
+from adapters.tenants import TenantDirectory, TenantPolicy, TenantRecord
+from adapters.validation import ValidationLimits
+from service.api.protocol_admin import (
+    AdapterInfo,
+    AdapterVersionInfo,
+    CreateTenantRequest,
+    ImportAdapterRequest,
+    Residency,
+    TenantInfo,
+    TenantKey,
+    TenantPolicyBody,
+)
+from service.engine.engine import LoraEngine
+from service.metrics import ServiceMetrics
+from service.registry_sync import RegistryWatcher
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+
+
+def _policy(body: TenantPolicyBody) -> TenantPolicy:
+    return TenantPolicy(**body.model_dump())
+
+
+def version_info(version: AdapterVersion, active: int | None) -> AdapterVersionInfo:
+    """The admin view of one version."""
+    m = version.manifest
+    return AdapterVersionInfo(
+        version=version.version, active=version.version == active, task=m.task,
+        labels=m.labels, base_model=m.base_model.model_dump(), lora=m.lora.model_dump(),
+        metrics=m.metrics, files=m.files, created_at=m.created_at,
+    )
+
+
+class AdminService:
+    """Operations behind ``/admin``; one per app, built when the model is loaded."""
+
+    def __init__(self, tenants: TenantDirectory, registry: AdapterRegistry, engine: LoraEngine,
+                 limits: ValidationLimits, metrics: ServiceMetrics,
+                 watcher: RegistryWatcher) -> None:
+        self.tenants = tenants
+        self.registry = registry
+        self.engine = engine
+        self.limits = limits
+        self.metrics = metrics
+        self.watcher = watcher
+
+    @staticmethod
+    async def _blocking(call: Callable[[], T]) -> T:
+        return await asyncio.to_thread(call)
+
+    # ---- tenants -------------------------------------------------------------------------
+
+    def _tenant_info(self, record: TenantRecord, counts: dict[str, int]) -> TenantInfo:
+        return TenantInfo(
+            name=record.name, created_at=record.created_at,
+            policy=TenantPolicyBody(**record.policy.model_dump()),
+            keys=len(record.key_digests), adapters=counts.get(record.name, 0),
+        )
+
+    async def create_tenant(self, body: CreateTenantRequest) -> TenantKey:
+        """Create a tenant and its first API key (returned once)."""
+        record, key = await self._blocking(
+            lambda: self.tenants.create(body.name, _policy(body.policy)))
+        logger.info("tenant %s created", record.name)
+        return TenantKey(tenant=self._tenant_info(record, {}), api_key=key)
+
+    async def list_tenants(self) -> list[TenantInfo]:
+        """Every tenant with its policy and counts."""
+        records, counts = await self._blocking(
+            lambda: (self.tenants.list(), self.registry.tenants_with_adapters()))
+        return [self._tenant_info(r, counts) for r in records]
+
+    async def get_tenant(self, name: str) -> TenantInfo:
+        """One tenant (404 naming it when absent)."""
+        record, counts = await self._blocking(
+            lambda: (self.tenants.get(name), self.registry.tenants_with_adapters()))
+        return self._tenant_info(record, counts)
+
+    async def update_policy(self, name: str, body: TenantPolicyBody) -> TenantInfo:
+        """Replace a tenant's policy; replicas apply it within the refresh interval."""
+        record = await self._blocking(lambda: self.tenants.update_policy(name, _policy(body)))
+        counts = await self._blocking(self.registry.tenants_with_adapters)
+        return self._tenant_info(record, counts)
+
+    async def rotate_key(self, name: str) -> TenantKey:
+        """A new key for the tenant; every older key stops working."""
+        key = await self._blocking(lambda: self.tenants.rotate_key(name))
+        logger.info("tenant %s: API key rotated", name)
+        return TenantKey(tenant=await self.get_tenant(name), api_key=key)
+
+    async def delete_tenant(self, name: str) -> None:
+        """Delete a tenant that owns no adapters (409 naming them otherwise)."""
+        records = await self._blocking(lambda: (self.tenants.get(name),
+                                                self.registry.list(name))[1])
+        if records:
+            names = ", ".join(f"{r.tenant}/{r.name}" for r in records)
+            raise ConflictError(
+                f"tenant {name!r} still owns adapters ({names}); delete them first")
+        await self._blocking(lambda: self.tenants.delete(name))
+        logger.info("tenant %s deleted", name)
+
+    # ---- adapters ------------------------------------------------------------------------
+
+    async def _residency(self, record: AdapterRecord) -> Residency:
+        ref = f"{record.tenant}/{record.name}"
+        slot_keys, host_keys = await self.engine.thread.run(
+            lambda: (self.engine.slots.resident, self.engine.host.keys()))
+        return Residency(
+            in_slot=sorted(int(k.version) for k in slot_keys if k.name == ref),
+            in_host_memory=sorted(int(k.version) for k in host_keys if k.name == ref),
+        )
+
+    async def adapter_info(self, record: AdapterRecord) -> AdapterInfo:
+        """The admin view of an adapter on this replica."""
+        return AdapterInfo(
+            tenant=record.tenant, name=record.name, active_version=record.active,
+            pinned=record.pinned, residency=await self._residency(record),
+            versions=[version_info(v, record.active) for v in record.versions],
+        )
+
+    async def get_adapter(self, tenant: str, name: str) -> AdapterInfo:
+        """One adapter with all its versions."""
+        return await self.adapter_info(await self._blocking(lambda: self.registry.get(tenant,
+                                                                                       name)))
+
+    async def list_adapters(self, tenant: str | None) -> list[AdapterInfo]:
+        """Every adapter (of ``tenant`` if given)."""
+        if tenant is not None:
+            await self._blocking(lambda: self.tenants.get(tenant))  # 404 for an unknown one
+        records = await self._blocking(lambda: self.registry.list(tenant))
+        return [await self.adapter_info(r) for r in records]
+
+    async def register_upload(self, tenant: str, name: str,
+                              files: list[tuple[str, BinaryIO]], activate: bool | None,
+                              ) -> AdapterVersionInfo:
+        """Validate and store uploaded package files (or one archive) as a new version."""
+        if not files:
+            raise InvalidRequestError("no files uploaded: send the package files (or one "
+                                      ".tar.gz/.zip archive) as multipart field 'files'")
+        return await self._blocking(
+            lambda: self._counting_rejections(
+                lambda: self._register_files(tenant, name, files, activate)))
+
+    def _counting_rejections(self, register: Callable[[], AdapterVersion]) -> AdapterVersionInfo:
+        try:
+            version = register()
+        except (AdapterValidationError, PayloadTooLargeError) as exc:
+            self.metrics.adapter_rejected(exc.code)
+            raise
+        return self._registered(version)
+
+    def _register_files(self, tenant: str, name: str, files: list[tuple[str, BinaryIO]],
+                        activate: bool | None) -> AdapterVersion:
+        self.tenants.get(tenant)  # 404 for an unknown tenant before reading anything
+        with tempfile.TemporaryDirectory(prefix="loraswap-upload-") as tmp:
+            staged = Path(tmp) / "package"
+            staged.mkdir()
+            if len(files) == 1 and files[0][0].lower().endswith(ARCHIVE_SUFFIXES):
+                filename, stream = files[0]
+                archive = Path(tmp) / Path(filename).name
+                with archive.open("wb") as out:
+                    shutil.copyfileobj(stream, out)
+                extract_upload(archive, staged, self.limits)
+            else:
+                write_uploaded_files(files, staged, self.limits)
+            return self.registry.register(tenant, name, staged, activate=activate)
+
+    async def register_uri(self, tenant: str, name: str,
+                           body: ImportAdapterRequest) -> AdapterVersionInfo:
+        """Validate and store a package read from a store URI."""
+        def run() -> AdapterVersion:
+            self.tenants.get(tenant)
+            return self.registry.register_from_uri(tenant, name, body.source_uri,
+                                                   activate=body.activate)
+        return await self._blocking(lambda: self._counting_rejections(run))
+
+    def _registered(self, version: AdapterVersion) -> AdapterVersionInfo:
+        self.metrics.adapter_registered(version.tenant)
+        record = self.registry.get(version.tenant, version.name)
+        logger.info("registered %s/%s v%d (active v%s)", version.tenant, version.name,
+                    version.version, record.active)
+        return version_info(version, record.active)
+
+    async def promote(self, tenant: str, name: str, version: int) -> AdapterInfo:
+        """Make ``version`` active; new requests get it, running ones finish on theirs."""
+        record = await self._blocking(lambda: self.registry.promote(tenant, name, version))
+        self.metrics.adapter_promoted(tenant, "promote")
+        await self.watcher.apply_pin(f"{tenant}/{name}", record)  # a pin follows the promotion
+        logger.info("promoted %s/%s to v%d", tenant, name, version)
+        return await self.adapter_info(record)
+
+    async def rollback(self, tenant: str, name: str) -> AdapterInfo:
+        """Return to the previously active version."""
+        record = await self._blocking(lambda: self.registry.rollback(tenant, name))
+        self.metrics.adapter_promoted(tenant, "rollback")
+        await self.watcher.apply_pin(f"{tenant}/{name}", record)
+        logger.info("rolled %s/%s back to v%s", tenant, name, record.active)
+        return await self.adapter_info(record)
+
+    async def set_pinned(self, tenant: str, name: str, pinned: bool) -> AdapterInfo:
+        """Pin (keep resident) or unpin an adapter."""
+        record = await self._blocking(lambda: self.registry.set_pinned(tenant, name, pinned))
+        await self.watcher.apply_pin(f"{tenant}/{name}", record)
+        return await self.adapter_info(record)
+
+    async def delete_version(self, tenant: str, name: str, version: int) -> None:
+        """Delete one version (409 while it is active)."""
+        await self._blocking(lambda: self.registry.delete_version(tenant, name, version))
+
+    async def delete_adapter(self, tenant: str, name: str) -> None:
+        """Delete an adapter and all its versions."""
+        await self._blocking(lambda: self.registry.delete_adapter(tenant, name))

@@ -1,0 +1,111 @@
+"""Per-tenant request-rate and concurrency limits (429 with ``Retry-After``).
+
+Limits come from the tenant's policy in the registry and are enforced by each replica on
+its own traffic: with N replicas behind a load balancer a tenant gets at most N times its
+limit in total. The state lives in the app's :class:`TenantLimiter`, never in a module.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from adapters.errors import RateLimitedError
+from service.auth import Tenant
+
+
+@dataclass
+class _Bucket:
+    """Token bucket: ``tokens`` refill at ``rate`` per second up to ``burst``."""
+
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken, else the seconds until one is available."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+@dataclass
+class _TenantUsage:
+    bucket: _Bucket | None = None
+    in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Lease:
+    """One admitted request; :meth:`release` exactly once when it is finished."""
+
+    def __init__(self, release: Callable[[], None] | None) -> None:
+        self._release = release
+
+    def release(self) -> None:
+        """Give the concurrency slot back (idempotent)."""
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
+
+class TenantLimiter:
+    """Admits requests within each tenant's rate and concurrency limits."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._usage: dict[str, _TenantUsage] = {}
+        self._lock = threading.Lock()
+
+    def _usage_of(self, tenant_id: str) -> _TenantUsage:
+        with self._lock:
+            return self._usage.setdefault(tenant_id, _TenantUsage())
+
+    def admit(self, tenant: Tenant | None) -> Lease:
+        """A lease for one request, or :class:`RateLimitedError` naming the limit hit."""
+        if tenant is None or (tenant.requests_per_second is None
+                              and tenant.max_concurrent is None):
+            return Lease(None)
+        usage = self._usage_of(tenant.id)
+        with usage.lock:
+            if tenant.max_concurrent is not None and usage.in_flight >= tenant.max_concurrent:
+                raise RateLimitedError(
+                    f"tenant {tenant.id!r} has {usage.in_flight} requests in flight, its limit "
+                    f"is max_concurrent={tenant.max_concurrent}", retry_after=1.0)
+            if tenant.requests_per_second is not None:
+                wait = self._take(usage, tenant.requests_per_second)
+                if wait > 0:
+                    raise RateLimitedError(
+                        f"tenant {tenant.id!r} exceeded requests_per_second="
+                        f"{tenant.requests_per_second:g}", retry_after=max(1.0, math.ceil(wait)))
+            usage.in_flight += 1
+
+        def release() -> None:
+            with usage.lock:
+                usage.in_flight -= 1
+
+        return Lease(release)
+
+    def _take(self, usage: _TenantUsage, rate: float) -> float:
+        now = self._clock()
+        burst = max(1.0, rate)  # one second's worth of requests may arrive at once
+        bucket = usage.bucket
+        if bucket is None or bucket.rate != rate:  # the policy changed: start afresh
+            bucket = usage.bucket = _Bucket(rate=rate, burst=burst, tokens=burst, updated=now)
+        return bucket.take(now)
+
+
+async def release_after(stream: AsyncIterator[str], lease: Lease) -> AsyncIterator[str]:
+    """Pass a streamed body through and release ``lease`` when it ends or is dropped."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        lease.release()

@@ -1,0 +1,255 @@
+"""Classification adapters on the engine: probabilities equal PEFT's, mixed with generation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import (
+    AutoTokenizer,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+)
+
+from adapters.errors import OverloadedError, RequestCancelledError
+from adapters.lora_format import read_lora_adapter
+from adapters.package import TaskKind
+from service.engine.classify import (
+    ClassificationRequest,
+    ClassificationResult,
+    ClassificationStream,
+    pooled_position,
+)
+from service.engine.engine import EngineConfig, LoraEngine
+from service.engine.observer import NullObserver
+from service.engine.requests import GenerationRequest
+from service.engine.residency import AdapterKey
+from service.engine.sampling import SamplingParams
+
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PAD = 2  # the tiny base's config.pad_token_id
+NEW_TOKENS = 12
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48],
+           [70, 71, 72, 73, PAD]]  # the last ends in the pad token: pooled one token earlier
+
+
+@pytest.fixture
+def adapters(make_classifier_adapter, make_adapter) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    return {
+        "sentiment": make_classifier_adapter("sentiment", task="seq-cls", seed=1),
+        "topic": make_classifier_adapter("topic", task="seq-cls", labels=["a", "b"], seed=2,
+                                         rank=8, targets=ALL_TARGETS),
+        "ner": make_classifier_adapter("ner", task="token-cls", seed=3,
+                                       targets=("q_proj", "k_proj", "o_proj", "down_proj")),
+        "writer": make_adapter("writer", rank=4, seed=4),
+    }
+
+
+def task_of(folder: Path) -> TaskKind:
+    return TaskKind(json.loads((folder / "loraswap.json").read_text())["task"])
+
+
+@cache
+def peft_model(base_dir: Path, folder: Path, lora: bool = True) -> torch.nn.Module:
+    """The reference: transformers' classification model with the PEFT adapter, fp32.
+
+    ``lora=False`` zeroes the LoRA factors but keeps the adapter's head.
+    """
+    manifest = json.loads((folder / "loraswap.json").read_text())
+    model_class = (LlamaForSequenceClassification if manifest["task"] == "seq-cls"
+                   else LlamaForTokenClassification)
+    model = model_class.from_pretrained(base_dir, num_labels=len(manifest["labels"]),
+                                        dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(model, folder).eval()
+    if not lora:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.zero_()
+    return model
+
+
+def peft_probs(base_dir: Path, folder: Path, prompt: list[int], lora: bool = True,
+               ) -> torch.Tensor:
+    """PEFT's softmax: [num_labels] for seq-cls, [tokens, num_labels] for token-cls."""
+    model = peft_model(base_dir, folder, lora)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0]
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def peft_greedy(base_dir: Path, folder: Path, prompt: list[int]) -> list[int]:
+    model = PeftModel.from_pretrained(
+        LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32), folder).eval()
+    model.generation_config.eos_token_id = None
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                             do_sample=False, pad_token_id=PAD)
+    return list(out[0, len(prompt):].tolist())
+
+
+def make_engine(base_dir: Path, **overrides: int) -> LoraEngine:
+    model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    config = EngineConfig(**{"max_loras": 4, "max_lora_rank": 16, "max_batch_size": 4,
+                             "max_model_len": 128, **overrides})
+    return LoraEngine(model, AutoTokenizer.from_pretrained(base_dir), config, NullObserver())
+
+
+async def submit_classify(engine: LoraEngine, name: str, folder: Path, prompt: list[int],
+                          rid: str) -> ClassificationStream:
+    key = AdapterKey(name, "1")
+    weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder, name))
+    return engine.classify(ClassificationRequest(
+        request_id=rid, prompt_ids=prompt, task=task_of(folder), adapter=key,
+        adapter_weights=weights, fairness_key=name))
+
+
+async def results_of(streams: list[ClassificationStream]) -> list[ClassificationResult]:
+    return list(await asyncio.gather(*(s.result() for s in streams)))
+
+
+async def submit_generate(engine: LoraEngine, folder: Path, prompt: list[int],
+                          ) -> asyncio.Future[list[int]]:
+    key = AdapterKey("writer", "1")
+    weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
+    stream = engine.submit(GenerationRequest(
+        request_id="gen", prompt_ids=prompt, adapter=key, adapter_weights=weights,
+        params=SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)))
+
+    async def tokens() -> list[int]:
+        return list((await stream.collect()).token_ids)
+
+    return asyncio.ensure_future(tokens())
+
+
+def count_encodes(engine: LoraEngine) -> list[int]:
+    """Record how many prompts each classification forward pass carries."""
+    calls: list[int] = []
+    encode: Callable[[list[list[int]], list[int]], torch.Tensor] = engine.runner.encode
+
+    def counting(prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+        calls.append(len(prompts))
+        return encode(prompts, slots)
+
+    engine.runner.encode = counting  # type: ignore[method-assign]
+    return calls
+
+
+def assert_matches_peft(base_dir: Path, folder: Path, prompt: list[int],
+                        result: ClassificationResult) -> None:
+    expected = peft_probs(base_dir, folder, prompt)
+    got = torch.tensor(result.probs)
+    if task_of(folder) is TaskKind.SEQ_CLS:
+        got = got[0]
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    assert result.prompt_tokens == len(prompt)
+
+
+async def test_mixed_batch_matches_peft(tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
+    """Two seq-cls adapters, a token-cls adapter and a generation, all submitted at once:
+    every classification runs in one forward pass in the first step and equals PEFT's
+    probabilities; the generation equals PEFT's greedy output."""
+    engine = make_engine(tiny_base_dir)
+    calls = count_encodes(engine)
+    jobs = [(name, prompt) for name in ("sentiment", "topic", "ner") for prompt in PROMPTS]
+    generation = await submit_generate(engine, adapters["writer"], PROMPTS[0])
+    pending = [await submit_classify(engine, n, adapters[n], p, f"c{i}")
+               for i, (n, p) in enumerate(jobs)]
+    engine.start()
+    try:
+        results = await results_of(pending)
+        tokens = await generation
+    finally:
+        engine.stop()
+    assert calls == [len(jobs)]  # one batch, one step, several adapters mixed
+    for (name, prompt), result in zip(jobs, results, strict=True):
+        assert_matches_peft(tiny_base_dir, adapters[name], prompt, result)
+    assert tokens == peft_greedy(tiny_base_dir, adapters["writer"], PROMPTS[0])
+    # The LoRA factors matter far beyond the tolerance (the head alone would not match).
+    for name in ("sentiment", "topic", "ner"):
+        with_lora = peft_probs(tiny_base_dir, adapters[name], PROMPTS[2])
+        head_only = peft_probs(tiny_base_dir, adapters[name], PROMPTS[2], lora=False)
+        assert (with_lora - head_only).abs().max() > 1e-3, name
+    assert engine.scheduler.num_running == 0 and engine.scheduler.num_waiting == 0
+
+
+async def test_classification_joins_generation_and_reuses_slots(
+        tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
+    """With 2 slots and a generation holding one, three classification adapters arriving
+    mid-generation share the other slot in turn (each with its own head) and still equal
+    PEFT; the generation is unaffected."""
+    engine = make_engine(tiny_base_dir, max_loras=2)
+    calls = count_encodes(engine)
+    engine.start()
+    try:
+        generation = await submit_generate(engine, adapters["writer"], PROMPTS[2])
+        await asyncio.sleep(0.05)
+        jobs = [("sentiment", PROMPTS[1]), ("ner", PROMPTS[0]), ("topic", PROMPTS[3]),
+                ("sentiment", PROMPTS[2])]
+        pending = [await submit_classify(engine, n, adapters[n], p, f"c{i}")
+                   for i, (n, p) in enumerate(jobs)]
+        results = await results_of(pending)
+        tokens = await generation
+    finally:
+        engine.stop()
+    for (name, prompt), result in zip(jobs, results, strict=True):
+        assert_matches_peft(tiny_base_dir, adapters[name], prompt, result)
+    assert tokens == peft_greedy(tiny_base_dir, adapters["writer"], PROMPTS[2])
+    assert len(calls) >= 3  # one free slot: the adapters took turns
+
+
+async def test_classification_needs_no_cache_row(tiny_base_dir: Path,
+                                                 adapters: dict[str, Path]) -> None:
+    """Every cache row is busy and another generation waits for one: a classification
+    request still runs at once, while the generation goes on."""
+    engine = make_engine(tiny_base_dir, max_batch_size=1, max_model_len=512)
+    engine.start()
+    try:
+        key = AdapterKey("writer", "1")
+        weights = await engine.adapter_weights(key, lambda: read_lora_adapter(adapters["writer"]))
+        streams = [engine.submit(GenerationRequest(
+            request_id=f"g{i}", prompt_ids=PROMPTS[0], adapter=key, adapter_weights=weights,
+            params=SamplingParams(max_new_tokens=400, ignore_eos=True))) for i in range(2)]
+        long_runs = [asyncio.ensure_future(s.collect()) for s in streams]
+        await asyncio.sleep(0.05)
+        stream = await submit_classify(engine, "ner", adapters["ner"], PROMPTS[1], "c")
+        result = await stream.result()
+        assert not long_runs[0].done() and engine.scheduler.num_waiting == 1
+        for generation in streams:
+            engine.cancel(generation)
+        await asyncio.gather(*long_runs, return_exceptions=True)
+    finally:
+        engine.stop()
+    assert_matches_peft(tiny_base_dir, adapters["ner"], PROMPTS[1], result)
+
+
+async def test_queue_limit_and_cancellation_apply_to_classification(
+        tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
+    engine = make_engine(tiny_base_dir, max_queue=2)
+    cancelled = await submit_classify(engine, "sentiment", adapters["sentiment"], PROMPTS[0], "a")
+    kept = await submit_classify(engine, "ner", adapters["ner"], PROMPTS[1], "b")
+    with pytest.raises(OverloadedError, match="queue is full"):
+        await submit_classify(engine, "topic", adapters["topic"], PROMPTS[0], "c")
+    engine.cancel(cancelled)  # before the engine runs it
+    engine.start()
+    try:
+        with pytest.raises(RequestCancelledError):
+            await cancelled.result()
+        assert_matches_peft(tiny_base_dir, adapters["ner"], PROMPTS[1], await kept.result())
+    finally:
+        engine.stop()
+
+
+def test_pooling_skips_trailing_pad_tokens_like_transformers() -> None:
+    assert pooled_position([5, 6, 7], PAD) == 2
+    assert pooled_position([5, PAD, 7, PAD, PAD], PAD) == 2
+    assert pooled_position([PAD, PAD], PAD) == 0
+    assert pooled_position([5, 6, PAD], None) == 2

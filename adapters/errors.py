@@ -7,6 +7,9 @@ exactly one place (``service/api/errors.py``), the CLIs print ``str(error)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class LoraswapError(Exception):
     """Root of every loraswap error; ``code`` is stable and machine-readable."""
@@ -144,3 +147,11 @@ class RegistryUnreachableError(ProvisioningError):
     """The package registry that ships the base model cannot be reached."""
 
     code = "registry_unreachable"
+
+
+def describe_problems(errors: Iterable[Mapping[str, Any]], root: str) -> str:
+    """One line naming every bad field of a pydantic ``ValidationError.errors()`` list."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ())) or root}: {err.get('msg', '')}"
+        for err in errors
+    )

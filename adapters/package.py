@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adapters.errors import AdapterValidationError
+from adapters.errors import AdapterValidationError, describe_problems
 from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
 
 MANIFEST_FILE = "loraswap.json"
@@ -166,10 +166,7 @@ def parse_manifest(text: str | bytes, source: str = MANIFEST_FILE) -> AdapterMan
     try:
         return AdapterManifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = describe_problems(exc.errors(), "manifest")
         raise AdapterValidationError(f"{source} is invalid: {problems}") from exc
 
 

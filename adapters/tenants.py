@@ -27,6 +27,7 @@ from adapters.errors import (
     InvalidRequestError,
     NotFoundError,
     StoreError,
+    describe_problems,
 )
 from adapters.package import SAFE_NAME, SAFE_NAME_RULE
 from adapters.store.base import ObjectStore, StoreKeyMissing
@@ -87,10 +88,7 @@ def parse_policy(data: object) -> TenantPolicy:
     try:
         return TenantPolicy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'policy'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = describe_problems(exc.errors(), "policy")
         raise InvalidRequestError(f"tenant policy is invalid: {problems}") from exc
 
 

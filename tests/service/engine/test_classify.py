@@ -203,7 +203,9 @@ async def test_classification_joins_generation_and_reuses_slots(
     for (name, prompt), result in zip(jobs, results, strict=True):
         assert_matches_peft(tiny_base_dir, adapters[name], prompt, result)
     assert tokens == peft_greedy(tiny_base_dir, adapters["writer"], PROMPTS[2])
-    assert len(calls) >= 3  # one free slot: the adapters took turns
+    # Three adapters, at most two free slots (one while the generation runs): they took
+    # turns, each slot reloaded with another adapter and its head.
+    assert len(calls) >= 2
 
 
 async def test_classification_needs_no_cache_row(tiny_base_dir: Path,

@@ -142,6 +142,9 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log_auth_mode(state.authenticator)
+        if settings.admin_token is None:
+            logger.warning("dev mode: the /admin API is open to anyone who can reach it "
+                           "(set LORASWAP_ADMIN_TOKEN for production)")
         thread = EngineThread(settings.threads)
         thread.start()
         loading = asyncio.create_task(_load(settings, state, loader, thread))

@@ -117,12 +117,13 @@ def test_replicas_share_registrations_and_promotions_without_failed_requests(
     assert switched - promoted_at < 5.0, "replica A took too long to see the promotion"
 
 
-def _slow_body(content: bytes, sent: threading.Event) -> Iterator[bytes]:
-    for start in range(0, len(content), 4096):
-        yield content[start:start + 4096]
-        if start > len(content) // 2:
-            sent.set()
-            time.sleep(60)  # the server is killed while it waits for the rest
+def _slow_body(content: bytes, sent: threading.Event,
+               killed: threading.Event) -> Iterator[bytes]:
+    half = len(content) // 2
+    yield content[:half]
+    sent.set()
+    killed.wait(60)  # the server is killed while it waits for the rest
+    yield content[half:]
 
 
 def test_kill_9_during_an_upload_leaves_the_previous_state(
@@ -139,21 +140,23 @@ def test_kill_9_during_an_upload_leaves_the_previous_state(
         request = httpx.Request("POST", f"{server.url}/admin/adapters/acme/helper/versions",
                                 headers=ADMIN_HEADERS, files=upload_files(v2_folder))
         body = request.read()
-        sent = threading.Event()
+        sent, killed = threading.Event(), threading.Event()
         failures: list[BaseException] = []
 
         def upload() -> None:
             try:
                 httpx.post(request.url, headers=dict(request.headers), timeout=120,
-                           content=_slow_body(body, sent))
+                           content=_slow_body(body, sent, killed))
             except httpx.HTTPError as exc:
                 failures.append(exc)
 
         uploader = threading.Thread(target=upload)
         uploader.start()
         assert sent.wait(30)
+        time.sleep(0.5)  # the first half is in the server's hands
         server.kill()
-        uploader.join(timeout=90)
+        killed.set()
+        uploader.join(timeout=60)
         assert failures, "the interrupted upload must fail on the client side"
     finally:
         server.kill()

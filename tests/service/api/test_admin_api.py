@@ -111,6 +111,22 @@ def test_versions_promote_and_rollback_without_restart(
     assert again["outputs"][0]["text"] == answer_v1["outputs"][0]["text"]
 
 
+def test_a_version_can_be_imported_from_a_store_uri(
+    server: LiveServer, make_package: PackageFactory,
+) -> None:
+    key = create_tenant(server, "acme")
+    folder = make_package("v1", seed=3)
+    imported = server.client.post("/admin/adapters/acme/helper/versions/import",
+                                  headers=ADMIN_HEADERS, json={"source_uri": folder.as_uri()})
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["version"] == 1 and imported.json()["active"] is True
+    assert predict(server, key, "acme/helper")["adapter_version"] == "1"
+    missing = server.client.post("/admin/adapters/acme/helper/versions/import",
+                                 headers=ADMIN_HEADERS,
+                                 json={"source_uri": (folder.parent / "nope").as_uri()})
+    assert missing.status_code in (404, 422) and "nope" in missing.json()["error"]["message"]
+
+
 def test_listing_shows_metadata_and_residency(
     server: LiveServer, make_package: PackageFactory,
 ) -> None:

@@ -1,0 +1,88 @@
+"""`loraswap train` through the CLI, QLoRA refusal without bitsandbytes, and --push."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adapters.errors import QuantizationUnavailableError
+from adapters.package import read_manifest
+from loraswap.cli import app
+from training.config import build_config
+from training.runner import run_training
+
+runner = CliRunner()
+
+
+def test_csv_text_label_trains_without_a_config_file(csv_data: Path, tiny_base_dir: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "sentiment"
+    result = runner.invoke(app, [
+        "train", "--task", "seq-cls", "--data", str(csv_data), "--output", str(out),
+        "--base-model", str(tiny_base_dir), "--max-steps", "3", "--no-progress",
+        "--tenant", "acme", "--name", "sentiment",
+    ])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    manifest = read_manifest(out)
+    assert manifest.labels == ["neg", "pos"]
+    assert (manifest.tenant, manifest.name) == ("acme", "sentiment")
+    assert "accuracy" in manifest.metrics
+
+
+def test_config_file_with_flag_override(csv_data: Path, tiny_base_dir: Path,
+                                        tmp_path: Path) -> None:
+    config = tmp_path / "train.json"
+    config.write_text(
+        f'{{"task": "seq-cls", "data": "{csv_data}", "output": "{tmp_path / "out"}", '
+        f'"base_model": "{tiny_base_dir}", "max_steps": 50, "lora": {{"r": 4}}}}')
+    result = runner.invoke(app, ["train", "--config", str(config), "--max-steps", "2",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest.lora.r == 4 and manifest.training["steps"] == 2
+
+
+def test_missing_label_column_is_reported(csv_data: Path, tiny_base_dir: Path,
+                                          tmp_path: Path) -> None:
+    result = runner.invoke(app, [
+        "train", "--task", "seq-cls", "--data", str(csv_data), "--output",
+        str(tmp_path / "o"), "--base-model", str(tiny_base_dir), "--label-column", "intent",
+    ])
+    assert result.exit_code == 1
+    assert "no column 'intent'" in result.output
+
+
+def test_qlora_without_bitsandbytes_fails_clearly(csv_data: Path, tiny_base_dir: Path,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import now raises ImportError
+    cfg = build_config({}, {"task": "seq-cls", "data": csv_data, "output": tmp_path / "q",
+                            "base_model": tiny_base_dir, "qlora": True, "progress": False})
+    with pytest.raises(QuantizationUnavailableError, match="--qlora needs bitsandbytes"):
+        run_training(cfg)
+    assert not (tmp_path / "q").exists()  # refused before anything was written or trained
+
+    result = runner.invoke(app, ["train", "--task", "seq-cls", "--data", str(csv_data),
+                                 "--output", str(tmp_path / "q"), "--base-model",
+                                 str(tiny_base_dir), "--qlora"])
+    assert result.exit_code == 1
+    assert "--qlora needs bitsandbytes" in result.output
+    assert "Refusing to train a non-quantized base" in result.output
+
+
+def test_push_without_token_stops_before_training(csv_data: Path, tiny_base_dir: Path,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORASWAP_ADMIN_TOKEN", raising=False)
+    result = runner.invoke(app, [
+        "train", "--task", "seq-cls", "--data", str(csv_data), "--output",
+        str(tmp_path / "o"), "--base-model", str(tiny_base_dir), "--push",
+        "http://localhost:1", "--tenant", "acme", "--name", "x",
+    ])
+    assert result.exit_code == 1
+    assert "LORASWAP_ADMIN_TOKEN" in result.output
+    assert not (tmp_path / "o").exists()

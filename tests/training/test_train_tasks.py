@@ -1,0 +1,99 @@
+"""Training each task kind end to end on the tiny model: the package a user gets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from adapters.base_model import weights_sha256
+from adapters.lora_format import read_lora_adapter
+from adapters.package import PROFILE_FILE, TaskKind, package_file_digests, read_manifest
+from training.config import TrainConfig
+from training.runner import run_training
+
+ConfigFactory = Callable[..., TrainConfig]
+
+
+@pytest.mark.parametrize(
+    ("task", "fixture", "labels", "metric_keys"),
+    [
+        ("seq-cls", "csv_data", ["neg", "pos"], {"accuracy", "macro_f1", "eval_loss"}),
+        ("token-cls", "conll_data", ["O", "B-Disease", "I-Disease"],
+         {"precision", "recall", "f1", "eval_loss"}),
+        ("causal-lm", "sft_data", None, {"eval_loss", "perplexity"}),
+    ],
+)
+def test_package_is_complete_and_readable(
+    task: str, fixture: str, labels: list[str] | None, metric_keys: set[str],
+    make_config: ConfigFactory, tiny_base_dir: Path, request: pytest.FixtureRequest,
+) -> None:
+    data: Path = request.getfixturevalue(fixture)
+    outcome = run_training(make_config(task, data, tenant="acme", name="my-adapter"))
+    folder = outcome.output
+
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "loraswap.json", "profile.json"]
+    manifest = read_manifest(folder)
+    assert manifest.task == TaskKind(task)
+    assert manifest.labels == labels
+    assert (manifest.tenant, manifest.name) == ("acme", "my-adapter")
+    assert manifest.base_model.weights_sha256 == weights_sha256(tiny_base_dir)
+    assert (manifest.lora.r, manifest.lora.alpha) == (16, 32.0)
+    assert metric_keys <= set(manifest.metrics)
+    assert manifest.files == package_file_digests(folder)
+    assert manifest.training["steps"] == 4
+
+    adapter = read_lora_adapter(folder)
+    assert adapter.config.task_type == TaskKind(task).peft_task_type
+    assert adapter.rank == 16 and len(adapter.targets) == 7
+    if labels is None:
+        assert adapter.head is None
+    else:
+        assert adapter.head is not None
+        assert tuple(adapter.head.weight.shape) == (len(labels), 64)
+        # LlamaForTokenClassification's score has a bias, the sequence one has none.
+        assert (adapter.head.bias is not None) == (task == "token-cls")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == (None if labels is None else ["score"])
+
+    profile_bytes = (folder / PROFILE_FILE).read_bytes()
+    assert len(profile_bytes) < 1_000_000
+    profile = json.loads(profile_bytes)
+    assert profile["input_length_tokens"]["count"] > 0
+    assert "0.5" in profile["input_length_tokens"]["quantiles"]
+    assert sum(profile["confidence"]["histogram"]["counts"]) == profile["confidence"]["count"]
+    embedding = profile["embedding"]
+    assert embedding["dim"] == 64 and len(embedding["mean"]) == 64 and len(embedding["std"]) == 64
+    assert len(embedding["pca"]["components"][0]) == 64
+    if labels is None:
+        assert profile["label_distribution"] is None
+    else:
+        assert set(profile["label_distribution"]["counts"]) == set(labels)
+
+
+def test_seq_cls_learns_a_separable_task(make_config: ConfigFactory, csv_data: Path) -> None:
+    cfg = make_config("seq-cls", csv_data, max_steps=None, epochs=6, eval_data=csv_data,
+                      baseline=True)
+    manifest = run_training(cfg).manifest
+    assert manifest.metrics["accuracy"] == 1.0
+    assert manifest.metrics["eval_loss"] < manifest.metrics["baseline_eval_loss"]
+
+
+def test_causal_lm_lowers_the_held_out_loss(make_config: ConfigFactory, sft_data: Path) -> None:
+    cfg = make_config("causal-lm", sft_data, max_steps=12, baseline=True, learning_rate=1e-2)
+    metrics = run_training(cfg).manifest.metrics
+    assert metrics["eval_loss"] < metrics["baseline_eval_loss"]
+
+
+def test_output_folder_with_other_files_is_refused(make_config: ConfigFactory,
+                                                   csv_data: Path, tmp_path: Path) -> None:
+    from adapters.errors import ConfigurationError
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigurationError, match=r"notes\.txt"):
+        run_training(make_config("seq-cls", csv_data, output=out))

@@ -1,0 +1,175 @@
+"""Training configuration: one validated object, from a YAML/JSON file and/or CLI flags.
+
+Task-dependent defaults (learning rate, LoRA rank, maximum length) are filled in by
+:meth:`TrainConfig.resolved`, so a CSV with ``text,label`` columns trains with no file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapters.base_model import DEFAULT_BASE_MODEL_DIR
+from adapters.errors import ConfigurationError, describe_problems
+from adapters.lora_format import LLAMA_PROJECTIONS
+from adapters.package import TaskKind
+
+DataFormat = Literal["auto", "jsonl", "json", "csv", "tsv", "conll"]
+Precision = Literal["bf16", "fp32"]
+
+# Per task: (learning rate, LoRA r, LoRA alpha, max_length, batch size). Classification
+# heads start from random, so they get a higher rate than SFT, which only nudges the LM.
+TASK_DEFAULTS: dict[TaskKind, tuple[float, int, float, int, int]] = {
+    TaskKind.SEQ_CLS: (5e-4, 16, 32.0, 128, 16),
+    TaskKind.TOKEN_CLS: (5e-4, 16, 32.0, 256, 16),
+    TaskKind.CAUSAL_LM: (2e-4, 16, 32.0, 512, 8),
+}
+
+
+class LoraSettings(BaseModel):
+    """LoRA hyper-parameters; ``None`` fields take the task default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int | None = Field(default=None, ge=1, le=256)
+    alpha: float | None = Field(default=None, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    targets: list[str] = Field(default_factory=lambda: list(LLAMA_PROJECTIONS), min_length=1)
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> LoraSettings:
+        unknown = [t for t in self.targets if t not in LLAMA_PROJECTIONS]
+        if unknown:
+            raise ValueError(
+                f"unknown LoRA target(s) {unknown}; choose from {', '.join(LLAMA_PROJECTIONS)}"
+            )
+        return self
+
+
+class TrainConfig(BaseModel):
+    """Everything ``loraswap train`` needs; see ``docs/quality.md`` for examples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskKind
+    data: Path
+    output: Path
+    eval_data: Path | None = None
+    test_data: Path | None = None
+    data_format: DataFormat = "auto"
+    text_column: str | None = Field(default=None, description="default: text (tokens)")
+    label_column: str | None = Field(default=None, description="default: label (tags)")
+    labels: list[str] | None = Field(default=None, description="Fixed label order.")
+    base_model: Path = DEFAULT_BASE_MODEL_DIR
+    precision: Precision = "bf16"
+    qlora: bool = False
+    gradient_checkpointing: bool = False
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int | None = Field(default=None, ge=8)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    patience: int | None = Field(default=None, ge=1, description="evals without gain")
+    eval_every: int | None = Field(default=None, ge=1, description="steps; default: epoch")
+    baseline: bool = Field(default=False, description="Also evaluate before training.")
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    tenant: str | None = None
+    name: str | None = None
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every task default filled in."""
+        lr, r, alpha, max_length, batch = TASK_DEFAULTS[self.task]
+        lora = self.lora.model_copy(
+            update={"r": self.lora.r or r, "alpha": self.lora.alpha or alpha}
+        )
+        return self.model_copy(update={
+            "learning_rate": self.learning_rate or lr,
+            "max_length": self.max_length or max_length,
+            "batch_size": self.batch_size or batch,
+            "checkpoint_dir": self.checkpoint_dir or self.output.with_name(
+                self.output.name + ".checkpoints"),
+            "lora": lora,
+        })
+
+    @property
+    def lr(self) -> float:
+        """Learning rate (after :meth:`resolved`)."""
+        assert self.learning_rate is not None, "call resolved() first"
+        return self.learning_rate
+
+    @property
+    def batch(self) -> int:
+        """Micro-batch size (after :meth:`resolved`)."""
+        assert self.batch_size is not None, "call resolved() first"
+        return self.batch_size
+
+    @property
+    def length(self) -> int:
+        """Maximum tokens per example (after :meth:`resolved`)."""
+        assert self.max_length is not None, "call resolved() first"
+        return self.max_length
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a checkpoint must agree with to be resumed."""
+        keep = ("task", "data", "data_format", "text_column", "label_column", "base_model",
+                "precision", "qlora", "learning_rate", "batch_size", "grad_accum",
+                "max_length", "val_fraction", "max_train_samples", "seed", "lora")
+        values: dict[str, Any] = json.loads(self.model_dump_json(include=set(keep)))
+        return values
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML (``.yaml``/``.yml``) or JSON config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except Exception as exc:  # yaml and json raise unrelated types for bad syntax
+        raise ConfigurationError(f"config file {path} is not valid: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"config file {path} must hold a mapping of settings")
+    # Relative paths in a config file mean relative to the file, not to the shell.
+    for key in ("data", "eval_data", "test_data", "output", "checkpoint_dir", "base_model"):
+        value = raw.get(key)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            raw[key] = str(path.parent / value)
+    return raw
+
+
+def build_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """Merge file settings with flag overrides (flags win; ``None`` means not given)."""
+    merged = dict(file_values)
+    lora = dict(merged.pop("lora", None) or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key.startswith("lora_"):
+            lora[key.removeprefix("lora_")] = value
+        else:
+            merged[key] = value
+    merged["lora"] = lora
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = describe_problems(exc.errors(), "config")
+        raise ConfigurationError(f"invalid training configuration: {problems}") from exc

@@ -119,13 +119,13 @@ class LocalAdapterDirectory:
     def listing(self, owner: str | None) -> list[AdapterListing]:
         """Every development adapter with its task (the same for every caller)."""
         found = []
-        for name in self.names():
+        for name in self.names():  # empty when there is no root
+            assert self.root is not None
             try:
-                task = _task_of(self.root / name)[0] if self.root is not None else None
+                task, _ = _task_of(self.root / name)
             except AdapterValidationError:
                 continue  # a broken manifest: resolve() reports it when asked for
-            if task is not None:
-                found.append(AdapterListing(name, task))
+            found.append(AdapterListing(name, task))
         return found
 
     def names(self) -> list[str]:

@@ -117,8 +117,8 @@ class AdminService:
 
     async def delete_tenant(self, name: str) -> None:
         """Delete a tenant that owns no adapters (409 naming them otherwise)."""
-        records = await self._blocking(lambda: (self.tenants.get(name),
-                                                self.registry.list(name))[1])
+        await self._blocking(lambda: self.tenants.get(name))  # 404 for an unknown tenant
+        records = await self._blocking(lambda: self.registry.list(name))
         if records:
             names = ", ".join(f"{r.tenant}/{r.name}" for r in records)
             raise ConflictError(
@@ -130,8 +130,9 @@ class AdminService:
 
     async def _residency(self, record: AdapterRecord) -> Residency:
         ref = f"{record.tenant}/{record.name}"
-        slot_keys, host_keys = await self.engine.thread.run(
-            lambda: (self.engine.slots.resident, self.engine.host.keys()))
+        # Slots belong to the engine thread; the host cache to the event loop (this one).
+        slot_keys = await self.engine.thread.run(lambda: self.engine.slots.resident)
+        host_keys = self.engine.host.keys()
         return Residency(
             in_slot=sorted(int(k.version) for k in slot_keys if k.name == ref),
             in_host_memory=sorted(int(k.version) for k in host_keys if k.name == ref),

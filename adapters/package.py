@@ -62,6 +62,18 @@ class TaskKind(StrEnum):
         return self is not TaskKind.CAUSAL_LM
 
 
+class AttentionMode(StrEnum):
+    """How the adapter's tokens attend to each other in the shared decoder.
+
+    ``causal`` is the base model's own mask. ``bidirectional`` lets every token of the
+    input see every other one (padding excluded): a token-cls adapter then labels a word
+    knowing the words after it, as an encoder does. Generation needs ``causal``.
+    """
+
+    CAUSAL = "causal"
+    BIDIRECTIONAL = "bidirectional"
+
+
 class BaseModelRef(BaseModel):
     """The base model an adapter was trained on: its name and weights fingerprint."""
 
@@ -93,6 +105,8 @@ class AdapterManifest(BaseModel):
     version: int | None = Field(default=None, ge=1, description="Set by the registry.")
     task: TaskKind
     labels: list[str] | None = Field(default=None, description="Class names, in head order.")
+    attention: AttentionMode = Field(
+        default=AttentionMode.CAUSAL, description="Attention mask the adapter was trained with.")
     base_model: BaseModelRef
     lora: LoraSummary
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -136,6 +150,9 @@ class AdapterManifest(BaseModel):
                 raise ValueError("labels must be unique")
         elif self.labels:
             raise ValueError("a causal-lm adapter has no labels")
+        if self.attention is AttentionMode.BIDIRECTIONAL and not self.task.has_labels:
+            raise ValueError("attention 'bidirectional' is for seq-cls and token-cls adapters; "
+                             "a causal-lm adapter generates and needs 'causal'")
         return self
 
     def to_json(self) -> str:
@@ -190,7 +207,8 @@ def write_manifest(folder: Path, manifest: AdapterManifest) -> Path:
 def build_manifest(folder: Path, *, task: TaskKind, base_model: BaseModelRef,
                    labels: list[str] | None = None, metrics: dict[str, float] | None = None,
                    training: dict[str, Any] | None = None, tenant: str | None = None,
-                   name: str | None = None) -> AdapterManifest:
+                   name: str | None = None,
+                   attention: AttentionMode = AttentionMode.CAUSAL) -> AdapterManifest:
     """A manifest for the PEFT adapter in ``folder`` (LoRA summary from its config, file
     digests from its files); write it with :func:`write_manifest`."""
     try:
@@ -204,6 +222,7 @@ def build_manifest(folder: Path, *, task: TaskKind, base_model: BaseModelRef,
         dropout=config.get("lora_dropout") or 0.0,
     )
     return AdapterManifest(
-        tenant=tenant, name=name, task=task, labels=labels, base_model=base_model, lora=lora,
+        tenant=tenant, name=name, task=task, labels=labels, attention=attention,
+        base_model=base_model, lora=lora,
         metrics=metrics or {}, training=training or {}, files=package_file_digests(folder),
     )

@@ -34,6 +34,8 @@ def train(
     output: Annotated[Path | None, Opt(help="Folder to write the package into.")] = None,
     base_model: Annotated[Path | None, Opt(help="Base model folder.")] = None,
     precision: Annotated[str | None, Opt(help="bf16 (default) or fp32 base weights.")] = None,
+    attention: Annotated[str | None, Opt(help="causal or bidirectional (seq-cls / token-cls; "
+                                         "default: bidirectional for token-cls).")] = None,
     qlora: Annotated[bool | None, Opt("--qlora/--no-qlora", help="4-bit NF4 base "
                                       "(bitsandbytes).")] = None,
     epochs: Annotated[float | None, Opt(help="Epochs [3].")] = None,
@@ -76,6 +78,7 @@ def train(
         "task": task, "data": data, "eval_data": eval_data, "test_data": test_data,
         "data_format": data_format, "text_column": text_column, "label_column": label_column,
         "output": output, "base_model": base_model, "precision": precision, "qlora": qlora,
+        "attention": attention,
         "epochs": epochs, "max_steps": max_steps, "learning_rate": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length,
         "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples,

@@ -17,7 +17,14 @@ from typing import Protocol
 
 from adapters.errors import AdapterNotFoundError, AdapterValidationError, InvalidRequestError
 from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, LoraAdapterWeights, read_lora_adapter
-from adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, TaskKind, read_manifest
+from adapters.package import (
+    MANIFEST_FILE,
+    SAFE_NAME,
+    SAFE_NAME_RULE,
+    AttentionMode,
+    TaskKind,
+    read_manifest,
+)
 from adapters.registry import AdapterRegistry
 from service.engine.residency import AdapterKey
 
@@ -33,6 +40,7 @@ class ResolvedAdapter:
     task: TaskKind = TaskKind.CAUSAL_LM
     # Class names in head order (seq-cls / token-cls); None: "LABEL_<i>".
     labels: tuple[str, ...] | None = None
+    attention: AttentionMode = AttentionMode.CAUSAL
 
 
 @dataclass(frozen=True)
@@ -75,17 +83,26 @@ def check_adapter_name(name: str) -> None:
 _TASK_BY_PEFT_TYPE = {kind.peft_task_type: kind for kind in TaskKind}
 
 
-def _task_of(folder: Path) -> tuple[TaskKind, tuple[str, ...] | None]:
-    """Task and labels: from ``loraswap.json`` when present, else PEFT's ``task_type``."""
+@dataclass(frozen=True)
+class _Traits:
+    task: TaskKind = TaskKind.CAUSAL_LM
+    labels: tuple[str, ...] | None = None
+    attention: AttentionMode = AttentionMode.CAUSAL
+
+
+def _traits_of(folder: Path) -> _Traits:
+    """Task, labels and attention: from ``loraswap.json`` when present, else PEFT's
+    ``task_type`` (no labels, causal attention)."""
     if (folder / MANIFEST_FILE).is_file():
         manifest = read_manifest(folder)
-        return manifest.task, tuple(manifest.labels) if manifest.labels else None
+        return _Traits(manifest.task, tuple(manifest.labels) if manifest.labels else None,
+                       manifest.attention)
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return TaskKind.CAUSAL_LM, None  # read() reports the broken config
+        return _Traits()  # read() reports the broken config
     task_type = raw.get("task_type") if isinstance(raw, dict) else None
-    return _TASK_BY_PEFT_TYPE.get(str(task_type), TaskKind.CAUSAL_LM), None
+    return _Traits(_TASK_BY_PEFT_TYPE.get(str(task_type), TaskKind.CAUSAL_LM))
 
 
 class LocalAdapterDirectory:
@@ -112,9 +129,10 @@ class LocalAdapterDirectory:
         except FileNotFoundError:
             stat = (folder / CONFIG_FILE).stat()  # read() will name the missing file
         version = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-        task, labels = _task_of(folder)
+        traits = _traits_of(folder)
         return ResolvedAdapter(AdapterKey(name, version), lambda: read_lora_adapter(folder, name),
-                               task=task, labels=labels)
+                               task=traits.task, labels=traits.labels,
+                               attention=traits.attention)
 
     def listing(self, owner: str | None) -> list[AdapterListing]:
         """Every development adapter with its task (the same for every caller)."""
@@ -122,7 +140,7 @@ class LocalAdapterDirectory:
         for name in self.names():  # empty when there is no root
             assert self.root is not None
             try:
-                task, _ = _task_of(self.root / name)
+                task = _traits_of(self.root / name).task
             except AdapterValidationError:
                 continue  # a broken manifest: resolve() reports it when asked for
             found.append(AdapterListing(name, task))
@@ -184,6 +202,7 @@ class RegistryAdapterSource:
             lambda: read_lora_adapter(folder, name),
             task=manifest.task,
             labels=tuple(manifest.labels) if manifest.labels else None,
+            attention=manifest.attention,
         )
 
     def listing(self, owner: str | None) -> list[AdapterListing]:

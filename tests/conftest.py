@@ -89,7 +89,7 @@ DEFAULT_CLASSIFIER_LABELS = {
 
 def write_classifier_adapter(
     base_dir: Path, folder: Path, *, task: str, labels: Sequence[str], seed: int,
-    rank: int = 4, targets: Sequence[str] = ("q_proj", "v_proj"),
+    rank: int = 4, targets: Sequence[str] = ("q_proj", "v_proj"), attention: str = "causal",
 ) -> Path:
     """A real PEFT seq-cls / token-cls LoRA package for the model in ``base_dir``.
 
@@ -105,7 +105,13 @@ def write_classifier_adapter(
     from transformers import LlamaForSequenceClassification, LlamaForTokenClassification
 
     from adapters.base_model import weights_sha256
-    from adapters.package import BaseModelRef, TaskKind, build_manifest, write_manifest
+    from adapters.package import (
+        AttentionMode,
+        BaseModelRef,
+        TaskKind,
+        build_manifest,
+        write_manifest,
+    )
 
     kind = TaskKind(task)
     model_class, task_type = {
@@ -135,24 +141,25 @@ def write_classifier_adapter(
     (folder / "README.md").unlink(missing_ok=True)  # not a package file
     base = BaseModelRef(name=base_dir.name, weights_sha256=weights_sha256(base_dir))
     write_manifest(folder, build_manifest(folder, task=kind, labels=list(labels),
-                                          base_model=base))
+                                          base_model=base, attention=AttentionMode(attention)))
     return folder
 
 
 @pytest.fixture
 def make_classifier_adapter(tiny_base_dir: Path, tmp_path: Path) -> AdapterFactory:
     """Factory: ``make_classifier_adapter(name, task="seq-cls"|"token-cls", labels=[...],
-    seed=..., rank=..., targets=..., root=...)`` -> a complete classification package in
+    seed=..., rank=..., targets=..., attention=..., root=...)`` -> a complete classification
+    package in
     ``tmp_path/adapters/name`` (the folder ``live_server`` serves) unless ``root`` is given.
     Labels default to :data:`DEFAULT_CLASSIFIER_LABELS` of the task."""
 
     def factory(name: str, *, task: str = "seq-cls", labels: Sequence[str] | None = None,
                 seed: int = 0, rank: int = 4, targets: Sequence[str] = ("q_proj", "v_proj"),
-                root: Path | None = None) -> Path:
+                attention: str = "causal", root: Path | None = None) -> Path:
         folder = (root or tmp_path / "adapters") / name
         return write_classifier_adapter(
             tiny_base_dir, folder, task=task,
             labels=labels if labels is not None else DEFAULT_CLASSIFIER_LABELS[task],
-            seed=seed, rank=rank, targets=targets)
+            seed=seed, rank=rank, targets=targets, attention=attention)
 
     return factory

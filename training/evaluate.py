@@ -10,7 +10,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual alias
 
 from adapters.package import TaskKind
 from training.metrics import classification_metrics, entity_metrics, lm_metrics
-from training.tasks import IGNORE, Encoded, TaskModel, collate, set_inference
+from training.tasks import IGNORE, Encoded, TaskModel, collate, model_inputs, set_inference
 
 
 @dataclass
@@ -41,7 +41,7 @@ def task_loss(task: TaskKind, logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 def forward_logits(task_model: TaskModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits of the adapted model for a collated batch."""
-    out = task_model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = task_model.model(**model_inputs(task_model, batch))
     return out.logits  # type: ignore[no-any-return]
 
 

@@ -45,6 +45,26 @@ class TaskModel:
     model: Any  # peft.PeftModel
     backbone: Any  # the LlamaModel shared with the base causal LM
     quantized: bool
+    bidirectional: bool = False
+
+
+def bidirectional_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A 4D boolean mask ``[batch, 1, query, key]``: every query sees every real key.
+
+    transformers uses a 4D mask as given instead of building its causal one. Padded
+    queries also see the real keys, so no row is all-masked (which would give NaN).
+    """
+    keys = attention_mask.bool()[:, None, None, :]
+    width = attention_mask.shape[1]
+    return keys.expand(attention_mask.shape[0], 1, width, width)
+
+
+def model_inputs(task_model: TaskModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``input_ids`` and the attention mask the adapter trains with."""
+    mask = batch["attention_mask"]
+    if task_model.bidirectional:
+        mask = bidirectional_mask(mask)
+    return {"input_ids": batch["input_ids"], "attention_mask": mask}
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -230,7 +250,8 @@ def build_task_model(cfg: TrainConfig, loaded: LoadedBaseModel,
     # Never call eval(): on an nf4 CPU base it repacks weights and gradients stop (see
     # adapters.base_model); evaluation switches dropout off instead (set_inference).
     peft_model.train()
-    return TaskModel(peft_model, loaded.model.model, quantized=cfg.qlora)
+    return TaskModel(peft_model, loaded.model.model, quantized=cfg.qlora,
+                     bidirectional=cfg.bidirectional)
 
 
 def set_inference(model: nn.Module, inference: bool) -> None:

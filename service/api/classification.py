@@ -71,6 +71,38 @@ def split_tag(tag: str) -> tuple[str, str | None]:
     return "I", tag
 
 
+# Characters that never open (close) a name: trimmed from a span's start (end). Raw text
+# glues punctuation to words ("coli (APC)"), while tagging corpora (CoNLL) space it out,
+# so a tagger often extends a span over the sub-token that carries the punctuation.
+_NOT_AT_START = set(",.;:!?-)]}")
+_NOT_AT_END = set(",.;:!?-([{")
+_BRACKETS = {"(": ")", "[": "]", "{": "}"}
+
+
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``start, end`` without edge whitespace, edge punctuation and unbalanced brackets.
+
+    A leading opening bracket stays when the span also closes it, and a trailing closing
+    bracket stays when the span opened it (``"Wiskott-Aldrich syndrome (WAS)"``).
+    """
+    while True:
+        before = (start, end)
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start < end and (text[start] in _NOT_AT_START or (
+                text[start] in _BRACKETS and _BRACKETS[text[start]] not in text[start:end])):
+            start += 1
+        if end > start and (text[end - 1] in _NOT_AT_END or (
+                text[end - 1] in _BRACKETS.values()
+                and not any(o in text[start:end] for o, c in _BRACKETS.items()
+                            if c == text[end - 1]))):
+            end -= 1
+        if (start, end) == before:
+            return start, end
+
+
 @dataclass
 class _Span:
     label: str
@@ -86,8 +118,9 @@ def merge_entities(text: str, offsets: list[tuple[int, int]], tags: list[str],
     B-X (or S-X) starts a span; I-X (or E-X) continues a span of type X and starts a new
     one after O or after another type; a span ends after E-X or S-X. Tokens that cover no
     characters (special tokens) end a span. ``start`` skips the leading whitespace that
-    byte-level BPE tokens carry (the 'Ġ' space), so ``text == input[start:end]`` is the
-    entity itself. ``score`` is the mean probability of the span's token tags.
+    byte-level BPE tokens carry (the 'Ġ' space), and the span is trimmed of edge
+    punctuation (:func:`trim_span`), so ``text == input[start:end]`` is the entity itself.
+    ``score`` is the mean probability of the span's token tags.
     """
     spans: list[_Span] = []
     current: _Span | None = None
@@ -105,13 +138,11 @@ def merge_entities(text: str, offsets: list[tuple[int, int]], tags: list[str],
             current = None
     entities: list[Entity] = []
     for span in spans:
-        start = span.start
-        while start < span.end and text[start].isspace():
-            start += 1
-        if start == span.end:
-            continue  # whitespace only: nothing to label
-        entities.append(Entity(text=text[start:span.end], label=span.label, start=start,
-                               end=span.end, score=sum(span.scores) / len(span.scores)))
+        start, end = trim_span(text, span.start, span.end)
+        if start == end:
+            continue  # whitespace or punctuation only: nothing to label
+        entities.append(Entity(text=text[start:end], label=span.label, start=start,
+                               end=end, score=sum(span.scores) / len(span.scores)))
     return entities
 
 

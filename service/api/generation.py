@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from adapters.errors import AdapterValidationError, InvalidRequestError
 from adapters.lora_format import LoraAdapterWeights
-from adapters.package import TaskKind
+from adapters.package import AttentionMode, TaskKind
 from service.adapter_source import AdapterResolver, ResolvedAdapter
 from service.engine.classify import (
     ClassificationRequest,
@@ -32,6 +32,7 @@ class ResolvedTarget:
     weights: LoraAdapterWeights | None
     task: TaskKind = TaskKind.CAUSAL_LM
     labels: tuple[str, ...] | None = None
+    attention: AttentionMode = AttentionMode.CAUSAL
 
     @property
     def label(self) -> str:
@@ -153,7 +154,8 @@ class GenerationService:
         if name is None or resolved is None:
             return ResolvedTarget(None, None, None)
         weights = await self.engine.adapter_weights(resolved.key, resolved.read)
-        return ResolvedTarget(name, resolved.key, weights, resolved.task, resolved.labels)
+        return ResolvedTarget(name, resolved.key, weights, resolved.task, resolved.labels,
+                              resolved.attention)
 
     async def resolve(self, name: str | None) -> ResolvedTarget:
         """The target for an adapter name (None = the base model)."""
@@ -195,7 +197,7 @@ class GenerationService:
                 request = ClassificationRequest(
                     request_id=f"{request_id}-{index}", prompt_ids=prompt, task=target.task,
                     adapter=target.key, adapter_weights=target.weights,
-                    fairness_key=fairness_key,
+                    fairness_key=fairness_key, attention=target.attention,
                 )
                 streams.append(self.engine.classify(request))
                 self.metrics.prompt_tokens.labels(target.label).inc(len(prompt))

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.package import SAFE_NAME, TaskKind
+from adapters.package import SAFE_NAME, AttentionMode, TaskKind
 
 
 class TenantPolicyBody(BaseModel):
@@ -73,6 +73,7 @@ class AdapterVersionInfo(BaseModel):
     active: bool
     task: TaskKind
     labels: list[str] | None
+    attention: AttentionMode
     base_model: dict[str, str]
     lora: dict[str, Any]
     metrics: dict[str, float]

@@ -13,6 +13,10 @@ transformers' ``LlamaForSequenceClassification`` / ``LlamaForTokenClassification
   model's pad token (the last token of an un-padded input), exactly transformers' pooling;
 * token-cls applies the head (with its bias) to every token.
 
+An adapter trained with ``attention: bidirectional`` (see :class:`AttentionMode`) runs its
+row of the batch without the causal mask: every token attends to every real token of its
+own input. Other rows of the same forward pass keep the causal mask.
+
 Probabilities are a float32 softmax over the head's float32 logits.
 """
 
@@ -27,7 +31,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
 from adapters.errors import AdapterIncompatibleError, AdapterValidationError, LoraswapError
 from adapters.lora_format import ClassificationHead, LoraAdapterWeights
-from adapters.package import TaskKind
+from adapters.package import AttentionMode, TaskKind
 from service.engine.observer import EngineObserver
 from service.engine.residency import AdapterKey, LoraSlotManager
 from service.engine.runner import LlamaRunner
@@ -55,6 +59,7 @@ class ClassificationRequest:
     # Requests sharing a fairness key share one turn of the round-robin admission.
     fairness_key: str = "default"
     arrived_at: float = field(default_factory=time.perf_counter)
+    attention: AttentionMode = AttentionMode.CAUSAL
 
     def __post_init__(self) -> None:
         if not self.task.has_labels:
@@ -178,8 +183,10 @@ class BatchClassifier:
     def run(self, items: list[PendingClassification]) -> None:
         """One forward pass over every item (slots already acquired); deliver the results."""
         with torch.inference_mode():
-            hidden = self._runner.encode([i.request.prompt_ids for i in items],
-                                         [i.slot for i in items])
+            hidden = self._runner.encode(
+                [i.request.prompt_ids for i in items], [i.slot for i in items],
+                bidirectional=[i.request.attention is AttentionMode.BIDIRECTIONAL
+                               for i in items])
             probs = [self._probs(hidden[row], item) for row, item in enumerate(items)]
         for item, rows in zip(items, probs, strict=True):
             result = ClassificationResult(probs=rows, prompt_tokens=len(item.request.prompt_ids))

@@ -168,14 +168,21 @@ class LlamaRunner:
         return self._logits(last)
 
     @torch.inference_mode()
-    def encode(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+    def encode(self, prompts: list[list[int]], slots: list[int],
+               bidirectional: list[bool] | None = None) -> torch.Tensor:
         """Final-normed hidden states ``[prompts, max_len, hidden]`` of whole prompts.
 
         The prefill forward with each prompt's LoRA slot, but attention runs on the step's
         own keys and values: nothing is written to the KV cache, so a prompt-only request
         (classification) needs no cache row. Positions past a prompt's length are padding.
+        Rows flagged in ``bidirectional`` attend to every real token of their prompt, not
+        only to earlier ones.
         """
-        tokens, positions, mask, _ = self._padded(prompts)
+        tokens, positions, mask, lengths = self._padded(prompts)
+        if bidirectional is not None and any(bidirectional):
+            rows = torch.tensor(bidirectional, dtype=torch.bool, device=self.device)
+            key_valid = (positions < lengths[:, None])[:, None, None, :]
+            mask = torch.where(rows[:, None, None, None], key_valid, mask)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)

@@ -229,6 +229,10 @@ def _task_mismatch(folder: Path) -> None:
     seal(folder, task="seq-cls", labels=["a", "b"])
 
 
+def _bidirectional_generator(folder: Path) -> None:
+    seal(folder, attention="bidirectional")
+
+
 TENSOR_RULES: list[tuple[str, Breaker, type[LoraswapError], str]] = [
     ("base sha", _wrong_base_sha, AdapterIncompatibleError,
      r"weights sha256 0{64}\), but this server runs .*weights sha256 [0-9a-f]{64}"),
@@ -246,6 +250,8 @@ TENSOR_RULES: list[tuple[str, Breaker, type[LoraswapError], str]] = [
     ("summary alpha", _summary_alpha, AdapterValidationError, "alpha 3.0 != 8.0"),
     ("task mismatch", _task_mismatch, AdapterValidationError,
      "says task seq-cls, but adapter_config.json has task_type 'CAUSAL_LM'"),
+    ("bidirectional generator", _bidirectional_generator, AdapterValidationError,
+     "attention 'bidirectional' is for seq-cls and token-cls adapters"),
 ]
 
 

@@ -22,11 +22,12 @@ from transformers import (
     AutoTokenizer,
 )
 
-from adapters.package import read_manifest
+from adapters.package import AttentionMode, read_manifest
 from service.api.classification import merge_entities
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
 from training.config import build_config
 from training.runner import run_training
+from training.tasks import bidirectional_mask
 
 SEQ_TEXTS = ["the quick brown fox 3", "capital of france 7", "name three primary colors"]
 NER_TEXT = "the zzqxv disease of the dog"
@@ -114,8 +115,12 @@ def test_trained_token_cls_adapter_matches_peft(server: LiveServer, trained: dic
                   num_labels=len(labels))
     encoded = tokenizer(NER_TEXT, return_offsets_mapping=True, return_tensors="pt")
     offsets = [tuple(pair) for pair in encoded.pop("offset_mapping")[0].tolist()]
+    # token-cls trains with bidirectional attention by default; PEFT gets the same mask.
+    assert read_manifest(package).attention is AttentionMode.BIDIRECTIONAL
+    mask = bidirectional_mask(encoded["attention_mask"])
     with torch.no_grad():
-        probs = torch.softmax(model(**encoded).logits[0].float(), -1)
+        logits = model(input_ids=encoded["input_ids"], attention_mask=mask).logits[0]
+        probs = torch.softmax(logits.float(), -1)
     best = probs.argmax(-1).tolist()
     expected = merge_entities(NER_TEXT, offsets, [labels[i] for i in best],
                               [float(probs[t, i]) for t, i in enumerate(best)])

@@ -128,3 +128,9 @@ def test_invalid_settings_name_the_field() -> None:
     with pytest.raises(ConfigurationError, match=r"unknown LoRA target.*qproj"):
         build_config({}, {"task": "seq-cls", "data": "d.csv", "output": "o",
                           "lora_targets": ["qproj"]})
+
+
+def test_bidirectional_attention_is_refused_for_generation() -> None:
+    with pytest.raises(ConfigurationError, match=r"attention 'bidirectional'.*causal-lm"):
+        build_config({}, {"task": "causal-lm", "data": "d.jsonl", "output": "o",
+                          "attention": "bidirectional"})

@@ -14,10 +14,11 @@ from training.zeroshot import label_scores, zero_shot_metrics
 def test_every_run_is_a_loraswap_train_line_reading_the_shared_data(tmp_path: Path) -> None:
     data = Path("/data/shared")
     lines = [command_line(run) for run in runs(data, tmp_path)]
-    assert len(lines) == 6
+    assert len(lines) == 7
     assert all(line.startswith("loraswap train --task ") for line in lines)
     assert all(str(data) in line and f"--output {tmp_path}/" in line for line in lines)
     assert sum("--qlora" in line for line in lines) == 1
+    assert sum("--attention causal" in line for line in lines) == 1
 
 
 def test_zero_shot_prefers_the_likelier_label(tiny_base_dir: Path) -> None:

@@ -10,7 +10,13 @@ import pytest
 
 from adapters.base_model import weights_sha256
 from adapters.lora_format import read_lora_adapter
-from adapters.package import PROFILE_FILE, TaskKind, package_file_digests, read_manifest
+from adapters.package import (
+    PROFILE_FILE,
+    AttentionMode,
+    TaskKind,
+    package_file_digests,
+    read_manifest,
+)
 from training.config import TrainConfig
 from training.runner import run_training
 
@@ -39,6 +45,9 @@ def test_package_is_complete_and_readable(
     manifest = read_manifest(folder)
     assert manifest.task == TaskKind(task)
     assert manifest.labels == labels
+    # A tagger sees the words after the one it labels; the others keep the causal mask.
+    assert manifest.attention is (AttentionMode.BIDIRECTIONAL if task == "token-cls"
+                                  else AttentionMode.CAUSAL)
     assert (manifest.tenant, manifest.name) == ("acme", "my-adapter")
     assert manifest.base_model.weights_sha256 == weights_sha256(tiny_base_dir)
     assert (manifest.lora.r, manifest.lora.alpha) == (16, 32.0)

@@ -198,6 +198,24 @@ def test_bio_tags_merge_into_spans_without_the_leading_space() -> None:
         ("John", "PER", 0, 4, 0.9), ("New York", "LOC", 14, 22, pytest.approx(0.5))]
 
 
+def test_spans_drop_edge_punctuation_that_raw_text_glues_to_words() -> None:
+    text = "polyposis coli (APC) tumour-suppressor, and Wiskott-Aldrich syndrome (WAS)."
+    # SmolLM2's pieces: poly|pos|is| coli| (|AP|C|)| tumour|-|supp|ressor|,| and| W|isk|ott|-|
+    # A|ld|rich| syndrome| (|W|AS|). - the tagger also marks pieces that carry punctuation.
+    offsets = [(0, 4), (4, 7), (7, 9), (9, 14), (14, 16), (16, 18), (18, 19), (19, 20),
+               (20, 27), (27, 28), (28, 32), (32, 38), (38, 39), (39, 43), (43, 45), (45, 48),
+               (48, 51), (51, 52), (52, 53), (53, 55), (55, 59), (59, 68), (68, 70), (70, 71),
+               (71, 73), (73, 75)]
+    tags = ["B-D", "I-D", "I-D", "I-D", "I-D", "B-D", "I-D", "I-D", "B-D", "I-D", "O", "O",
+            "I-D", "O", "B-D", *["I-D"] * 11]
+    found = [(e.text, e.start, e.end)
+             for e in merge_entities(text, offsets, tags, [1.0] * len(tags))]
+    assert found == [("polyposis coli", 0, 14), ("APC", 16, 19), ("tumour", 21, 27),
+                     ("Wiskott-Aldrich syndrome (WAS)", 44, 74)]
+    for entity_text, start, end in found:
+        assert text[start:end] == entity_text
+
+
 def test_lenient_bio_rules() -> None:
     # I-X after O starts a span; I-X after another type starts a new span.
     assert spans(["I-PER", "O", "O", "I-LOC", "I-LOC"]) == [

@@ -20,7 +20,7 @@ from transformers import (
 
 from adapters.errors import OverloadedError, RequestCancelledError
 from adapters.lora_format import read_lora_adapter
-from adapters.package import TaskKind
+from adapters.package import AttentionMode, TaskKind, read_manifest
 from service.engine.classify import (
     ClassificationRequest,
     ClassificationResult,
@@ -48,12 +48,18 @@ def adapters(make_classifier_adapter, make_adapter) -> dict[str, Path]:  # type:
                                          rank=8, targets=ALL_TARGETS),
         "ner": make_classifier_adapter("ner", task="token-cls", seed=3,
                                        targets=("q_proj", "k_proj", "o_proj", "down_proj")),
+        "ner-both-ways": make_classifier_adapter("ner-both-ways", task="token-cls", seed=5,
+                                                 attention="bidirectional"),
         "writer": make_adapter("writer", rank=4, seed=4),
     }
 
 
 def task_of(folder: Path) -> TaskKind:
     return TaskKind(json.loads((folder / "loraswap.json").read_text())["task"])
+
+
+def attention_of(folder: Path) -> AttentionMode:
+    return read_manifest(folder).attention
 
 
 @cache
@@ -80,8 +86,13 @@ def peft_probs(base_dir: Path, folder: Path, prompt: list[int], lora: bool = Tru
                ) -> torch.Tensor:
     """PEFT's softmax: [num_labels] for seq-cls, [tokens, num_labels] for token-cls."""
     model = peft_model(base_dir, folder, lora)
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+    if attention_of(folder) is AttentionMode.BIDIRECTIONAL:
+        # transformers uses a 4D mask as given: every token sees every token.
+        mask = mask.bool()[:, None, None, :].expand(1, 1, len(prompt), len(prompt))
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([prompt])).logits[0]
+        logits = model(input_ids=ids, attention_mask=mask).logits[0]
     return torch.softmax(logits.float(), dim=-1)
 
 
@@ -108,7 +119,7 @@ async def submit_classify(engine: LoraEngine, name: str, folder: Path, prompt: l
     weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder, name))
     return engine.classify(ClassificationRequest(
         request_id=rid, prompt_ids=prompt, task=task_of(folder), adapter=key,
-        adapter_weights=weights, fairness_key=name))
+        adapter_weights=weights, fairness_key=name, attention=attention_of(folder)))
 
 
 async def results_of(streams: list[ClassificationStream]) -> list[ClassificationResult]:
@@ -132,11 +143,12 @@ async def submit_generate(engine: LoraEngine, folder: Path, prompt: list[int],
 def count_encodes(engine: LoraEngine) -> list[int]:
     """Record how many prompts each classification forward pass carries."""
     calls: list[int] = []
-    encode: Callable[[list[list[int]], list[int]], torch.Tensor] = engine.runner.encode
+    encode: Callable[..., torch.Tensor] = engine.runner.encode
 
-    def counting(prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+    def counting(prompts: list[list[int]], slots: list[int],
+                 bidirectional: list[bool] | None = None) -> torch.Tensor:
         calls.append(len(prompts))
-        return encode(prompts, slots)
+        return encode(prompts, slots, bidirectional)
 
     engine.runner.encode = counting  # type: ignore[method-assign]
     return calls
@@ -154,12 +166,14 @@ def assert_matches_peft(base_dir: Path, folder: Path, prompt: list[int],
 
 
 async def test_mixed_batch_matches_peft(tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
-    """Two seq-cls adapters, a token-cls adapter and a generation, all submitted at once:
-    every classification runs in one forward pass in the first step and equals PEFT's
-    probabilities; the generation equals PEFT's greedy output."""
-    engine = make_engine(tiny_base_dir)
+    """Two seq-cls adapters, a causal and a bidirectional token-cls adapter and a
+    generation, all submitted at once: every classification runs in one forward pass in the
+    first step and equals PEFT's probabilities (each with its own attention mask); the
+    generation equals PEFT's greedy output."""
+    engine = make_engine(tiny_base_dir, max_loras=5)
     calls = count_encodes(engine)
-    jobs = [(name, prompt) for name in ("sentiment", "topic", "ner") for prompt in PROMPTS]
+    jobs = [(name, prompt) for name in ("sentiment", "topic", "ner", "ner-both-ways")
+            for prompt in PROMPTS]
     generation = await submit_generate(engine, adapters["writer"], PROMPTS[0])
     pending = [await submit_classify(engine, n, adapters[n], p, f"c{i}")
                for i, (n, p) in enumerate(jobs)]
@@ -174,7 +188,7 @@ async def test_mixed_batch_matches_peft(tiny_base_dir: Path, adapters: dict[str,
         assert_matches_peft(tiny_base_dir, adapters[name], prompt, result)
     assert tokens == peft_greedy(tiny_base_dir, adapters["writer"], PROMPTS[0])
     # The LoRA factors matter far beyond the tolerance (the head alone would not match).
-    for name in ("sentiment", "topic", "ner"):
+    for name in ("sentiment", "topic", "ner", "ner-both-ways"):
         with_lora = peft_probs(tiny_base_dir, adapters[name], PROMPTS[2])
         head_only = peft_probs(tiny_base_dir, adapters[name], PROMPTS[2], lora=False)
         assert (with_lora - head_only).abs().max() > 1e-3, name
@@ -248,6 +262,26 @@ async def test_queue_limit_and_cancellation_apply_to_classification(
         assert_matches_peft(tiny_base_dir, adapters["ner"], PROMPTS[1], await kept.result())
     finally:
         engine.stop()
+
+
+async def test_bidirectional_tagger_sees_later_tokens(tiny_base_dir: Path,
+                                                     adapters: dict[str, Path]) -> None:
+    """Changing the last token changes a bidirectional tagger's answer for the first token,
+    never a causal tagger's: the two share one forward pass and keep their own masks."""
+    engine = make_engine(tiny_base_dir, max_loras=5)
+    prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 60]]
+    engine.start()
+    try:
+        pending = [await submit_classify(engine, name, adapters[name], prompt, f"{name}{i}")
+                   for name in ("ner", "ner-both-ways") for i, prompt in enumerate(prompts)]
+        causal_a, causal_b, both_a, both_b = await results_of(pending)
+    finally:
+        engine.stop()
+    first = slice(0, 4)  # every token but the one that differs
+    torch.testing.assert_close(torch.tensor(causal_a.probs[first]),
+                               torch.tensor(causal_b.probs[first]), atol=1e-6, rtol=0)
+    gap = (torch.tensor(both_a.probs[0]) - torch.tensor(both_b.probs[0])).abs().max()
+    assert gap > 1e-4
 
 
 def test_pooling_skips_trailing_pad_tokens_like_transformers() -> None:

@@ -44,16 +44,33 @@ class _TenantUsage:
 
 
 class Lease:
-    """One admitted request; :meth:`release` exactly once when it is finished."""
+    """One admitted request; :meth:`release` exactly once when it is finished.
+
+    As a context manager it is released when the block ends, unless the block handed it
+    to a streamed answer (:meth:`hand_to`), which then releases it when the stream ends.
+    """
 
     def __init__(self, release: Callable[[], None] | None) -> None:
         self._release = release
+        self._handed_off = False
 
     def release(self) -> None:
         """Give the concurrency slot back (idempotent)."""
         if self._release is not None:
             release, self._release = self._release, None
             release()
+
+    def hand_to(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+        """``stream``, now owning the lease: released when it ends or is dropped."""
+        self._handed_off = True
+        return release_after(stream, self)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._handed_off:
+            self.release()
 
 
 class TenantLimiter:

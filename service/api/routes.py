@@ -11,7 +11,6 @@ from service.api.deps import PredictServiceDep, StateDep, TenantDep
 from service.api.disconnect import until_disconnect
 from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse, ReadyResponse
 from service.auth import check_access, fairness_key
-from service.limits import release_after
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422, 429, 503)
@@ -56,16 +55,10 @@ async def predict(body: PredictRequest, request: Request, tenant: TenantDep, sta
     """
     request.state.adapter = body.adapter or "base"
     check_access(tenant, body.adapter)
-    lease = state.limiter.admit(tenant)
-    streaming = False
-    try:
+    with state.limiter.admit(tenant) as lease:
         prepared = await service.prepare(body, fairness_key=fairness_key(
             tenant, body.adapter or "base"))
         if body.stream:
-            streaming = True  # the stream releases the lease when it ends
-            return StreamingResponse(release_after(prepared.sse(), lease),
+            return StreamingResponse(lease.hand_to(prepared.sse()),
                                      media_type="text/event-stream")
         return await until_disconnect(request, prepared.collect())
-    finally:
-        if not streaming:
-            lease.release()

@@ -19,7 +19,7 @@ from service.api.protocol_openai import (
     ModelList,
 )
 from service.api.serving_openai import PreparedOpenAI
-from service.limits import Lease, release_after
+from service.limits import Lease
 
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": "OpenAI error body: {error: {message, type, param, code}}"}
@@ -33,17 +33,13 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def _answer(prepare: Awaitable[PreparedOpenAI], request: Request, stream: bool | None,
                   lease: Lease) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
     """Run a prepared request; ``lease`` is released when the answer is complete."""
-    held: Lease | None = lease
-    try:
+    with lease:
         prepared = await prepare
         request.state.adapter = prepared.target.label
         if stream:
-            body, held = release_after(prepared.sse(request), lease), None
-            return StreamingResponse(body, media_type="text/event-stream")
+            return StreamingResponse(lease.hand_to(prepared.sse(request)),
+                                     media_type="text/event-stream")
         return await until_disconnect(request, prepared.collect())
-    finally:
-        if held is not None:
-            held.release()
 
 
 @router.get("/models", response_model=ModelList, responses=OPENAI_ERRORS)

@@ -259,6 +259,32 @@ def test_concurrency_limit_answers_429(server: LiveServer) -> None:
     assert predict(server, key, None)["outputs"][0]["tokens"] == 8
 
 
+def test_every_kind_of_answer_gives_the_concurrency_slot_back(server: LiveServer) -> None:
+    """With max_concurrent=1, each request below would be refused (429) if any earlier one
+    had kept its slot: streamed and plain answers, native and OpenAI, and refusals."""
+    key = create_tenant(server, "acme", max_concurrent=1)
+    headers = _bearer(key)
+    short = {"max_new_tokens": 2, "ignore_eos": True}
+    calls: list[tuple[str, dict[str, Any], int]] = [
+        ("/v1/predict", {"inputs": "hi", "parameters": short, "stream": True}, 200),
+        ("/v1/predict", {"inputs": "hi", "parameters": short}, 200),
+        ("/v1/predict", {"adapter": "acme/missing", "inputs": "hi"}, 404),
+        ("/v1/completions", {"model": "base", "prompt": "hi", "max_tokens": 2,
+                             "stream": True}, 200),
+        ("/v1/chat/completions", {"model": "base", "max_tokens": 2,
+                                  "messages": [{"role": "user", "content": "hi"}]}, 200),
+        ("/v1/chat/completions", {"model": "acme/missing",
+                                  "messages": [{"role": "user", "content": "hi"}]}, 404),
+        ("/v1/predict", {"inputs": "hi", "parameters": short}, 200),
+    ]
+    for path, body, status in calls:
+        response = server.client.post(path, headers=headers, json=body, timeout=60)
+        assert response.status_code == status, (path, response.text)
+        if body.get("stream"):  # the whole stream was read: its last event came
+            assert response.text.rstrip().endswith(("data: [DONE]", "}")), response.text
+            assert "event: done" in response.text or "data: [DONE]" in response.text
+
+
 def test_openapi_documents_the_admin_api(server: LiveServer) -> None:
     paths = server.client.get("/openapi.json").json()["paths"]
     for path in ("/admin/tenants", "/admin/tenants/{tenant}/keys/rotate",

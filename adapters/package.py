@@ -74,6 +74,18 @@ class AttentionMode(StrEnum):
     BIDIRECTIONAL = "bidirectional"
 
 
+class TextSplit(StrEnum):
+    """How a token-cls adapter's input text is rendered before tokenization.
+
+    ``none``: tokenized as sent. ``words``: split into words and punctuation marks and
+    joined with single spaces (:mod:`adapters.words`), as the adapter's training corpus was;
+    entity offsets still refer to the text as sent.
+    """
+
+    NONE = "none"
+    WORDS = "words"
+
+
 class BaseModelRef(BaseModel):
     """The base model an adapter was trained on: its name and weights fingerprint."""
 
@@ -107,6 +119,8 @@ class AdapterManifest(BaseModel):
     labels: list[str] | None = Field(default=None, description="Class names, in head order.")
     attention: AttentionMode = Field(
         default=AttentionMode.CAUSAL, description="Attention mask the adapter was trained with.")
+    text_split: TextSplit = Field(
+        default=TextSplit.NONE, description="How token-cls input text is split into words.")
     base_model: BaseModelRef
     lora: LoraSummary
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -153,6 +167,9 @@ class AdapterManifest(BaseModel):
         if self.attention is AttentionMode.BIDIRECTIONAL and not self.task.has_labels:
             raise ValueError("attention 'bidirectional' is for seq-cls and token-cls adapters; "
                              "a causal-lm adapter generates and needs 'causal'")
+        if self.text_split is not TextSplit.NONE and self.task is not TaskKind.TOKEN_CLS:
+            raise ValueError(f"text_split {self.text_split.value!r} is for token-cls "
+                             f"adapters; a {self.task} adapter reads its text as sent")
         return self
 
     def to_json(self) -> str:
@@ -208,7 +225,8 @@ def build_manifest(folder: Path, *, task: TaskKind, base_model: BaseModelRef,
                    labels: list[str] | None = None, metrics: dict[str, float] | None = None,
                    training: dict[str, Any] | None = None, tenant: str | None = None,
                    name: str | None = None,
-                   attention: AttentionMode = AttentionMode.CAUSAL) -> AdapterManifest:
+                   attention: AttentionMode = AttentionMode.CAUSAL,
+                   text_split: TextSplit = TextSplit.NONE) -> AdapterManifest:
     """A manifest for the PEFT adapter in ``folder`` (LoRA summary from its config, file
     digests from its files); write it with :func:`write_manifest`."""
     try:
@@ -223,6 +241,6 @@ def build_manifest(folder: Path, *, task: TaskKind, base_model: BaseModelRef,
     )
     return AdapterManifest(
         tenant=tenant, name=name, task=task, labels=labels, attention=attention,
-        base_model=base_model, lora=lora,
+        text_split=text_split, base_model=base_model, lora=lora,
         metrics=metrics or {}, training=training or {}, files=package_file_digests(folder),
     )

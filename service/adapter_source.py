@@ -23,6 +23,7 @@ from adapters.package import (
     SAFE_NAME_RULE,
     AttentionMode,
     TaskKind,
+    TextSplit,
     read_manifest,
 )
 from adapters.registry import AdapterRegistry
@@ -41,6 +42,7 @@ class ResolvedAdapter:
     # Class names in head order (seq-cls / token-cls); None: "LABEL_<i>".
     labels: tuple[str, ...] | None = None
     attention: AttentionMode = AttentionMode.CAUSAL
+    text_split: TextSplit = TextSplit.NONE
 
 
 @dataclass(frozen=True)
@@ -88,15 +90,16 @@ class _Traits:
     task: TaskKind = TaskKind.CAUSAL_LM
     labels: tuple[str, ...] | None = None
     attention: AttentionMode = AttentionMode.CAUSAL
+    text_split: TextSplit = TextSplit.NONE
 
 
 def _traits_of(folder: Path) -> _Traits:
-    """Task, labels and attention: from ``loraswap.json`` when present, else PEFT's
-    ``task_type`` (no labels, causal attention)."""
+    """Task, labels, attention and text split: from ``loraswap.json`` when present, else
+    PEFT's ``task_type`` (no labels, causal attention, text as sent)."""
     if (folder / MANIFEST_FILE).is_file():
         manifest = read_manifest(folder)
         return _Traits(manifest.task, tuple(manifest.labels) if manifest.labels else None,
-                       manifest.attention)
+                       manifest.attention, manifest.text_split)
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -132,7 +135,7 @@ class LocalAdapterDirectory:
         traits = _traits_of(folder)
         return ResolvedAdapter(AdapterKey(name, version), lambda: read_lora_adapter(folder, name),
                                task=traits.task, labels=traits.labels,
-                               attention=traits.attention)
+                               attention=traits.attention, text_split=traits.text_split)
 
     def listing(self, owner: str | None) -> list[AdapterListing]:
         """Every development adapter with its task (the same for every caller)."""
@@ -203,6 +206,7 @@ class RegistryAdapterSource:
             task=manifest.task,
             labels=tuple(manifest.labels) if manifest.labels else None,
             attention=manifest.attention,
+            text_split=manifest.text_split,
         )
 
     def listing(self, owner: str | None) -> list[AdapterListing]:

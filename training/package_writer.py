@@ -19,6 +19,8 @@ from adapters.package import (
     AttentionMode,
     BaseModelRef,
     LoraSummary,
+    TaskKind,
+    TextSplit,
     package_file_digests,
     write_manifest,
 )
@@ -75,6 +77,8 @@ def write_package(folder: Path, peft_model: Any, cfg: TrainConfig, base: BaseMod
         task=cfg.task,
         labels=labels,
         attention=cfg.attention or AttentionMode.CAUSAL,
+        # encode_words splits corpus words as the service splits raw text.
+        text_split=TextSplit.WORDS if cfg.task is TaskKind.TOKEN_CLS else TextSplit.NONE,
         base_model=BaseModelRef(name=base.name, weights_sha256=base.weights_sha256),
         lora=LoraSummary(r=cfg.lora.r, alpha=cfg.lora.alpha, targets=list(cfg.lora.targets),
                          dropout=cfg.lora.dropout),

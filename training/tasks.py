@@ -20,6 +20,7 @@ from torch import nn
 from adapters.base_model import LoadedBaseModel
 from adapters.errors import ConfigurationError
 from adapters.package import TaskKind
+from adapters.words import split_word
 from training.config import TrainConfig
 from training.data import ChatExample, Example, TextExample, TokenExample
 
@@ -83,38 +84,54 @@ def encode_text(tokenizer: Any, example: TextExample, label_ids: dict[str, int],
     return Encoded(list(ids), label_ids[example.label])
 
 
-def _char_words(tokens: Sequence[str]) -> tuple[str, list[int]]:
-    """Words joined by spaces, and for every character the index of its word (-1: space)."""
+@dataclass(frozen=True)
+class _Pieces:
+    """A sentence as the service renders it (``text_split: words``), with the way back."""
+
+    text: str  # the pieces joined by single spaces
+    owner: list[int]  # per character: the index of its corpus word (-1: space)
+
+
+def _pieces(words: Sequence[str]) -> _Pieces:
+    """Every corpus word split as :mod:`adapters.words` splits raw text, then joined."""
+    parts: list[str] = []
     owner: list[int] = []
-    for index, word in enumerate(tokens):
-        if index:
-            owner.append(-1)
-        owner.extend([index] * len(word))
-    return " ".join(tokens), owner
+    for index, word in enumerate(words):
+        for piece in split_word(word):
+            if parts:
+                parts.append(" ")
+                owner.append(-1)
+            parts.append(piece)
+            owner.extend([index] * len(piece))
+    return _Pieces("".join(parts), owner)
 
 
 def encode_words(tokenizer: Any, example: TokenExample, label_ids: dict[str, int],
                  max_length: int) -> Encoded:
     """Tag every sub-token: the word's tag on its first, ``I-X`` after a ``B-X`` start.
 
-    Serving tags each token of raw text, so every sub-token is trained; word-level
-    evaluation reads the first sub-token of each word (``word_starts``).
+    The words are split into pieces exactly as the service splits raw text (``A-T`` ->
+    ``A - T``), so training sees what serving sends. Serving tags each token, so every
+    sub-token is trained; word-level evaluation reads each word's first sub-token
+    (``word_starts``).
     """
-    text, owner = _char_words(example.tokens)
-    enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    pieces = _pieces(example.tokens)
+    enc = tokenizer(pieces.text, truncation=True, max_length=max_length,
+                    return_offsets_mapping=True)
     labels: list[int] = []
     starts: list[int] = []
     previous = -1
     for position, (begin, end) in enumerate(enc["offset_mapping"]):
-        word = next((owner[c] for c in range(begin, end) if owner[c] >= 0), -1)
-        if word < 0:
+        first = next((c for c in range(begin, end) if pieces.owner[c] >= 0), -1)
+        if first < 0:
             labels.append(IGNORE)  # special tokens and bare spaces
             continue
+        word = pieces.owner[first]
         tag = example.tags[word]
         if word != previous:
             starts.append(position)
         elif tag.startswith("B-"):
-            tag = "I-" + tag[2:]
+            tag = "I-" + tag[2:]  # later sub-tokens and pieces of a word continue it
         labels.append(label_ids[tag])
         previous = word
     tags = [example.tags[owner_word] for owner_word in range(len(starts))]

@@ -3,7 +3,10 @@
 Tokenization contract: a classification input is tokenized exactly as it is sent, with
 the tokenizer's own ``add_special_tokens`` default and *no* chat template, because the
 trainer tokenizes its training texts the same way (``tokenizer(text)``); any other
-rendering would feed the head token sequences it never saw.
+rendering would feed the head token sequences it never saw. The one exception is a
+token-cls adapter with ``text_split: words``: its text is first split into words and
+punctuation and joined with single spaces (:class:`adapters.words.SplitText`), as its
+training sentences were, and the token offsets are mapped back onto the text as sent.
 
 token-cls answers entities: each token's most probable tag, BIO tags merged into spans
 the way seqeval's default (lenient) mode does, with character offsets from the fast
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.errors import ConfigurationError, InputTooLongError, InvalidRequestError
+from adapters.words import SplitText
 from service.api.prompts import PromptLimits
 from service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
 
@@ -30,13 +34,15 @@ class EncodedInput:
 
 
 def encode_input(tokenizer: Any, text: str, limits: PromptLimits, *, offsets: bool,
-                 ) -> EncodedInput:
-    """Tokenize ``text`` as is (see the module docstring); ``offsets`` for token-cls."""
+                 words: bool = False) -> EncodedInput:
+    """Tokenize ``text`` (see the module docstring); ``offsets`` for token-cls, ``words``
+    for a ``text_split: words`` adapter."""
     if offsets and not getattr(tokenizer, "is_fast", False):
         raise ConfigurationError(
             "token-cls adapters need a fast tokenizer (character offsets); the base model's "
             f"tokenizer {type(tokenizer).__name__} is not one")
-    encoded = tokenizer(text, return_offsets_mapping=offsets)
+    split = SplitText.of(text) if words else None
+    encoded = tokenizer(split.joined if split else text, return_offsets_mapping=offsets)
     ids = [int(i) for i in encoded["input_ids"]]
     if not ids:
         raise InvalidRequestError("the input is empty")
@@ -47,6 +53,8 @@ def encode_input(tokenizer: Any, text: str, limits: PromptLimits, *, offsets: bo
             f"the input has {len(ids)} tokens, more than the limit of {limit} "
             "(LORASWAP_MAX_INPUT_TOKENS)")
     spans = [(int(s), int(e)) for s, e in encoded["offset_mapping"]] if offsets else None
+    if spans is not None and split is not None:
+        spans = [split.original_span(s, e) for s, e in spans]
     return EncodedInput(text=text, ids=ids, offsets=spans)
 
 

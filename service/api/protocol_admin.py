@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.package import SAFE_NAME, AttentionMode, TaskKind
+from adapters.package import SAFE_NAME, AttentionMode, TaskKind, TextSplit
 
 
 class TenantPolicyBody(BaseModel):
@@ -74,6 +74,7 @@ class AdapterVersionInfo(BaseModel):
     task: TaskKind
     labels: list[str] | None
     attention: AttentionMode
+    text_split: TextSplit
     base_model: dict[str, str]
     lora: dict[str, Any]
     metrics: dict[str, float]

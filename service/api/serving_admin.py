@@ -53,7 +53,8 @@ def version_info(version: AdapterVersion, active: int | None) -> AdapterVersionI
     m = version.manifest
     return AdapterVersionInfo(
         version=version.version, active=version.version == active, task=m.task,
-        labels=m.labels, attention=m.attention, base_model=m.base_model.model_dump(),
+        labels=m.labels, attention=m.attention, text_split=m.text_split,
+        base_model=m.base_model.model_dump(),
         lora=m.lora.model_dump(), metrics=m.metrics, files=m.files, created_at=m.created_at,
     )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adapters.errors import InvalidRequestError, LoraswapError
-from adapters.package import TaskKind
+from adapters.package import TaskKind, TextSplit
 from service.adapter_source import ResolvedAdapter
 from service.api.classification import EncodedInput, encode_input, sequence_output, token_output
 from service.api.generation import (
@@ -204,8 +204,9 @@ class PredictService:
         texts = check_classification_body(body, adapter, resolved.task)
         tokenizer = self._generation.engine.tokenizer
         offsets = resolved.task is TaskKind.TOKEN_CLS
-        inputs = [encode_input(tokenizer, text, self._prompts.limits, offsets=offsets)
-                  for text in texts]
+        words = resolved.text_split is TextSplit.WORDS
+        inputs = [encode_input(tokenizer, text, self._prompts.limits, offsets=offsets,
+                               words=words) for text in texts]
         target = await self._generation.load(adapter, resolved)
         labels = target.class_names()
         request_id = f"pred-{uuid.uuid4().hex[:24]}"

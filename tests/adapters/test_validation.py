@@ -233,6 +233,10 @@ def _bidirectional_generator(folder: Path) -> None:
     seal(folder, attention="bidirectional")
 
 
+def _split_words_for_generator(folder: Path) -> None:
+    seal(folder, text_split="words")
+
+
 TENSOR_RULES: list[tuple[str, Breaker, type[LoraswapError], str]] = [
     ("base sha", _wrong_base_sha, AdapterIncompatibleError,
      r"weights sha256 0{64}\), but this server runs .*weights sha256 [0-9a-f]{64}"),
@@ -252,6 +256,8 @@ TENSOR_RULES: list[tuple[str, Breaker, type[LoraswapError], str]] = [
      "says task seq-cls, but adapter_config.json has task_type 'CAUSAL_LM'"),
     ("bidirectional generator", _bidirectional_generator, AdapterValidationError,
      "attention 'bidirectional' is for seq-cls and token-cls adapters"),
+    ("words split for a generator", _split_words_for_generator, AdapterValidationError,
+     "text_split 'words' is for token-cls adapters; a causal-lm adapter reads its text"),
 ]
 
 

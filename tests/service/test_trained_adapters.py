@@ -22,7 +22,8 @@ from transformers import (
     AutoTokenizer,
 )
 
-from adapters.package import AttentionMode, read_manifest
+from adapters.package import AttentionMode, TextSplit, read_manifest
+from adapters.words import SplitText
 from service.api.classification import merge_entities
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
 from training.config import build_config
@@ -30,7 +31,7 @@ from training.runner import run_training
 from training.tasks import bidirectional_mask
 
 SEQ_TEXTS = ["the quick brown fox 3", "capital of france 7", "name three primary colors"]
-NER_TEXT = "the zzqxv disease of the dog"
+NER_TEXT = "the zzqxv-disease (of) the dog."
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +114,14 @@ def test_trained_token_cls_adapter_matches_peft(server: LiveServer, trained: dic
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
     model = _peft(AutoModelForTokenClassification, tiny_base_dir, package,
                   num_labels=len(labels))
-    encoded = tokenizer(NER_TEXT, return_offsets_mapping=True, return_tensors="pt")
-    offsets = [tuple(pair) for pair in encoded.pop("offset_mapping")[0].tolist()]
-    # token-cls trains with bidirectional attention by default; PEFT gets the same mask.
-    assert read_manifest(package).attention is AttentionMode.BIDIRECTIONAL
+    # token-cls trains with bidirectional attention on text split into words and
+    # punctuation by default; PEFT gets the same mask and the same split text.
+    manifest = read_manifest(package)
+    assert manifest.attention is AttentionMode.BIDIRECTIONAL
+    assert manifest.text_split is TextSplit.WORDS
+    split = SplitText.of(NER_TEXT)
+    encoded = tokenizer(split.joined, return_offsets_mapping=True, return_tensors="pt")
+    offsets = [split.original_span(*pair) for pair in encoded.pop("offset_mapping")[0].tolist()]
     mask = bidirectional_mask(encoded["attention_mask"])
     with torch.no_grad():
         logits = model(input_ids=encoded["input_ids"], attention_mask=mask).logits[0]
@@ -126,6 +131,7 @@ def test_trained_token_cls_adapter_matches_peft(server: LiveServer, trained: dic
                               [float(probs[t, i]) for t, i in enumerate(best)])
     body = _predict(server, "acme/token-cls", NER_TEXT)
     got = body["outputs"][0]["entities"]
+    assert got, "the adapter tags the made-up disease word"
     assert [(e["text"], e["label"], e["start"], e["end"]) for e in got] == [
         (e.text, e.label, e.start, e.end) for e in expected]
     for entity, reference in zip(got, expected, strict=True):

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from adapters.errors import ConfigurationError
 from adapters.package import TaskKind
+from adapters.words import SplitText
 from training.config import build_config, read_config_file
 from training.data import (
     ChatExample,
@@ -97,6 +98,25 @@ def test_every_sub_token_is_labelled_and_words_start_once(tiny_base_dir: Path) -
     assert isinstance(encoded.labels, list)
     assert encoded.labels[start] == 1  # B- on the first sub-token
     assert set(encoded.labels[start + 1:end]) == {2}  # I- on the following ones
+    assert encoded.labels[end] == 0
+
+
+def test_corpus_words_are_split_like_the_service_splits_raw_text(tiny_base_dir: Path) -> None:
+    """A corpus that keeps "A-T(" as one word trains on "A - T (", the rendering the
+    service gives "A-T(" in a request; the word's tag spreads over its pieces."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base_dir))
+    labels = ["O", "B-Disease", "I-Disease"]
+    example = TokenExample(["with", "A-T(", "today"], ["O", "B-Disease", "O"])
+    encoded = encode_words(tokenizer, example, {n: i for i, n in enumerate(labels)}, 64)
+    served = SplitText.of("with A-T( today")
+    assert served.joined == "with A - T ( today"
+    assert encoded.input_ids == tokenizer(served.joined)["input_ids"]
+    assert len(encoded.word_starts) == 3 and encoded.word_tags == example.tags
+    start, end = encoded.word_starts[1], encoded.word_starts[2]
+    assert isinstance(encoded.labels, list)
+    assert encoded.labels[start] == 1
+    assert set(encoded.labels[start + 1:end]) - {IGNORE} == {2}  # bare spaces: no label
+    assert sum(label == 2 for label in encoded.labels[start + 1:end]) >= 3  # -, T, (
     assert encoded.labels[end] == 0
 
 

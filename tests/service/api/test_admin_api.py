@@ -137,7 +137,7 @@ def test_listing_shows_metadata_and_residency(
     assert info["active_version"] == 1 and info["pinned"] is False
     version = info["versions"][0]
     assert version["task"] == "causal-lm" and version["lora"]["r"] == 8
-    assert version["attention"] == "causal"
+    assert (version["attention"], version["text_split"]) == ("causal", "none")
     assert set(version["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
     assert info["residency"] == {"in_slot": [1], "in_host_memory": [1]}
     listed = server.client.get("/admin/adapters?tenant=acme", headers=ADMIN_HEADERS).json()

@@ -5,8 +5,9 @@ NCBI-disease has ``ataxia - telangiectasia ( A - T )`` where a user sends
 ``ataxia-telangiectasia (A-T)``. A tagger trained on the first and served the second sees
 token sequences it never saw. So both sides split text the same way: runs of letters and
 digits, and every other visible character alone, joined again with single spaces.
-Training splits each corpus word (a no-op for corpora already split like this); serving
-splits the raw input and maps the tagger's character offsets back onto it.
+Training splits each sentence's words joined by spaces (a no-op for corpora already split
+like this); serving splits the raw input. Both map token offsets back with
+:meth:`SplitText.original_span`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,6 @@ import re
 from dataclasses import dataclass
 
 WORD_PIECE = re.compile(r"\w+|[^\w\s]")
-
-
-def split_word(word: str) -> list[str]:
-    """The pieces of one corpus word (``"A-T"`` -> ``["A", "-", "T"]``); never empty."""
-    return WORD_PIECE.findall(word) or [word]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from adapters.package import (
     MANIFEST_FILE,
     SAFE_NAME,
     SAFE_NAME_RULE,
+    AdapterManifest,
     AttentionMode,
     TaskKind,
     TextSplit,
@@ -92,14 +93,22 @@ class _Traits:
     attention: AttentionMode = AttentionMode.CAUSAL
     text_split: TextSplit = TextSplit.NONE
 
+    @classmethod
+    def of_manifest(cls, manifest: AdapterManifest) -> _Traits:
+        return cls(manifest.task, tuple(manifest.labels) if manifest.labels else None,
+                   manifest.attention, manifest.text_split)
+
+    def resolved(self, key: AdapterKey, read: Callable[[], LoraAdapterWeights],
+                 ) -> ResolvedAdapter:
+        return ResolvedAdapter(key, read, task=self.task, labels=self.labels,
+                               attention=self.attention, text_split=self.text_split)
+
 
 def _traits_of(folder: Path) -> _Traits:
     """Task, labels, attention and text split: from ``loraswap.json`` when present, else
     PEFT's ``task_type`` (no labels, causal attention, text as sent)."""
     if (folder / MANIFEST_FILE).is_file():
-        manifest = read_manifest(folder)
-        return _Traits(manifest.task, tuple(manifest.labels) if manifest.labels else None,
-                       manifest.attention, manifest.text_split)
+        return _Traits.of_manifest(read_manifest(folder))
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -132,10 +141,8 @@ class LocalAdapterDirectory:
         except FileNotFoundError:
             stat = (folder / CONFIG_FILE).stat()  # read() will name the missing file
         version = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-        traits = _traits_of(folder)
-        return ResolvedAdapter(AdapterKey(name, version), lambda: read_lora_adapter(folder, name),
-                               task=traits.task, labels=traits.labels,
-                               attention=traits.attention, text_split=traits.text_split)
+        return _traits_of(folder).resolved(AdapterKey(name, version),
+                                           lambda: read_lora_adapter(folder, name))
 
     def listing(self, owner: str | None) -> list[AdapterListing]:
         """Every development adapter with its task (the same for every caller)."""
@@ -199,15 +206,8 @@ class RegistryAdapterSource:
             return self.local.resolve(name)
         version = self.registry.active(*parts)
         folder = self.registry.local_folder(version.tenant, version.name, version.version)
-        manifest = version.manifest
-        return ResolvedAdapter(
-            AdapterKey(name, str(version.version)),
-            lambda: read_lora_adapter(folder, name),
-            task=manifest.task,
-            labels=tuple(manifest.labels) if manifest.labels else None,
-            attention=manifest.attention,
-            text_split=manifest.text_split,
-        )
+        return _Traits.of_manifest(version.manifest).resolved(
+            AdapterKey(name, str(version.version)), lambda: read_lora_adapter(folder, name))
 
     def listing(self, owner: str | None) -> list[AdapterListing]:
         """Dev adapters, then ``owner``'s registered adapters that have an active version."""

@@ -20,7 +20,7 @@ from torch import nn
 from adapters.base_model import LoadedBaseModel
 from adapters.errors import ConfigurationError
 from adapters.package import TaskKind
-from adapters.words import split_word
+from adapters.words import SplitText
 from training.config import TrainConfig
 from training.data import ChatExample, Example, TextExample, TokenExample
 
@@ -84,26 +84,14 @@ def encode_text(tokenizer: Any, example: TextExample, label_ids: dict[str, int],
     return Encoded(list(ids), label_ids[example.label])
 
 
-@dataclass(frozen=True)
-class _Pieces:
-    """A sentence as the service renders it (``text_split: words``), with the way back."""
-
-    text: str  # the pieces joined by single spaces
-    owner: list[int]  # per character: the index of its corpus word (-1: space)
-
-
-def _pieces(words: Sequence[str]) -> _Pieces:
-    """Every corpus word split as :mod:`adapters.words` splits raw text, then joined."""
-    parts: list[str] = []
+def _char_words(tokens: Sequence[str]) -> tuple[str, list[int]]:
+    """Words joined by spaces, and for every character the index of its word (-1: space)."""
     owner: list[int] = []
-    for index, word in enumerate(words):
-        for piece in split_word(word):
-            if parts:
-                parts.append(" ")
-                owner.append(-1)
-            parts.append(piece)
-            owner.extend([index] * len(piece))
-    return _Pieces("".join(parts), owner)
+    for index, word in enumerate(tokens):
+        if index:
+            owner.append(-1)
+        owner.extend([index] * len(word))
+    return " ".join(tokens), owner
 
 
 def encode_words(tokenizer: Any, example: TokenExample, label_ids: dict[str, int],
@@ -115,18 +103,19 @@ def encode_words(tokenizer: Any, example: TokenExample, label_ids: dict[str, int
     sub-token is trained; word-level evaluation reads each word's first sub-token
     (``word_starts``).
     """
-    pieces = _pieces(example.tokens)
-    enc = tokenizer(pieces.text, truncation=True, max_length=max_length,
+    text, owner = _char_words(example.tokens)
+    split = SplitText.of(text)  # what the service does to a request's text
+    enc = tokenizer(split.joined, truncation=True, max_length=max_length,
                     return_offsets_mapping=True)
     labels: list[int] = []
     starts: list[int] = []
     previous = -1
     for position, (begin, end) in enumerate(enc["offset_mapping"]):
-        first = next((c for c in range(begin, end) if pieces.owner[c] >= 0), -1)
-        if first < 0:
+        first, last = split.original_span(begin, end)
+        if first == last:
             labels.append(IGNORE)  # special tokens and bare spaces
             continue
-        word = pieces.owner[first]
+        word = owner[first]
         tag = example.tags[word]
         if word != previous:
             starts.append(position)

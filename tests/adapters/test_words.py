@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.words import SplitText, split_word
+from adapters.words import SplitText
 
 
 def test_raw_text_is_rendered_like_a_tagging_corpus() -> None:
@@ -10,7 +10,7 @@ def test_raw_text_is_rendered_like_a_tagging_corpus() -> None:
     split = SplitText.of(text)
     assert split.joined == ("Ataxia - telangiectasia ( A - T ) is a multi - system "
                             "disorder at 11q22 - q23 .")
-    assert split_word("A-T") == ["A", "-", "T"] and split_word("BRCA1") == ["BRCA1"]
+    assert SplitText.of("A-T").joined == "A - T" and SplitText.of("BRCA1").joined == "BRCA1"
     assert SplitText.of("Müller’s naïve").joined == "Müller ’ s naïve"
 
 

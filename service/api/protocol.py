@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.package import TaskKind
+from service.engine.detokenizer import MAX_STOP_CHARS
 
 
 class ChatMessage(BaseModel):
@@ -27,8 +28,10 @@ class PredictParameters(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int | None = Field(default=None, ge=0, description="Seed for reproducible sampling.")
-    stop: list[str] = Field(default_factory=list, max_length=16,
-                            description="Strings that end generation (not included).")
+    stop: list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=16,
+        description=f"Strings that end generation (not included); at most 16, each at most "
+                    f"{MAX_STOP_CHARS} characters.")
     ignore_eos: bool = Field(default=False, description="Keep generating past end-of-sequence.")
 
 

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from service.api.protocol import Usage
+from service.engine.detokenizer import MAX_STOP_CHARS
 
 ModelTask = str
 """What a model does: "causal-lm", "seq-cls" or "token-cls" (``adapters.package.TaskKind``)."""
@@ -79,6 +80,9 @@ class SamplingFields(BaseModel):
     def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 16:
             raise ValueError("at most 16 stop strings")
+        stops = [value] if isinstance(value, str) else value or []
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"each stop string may have at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("logprobs", "logit_bias", "presence_penalty", "frequency_penalty")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+MAX_STOP_CHARS = 256
+"""Longest stop string a request may set (the API refuses longer ones with a 400)."""
+
 
 class Tokenizer(Protocol):
     """The part of a Hugging Face tokenizer the engine needs."""
@@ -12,6 +15,46 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str:
         """Token ids to text."""
         ...
+
+
+@dataclass(frozen=True)
+class StopString:
+    """A stop string with its KMP failure table, so partial matches cost O(its length)."""
+
+    text: str
+    failure: tuple[int, ...]
+    chars: frozenset[str]
+
+    @classmethod
+    def of(cls, text: str) -> StopString:
+        """Precompute the failure table (longest proper border of each prefix)."""
+        failure = [0] * len(text)
+        border = 0
+        for i in range(1, len(text)):
+            while border and text[i] != text[border]:
+                border = failure[border - 1]
+            if text[i] == text[border]:
+                border += 1
+            failure[i] = border
+        return cls(text, tuple(failure), frozenset(text))
+
+    def partial_suffix(self, text: str) -> int:
+        """Length of the longest proper prefix of this stop string that ``text`` ends with.
+
+        One KMP pass over the last ``len(stop) - 1`` characters: linear in the stop
+        string's length, where testing every prefix with ``endswith`` is quadratic.
+        """
+        if len(self.text) < 2 or not text or text[-1] not in self.chars:
+            return 0
+        state = 0
+        for char in text[-(len(self.text) - 1):]:
+            while state and self.text[state] != char:
+                state = self.failure[state - 1]
+            if self.text[state] == char:
+                state += 1
+            if state == len(self.text):  # a whole occurrence: keep the longest proper border
+                state = self.failure[state - 1]
+        return state
 
 
 @dataclass
@@ -28,6 +71,10 @@ class IncrementalText:
     text: str = ""
     emitted: int = 0
     stopped: bool = False
+    _stops: tuple[StopString, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._stops = tuple(StopString.of(s) for s in self.stop)
 
     def add(self, token_id: int, *, final: bool = False) -> str:
         """Append a token; return the text newly safe to show."""
@@ -66,13 +113,7 @@ class IncrementalText:
         return min(positions) if positions else None
 
     def _partial_stop_suffix(self) -> int:
-        longest = 0
-        for stop in self.stop:
-            for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(stop[:size]):
-                    longest = max(longest, size)
-                    break
-        return longest
+        return max((stop.partial_suffix(self.text) for stop in self._stops), default=0)
 
     def _emit(self, upto: int) -> str:
         delta = self.text[self.emitted : upto]

@@ -32,6 +32,7 @@ class EngineConfig:
     max_model_len: int = 2048
     max_prefill_tokens: int = 2048
     max_queue: int = 256
+    max_queue_per_tenant: int | None = None
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -79,6 +80,7 @@ class LoraEngine:
                 max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
                 max_prefill_tokens=config.max_prefill_tokens, max_queue=config.max_queue,
                 stop_token_ids=stop_token_ids(model, tokenizer),
+                max_queue_per_key=config.max_queue_per_tenant,
             ),
             observer, pad_token_id=getattr(model.config, "pad_token_id", None),
         )
@@ -148,6 +150,7 @@ class LoraEngine:
     def cancel(self, stream: RequestStream | ClassificationStream) -> None:
         """Drop a request (client went away)."""
         stream.cancel()
+        self.scheduler.withdraw(stream)
         self.scheduler.kick()
 
     def stats(self) -> dict[str, Any]:

@@ -32,6 +32,27 @@ class FairQueue(Generic[T]):
         self._queues[key].append(item)
         self.size += 1
 
+    def count(self, key: str) -> int:
+        """Items waiting under ``key``."""
+        queue = self._queues.get(key)
+        return len(queue) if queue else 0
+
+    def remove(self, item: T) -> bool:
+        """Take ``item`` out wherever it waits (a cancelled request); False if it is gone."""
+        key = self._key(item)
+        queue = self._queues.get(key)
+        if queue is None:
+            return False
+        try:
+            queue.remove(item)
+        except ValueError:
+            return False
+        self.size -= 1
+        if not queue:
+            del self._queues[key]
+            self._turns.remove(key)
+        return True
+
     def keys_in_turn(self) -> list[str]:
         """Keys with waiting items, next to be served first."""
         return list(self._turns)

@@ -1,4 +1,9 @@
-"""Per-request sampling parameters and next-token selection for a batch of rows."""
+"""Per-request sampling parameters and next-token selection for a batch of rows.
+
+One row's trouble stays in its row: :func:`sample_rows` reports a row whose logits are not
+finite, or whose sampling fails, as that row's error, so the scheduler fails that request
+alone and every other request of the batch goes on.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapters.errors import InvalidRequestError
+from adapters.errors import InvalidRequestError, LoraswapError
+from service.engine.detokenizer import MAX_STOP_CHARS
+
+GREEDY_BELOW = 1e-4
+"""Temperatures below this are greedy decoding: dividing logits by a tiny positive
+temperature overflows float32, and the distribution it asks for is argmax anyway."""
+
+
+class RowFailedError(LoraswapError):
+    """One row of a batch produced no usable token (non-finite logits, sampling failed)."""
+
+    code = "generation_failed"
 
 
 @dataclass(frozen=True)
@@ -29,11 +45,16 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop strings must be non-empty")
+        longest = max((len(s) for s in self.stop), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise InvalidRequestError(
+                f"a stop string has {longest} characters; at most {MAX_STOP_CHARS} are allowed")
 
     @property
     def greedy(self) -> bool:
-        """Temperature 0 means argmax decoding, which ignores top_p and seed."""
-        return self.temperature == 0
+        """Temperature 0 (or below :data:`GREEDY_BELOW`) is argmax decoding, which ignores
+        top_p and seed."""
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -54,7 +75,10 @@ class TokenSampler:
         """Next token from one row of float32 logits ``[vocab]``."""
         if self.params.greedy:
             return int(logits.argmax())
-        probs = torch.softmax(logits / self.params.temperature, dim=-1)
+        # Shift by the maximum first: the scaled logits are then <= 0, so no temperature
+        # can overflow them (the largest is exactly 0, so the softmax has a positive mass).
+        scaled = (logits.float() - logits.max()) / self.params.temperature
+        probs = torch.softmax(scaled, dim=-1)
         if self.params.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             cumulative = sorted_probs.cumsum(-1)
@@ -66,18 +90,32 @@ class TokenSampler:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
-def sample_rows(logits: torch.Tensor, samplers: list[TokenSampler | None]) -> list[int]:
-    """Next token for each row; rows with no sampler (empty cache rows) get -1.
+def sample_rows(logits: torch.Tensor, samplers: list[TokenSampler | None],
+                ) -> list[int | LoraswapError]:
+    """Next token for each row, or that row's error; rows with no sampler (empty cache rows)
+    get -1.
 
-    Greedy rows share one batched argmax; only sampled rows pay for a softmax.
+    Greedy rows share one batched argmax; only sampled rows pay for a softmax. A row whose
+    logits are not all finite (an adapter with huge weights, a numerical fault) fails alone.
     """
     greedy = logits.argmax(dim=-1).tolist()
-    tokens: list[int] = []
+    finite = torch.isfinite(logits).all(dim=-1).tolist()
+    tokens: list[int | LoraswapError] = []
     for row, sampler in enumerate(samplers):
         if sampler is None:
             tokens.append(-1)
+        elif not finite[row]:
+            tokens.append(RowFailedError(
+                "the model produced non-finite logits for this request; it was stopped"))
         elif sampler.params.greedy:
             tokens.append(int(greedy[row]))
         else:
-            tokens.append(sampler.sample(logits[row]))
+            tokens.append(_sample_one(sampler, logits[row]))
     return tokens
+
+
+def _sample_one(sampler: TokenSampler, logits: torch.Tensor) -> int | LoraswapError:
+    try:
+        return sampler.sample(logits)
+    except (RuntimeError, ValueError) as exc:  # torch raises these for invalid distributions
+        return RowFailedError(f"sampling failed for this request: {exc}")

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -55,6 +56,15 @@ class SchedulerConfig:
     max_prefill_tokens: int
     max_queue: int
     stop_token_ids: frozenset[int]
+    # Most requests one fairness key (tenant) may have waiting: one tenant's burst leaves
+    # the rest of the queue to the others.
+    max_queue_per_key: int | None = None
+
+    @property
+    def queue_share(self) -> int:
+        """Waiting requests allowed per fairness key."""
+        share = self.max_queue if self.max_queue_per_key is None else self.max_queue_per_key
+        return min(share, self.max_queue)
 
 
 @dataclass
@@ -77,6 +87,7 @@ class _Sequence:
 
 # What waits in the queue: a generation sequence or a classification request.
 _Queued = _Sequence | PendingClassification
+Q = TypeVar("Q", _Sequence, PendingClassification)
 
 
 class ContinuousBatchScheduler:
@@ -101,6 +112,7 @@ class ContinuousBatchScheduler:
         self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
         self._closed = False
         self._waiting_for_slot = False
+        self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
         self._admitting: list[_Sequence] = []  # taken from the queue, not yet running
         self._classifying: list[PendingClassification] = []  # admitted in this step
         # Set by the engine thread that steps us: wakes it after a submit or a cancellation.
@@ -130,6 +142,7 @@ class ContinuousBatchScheduler:
         self._enqueue(PendingClassification(request, stream))
 
     def _enqueue(self, item: _Queued) -> None:
+        key = item.request.fairness_key
         with self._lock:
             if self._closed:
                 raise NotReadyError("server is shutting down")
@@ -138,9 +151,24 @@ class ContinuousBatchScheduler:
                     f"request queue is full ({self.config.max_queue} waiting); retry later",
                     retry_after=1,
                 )
+            if self._waiting.count(key) >= self.config.queue_share:
+                raise OverloadedError(
+                    f"this caller already has {self.config.queue_share} requests waiting, its "
+                    "share of the queue; retry later", retry_after=1)
             self._waiting.push(item)
+            self._queued[id(item.stream)] = item
             self._classify_waiting += isinstance(item, PendingClassification)
         self.kick()
+
+    def withdraw(self, stream: RequestStream | ClassificationStream) -> None:
+        """Take a cancelled request out of the queue now, so it frees its place at once
+        (a running one is dropped at the next step)."""
+        with self._lock:
+            item = self._queued.pop(id(stream), None)
+            if item is None or not self._waiting.remove(item):
+                return
+            self._classify_waiting -= isinstance(item, PendingClassification)
+        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
 
     def kick(self) -> None:
         """Make the engine thread reconsider its queues now (after a submit or cancel)."""
@@ -152,11 +180,17 @@ class ContinuousBatchScheduler:
         return bool(self._running) or (self._waiting.size > 0 and not self._waiting_for_slot)
 
     def step(self) -> None:
-        """One iteration: drop cancelled, admit and prefill, decode; never raises."""
+        """One iteration: drop cancelled, admit and prefill, decode; never raises.
+
+        A failure is contained to the requests it concerns: a prefill or classification
+        pass that raises is retried one request at a time, so only the request that breaks
+        it fails; a row whose logits or sampling fail ends that request alone. Only an
+        exception in the shared decode pass fails the sequences that pass was running.
+        """
         try:
             self._step()
         except Exception:
-            logger.exception("engine step failed; failing the running batch")
+            logger.exception("engine step failed; failing the requests it was running")
             error = LoraswapError("engine step failed")
             failed: list[_Queued] = [*self._running.values(), *self._admitting,
                                      *self._classifying]
@@ -172,13 +206,28 @@ class ContinuousBatchScheduler:
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
         stuck = not admitted and not classify and not self._running and self._waiting.size > 0
         if admitted:
-            self._prefill(admitted)
+            self._isolated(admitted, self._prefill)
         if classify:
-            self._classifier.run(classify)
+            self._isolated(classify, self._classifier.run)
+        self._admitting, self._classifying = [], []
         if self._running:
             self._decode()
         self._waiting_for_slot = stuck
         self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
+
+    def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:
+        """``run(items)``; if it raises, run each item alone and fail only those that raise."""
+        try:
+            run(items)
+            return
+        except Exception:
+            if len(items) == 1:
+                logger.exception("request %s failed in the engine", items[0].request.request_id)
+                self._drop(items[0], "error", LoraswapError("the engine failed this request"))
+                return
+            logger.warning("a batch of %d failed; retrying its requests one by one", len(items))
+        for item in items:
+            self._isolated([item], run)
 
     def _reap_cancelled(self) -> None:
         for seq in list(self._running.values()):
@@ -222,6 +271,7 @@ class ContinuousBatchScheduler:
 
     def _pop(self, key: str) -> _Queued:
         item = self._waiting.pop(key)
+        self._queued.pop(id(item.stream), None)
         self._classify_waiting -= isinstance(item, PendingClassification)
         return item
 
@@ -246,7 +296,7 @@ class ContinuousBatchScheduler:
             now = time.perf_counter()
             self._observer.first_token(seq.request.adapter_label, now - seq.request.arrived_at)
             seq.last_token_at = now
-            self._accept(seq, token)
+            self._accept_or_fail(seq, token)
 
     def _decode(self) -> None:
         width = max(self._running) + 1
@@ -265,7 +315,20 @@ class ContinuousBatchScheduler:
         for row, seq in list(self._running.items()):
             self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
             seq.last_token_at = now
-            self._accept(seq, chosen[row])
+            self._accept_or_fail(seq, chosen[row])
+
+    def _accept_or_fail(self, seq: _Sequence, token: int | LoraswapError) -> None:
+        """Take a row's token; a row error, or any failure handling the token (decoding its
+        text, matching stop strings), ends this request alone."""
+        if isinstance(token, LoraswapError):
+            logger.warning("request %s failed: %s", seq.request.request_id, token)
+            self._finish(seq, "error", token)
+            return
+        try:
+            self._accept(seq, token)
+        except Exception:
+            logger.exception("request %s failed after its token", seq.request.request_id)
+            self._finish(seq, "error", LoraswapError("the engine failed this request"))
 
     def _accept(self, seq: _Sequence, token: int) -> None:
         seq.output_ids.append(token)
@@ -319,6 +382,7 @@ class ContinuousBatchScheduler:
         with self._lock:
             self._closed = True
             pending = self._waiting.drain()
+            self._queued.clear()
             self._classify_waiting = 0
         for item in pending:
             self._drop(item, "error", error)

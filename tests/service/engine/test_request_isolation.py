@@ -1,0 +1,164 @@
+"""One request's trouble stays its own: row failures, tiny temperatures, stop strings, queue
+shares and cancelled requests leaving the queue at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters.base_model import Quantization, load_base_model
+from adapters.errors import InvalidRequestError, LoraswapError, OverloadedError
+from adapters.lora_format import read_lora_adapter
+from service.engine.detokenizer import MAX_STOP_CHARS, StopString
+from service.engine.engine import EngineConfig, LoraEngine
+from service.engine.observer import NullObserver
+from service.engine.requests import GenerationRequest
+from service.engine.residency import AdapterKey
+from service.engine.sampling import RowFailedError, SamplingParams, TokenSampler, sample_rows
+from tests.conftest import AdapterFactory
+
+
+def make_engine(base_dir: Path, **config: int) -> LoraEngine:
+    loaded = load_base_model(base_dir, Quantization.FP32, "cpu")
+    return LoraEngine(loaded.model, loaded.tokenizer,
+                      EngineConfig(**{"max_model_len": 128, **config}), NullObserver())
+
+
+def gen(rid: str, *, key: str = "t", tokens: int = 6, temperature: float = 0.0,
+        adapter: AdapterKey | None = None, weights: object = None) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=rid, prompt_ids=[5, 6, 7, 8], fairness_key=key,
+        params=SamplingParams(max_new_tokens=tokens, ignore_eos=True, temperature=temperature,
+                              seed=1),
+        adapter=adapter, adapter_weights=weights)  # type: ignore[arg-type]
+
+
+async def test_a_row_with_nan_logits_fails_alone(tiny_base_dir: Path,
+                                                 make_adapter: AdapterFactory) -> None:
+    """An adapter whose weights turn its logits into NaN fails its own request; the base
+    request decoded in the same batches finishes with the text it has when run alone."""
+    engine = make_engine(tiny_base_dir, max_batch_size=4)
+    poisoned = read_lora_adapter(make_adapter("poisoned"))
+    poisoned.factors = {k: (a, torch.full_like(b, float("nan")))
+                        for k, (a, b) in poisoned.factors.items()}
+    engine.start()
+    try:
+        alone = await engine.submit(gen("alone")).collect()
+        healthy = engine.submit(gen("healthy"))
+        bad = engine.submit(gen("bad", key="other", adapter=AdapterKey("poisoned", "1"),
+                                weights=poisoned))
+        with pytest.raises(RowFailedError, match="non-finite logits"):
+            await bad.collect()
+        result = await healthy.collect()
+    finally:
+        engine.stop()
+    assert result.token_ids == alone.token_ids
+    assert result.completion_tokens == 6
+
+
+async def test_tiny_temperatures_decode_like_greedy(tiny_base_dir: Path) -> None:
+    """temperature=1e-39 used to overflow the logits and fail every running request; it is
+    greedy decoding now, and 1e-3 (just above the greedy threshold) samples without error."""
+    engine = make_engine(tiny_base_dir, max_batch_size=4)
+    engine.start()
+    try:
+        greedy, tiny, small = await asyncio.gather(
+            engine.submit(gen("greedy")).collect(),
+            engine.submit(gen("tiny", temperature=1e-39)).collect(),
+            engine.submit(gen("small", temperature=1e-3)).collect())
+    finally:
+        engine.stop()
+    assert tiny.token_ids == greedy.token_ids
+    assert small.completion_tokens == 6  # sampled, finished, no error
+
+
+def test_sampling_a_row_that_raises_reports_that_row_only() -> None:
+    logits = torch.randn(3, 11)
+    sampled = TokenSampler(SamplingParams(temperature=0.7, seed=3))
+    greedy = TokenSampler(SamplingParams())
+    logits[1] = float("inf")
+    tokens = sample_rows(logits, [greedy, sampled, None])
+    assert tokens[0] == int(logits[0].argmax())
+    assert isinstance(tokens[1], LoraswapError)
+    assert tokens[2] == -1
+
+
+async def test_a_prefill_that_raises_fails_only_the_request_that_breaks_it(
+        tiny_base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(tiny_base_dir, max_batch_size=4)
+    real_prefill = engine.runner.prefill
+    poison = [9, 9, 9, 9]
+
+    def prefill(prompts: list[list[int]], rows: list[int], slots: list[int]) -> torch.Tensor:
+        if poison in prompts:
+            raise RuntimeError("kernel fault")
+        return real_prefill(prompts, rows, slots)
+
+    monkeypatch.setattr(engine.runner, "prefill", prefill)
+    good = engine.submit(gen("good"))
+    bad_request = gen("bad", key="other")
+    bad_request.prompt_ids = poison
+    bad = engine.submit(bad_request)
+    engine.start()  # both are admitted in the same step, so prefilled together first
+    try:
+        with pytest.raises(LoraswapError, match="engine failed this request"):
+            await bad.collect()
+        assert (await good.collect()).completion_tokens == 6
+    finally:
+        engine.stop()
+
+
+def _longest_partial_by_brute_force(stop: str, text: str) -> int:
+    for size in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:size]):
+            return size
+    return 0
+
+
+def test_partial_stop_matching_agrees_with_brute_force() -> None:
+    rng = random.Random(0)
+    for _ in range(3000):
+        stop = "".join(rng.choice("ab") for _ in range(rng.randint(1, 8)))
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 12)))
+        assert StopString.of(stop).partial_suffix(text) == \
+            _longest_partial_by_brute_force(stop, text), (stop, text)
+
+
+def test_stop_strings_longer_than_the_bound_are_refused() -> None:
+    SamplingParams(stop=("x" * MAX_STOP_CHARS,))
+    with pytest.raises(InvalidRequestError, match=f"at most {MAX_STOP_CHARS}"):
+        SamplingParams(stop=("x" * (MAX_STOP_CHARS + 1),))
+
+
+def test_one_caller_cannot_fill_the_whole_queue(tiny_base_dir: Path) -> None:
+    engine = make_engine(tiny_base_dir, max_batch_size=1, max_queue=4)
+    engine.scheduler.config = dataclasses.replace(engine.scheduler.config, max_queue_per_key=2)
+
+    async def submit_all() -> None:
+        engine.submit(gen("a1", key="flood"))
+        engine.submit(gen("a2", key="flood"))
+        with pytest.raises(OverloadedError, match="share of the queue"):
+            engine.submit(gen("a3", key="flood"))
+        engine.submit(gen("b1", key="calm"))  # another caller still has room
+
+    asyncio.run(submit_all())
+    assert engine.scheduler.num_waiting == 3
+
+
+async def test_a_cancelled_request_leaves_the_queue_at_once(tiny_base_dir: Path) -> None:
+    """With the engine not stepping at all, cancelling a waiting request frees its place."""
+    engine = make_engine(tiny_base_dir, max_batch_size=1, max_queue=2)
+    first = engine.submit(gen("a"))
+    engine.submit(gen("b"))
+    with pytest.raises(OverloadedError):
+        engine.submit(gen("c"))
+    engine.cancel(first)
+    assert engine.scheduler.num_waiting == 1
+    engine.submit(gen("c"))  # the freed place is usable right away
+    with pytest.raises(LoraswapError, match="cancelled"):
+        await first.collect()

@@ -32,19 +32,22 @@ def serve(
     """Run the HTTP service (configuration from LORASWAP_* variables)."""
     # Heavy imports only for this command, so `loraswap --help` stays fast.
     import uvicorn
+    from pydantic import ValidationError
 
-    from adapters.errors import LoraswapError
+    from adapters.errors import LoraswapError, describe_problems
     from service.app import create_app
     from service.logging_setup import configure_logging
     from service.settings import Settings
 
-    settings = Settings()
-    if host is not None:
-        settings.host = host
-    if port is not None:
-        settings.port = port
-    if dev:
-        settings.dev_mode = True
+    # Options are passed to Settings, not set on it afterwards, so they are validated the
+    # same way as the LORASWAP_* variables they override (a port out of range is refused).
+    options = {"host": host, "port": port, "dev_mode": True if dev else None}
+    try:
+        settings = Settings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"error: invalid settings: {describe_problems(exc.errors(), 'settings')}",
+                   err=True)
+        raise typer.Exit(2) from exc
     configure_logging(settings.log_format, settings.log_level)
     try:
         service_app = create_app(settings)

@@ -1,7 +1,8 @@
 """Where servable adapters come from: the registry (``tenant/name``) and a dev folder.
 
 Resolution is the first tier of the request path: it turns the name a request uses into
-an immutable :class:`AdapterKey` (name + version) and a way to read that version's weights.
+a :class:`ServingTarget`: an immutable :class:`AdapterKey` (name + version), the adapter's
+traits and a way to read that version's weights.
 A request keeps the key it resolved, so promoting a new version never changes the weights
 of a request already running; the next request resolves the new active version.
 """
@@ -10,49 +11,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from adapters.errors import AdapterNotFoundError, AdapterValidationError, InvalidRequestError
-from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, LoraAdapterWeights, read_lora_adapter
-from adapters.package import (
-    MANIFEST_FILE,
-    SAFE_NAME,
-    SAFE_NAME_RULE,
-    AdapterManifest,
-    AttentionMode,
-    TaskKind,
-    TextSplit,
-    read_manifest,
-)
+from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, read_lora_adapter
+from adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, read_manifest
 from adapters.registry import AdapterRegistry
 from service.engine.residency import AdapterKey
+from service.targets import AdapterTraits, ServingTarget
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class ResolvedAdapter:
-    """A servable adapter version and how to read its weights."""
-
-    key: AdapterKey
-    read: Callable[[], LoraAdapterWeights]
-    task: TaskKind = TaskKind.CAUSAL_LM
-    # Class names in head order (seq-cls / token-cls); None: "LABEL_<i>".
-    labels: tuple[str, ...] | None = None
-    attention: AttentionMode = AttentionMode.CAUSAL
-    text_split: TextSplit = TextSplit.NONE
-
-
-@dataclass(frozen=True)
-class AdapterListing:
-    """One servable adapter as a caller sees it in a list."""
-
-    name: str
-    task: TaskKind
-    version: str | None = None
 
 
 class AdapterResolver(Protocol):
@@ -61,11 +30,11 @@ class AdapterResolver(Protocol):
     ``resolve`` may read the store or copy files: call it off the event loop.
     """
 
-    def resolve(self, name: str) -> ResolvedAdapter:
+    def resolve(self, name: str) -> ServingTarget:
         """The adapter called ``name``; :class:`AdapterNotFoundError` if there is none."""
         ...
 
-    def listing(self, owner: str | None) -> list[AdapterListing]:
+    def listing(self, owner: str | None) -> list[ServingTarget]:
         """Adapters visible to tenant ``owner`` (None: development adapters only)."""
         ...
 
@@ -83,38 +52,15 @@ def check_adapter_name(name: str) -> None:
         )
 
 
-_TASK_BY_PEFT_TYPE = {kind.peft_task_type: kind for kind in TaskKind}
-
-
-@dataclass(frozen=True)
-class _Traits:
-    task: TaskKind = TaskKind.CAUSAL_LM
-    labels: tuple[str, ...] | None = None
-    attention: AttentionMode = AttentionMode.CAUSAL
-    text_split: TextSplit = TextSplit.NONE
-
-    @classmethod
-    def of_manifest(cls, manifest: AdapterManifest) -> _Traits:
-        return cls(manifest.task, tuple(manifest.labels) if manifest.labels else None,
-                   manifest.attention, manifest.text_split)
-
-    def resolved(self, key: AdapterKey, read: Callable[[], LoraAdapterWeights],
-                 ) -> ResolvedAdapter:
-        return ResolvedAdapter(key, read, task=self.task, labels=self.labels,
-                               attention=self.attention, text_split=self.text_split)
-
-
-def _traits_of(folder: Path) -> _Traits:
-    """Task, labels, attention and text split: from ``loraswap.json`` when present, else
-    PEFT's ``task_type`` (no labels, causal attention, text as sent)."""
+def _traits_of(folder: Path) -> AdapterTraits:
+    """From ``loraswap.json`` when present, else from PEFT's ``adapter_config.json``."""
     if (folder / MANIFEST_FILE).is_file():
-        return _Traits.of_manifest(read_manifest(folder))
+        return AdapterTraits.of_manifest(read_manifest(folder))
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return _Traits()  # read() reports the broken config
-    task_type = raw.get("task_type") if isinstance(raw, dict) else None
-    return _Traits(_TASK_BY_PEFT_TYPE.get(str(task_type), TaskKind.CAUSAL_LM))
+        return AdapterTraits()  # read() reports the broken config
+    return AdapterTraits.of_peft_config(raw)
 
 
 class LocalAdapterDirectory:
@@ -127,7 +73,7 @@ class LocalAdapterDirectory:
     def __init__(self, root: Path | None) -> None:
         self.root = root
 
-    def resolve(self, name: str) -> ResolvedAdapter:
+    def resolve(self, name: str) -> ServingTarget:
         """The adapter in sub-folder ``name``."""
         check_adapter_name(name)
         if self.root is None:
@@ -141,19 +87,17 @@ class LocalAdapterDirectory:
         except FileNotFoundError:
             stat = (folder / CONFIG_FILE).stat()  # read() will name the missing file
         version = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-        return _traits_of(folder).resolved(AdapterKey(name, version),
-                                           lambda: read_lora_adapter(folder, name))
+        return ServingTarget(name, AdapterKey(name, version), _traits_of(folder),
+                             lambda: read_lora_adapter(folder, name))
 
-    def listing(self, owner: str | None) -> list[AdapterListing]:
-        """Every development adapter with its task (the same for every caller)."""
+    def listing(self, owner: str | None) -> list[ServingTarget]:
+        """Every development adapter (the same for every caller)."""
         found = []
         for name in self.names():  # empty when there is no root
-            assert self.root is not None
             try:
-                task = _traits_of(self.root / name).task
-            except AdapterValidationError:
-                continue  # a broken manifest: resolve() reports it when asked for
-            found.append(AdapterListing(name, task))
+                found.append(self.resolve(name))
+            except (AdapterValidationError, AdapterNotFoundError, OSError):
+                continue  # broken or just removed: resolve() reports it when asked for
         return found
 
     def names(self) -> list[str]:
@@ -199,17 +143,18 @@ class RegistryAdapterSource:
         self.registry = registry
         self.local = local
 
-    def resolve(self, name: str) -> ResolvedAdapter:
+    def resolve(self, name: str) -> ServingTarget:
         """The active version of ``tenant/name``, or the dev folder's ``name``."""
         parts = split_registry_name(name)
         if parts is None:
             return self.local.resolve(name)
         version = self.registry.active(*parts)
         folder = self.registry.local_folder(version.tenant, version.name, version.version)
-        return _Traits.of_manifest(version.manifest).resolved(
-            AdapterKey(name, str(version.version)), lambda: read_lora_adapter(folder, name))
+        return ServingTarget(name, AdapterKey(name, str(version.version)),
+                             AdapterTraits.of_manifest(version.manifest),
+                             lambda: read_lora_adapter(folder, name))
 
-    def listing(self, owner: str | None) -> list[AdapterListing]:
+    def listing(self, owner: str | None) -> list[ServingTarget]:
         """Dev adapters, then ``owner``'s registered adapters that have an active version."""
         found = self.local.listing(None)
         if owner is None:
@@ -217,8 +162,9 @@ class RegistryAdapterSource:
         for record in self.registry.list(owner):
             active = next((v for v in record.versions if v.version == record.active), None)
             if active is not None:
-                found.append(AdapterListing(f"{record.tenant}/{record.name}",
-                                            active.manifest.task, str(active.version)))
+                ref = f"{record.tenant}/{record.name}"
+                found.append(ServingTarget(ref, AdapterKey(ref, str(active.version)),
+                                           AdapterTraits.of_manifest(active.manifest)))
         return found
 
     def names(self) -> list[str]:

@@ -5,23 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from adapters.base_model import LoadedBaseModel, load_base_model
 from adapters.registry import AdapterRegistry
 from adapters.store import ObjectStore, ObservedStore, open_store
 from adapters.tenants import TenantDirectory
 from adapters.validation import BaseModelFingerprint, ValidationLimits
-from service.adapter_source import AdapterResolver, LocalAdapterDirectory, RegistryAdapterSource
+from service.adapter_source import LocalAdapterDirectory, RegistryAdapterSource
 from service.api.errors import install_error_handlers
-from service.api.generation import GenerationService
-from service.api.json_body import FormBodyAsJson
+from service.api.gate import RequestGate, dev_hosts
+from service.api.metrics_middleware import RequestMetrics
+from service.api.pipeline import RequestLimits, ServingPipeline
 from service.api.prompts import PromptBuilder, PromptLimits
-from service.api.routes import router
+from service.api.routes import predict_router, router
 from service.api.routes_admin import router as admin_router
 from service.api.routes_openai import router as openai_router
 from service.api.serving_admin import AdminService
@@ -58,18 +57,17 @@ def build_registry(settings: Settings, store: ObjectStore,
 
 def build_components(settings: Settings, loaded: LoadedBaseModel, state: ServiceState,
                      thread: EngineThread) -> ServingComponents:
-    """Engine, registry, prompt builder and serving classes around a loaded base model."""
+    """Everything that serves requests, built once, in order, around a loaded base model:
+    registry → resolver → engine → pipeline → the API services."""
     registry = build_registry(settings, state.store, loaded)
-    if state.resolver_is_default:
-        local = LocalAdapterDirectory(settings.adapter_dir)
-        state.resolver = RegistryAdapterSource(registry, local)
+    resolver = RegistryAdapterSource(registry, LocalAdapterDirectory(settings.adapter_dir))
     engine = LoraEngine(
         loaded.model, loaded.tokenizer,
         EngineConfig(
             max_loras=settings.max_loras, max_lora_rank=settings.max_lora_rank,
             max_cpu_loras=settings.max_cpu_loras, max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_model_len, max_prefill_tokens=settings.max_prefill_tokens,
-            max_queue=settings.max_queue,
+            max_queue=settings.max_queue, max_queue_per_tenant=settings.max_queue_per_tenant,
         ),
         state.metrics, thread,
     )
@@ -77,14 +75,16 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
         max_input_tokens=settings.max_input_tokens, max_model_len=settings.max_model_len,
         max_new_tokens=settings.max_new_tokens_limit,
     ))
-    generation = GenerationService(engine, state.resolver, state.metrics)
+    pipeline = ServingPipeline(
+        engine=engine, resolver=resolver, limiter=state.limiter, metrics=state.metrics,
+        limits=RequestLimits(max_inputs=settings.max_inputs_per_request))
     # Pins and gauges need not be fresher than active versions: twice the refresh interval.
-    watcher = RegistryWatcher(registry, state.resolver, engine, state.metrics,
+    watcher = RegistryWatcher(registry, resolver, engine, state.metrics,
                               interval=max(1.0, 2 * settings.registry_refresh_seconds))
     return ServingComponents(
-        info=loaded.info, engine=engine, prompts=prompts, generation=generation,
-        predict=PredictService(generation, prompts),
-        openai=OpenAIServing(generation, prompts, loaded.info.name),
+        info=loaded.info, engine=engine, resolver=resolver, prompts=prompts, pipeline=pipeline,
+        predict=PredictService(pipeline, prompts),
+        openai=OpenAIServing(pipeline, prompts, loaded.info.name),
         admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
                            watcher),
         watcher=watcher,
@@ -113,30 +113,28 @@ async def _load(settings: Settings, state: ServiceState, loader: ModelLoader,
     await components.watcher.run()  # until the lifespan cancels this task at shutdown
 
 
-def _route_template(request: Request) -> str:
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
-
-
-def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
-               resolver: AdapterResolver | None = None) -> FastAPI:
+def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) -> FastAPI:
     """Build the app. Nothing is loaded until the lifespan starts.
 
     Refuses (:class:`ConfigurationError`) an empty or placeholder admin token outside dev
-    mode. ``resolver`` replaces the registry + dev-folder resolver (tests).
+    mode.
     """
     settings.check_secure()
     metrics = ServiceMetrics()
     store = ObservedStore(open_store(settings.store_uri), metrics)
     tenants = TenantDirectory(store, refresh_seconds=settings.registry_refresh_seconds)
+    authenticator = TenantAuthenticator(
+        tenants, (k.get_secret_value() for k in settings.api_keys),
+        required=settings.auth_required)
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     state = ServiceState(
         settings=settings, metrics=metrics, store=store, tenants=tenants,
-        resolver=resolver or LocalAdapterDirectory(settings.adapter_dir),
-        resolver_is_default=resolver is None,
-        authenticator=TenantAuthenticator(
-            tenants, (k.get_secret_value() for k in settings.api_keys),
-            required=settings.auth_required),
-        limiter=TenantLimiter(),
+        authenticator=authenticator, limiter=TenantLimiter(),
+        gate=RequestGate(
+            authenticator=authenticator, admin_token=admin_token,
+            dev_hosts=dev_hosts(admin_token is None, settings.host),
+            max_json_bytes=settings.max_request_bytes,
+            max_upload_bytes=settings.max_upload_bytes),
     )
 
     @contextlib.asynccontextmanager
@@ -154,25 +152,17 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            if state.components is not None:
+                state.components.pipeline.close()
             await asyncio.to_thread(thread.stop)
 
     app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan,
                   description="Many tenants' LoRA adapters on one resident base model.")
     app.state.loraswap = state
     install_error_handlers(app)
-    app.add_middleware(FormBodyAsJson)
     app.include_router(router)
+    app.include_router(predict_router)
     app.include_router(openai_router)
     app.include_router(admin_router)
-
-    @app.middleware("http")
-    async def record_metrics(request: Request,
-                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        adapter: Any = getattr(request.state, "adapter", None) or "-"
-        state.metrics.observe_request(_route_template(request), response.status_code,
-                                      str(adapter), time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -116,6 +116,20 @@ class TenantAuthenticator(ApiKeyAuthenticator):
         return super().match(token)
 
 
+def check_admin_token(configured: str | None, presented: str | None) -> None:
+    """401 unless ``presented`` is the admin token (anything passes in dev mode without one).
+
+    Both sides are hashed first, so the comparison takes the same time whatever the length.
+    """
+    if configured is None:
+        return  # Settings.check_secure allowed this: dev mode
+    if not presented:
+        raise AuthenticationError(
+            "missing admin token: send 'Authorization: Bearer <LORASWAP_ADMIN_TOKEN>'")
+    if not hmac.compare_digest(_digest(presented), _digest(configured)):
+        raise AuthenticationError("invalid admin token")
+
+
 def log_auth_mode(authenticator: Authenticator) -> None:
     """Say at startup whether the API is protected (a warning when it is open)."""
     if authenticator.enabled:

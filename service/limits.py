@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from adapters.errors import RateLimitedError
+from adapters.errors import InvalidRequestError, RateLimitedError
 from service.auth import Tenant
 
 
@@ -26,14 +26,14 @@ class _Bucket:
     tokens: float
     updated: float
 
-    def take(self, now: float) -> float:
-        """0 if a token was taken, else the seconds until one is available."""
+    def take(self, now: float, cost: float = 1.0) -> float:
+        """0 if ``cost`` tokens were taken, else the seconds until they are available."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return (cost - self.tokens) / self.rate
 
 
 @dataclass
@@ -85,38 +85,58 @@ class TenantLimiter:
         with self._lock:
             return self._usage.setdefault(tenant_id, _TenantUsage())
 
-    def admit(self, tenant: Tenant | None) -> Lease:
-        """A lease for one request, or :class:`RateLimitedError` naming the limit hit."""
+    def admit(self, tenant: Tenant | None, cost: int = 1) -> Lease:
+        """A lease for a request of ``cost`` inputs (each counts as one request against the
+        rate and concurrency limits), or :class:`RateLimitedError` naming the limit hit; a
+        request that could never fit is a 400."""
         if tenant is None or (tenant.requests_per_second is None
                               and tenant.max_concurrent is None):
             return Lease(None)
+        _check_fits(tenant, cost)
         usage = self._usage_of(tenant.id)
         with usage.lock:
-            if tenant.max_concurrent is not None and usage.in_flight >= tenant.max_concurrent:
+            if (tenant.max_concurrent is not None
+                    and usage.in_flight + cost > tenant.max_concurrent):
                 raise RateLimitedError(
                     f"tenant {tenant.id!r} has {usage.in_flight} requests in flight, its limit "
                     f"is max_concurrent={tenant.max_concurrent}", retry_after=1.0)
             if tenant.requests_per_second is not None:
-                wait = self._take(usage, tenant.requests_per_second)
+                wait = self._take(usage, tenant.requests_per_second, cost)
                 if wait > 0:
                     raise RateLimitedError(
                         f"tenant {tenant.id!r} exceeded requests_per_second="
                         f"{tenant.requests_per_second:g}", retry_after=max(1.0, math.ceil(wait)))
-            usage.in_flight += 1
+            usage.in_flight += cost
 
         def release() -> None:
             with usage.lock:
-                usage.in_flight -= 1
+                usage.in_flight -= cost
 
         return Lease(release)
 
-    def _take(self, usage: _TenantUsage, rate: float) -> float:
+    def _take(self, usage: _TenantUsage, rate: float, cost: int) -> float:
         now = self._clock()
-        burst = max(1.0, rate)  # one second's worth of requests may arrive at once
         bucket = usage.bucket
         if bucket is None or bucket.rate != rate:  # the policy changed: start afresh
+            burst = _burst(rate)
             bucket = usage.bucket = _Bucket(rate=rate, burst=burst, tokens=burst, updated=now)
-        return bucket.take(now)
+        return bucket.take(now, cost)
+
+
+def _burst(rate: float) -> float:
+    """One second's worth of requests may arrive at once."""
+    return max(1.0, rate)
+
+
+def _check_fits(tenant: Tenant, cost: int) -> None:
+    if tenant.max_concurrent is not None and cost > tenant.max_concurrent:
+        raise InvalidRequestError(
+            f"the request has {cost} inputs, more than tenant {tenant.id!r} may run at once "
+            f"(max_concurrent={tenant.max_concurrent}): split it")
+    if tenant.requests_per_second is not None and cost > _burst(tenant.requests_per_second):
+        raise InvalidRequestError(
+            f"the request has {cost} inputs, more than tenant {tenant.id!r} may send in one "
+            f"second (requests_per_second={tenant.requests_per_second:g}): split it")
 
 
 async def release_after(stream: AsyncIterator[str], lease: Lease) -> AsyncIterator[str]:

@@ -65,9 +65,10 @@ class RegistryWatcher:
             if self._pinned.pop(ref, None) is not None:
                 await self.engine.unpin(ref)
             return
-        resolved = await asyncio.to_thread(self.resolver.resolve, ref)
-        weights = await self.engine.adapter_weights(resolved.key, resolved.read)
-        loaded = await self.engine.pin(resolved.key, weights)
-        self._pinned[ref] = resolved.key.version
-        logger.info("pinned %s v%s%s", ref, resolved.key.version,
+        target = await asyncio.to_thread(self.resolver.resolve, ref)
+        assert target.key is not None and target.read is not None  # a registry adapter
+        weights = await self.engine.adapter_weights(target.key, target.read)
+        loaded = await self.engine.pin(target.key, weights)
+        self._pinned[ref] = target.key.version
+        logger.info("pinned %s v%s%s", ref, target.key.version,
                     "" if loaded else " (every slot busy: stays once loaded)")

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         default=2048, ge=16, description="Prompt tokens prefilled together in one step."
     )
     max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
+    max_queue_per_tenant: int = Field(
+        default=64, ge=1, description="Waiting requests one tenant may have before its own 429.")
+    max_inputs_per_request: int = Field(
+        default=64, ge=1, description="Inputs (prompts, texts) one request may carry.")
+    max_request_bytes: int = Field(
+        default=4 << 20, ge=1024, description="Largest JSON request body; larger is 413.")
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads.")
     host: str = Field(default="127.0.0.1", description="Bind address of `loraswap serve`.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of `loraswap serve`.")

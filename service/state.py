@@ -10,7 +10,8 @@ from adapters.errors import NotReadyError
 from adapters.store import ObjectStore
 from adapters.tenants import TenantDirectory
 from service.adapter_source import AdapterResolver
-from service.api.generation import GenerationService
+from service.api.gate import RequestGate
+from service.api.pipeline import ServingPipeline
 from service.api.prompts import PromptBuilder
 from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
@@ -29,8 +30,9 @@ class ServingComponents:
 
     info: BaseModelInfo
     engine: LoraEngine
+    resolver: AdapterResolver
     prompts: PromptBuilder
-    generation: GenerationService
+    pipeline: ServingPipeline
     predict: PredictService
     openai: OpenAIServing
     admin: AdminService
@@ -45,10 +47,9 @@ class ServiceState:
     metrics: ServiceMetrics
     store: ObjectStore
     tenants: TenantDirectory
-    resolver: AdapterResolver
     authenticator: Authenticator
     limiter: TenantLimiter
-    resolver_is_default: bool = True
+    gate: RequestGate
     status: Literal["loading", "ready", "failed"] = "loading"
     error: str | None = None
     components: ServingComponents | None = field(default=None)

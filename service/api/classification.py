@@ -41,6 +41,7 @@ def encode_input(tokenizer: Any, text: str, limits: PromptLimits, *, offsets: bo
         raise ConfigurationError(
             "token-cls adapters need a fast tokenizer (character offsets); the base model's "
             f"tokenizer {type(tokenizer).__name__} is not one")
+    limits.check_text_size(text)  # before splitting or tokenizing anything
     split = SplitText.of(text) if words else None
     encoded = tokenizer(split.joined if split else text, return_offsets_mapping=offsets)
     ids = [int(i) for i in encoded["input_ids"]]

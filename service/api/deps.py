@@ -1,19 +1,21 @@
-"""FastAPI dependencies as ``Annotated`` aliases, so routes stay one-liners."""
+"""FastAPI dependencies as ``Annotated`` aliases, so routes stay one-liners.
+
+Callers are authenticated by the gate (:mod:`service.api.gate`) before the body is read;
+these dependencies hand its result to the routes and declare the bearer schemes for the
+OpenAPI documentation.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from adapters.errors import AuthenticationError
 from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
-from service.auth import Tenant
+from service.auth import Tenant, check_admin_token
 from service.state import ServiceState, ServingComponents
 
 # auto_error=False: a missing key is our AuthenticationError (401, right body), not FastAPI's.
@@ -21,6 +23,9 @@ _bearer = HTTPBearer(auto_error=False,
                      description="A tenant API key (or one from LORASWAP_API_KEYS).")
 _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
                            description="The admin token (LORASWAP_ADMIN_TOKEN).")
+
+
+_UNCHECKED = object()
 
 
 def get_state(request: Request) -> ServiceState:
@@ -49,10 +54,14 @@ def get_openai_serving(
 
 
 def get_tenant(
+    request: Request,
     state: Annotated[ServiceState, Depends(get_state)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant | None:
-    """The caller's tenant; None when auth is off; 401 for a missing or wrong key."""
+    """The caller's tenant, as the gate authenticated it (None when auth is off)."""
+    tenant: object = getattr(request.state, "tenant", _UNCHECKED)  # the gate's result
+    if tenant is None or isinstance(tenant, Tenant):
+        return tenant
     return state.authenticator.authenticate(credentials.credentials if credentials else None)
 
 
@@ -60,17 +69,13 @@ def require_admin(
     state: Annotated[ServiceState, Depends(get_state)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
 ) -> None:
-    """401 unless the request carries the admin token (open only in dev mode without one)."""
+    """401 unless the request carries the admin token (open only in dev mode without one).
+
+    The gate checked it before the body was read; checking again costs two hashes and
+    keeps a route that forgot its route class closed."""
     configured = state.settings.admin_token
-    if configured is None:
-        return  # Settings.check_secure allowed this: dev mode
-    if credentials is None:
-        raise AuthenticationError(
-            "missing admin token: send 'Authorization: Bearer <LORASWAP_ADMIN_TOKEN>'")
-    presented = hashlib.sha256(credentials.credentials.encode("utf-8")).digest()
-    expected = hashlib.sha256(configured.get_secret_value().encode("utf-8")).digest()
-    if not hmac.compare_digest(presented, expected):
-        raise AuthenticationError("invalid admin token")
+    check_admin_token(configured.get_secret_value() if configured else None,
+                      credentials.credentials if credentials else None)
 
 
 def get_admin_service(state: Annotated[ServiceState, Depends(get_state)]) -> AdminService:

@@ -1,13 +1,15 @@
 """The one place where exceptions become HTTP statuses and JSON error bodies.
 
-Native routes answer ``{"error": {"code", "message", "details"}}``; routes under the
-OpenAI-compatible prefix answer OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
-Both use the same status for the same exception.
+Native routes answer ``{"error": {"code", "message", "details"}}``; OpenAI-compatible
+routes answer OpenAI's ``{"error": {"message", "type", "param", "code"}}``. Each router
+declares its format through its route class (:class:`ErrorFormat` on the route that
+matched); both use the same status for the same exception.
 """
 
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -51,7 +53,14 @@ _STATUS_BY_ERROR: tuple[tuple[type[LoraswapError], int], ...] = (
     (StoreError, 503),
 )
 
-OPENAI_PREFIXES = ("/v1/completions", "/v1/chat/completions", "/v1/models")
+
+
+class ErrorFormat(StrEnum):
+    """The JSON error shape an API family answers with."""
+
+    NATIVE = "native"
+    OPENAI = "openai"
+
 
 _OPENAI_TYPE_BY_STATUS = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -69,10 +78,17 @@ def status_for(error: LoraswapError) -> int:
     return 500
 
 
-def error_body(request: Request, status: int, code: str, message: str,
+def error_format_of(request: Request) -> ErrorFormat:
+    """The error shape of the route that matched (native for unmatched paths)."""
+    format_: ErrorFormat = getattr(request.scope.get("route"), "error_format",
+                                   ErrorFormat.NATIVE)
+    return format_
+
+
+def error_body(format_: ErrorFormat, status: int, code: str, message: str,
                details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The JSON error body in the shape the route's API family expects."""
-    if request.url.path.startswith(OPENAI_PREFIXES):
+    """The JSON error body in the shape of ``format_``."""
+    if format_ is ErrorFormat.OPENAI:
         param = None
         if details:
             param = ".".join(str(p) for p in details[0].get("loc", ())[1:]) or None
@@ -95,8 +111,8 @@ def error_response(request: Request, error: LoraswapError) -> JSONResponse:
     if status >= 500:
         logger.error("request failed: %s", error)
     return JSONResponse(
-        error_body(request, status, error.code, error.message), status_code=status,
-        headers=headers,
+        error_body(error_format_of(request), status, error.code, error.message),
+        status_code=status, headers=headers,
     )
 
 
@@ -120,20 +136,23 @@ def install_error_handlers(app: FastAPI) -> None:
         paths = ", ".join(
             ".".join(str(p) for p in d["loc"]) + f": {d['msg']}" for d in details
         )
-        status = 400 if request.url.path.startswith(OPENAI_PREFIXES) else 422
-        body = error_body(request, status, "validation_error", f"invalid request: {paths}",
+        format_ = error_format_of(request)
+        status = 400 if format_ is ErrorFormat.OPENAI else 422
+        body = error_body(format_, status, "validation_error", f"invalid request: {paths}",
                           details)
         return JSONResponse(body, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
+                413: "payload_too_large", 415: "unsupported_media_type"}.get(
             exc.status_code, "http_error")
-        body = error_body(request, exc.status_code, code, str(exc.detail))
+        body = error_body(error_format_of(request), exc.status_code, code, str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
-        body = error_body(request, 500, "internal_error", "internal server error")
+        body = error_body(error_format_of(request), 500, "internal_error",
+                          "internal server error")
         return JSONResponse(body, status_code=500)

@@ -8,6 +8,11 @@ from typing import Any
 from adapters.errors import InputTooLongError, InvalidRequestError
 from service.engine.sampling import SamplingParams
 
+MAX_CHARS_PER_TOKEN = 32
+"""A text longer than this many characters per allowed token is refused before any work:
+no tokenizer of a served model packs more than a few characters into a token on average,
+so such a text could never fit, and splitting or tokenizing it would only cost time."""
+
 
 @dataclass(frozen=True)
 class PromptLimits:
@@ -17,19 +22,29 @@ class PromptLimits:
     max_model_len: int
     max_new_tokens: int
 
+    def check_text_size(self, text: str) -> None:
+        """413 for a text too long to fit in ``max_input_tokens``, before tokenizing it."""
+        limit = self.max_input_tokens * MAX_CHARS_PER_TOKEN
+        if len(text) > limit:
+            raise InputTooLongError(
+                f"the input has {len(text)} characters; at most {limit} "
+                f"({MAX_CHARS_PER_TOKEN} per token of LORASWAP_MAX_INPUT_TOKENS="
+                f"{self.max_input_tokens}) are accepted")
+
 
 class PromptBuilder:
     """Tokenizes prompts and conversations for the base model, enforcing the limits."""
 
     def __init__(self, tokenizer: Any, limits: PromptLimits) -> None:
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self.limits = limits
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
 
     def from_text(self, text: str, *, raw: bool) -> list[int]:
         """A string prompt: as-is when ``raw`` (or without a template), else one user turn."""
+        self.limits.check_text_size(text)
         if raw or not self.has_chat_template:
-            return self._check(list(self._tokenizer(text)["input_ids"]))
+            return self._check(list(self.tokenizer(text)["input_ids"]))
         return self.from_messages([{"role": "user", "content": text}])
 
     def from_messages(self, messages: list[dict[str, str]]) -> list[int]:
@@ -38,10 +53,11 @@ class PromptBuilder:
             raise InvalidRequestError("messages must not be empty")
         if not self.has_chat_template:
             raise InvalidRequestError("the base model has no chat template; send raw text")
-        rendered = self._tokenizer.apply_chat_template(
+        self.limits.check_text_size("".join(m.get("content", "") for m in messages))
+        rendered = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
-        ids = self._tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return self._check(list(ids))
 
     def sampling(self, prompt_len: int, *, max_new_tokens: int, temperature: float,

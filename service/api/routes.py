@@ -6,17 +6,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
 from service.api.deps import PredictServiceDep, StateDep, TenantDep
-from service.api.disconnect import until_disconnect
+from service.api.gate import NativeRoute
 from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse, ReadyResponse
-from service.auth import check_access, fairness_key
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422, 429, 503)
 }
 
 router = APIRouter()
+predict_router = APIRouter(route_class=NativeRoute)
 
 
 @router.get("/healthz", tags=["health"])
@@ -30,9 +31,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: StateDep) -> JSONResponse:
     """Whether the base model is loaded, and exactly what is in effect."""
     # Only development adapters: tenants' adapters are listed to their owners alone.
-    body = ReadyResponse(status=state.status, error=state.error,
-                         adapters_available=state.resolver.names())
+    body = ReadyResponse(status=state.status, error=state.error)
     if state.components is not None:
+        body.adapters_available = state.components.resolver.names()
         body.model = state.components.info.as_dict()
         body.engine = state.components.engine.stats()
     return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
@@ -44,21 +45,13 @@ async def metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-@router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
-             responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
-async def predict(body: PredictRequest, request: Request, tenant: TenantDep, state: StateDep,
-                  service: PredictServiceDep) -> PredictResponse | StreamingResponse:
+@predict_router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
+                     responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
+async def predict(body: PredictRequest, request: Request, tenant: TenantDep,
+                  service: PredictServiceDep) -> BaseModel | StreamingResponse:
     """Answer with the named adapter (or the base); ``stream`` answers with SSE.
 
     ``adapter`` is ``tenant/name`` for a registered adapter (its active version), or a
     development adapter's name.
     """
-    request.state.adapter = body.adapter or "base"
-    check_access(tenant, body.adapter)
-    with state.limiter.admit(tenant) as lease:
-        prepared = await service.prepare(body, fairness_key=fairness_key(
-            tenant, body.adapter or "base"))
-        if body.stream:
-            return StreamingResponse(lease.hand_to(prepared.sse()),
-                                     media_type="text/event-stream")
-        return await until_disconnect(request, prepared.collect())
+    return await service.predict(body, request, tenant)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
-from adapters.errors import PayloadTooLargeError
-from service.api.deps import AdminServiceDep, StateDep, require_admin
+from service.api.deps import AdminServiceDep, require_admin
+from service.api.gate import AdminRoute
 from service.api.protocol import ErrorResponse
 from service.api.protocol_admin import (
     AdapterInfo,
@@ -25,7 +25,7 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses=ADMIN_ERRORS)
+                   responses=ADMIN_ERRORS, route_class=AdminRoute)
 
 
 
@@ -83,7 +83,7 @@ async def get_adapter(tenant: str, name: str, admin: AdminServiceDep) -> Adapter
 @router.post("/adapters/{tenant}/{name}/versions", status_code=201,
              response_model=AdapterVersionInfo)
 async def upload_version(
-    tenant: str, name: str, request: Request, state: StateDep, admin: AdminServiceDep,
+    tenant: str, name: str, admin: AdminServiceDep,
     files: Annotated[list[UploadFile], File(description="Package files, or one archive.")],
     activate: Annotated[bool | None, Form()] = None,
 ) -> AdapterVersionInfo:
@@ -92,11 +92,8 @@ async def upload_version(
     The first version becomes active; later ones only with ``activate=true`` or a promote.
     Nothing is stored unless every validation rule passes.
     """
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > state.settings.max_upload_bytes:
-        raise PayloadTooLargeError(
-            f"upload of {int(length)} bytes exceeds LORASWAP_MAX_UPLOAD_BYTES="
-            f"{state.settings.max_upload_bytes}")
+    # The gate capped the body at LORASWAP_MAX_UPLOAD_BYTES (plus multipart framing)
+    # while it streamed in; validation checks the files' own sizes against it.
     parts = [(f.filename or "", f.file) for f in files]
     return await admin.register_upload(tenant, name, parts, activate)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
-from service.api.deps import OpenAIServingDep, StateDep, TenantDep
-from service.api.disconnect import until_disconnect
+from service.api.deps import OpenAIServingDep, TenantDep
+from service.api.gate import OpenAIRoute
 from service.api.protocol_openai import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -18,8 +18,6 @@ from service.api.protocol_openai import (
     ModelCard,
     ModelList,
 )
-from service.api.serving_openai import PreparedOpenAI
-from service.limits import Lease
 
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": "OpenAI error body: {error: {message, type, param, code}}"}
@@ -27,19 +25,7 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 STREAM: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
-router = APIRouter(prefix="/v1", tags=["openai"])
-
-
-async def _answer(prepare: Awaitable[PreparedOpenAI], request: Request, stream: bool | None,
-                  lease: Lease) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
-    """Run a prepared request; ``lease`` is released when the answer is complete."""
-    with lease:
-        prepared = await prepare
-        request.state.adapter = prepared.target.label
-        if stream:
-            return StreamingResponse(lease.hand_to(prepared.sse(request)),
-                                     media_type="text/event-stream")
-        return await until_disconnect(request, prepared.collect())
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
 
 @router.get("/models", response_model=ModelList, responses=OPENAI_ERRORS)
@@ -57,19 +43,14 @@ async def retrieve_model(model: str, tenant: TenantDep, service: OpenAIServingDe
 @router.post("/completions", response_model=CompletionResponse,
              responses={**OPENAI_ERRORS, **STREAM})
 async def completions(body: CompletionRequest, request: Request, tenant: TenantDep,
-                      state: StateDep, service: OpenAIServingDep,
-                      ) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
+                      service: OpenAIServingDep) -> BaseModel | StreamingResponse:
     """Complete raw text prompts with an adapter (or the base model)."""
-    lease = state.limiter.admit(tenant)
-    return await _answer(service.prepare_completion(body, tenant=tenant), request, body.stream,
-                         lease)
+    return await service.completion(body, request, tenant)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse,
              responses={**OPENAI_ERRORS, **STREAM})
 async def chat_completions(body: ChatCompletionRequest, request: Request, tenant: TenantDep,
-                           state: StateDep, service: OpenAIServingDep,
-                           ) -> CompletionResponse | ChatCompletionResponse | StreamingResponse:
+                           service: OpenAIServingDep) -> BaseModel | StreamingResponse:
     """Answer a conversation (base model chat template) with an adapter (or the base)."""
-    lease = state.limiter.admit(tenant)
-    return await _answer(service.prepare_chat(body, tenant=tenant), request, body.stream, lease)
+    return await service.chat(body, request, tenant)

@@ -131,12 +131,11 @@ class AdminService:
 
     async def _residency(self, record: AdapterRecord) -> Residency:
         ref = f"{record.tenant}/{record.name}"
-        # Slots belong to the engine thread; the host cache to the event loop (this one).
-        slot_keys = await self.engine.thread.run(lambda: self.engine.slots.resident)
-        host_keys = self.engine.host.keys()
+        resident = await self.engine.residency()
         return Residency(
-            in_slot=sorted(int(k.version) for k in slot_keys if k.name == ref),
-            in_host_memory=sorted(int(k.version) for k in host_keys if k.name == ref),
+            in_slot=sorted(int(k.version) for k in resident.in_slots if k.name == ref),
+            in_host_memory=sorted(int(k.version) for k in resident.in_host_memory
+                                  if k.name == ref),
         )
 
     async def adapter_info(self, record: AdapterRecord) -> AdapterInfo:

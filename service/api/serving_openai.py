@@ -1,4 +1,4 @@
-"""OpenAI-compatible completions, chat completions and model list over the generation service.
+"""OpenAI-compatible completions, chat completions and model list over the shared pipeline.
 
 Adapters are models: ``model`` names an adapter, or the base model (its id, or ``"base"``).
 """
@@ -6,19 +6,26 @@ Adapters are models: ``model`` names an adapter, or the base model (its id, or `
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from adapters.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
 from adapters.package import TaskKind
-from service.api.errors import error_body, status_for
-from service.api.generation import GenerationService, ResolvedTarget, SubmittedBatch
+from service.api.answers import (
+    SSE_DONE,
+    finish_reason,
+    new_request_id,
+    sse_data,
+    usage_of,
+)
+from service.api.batches import SubmittedBatch
+from service.api.errors import ErrorFormat, error_body, status_for
+from service.api.pipeline import ServingPipeline
 from service.api.prompts import PromptBuilder
 from service.api.protocol import Usage
 from service.api.protocol_openai import (
@@ -39,30 +46,11 @@ from service.api.protocol_openai import (
     ModelTask,
     SamplingFields,
 )
-from service.auth import Tenant, check_access, fairness_key
+from service.auth import Tenant
 from service.engine.requests import GenerationEvent
-
-BASE_ALIAS = "base"
-"""Accepted as ``model`` for the base model, whatever its name."""
+from service.targets import BASE_TARGET, ServingTarget
 
 GENERATIVE: ModelTask = "causal-lm"
-
-
-def _finish(event: GenerationEvent) -> FinishReason:
-    return "stop" if event.finish_reason == "stop" else "length"
-
-
-def _usage(results: list[GenerationEvent]) -> Usage:
-    prompt = sum(r.prompt_tokens for r in results)
-    completion = sum(r.completion_tokens for r in results)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                 total_tokens=prompt + completion)
-
-
-def _data(payload: BaseModel | dict[str, object], *, with_usage: bool = True) -> str:
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(exclude=None if with_usage else {"usage"})
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 @dataclass
@@ -72,7 +60,6 @@ class PreparedOpenAI:
     chat: bool
     request_id: str
     model: str
-    target: ResolvedTarget
     batch: SubmittedBatch
     include_usage: bool
     created: int
@@ -82,12 +69,14 @@ class PreparedOpenAI:
         results = await self.batch.collect()
         if self.chat:
             return ChatCompletionResponse(
-                id=self.request_id, created=self.created, model=self.model, usage=_usage(results),
+                id=self.request_id, created=self.created, model=self.model,
+                usage=usage_of(results),
                 choices=[ChatChoice(index=i, message=AssistantMessage(content=r.text),
-                                    finish_reason=_finish(r)) for i, r in enumerate(results)])
+                                    finish_reason=finish_reason(r))
+                         for i, r in enumerate(results)])
         return CompletionResponse(
-            id=self.request_id, created=self.created, model=self.model, usage=_usage(results),
-            choices=[CompletionChoice(index=i, text=r.text, finish_reason=_finish(r))
+            id=self.request_id, created=self.created, model=self.model, usage=usage_of(results),
+            choices=[CompletionChoice(index=i, text=r.text, finish_reason=finish_reason(r))
                      for i, r in enumerate(results)])
 
     def _chunk(self, index: int, text: str | None, role: bool = False,
@@ -108,46 +97,105 @@ class PreparedOpenAI:
         return CompletionResponse(id=self.request_id, created=self.created, model=self.model,
                                   choices=[], usage=usage)
 
-    async def sse(self, request: Request) -> AsyncIterator[str]:
+    def _data(self, chunk: BaseModel) -> str:
+        # OpenAI sends "usage": null on chunks only when usage was asked for.
+        return sse_data(chunk, exclude=None if self.include_usage else {"usage"})
+
+    async def sse(self) -> AsyncIterator[str]:
         """``data: {chunk}`` events, an optional usage chunk, then ``data: [DONE]``."""
-        keep = self.include_usage  # OpenAI sends "usage": null on chunks only when asked
         finals: list[GenerationEvent] = []
         try:
             if self.chat:  # the first chat chunk announces the role
                 for index in range(len(self.batch.streams)):
-                    yield _data(self._chunk(index, "", role=True), with_usage=keep)
+                    yield self._data(self._chunk(index, "", role=True))
             async for index, event in self.batch.events():
                 if event.finished:
                     finals.append(event)
                     text = event.text or (None if self.chat else "")
-                    yield _data(self._chunk(index, text, finish=_finish(event)), with_usage=keep)
+                    yield self._data(self._chunk(index, text, finish=finish_reason(event)))
                 elif event.text:
-                    yield _data(self._chunk(index, event.text), with_usage=keep)
+                    yield self._data(self._chunk(index, event.text))
         except LoraswapError as exc:
             # Headers are gone; OpenAI SDKs raise on a chunk that carries "error".
-            yield _data(error_body(request, status_for(exc), exc.code, exc.message))
+            yield sse_data(error_body(ErrorFormat.OPENAI, status_for(exc), exc.code,
+                                      exc.message))
         else:
             if self.include_usage:
-                yield _data(self._usage_chunk(_usage(finals)))
+                yield sse_data(self._usage_chunk(usage_of(finals)))
         finally:
             self.batch.cancel()  # a client gone before events() started must stop the engine
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE
+
+
+@dataclass
+class OpenAIPlan:
+    """One completions or chat request, as the pipeline runs it."""
+
+    body: SamplingFields
+    model: str  # the model as the client named it, echoed in the answer
+    adapter: str | None
+    chat: bool
+    max_tokens: int
+    tokenize: Callable[[], list[list[int]]]
+    prompts: PromptBuilder
+    inputs: int
+
+    @property
+    def stream(self) -> bool:
+        """Whether the answer is streamed."""
+        return bool(self.body.stream)
+
+    def check(self, target: ServingTarget) -> None:
+        """Only text generation: classification adapters answer on /v1/predict."""
+        if target.task is not TaskKind.CAUSAL_LM:
+            raise InvalidRequestError(
+                f"model {self.model!r} is a {target.task} adapter and does not generate "
+                "text; use POST /v1/predict")
+
+    async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
+                     tenant: Tenant | None) -> PreparedOpenAI:
+        """Tokenize, load and queue the prompts."""
+        body = self.body
+        prompts = await pipeline.tokenize(self.tokenize)
+        params = [
+            self.prompts.sampling(
+                len(p), max_new_tokens=self.max_tokens,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
+                stop=body.stop_list, ignore_eos=body.ignore_eos)
+            for p in prompts
+        ]
+        target = await pipeline.load(target)
+        request_id = new_request_id("chatcmpl" if self.chat else "cmpl")
+        batch = pipeline.generate(target, prompts, params, request_id=request_id,
+                                  tenant=tenant)
+        return PreparedOpenAI(chat=self.chat, request_id=request_id, model=self.model,
+                              batch=batch, include_usage=body.include_usage,
+                              created=int(time.time()))
 
 
 class OpenAIServing:
-    """Validates OpenAI requests, maps ``model`` to an adapter and submits the prompts."""
+    """The OpenAI API over the shared pipeline: ``model`` names an adapter or the base."""
 
-    def __init__(self, generation: GenerationService, prompts: PromptBuilder,
+    def __init__(self, pipeline: ServingPipeline, prompts: PromptBuilder,
                  base_model: str) -> None:
-        self._generation = generation
+        self._pipeline = pipeline
         self._prompts = prompts
         self.base_model = base_model
         self.created = int(time.time())
 
+    def _adapter(self, model: str) -> str | None:
+        """The adapter ``model`` names; None for the base model (its id or "base")."""
+        return None if model in (self.base_model, BASE_TARGET) else model
+
+    def _echo(self, model: str) -> str:
+        """The ``model`` of the answer: the adapter, or the base model's id."""
+        return self.base_model if self._adapter(model) is None else model
+
     async def list_models(self, tenant: Tenant | None) -> ModelList:
         """The base model (if the tenant may use it) and every adapter visible to the caller."""
         owner = tenant.name if tenant is not None else None
-        listing = await asyncio.to_thread(self._generation.resolver.listing, owner)
+        listing = await asyncio.to_thread(self._pipeline.resolver.listing, owner)
         cards = []
         if tenant is None or tenant.allow_base_model:
             cards.append(ModelCard(id=self.base_model, created=self.created, owned_by="loraswap",
@@ -161,25 +209,11 @@ class OpenAIServing:
 
     async def model_card(self, model: str, tenant: Tenant | None) -> ModelCard:
         """The entry of ``model`` (an adapter, the base id or "base")."""
-        wanted = self.base_model if model == BASE_ALIAS else model
+        wanted = self.base_model if model == BASE_TARGET else model
         for card in (await self.list_models(tenant)).data:
             if card.id == wanted:
                 return card
         raise AdapterNotFoundError(model)
-
-    async def _check_generative(self, model: str, tenant: Tenant | None) -> str | None:
-        """The adapter ``model`` means (None: the base); 404/403/400 if the caller can't use
-        it to generate."""
-        if model in (self.base_model, BASE_ALIAS):
-            check_access(tenant, None)
-            return None
-        check_access(tenant, model)
-        resolved = await asyncio.to_thread(self._generation.resolver.resolve, model)
-        if resolved.task is not TaskKind.CAUSAL_LM:
-            raise InvalidRequestError(
-                f"model {model!r} is a {resolved.task} adapter and does not generate text; "
-                "use POST /v1/predict")
-        return model
 
     def _max_tokens(self, requested: int | None, field: str) -> int:
         limit = self._prompts.limits.max_new_tokens
@@ -190,42 +224,29 @@ class OpenAIServing:
                 f"{field}={requested} exceeds the limit {limit} (LORASWAP_MAX_NEW_TOKENS_LIMIT)")
         return requested
 
-    async def _submit(self, body: SamplingFields, tenant: Tenant | None, chat: bool,
-                      tokenize: Callable[[], list[list[int]]], max_tokens: int,
-                      ) -> PreparedOpenAI:
-        adapter = await self._check_generative(body.model, tenant)
-        prompts = tokenize()
-        params = [
-            self._prompts.sampling(
-                len(p), max_new_tokens=max_tokens,
-                temperature=1.0 if body.temperature is None else body.temperature,
-                top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
-                stop=body.stop_list, ignore_eos=body.ignore_eos)
-            for p in prompts
-        ]
-        target = await self._generation.resolve(adapter)
-        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        batch = self._generation.submit(target, prompts, params, request_id=request_id,
-                                        fairness_key=fairness_key(tenant, target.label))
-        return PreparedOpenAI(
-            chat=chat, request_id=request_id, model=adapter or self.base_model, target=target,
-            batch=batch, include_usage=body.include_usage, created=int(time.time()))
-
-    async def prepare_completion(self, body: CompletionRequest, *, tenant: Tenant | None,
-                                 ) -> PreparedOpenAI:
-        """Submit raw-text prompts (no chat template); raises 4xx errors before any output."""
+    async def completion(self, body: CompletionRequest, request: Request,
+                         tenant: Tenant | None) -> BaseModel | StreamingResponse:
+        """Complete raw-text prompts (no chat template)."""
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts:
             raise InvalidRequestError("prompt must not be an empty list")
-        return await self._submit(
-            body, tenant, False, lambda: [self._prompts.from_text(t, raw=True) for t in texts],
-            self._max_tokens(body.max_tokens, "max_tokens"))
+        plan = OpenAIPlan(
+            body=body, model=self._echo(body.model), adapter=self._adapter(body.model),
+            chat=False,
+            max_tokens=self._max_tokens(body.max_tokens, "max_tokens"),
+            tokenize=lambda: [self._prompts.from_text(t, raw=True) for t in texts],
+            prompts=self._prompts, inputs=len(texts))
+        return await self._pipeline.answer(request, tenant, plan)
 
-    async def prepare_chat(self, body: ChatCompletionRequest, *, tenant: Tenant | None,
-                           ) -> PreparedOpenAI:
-        """Submit a conversation rendered with the base model's chat template."""
+    async def chat(self, body: ChatCompletionRequest, request: Request,
+                   tenant: Tenant | None) -> BaseModel | StreamingResponse:
+        """Answer a conversation rendered with the base model's chat template."""
         messages = [m.as_template_message() for m in body.messages]
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        max_tokens = self._max_tokens(body.max_completion_tokens or body.max_tokens, field)
-        return await self._submit(body, tenant, True,
-                                  lambda: [self._prompts.from_messages(messages)], max_tokens)
+        plan = OpenAIPlan(
+            body=body, model=self._echo(body.model), adapter=self._adapter(body.model),
+            chat=True,
+            max_tokens=self._max_tokens(body.max_completion_tokens or body.max_tokens, field),
+            tokenize=lambda: [self._prompts.from_messages(messages)],
+            prompts=self._prompts, inputs=1)
+        return await self._pipeline.answer(request, tenant, plan)

@@ -1,4 +1,4 @@
-"""``/v1/predict``: the native API over the shared generation service.
+"""``/v1/predict``: the native API, translated to and from the shared request pipeline.
 
 The adapter's task decides what a request does: a causal-lm adapter (or the base model)
 generates text; a seq-cls adapter classifies each input; a token-cls adapter labels the
@@ -8,22 +8,25 @@ entities of each input. Classification takes raw texts only (no chat template, s
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from adapters.errors import InvalidRequestError, LoraswapError
 from adapters.package import TaskKind, TextSplit
-from service.adapter_source import ResolvedAdapter
-from service.api.classification import EncodedInput, encode_input, sequence_output, token_output
-from service.api.generation import (
-    ClassificationBatch,
-    GenerationService,
-    ResolvedTarget,
-    SubmittedBatch,
+from service.api.answers import (
+    finish_reason,
+    new_request_id,
+    prompt_usage,
+    sse_event,
+    usage_of,
 )
+from service.api.batches import ClassificationBatch, SubmittedBatch
+from service.api.classification import EncodedInput, encode_input, sequence_output, token_output
+from service.api.pipeline import Prepared, ServingPipeline
 from service.api.prompts import PromptBuilder
 from service.api.protocol import (
     PredictOutput,
@@ -31,50 +34,33 @@ from service.api.protocol import (
     PredictResponse,
     SequenceClassOutput,
     TokenClassOutput,
-    Usage,
 )
+from service.auth import Tenant
 from service.engine.classify import ClassificationResult
 from service.engine.requests import GenerationEvent
+from service.targets import ServingTarget
 
 
-def _sse(event: str, payload: object) -> str:
-    return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-class Prepared(Protocol):
-    """A validated, submitted predict request, answered whole or as an event stream."""
-
-    async def collect(self) -> PredictResponse:
-        """Wait for every output."""
-        ...
-
-    def sse(self) -> AsyncIterator[str]:
-        """Server-sent events ending with ``done`` (the whole answer)."""
-        ...
+def _error_event(exc: LoraswapError) -> str:
+    return sse_event("error", {"error": {"code": exc.code, "message": exc.message}})
 
 
 @dataclass
 class PreparedPredict:
-    """A validated, submitted generation request; consumed whole or as an event stream."""
+    """A submitted generation request; consumed whole or as an event stream."""
 
     request_id: str
-    target: ResolvedTarget
+    target: ServingTarget
     batch: SubmittedBatch
 
     def response(self, results: list[GenerationEvent]) -> PredictResponse:
         """The JSON answer for finished results."""
-        prompt = sum(r.prompt_tokens for r in results)
-        completion = sum(r.completion_tokens for r in results)
         return PredictResponse(
-            id=self.request_id, adapter=self.target.name, adapter_version=self.target.version,
-            task=self.target.task,
-            outputs=[
-                PredictOutput(text=r.text, tokens=r.completion_tokens,
-                              finish_reason="stop" if r.finish_reason == "stop" else "length")
-                for r in results
-            ],
-            usage=Usage(prompt_tokens=prompt, completion_tokens=completion,
-                        total_tokens=prompt + completion),
+            id=self.request_id, adapter=self.target.adapter,
+            adapter_version=self.target.version, task=self.target.task,
+            outputs=[PredictOutput(text=r.text, tokens=r.completion_tokens,
+                                   finish_reason=finish_reason(r)) for r in results],
+            usage=usage_of(results),
         )
 
     async def collect(self) -> PredictResponse:
@@ -88,43 +74,41 @@ class PreparedPredict:
         try:
             async for index, event in self.batch.events():
                 texts[index] += event.text
-                yield _sse("token", {"index": index, "text": event.text,
-                                     "token_ids": list(event.token_ids)})
+                yield sse_event("token", {"index": index, "text": event.text,
+                                          "token_ids": list(event.token_ids)})
                 if event.finished:
                     finals[index] = GenerationEvent(
                         text=texts[index], token_ids=(), finished=True,
                         finish_reason=event.finish_reason, prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens)
         except LoraswapError as exc:
-            yield _sse("error", {"error": {"code": exc.code, "message": exc.message}})
+            yield _error_event(exc)
             return
-        done = [f for f in finals if f is not None]
-        yield _sse("done", self.response(done).model_dump())
+        yield sse_event("done", self.response([f for f in finals if f is not None]))
 
 
 @dataclass
 class PreparedClassification:
-    """A validated, submitted seq-cls / token-cls request."""
+    """A submitted seq-cls / token-cls request."""
 
     request_id: str
-    target: ResolvedTarget
-    labels: list[str]
+    target: ServingTarget
     inputs: list[EncodedInput]
     batch: ClassificationBatch
 
     def response(self, results: list[ClassificationResult]) -> PredictResponse:
         """Per input: the label and scores (seq-cls) or the entities (token-cls)."""
+        labels = self.target.class_names()
         outputs: list[PredictOutput | SequenceClassOutput | TokenClassOutput]
         if self.target.task is TaskKind.SEQ_CLS:
-            outputs = [sequence_output(r.probs[0], self.labels) for r in results]
+            outputs = [sequence_output(r.probs[0], labels) for r in results]
         else:
-            outputs = [token_output(encoded, r.probs, self.labels)
+            outputs = [token_output(encoded, r.probs, labels)
                        for encoded, r in zip(self.inputs, results, strict=True)]
-        prompt = sum(r.prompt_tokens for r in results)
         return PredictResponse(
-            id=self.request_id, adapter=self.target.name, adapter_version=self.target.version,
-            task=self.target.task, outputs=outputs,
-            usage=Usage(prompt_tokens=prompt, completion_tokens=0, total_tokens=prompt),
+            id=self.request_id, adapter=self.target.adapter,
+            adapter_version=self.target.version, task=self.target.task, outputs=outputs,
+            usage=prompt_usage(sum(r.prompt_tokens for r in results)),
         )
 
     async def collect(self) -> PredictResponse:
@@ -136,17 +120,17 @@ class PreparedClassification:
         try:
             response = await self.collect()
         except LoraswapError as exc:
-            yield _sse("error", {"error": {"code": exc.code, "message": exc.message}})
+            yield _error_event(exc)
             return
-        yield _sse("done", response.model_dump(mode="json"))
+        yield sse_event("done", response)
 
 
-def check_classification_body(body: PredictRequest, adapter: str, task: TaskKind) -> list[str]:
-    """The input texts of a classification request; 400 naming what does not apply.
+def check_classification_body(body: PredictRequest, target: ServingTarget) -> None:
+    """400 naming what does not apply to a classification adapter.
 
     ``raw`` is accepted either way: classification inputs are never templated.
     """
-    what = f"adapter {adapter!r} is a {task} adapter"
+    what = f"adapter {target.name!r} is a {target.task} adapter"
     if body.stream:
         raise InvalidRequestError(
             f"stream is not supported: {what}, its answer comes whole in one response")
@@ -154,63 +138,100 @@ def check_classification_body(body: PredictRequest, adapter: str, task: TaskKind
     if given:
         raise InvalidRequestError(
             f"parameters {', '.join(given)} do not apply: {what} and does not generate text")
-    if isinstance(body.inputs, str):
-        return [body.inputs]
-    texts = [i for i in body.inputs if isinstance(i, str)]
-    if len(texts) != len(body.inputs):
+    if not isinstance(body.inputs, str) and any(not isinstance(i, str) for i in body.inputs):
         raise InvalidRequestError(
             f"chat messages are not accepted: {what}; send a text or a list of texts")
-    return texts
 
 
-class PredictService:
-    """Validates predict requests, builds prompts and submits them to the engine."""
+@dataclass
+class PredictPlan:
+    """One ``/v1/predict`` body, as the pipeline runs it."""
 
-    def __init__(self, generation: GenerationService, prompts: PromptBuilder) -> None:
-        self._generation = generation
-        self._prompts = prompts
+    body: PredictRequest
+    prompts: PromptBuilder
 
-    async def prepare(self, body: PredictRequest, *, fairness_key: str) -> Prepared:
-        """Resolve the adapter, tokenize, check limits and submit; raises 4xx errors early."""
-        if not body.inputs and not isinstance(body.inputs, str):
+    @property
+    def adapter(self) -> str | None:
+        """The adapter named, None for the base model."""
+        return self.body.adapter
+
+    @property
+    def inputs(self) -> int:
+        """Texts are one engine request each; a conversation is one."""
+        inputs = self.body.inputs
+        if isinstance(inputs, str) or not all(isinstance(i, str) for i in inputs):
+            return 1
+        return len(inputs)
+
+    @property
+    def stream(self) -> bool:
+        """Whether the answer is streamed."""
+        return self.body.stream
+
+    def check(self, target: ServingTarget) -> None:
+        """Inputs present; classification bodies carry no generation fields."""
+        if not self.body.inputs and not isinstance(self.body.inputs, str):
             raise InvalidRequestError("inputs must not be an empty list")
-        resolved = await self._generation.lookup(body.adapter)
-        if resolved is not None and resolved.task.has_labels and body.adapter is not None:
-            return await self._prepare_classification(body, body.adapter, resolved,
-                                                      fairness_key)
-        if isinstance(body.inputs, str):
-            prompts = [self._prompts.from_text(body.inputs, raw=body.raw)]
-        elif body.inputs and all(isinstance(i, str) for i in body.inputs):
-            prompts = [self._prompts.from_text(str(i), raw=body.raw) for i in body.inputs]
-        else:
-            messages = [m.model_dump() for m in body.inputs if not isinstance(m, str)]
-            prompts = [self._prompts.from_messages(messages)]
-        p = body.parameters
+        if target.task.has_labels:
+            check_classification_body(self.body, target)
+
+    async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
+                     tenant: Tenant | None) -> Prepared:
+        """Tokenize, load and queue the inputs for the target's task."""
+        if target.task.has_labels:
+            return await self._classify(target, pipeline, tenant)
+        return await self._generate(target, pipeline, tenant)
+
+    def _texts(self) -> list[str]:
+        inputs = self.body.inputs
+        return [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
+
+    def _tokenize_generation(self) -> list[list[int]]:
+        body = self.body
+        if isinstance(body.inputs, str) or all(isinstance(i, str) for i in body.inputs):
+            return [self.prompts.from_text(text, raw=body.raw) for text in self._texts()]
+        messages = [m.model_dump() for m in body.inputs if not isinstance(m, str)]
+        return [self.prompts.from_messages(messages)]
+
+    async def _generate(self, target: ServingTarget, pipeline: ServingPipeline,
+                        tenant: Tenant | None) -> PreparedPredict:
+        prompts = await pipeline.tokenize(self._tokenize_generation)
+        p = self.body.parameters
         params = [
-            self._prompts.sampling(
+            self.prompts.sampling(
                 len(prompt), max_new_tokens=p.max_new_tokens, temperature=p.temperature,
                 top_p=p.top_p, seed=p.seed, stop=p.stop, ignore_eos=p.ignore_eos)
             for prompt in prompts
         ]
-        target = await self._generation.load(body.adapter, resolved)
-        request_id = f"pred-{uuid.uuid4().hex[:24]}"
-        batch = self._generation.submit(target, prompts, params, request_id=request_id,
-                                        fairness_key=fairness_key or target.label)
-        return PreparedPredict(request_id, target, batch)
+        target = await pipeline.load(target)
+        request_id = new_request_id("pred")
+        return PreparedPredict(request_id, target, pipeline.generate(
+            target, prompts, params, request_id=request_id, tenant=tenant))
 
-    async def _prepare_classification(self, body: PredictRequest, adapter: str,
-                                      resolved: ResolvedAdapter, fairness_key: str,
-                                      ) -> PreparedClassification:
-        texts = check_classification_body(body, adapter, resolved.task)
-        tokenizer = self._generation.engine.tokenizer
-        offsets = resolved.task is TaskKind.TOKEN_CLS
-        words = resolved.text_split is TextSplit.WORDS
-        inputs = [encode_input(tokenizer, text, self._prompts.limits, offsets=offsets,
-                               words=words) for text in texts]
-        target = await self._generation.load(adapter, resolved)
-        labels = target.class_names()
-        request_id = f"pred-{uuid.uuid4().hex[:24]}"
-        batch = self._generation.classify(target, [i.ids for i in inputs],
-                                          request_id=request_id,
-                                          fairness_key=fairness_key or target.label)
-        return PreparedClassification(request_id, target, labels, inputs, batch)
+    async def _classify(self, target: ServingTarget, pipeline: ServingPipeline,
+                        tenant: Tenant | None) -> PreparedClassification:
+        tokenizer = self.prompts.tokenizer
+        offsets = target.task is TaskKind.TOKEN_CLS
+        words = target.traits.text_split is TextSplit.WORDS
+        limits = self.prompts.limits
+        inputs = await pipeline.tokenize(lambda: [
+            encode_input(tokenizer, text, limits, offsets=offsets, words=words)
+            for text in self._texts()])
+        target = await pipeline.load(target)
+        target.class_names()  # a head that does not match its labels: 422 before queueing
+        request_id = new_request_id("pred")
+        return PreparedClassification(request_id, target, inputs, pipeline.classify(
+            target, [i.ids for i in inputs], request_id=request_id, tenant=tenant))
+
+
+class PredictService:
+    """The native API over the shared pipeline."""
+
+    def __init__(self, pipeline: ServingPipeline, prompts: PromptBuilder) -> None:
+        self._pipeline = pipeline
+        self._prompts = prompts
+
+    async def predict(self, body: PredictRequest, request: Request, tenant: Tenant | None,
+                      ) -> BaseModel | StreamingResponse:
+        """Answer ``body`` whole, or as server-sent events when it asks to stream."""
+        return await self._pipeline.answer(request, tenant, PredictPlan(body, self._prompts))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -19,6 +19,16 @@ from service.engine.requests import GenerationRequest, RequestStream
 from service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
 from service.engine.runner import KvCache, LlamaRunner, model_shape, projection_groups
 from service.engine.scheduler import ContinuousBatchScheduler, SchedulerConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ResidencyView:
+    """Which adapter versions are resident on this replica, per tier."""
+
+    in_slots: tuple[AdapterKey, ...]
+    in_host_memory: tuple[AdapterKey, ...]
 
 
 @dataclass(frozen=True)
@@ -83,13 +93,13 @@ class LoraEngine:
                 max_queue_per_key=config.max_queue_per_tenant,
             ),
             observer, pad_token_id=getattr(model.config, "pad_token_id", None),
+            wake=self.thread.wake,
         )
 
     def start(self) -> None:
         """Start stepping the scheduler on the engine thread."""
         if not self.thread.started:
             self.thread.start()
-        self.scheduler.wake = self.thread.wake
         self.thread.drive(self.scheduler)
 
     def stop(self) -> None:
@@ -99,7 +109,7 @@ class LoraEngine:
         elif self.thread.started:
             self.thread.release(self.scheduler)
 
-    async def _run_on_thread(self, fn: Callable[[], LoraAdapterWeights]) -> LoraAdapterWeights:
+    async def _run_on_thread(self, fn: Callable[[], T]) -> T:
         if not self.thread.started:  # not serving yet (tests, tools): run inline
             return fn()
         return await self.thread.run(fn)
@@ -134,6 +144,13 @@ class LoraEngine:
     async def unpin(self, name: str) -> None:
         """Let adapter ``name`` be evicted like any other."""
         await self.thread.run(lambda: self.slots.unpin(name))
+
+    async def residency(self) -> ResidencyView:
+        """Adapter versions in slots (read on the engine thread, which owns them) and in
+        host memory (owned by the event loop: call this on it)."""
+        slots = self.slots
+        in_slots = await self._run_on_thread(lambda: tuple(slots.resident))
+        return ResidencyView(in_slots=in_slots, in_host_memory=tuple(self.host.keys()))
 
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue ``request``; its events arrive on the returned stream."""

@@ -96,8 +96,10 @@ class ContinuousBatchScheduler:
     def __init__(
         self, runner: LlamaRunner, slots: LoraSlotManager, tokenizer: Tokenizer,
         config: SchedulerConfig, observer: EngineObserver, pad_token_id: int | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
-        """``pad_token_id``: the model's pad token, which seq-cls pooling skips."""
+        """``pad_token_id``: the model's pad token, which seq-cls pooling skips; ``wake``
+        tells the thread that steps this scheduler to look for work (a submit, a cancel)."""
         self._runner = runner
         self._slots = slots
         self._tokenizer = tokenizer
@@ -115,8 +117,7 @@ class ContinuousBatchScheduler:
         self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
         self._admitting: list[_Sequence] = []  # taken from the queue, not yet running
         self._classifying: list[PendingClassification] = []  # admitted in this step
-        # Set by the engine thread that steps us: wakes it after a submit or a cancellation.
-        self.wake: Callable[[], None] = lambda: None
+        self._wake = wake
 
     @property
     def num_waiting(self) -> int:
@@ -173,7 +174,7 @@ class ContinuousBatchScheduler:
     def kick(self) -> None:
         """Make the engine thread reconsider its queues now (after a submit or cancel)."""
         self._waiting_for_slot = False
-        self.wake()
+        self._wake()
 
     def has_work(self) -> bool:
         """Whether a step would do something (lock-free: called under the thread's lock)."""

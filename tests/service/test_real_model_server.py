@@ -105,7 +105,8 @@ def test_readyz_tells_the_truth_and_base_answers(server: str) -> None:
     assert ready["model"]["device"] == "cpu"
     assert sorted(ready["adapters_available"]) == sorted(ADAPTERS)
     answer = httpx.post(f"{server}/v1/predict", timeout=120,
-                        content=b'{"inputs":"What is the capital of France?"}').json()
+                        content=b'{"inputs":"What is the capital of France?"}',
+                        headers={"content-type": "application/json"}).json()
     assert "Paris" in answer["outputs"][0]["text"], answer
 
 

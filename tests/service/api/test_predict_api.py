@@ -117,15 +117,6 @@ def test_errors_name_the_problem(live_server, make_adapter, tmp_path) -> None:  
     assert not_json.status_code == 422
 
 
-def test_curl_style_form_body_is_read_as_json(live_server) -> None:  # type: ignore[no-untyped-def]
-    server = live_server()
-    response = server.client.post(
-        "/v1/predict", content=b'{"inputs": "hello", "parameters": {"max_new_tokens": 3}}',
-        headers={"content-type": "application/x-www-form-urlencoded"})
-    assert response.status_code == 200, response.text
-    assert response.json()["outputs"][0]["tokens"] <= 3
-
-
 def test_streaming_matches_the_whole_answer(live_server, make_adapter) -> None:  # type: ignore[no-untyped-def]
     make_adapter("s1", rank=4)
     server = live_server()

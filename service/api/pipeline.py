@@ -1,0 +1,191 @@
+"""The one request pipeline of both API families.
+
+Every inference request, native or OpenAI, goes the same way:
+
+1. **authenticate** — :mod:`service.api.gate`, before the body is read;
+2. **resolve** — the adapter name becomes a :class:`ServingTarget`, exactly once;
+3. **check** — the API's rules for that target (task, parameters), before any cost;
+4. **admit** — a lease on the tenant's rate and concurrency limits, counted per input;
+5. **submit** — tokenized off the event loop, weights decoded, queued in the engine;
+6. **render** — the whole answer or a stream, and the lease given back when it ends.
+
+The API modules (:mod:`service.api.serving_predict`, :mod:`service.api.serving_openai`)
+only translate their protocol into a :class:`RequestPlan` and the engine's results back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from adapters.errors import InvalidRequestError
+from service.adapter_source import AdapterResolver
+from service.api.batches import ClassificationBatch, SubmittedBatch
+from service.api.cancellation import until_disconnect
+from service.auth import Tenant, check_access, fairness_key
+from service.engine.classify import ClassificationRequest, ClassificationStream
+from service.engine.engine import LoraEngine
+from service.engine.requests import GenerationRequest, RequestStream
+from service.engine.sampling import SamplingParams
+from service.limits import Lease, TenantLimiter
+from service.metrics import ServiceMetrics
+from service.targets import ServingTarget
+
+T = TypeVar("T")
+
+
+class Prepared(Protocol):
+    """A submitted request, answered whole or as server-sent events."""
+
+    async def collect(self) -> BaseModel:
+        """Wait for every output and build the answer."""
+        ...
+
+    def sse(self) -> AsyncIterator[str]:
+        """The answer as server-sent events."""
+        ...
+
+
+class RequestPlan(Protocol):
+    """What an API asks of the pipeline for one request, in its own protocol's terms."""
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter reference the request names; None for the base model."""
+        ...
+
+    @property
+    def inputs(self) -> int:
+        """How many engine requests it makes (each counts against the tenant's limits)."""
+        ...
+
+    @property
+    def stream(self) -> bool:
+        """Whether the answer is streamed."""
+        ...
+
+    def check(self, target: ServingTarget) -> None:
+        """Refuse (4xx) what this API does not allow on ``target``; nothing is spent yet."""
+        ...
+
+    async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
+                     tenant: Tenant | None) -> Prepared:
+        """Tokenize, load and queue the work (the lease is held)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds of one request, checked before any work."""
+
+    max_inputs: int
+
+
+class ServingPipeline:
+    """Resolve → check → admit → submit → render, shared by every inference route."""
+
+    def __init__(self, *, engine: LoraEngine, resolver: AdapterResolver,
+                 limiter: TenantLimiter, metrics: ServiceMetrics, limits: RequestLimits,
+                 ) -> None:
+        self.engine = engine
+        self.resolver = resolver
+        self._limiter = limiter
+        self._metrics = metrics
+        self._limits = limits
+        # One thread for tokenizing and templating: off the event loop, and never two
+        # threads inside the same tokenizer object.
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="loraswap-tokenize")
+
+    def close(self) -> None:
+        """Stop the tokenizer thread."""
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def answer(self, request: Request, tenant: Tenant | None, plan: RequestPlan,
+                     ) -> BaseModel | StreamingResponse:
+        """Run ``plan`` through the pipeline and answer the HTTP request."""
+        target = await self.resolve(tenant, plan.adapter)
+        request.state.adapter = target.name  # a metrics label: only resolved names
+        plan.check(target)
+        with self.admit(tenant, plan.inputs) as lease:
+            prepared = await plan.submit(target, self, tenant)
+            if plan.stream:
+                return StreamingResponse(lease.hand_to(prepared.sse()),
+                                         media_type="text/event-stream")
+            return await until_disconnect(request, prepared.collect())
+
+    async def resolve(self, tenant: Tenant | None, adapter: str | None) -> ServingTarget:
+        """The target ``adapter`` means for this caller (None: the base model); 404 for
+        another tenant's adapter, exactly as for a missing one."""
+        check_access(tenant, adapter)
+        if adapter is None:
+            return ServingTarget.base()
+        # The resolver may read the store: off the event loop.
+        return await asyncio.to_thread(self.resolver.resolve, adapter)
+
+    def admit(self, tenant: Tenant | None, inputs: int) -> Lease:
+        """A lease for ``inputs`` engine requests; 400 for a request that could never fit."""
+        if inputs > self._limits.max_inputs:
+            raise InvalidRequestError(
+                f"the request has {inputs} inputs; at most {self._limits.max_inputs} are "
+                "allowed in one request (LORASWAP_MAX_INPUTS_PER_REQUEST)")
+        share = self.engine.scheduler.config.queue_share
+        if inputs > share:
+            raise InvalidRequestError(
+                f"the request has {inputs} inputs, more than the {share} requests one caller "
+                "may have waiting (LORASWAP_MAX_QUEUE_PER_TENANT): split it")
+        return self._limiter.admit(tenant, cost=inputs)
+
+    async def tokenize(self, work: Callable[[], T]) -> T:
+        """Run tokenizing/templating ``work`` on the tokenizer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, work)
+
+    async def load(self, target: ServingTarget) -> ServingTarget:
+        """``target`` with its decoded (and checked) weights; the base model as it is."""
+        if target.key is None or target.read is None:
+            return target
+        return target.loaded(await self.engine.adapter_weights(target.key, target.read))
+
+    def generate(self, target: ServingTarget, prompts: list[list[int]],
+                 params: list[SamplingParams], *, request_id: str, tenant: Tenant | None,
+                 ) -> SubmittedBatch:
+        """Queue every prompt; if the queue refuses one, the ones before it are dropped."""
+        streams: list[RequestStream] = []
+        batch = SubmittedBatch(self.engine, streams)
+        key = fairness_key(tenant, target.name)
+        try:
+            for index, (prompt, sampling) in enumerate(zip(prompts, params, strict=True)):
+                streams.append(self.engine.submit(GenerationRequest(
+                    request_id=f"{request_id}-{index}", prompt_ids=prompt, params=sampling,
+                    adapter=target.key, adapter_weights=target.weights, fairness_key=key)))
+                self._metrics.prompt_tokens.labels(target.name).inc(len(prompt))
+        except BaseException:
+            batch.cancel()
+            raise
+        return batch
+
+    def classify(self, target: ServingTarget, prompts: list[list[int]], *, request_id: str,
+                 tenant: Tenant | None) -> ClassificationBatch:
+        """Queue every input of a seq-cls / token-cls request; all or none stay queued."""
+        if target.key is None or target.weights is None or not target.task.has_labels:
+            raise InvalidRequestError(f"{target.name!r} is not a classification adapter")
+        streams: list[ClassificationStream] = []
+        batch = ClassificationBatch(self.engine, streams)
+        key = fairness_key(tenant, target.name)
+        try:
+            for index, prompt in enumerate(prompts):
+                streams.append(self.engine.classify(ClassificationRequest(
+                    request_id=f"{request_id}-{index}", prompt_ids=prompt, task=target.task,
+                    adapter=target.key, adapter_weights=target.weights, fairness_key=key,
+                    attention=target.traits.attention)))
+                self._metrics.prompt_tokens.labels(target.name).inc(len(prompt))
+        except BaseException:
+            batch.cancel()
+            raise
+        return batch

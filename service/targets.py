@@ -1,0 +1,108 @@
+"""What a request runs on: the base model or one adapter version, resolved once.
+
+A request names its target once (``adapter`` / ``model``); resolution turns that name into a
+:class:`ServingTarget` holding an immutable :class:`AdapterKey` (name + version) and the
+adapter's :class:`AdapterTraits`. Everything after resolution (access, the task's rules,
+the engine submission, the answer) reads that one object, so a promotion between two steps
+of a request can never mix two versions. The base model is a target like any adapter, with
+the reserved name ``base`` and no key, so "no adapter" is not a special case downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.errors import AdapterValidationError
+from adapters.lora_format import LoraAdapterWeights
+from adapters.package import AdapterManifest, AttentionMode, TaskKind, TextSplit
+from service.engine.residency import AdapterKey
+
+BASE_TARGET = "base"
+"""The reserved name of the base model (in metrics, logs and the OpenAI ``model`` field)."""
+
+TASK_BY_PEFT_TYPE: Mapping[str, TaskKind] = {kind.peft_task_type: kind for kind in TaskKind}
+"""PEFT ``task_type`` → task, for adapters that come without a ``loraswap.json``."""
+
+
+@dataclass(frozen=True)
+class AdapterTraits:
+    """How an adapter is served: its task, class names, attention and text split."""
+
+    task: TaskKind = TaskKind.CAUSAL_LM
+    labels: tuple[str, ...] | None = None  # class names in head order; None: "LABEL_<i>"
+    attention: AttentionMode = AttentionMode.CAUSAL
+    text_split: TextSplit = TextSplit.NONE
+
+    @classmethod
+    def of_manifest(cls, manifest: AdapterManifest) -> AdapterTraits:
+        """The traits a package manifest (``loraswap.json``) declares."""
+        return cls(manifest.task, tuple(manifest.labels) if manifest.labels else None,
+                   manifest.attention, manifest.text_split)
+
+    @classmethod
+    def of_peft_config(cls, config: Any) -> AdapterTraits:
+        """A plain PEFT folder's traits: the task from ``task_type`` (causal-lm when absent
+        or unknown); no labels, causal attention, text as sent."""
+        task_type = config.get("task_type") if isinstance(config, dict) else None
+        return cls(TASK_BY_PEFT_TYPE.get(str(task_type), TaskKind.CAUSAL_LM))
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """The base model or one adapter version; ``weights`` once decoded (:meth:`loaded`)."""
+
+    name: str
+    key: AdapterKey | None = None
+    traits: AdapterTraits = AdapterTraits()
+    read: Callable[[], LoraAdapterWeights] | None = dataclasses.field(
+        default=None, repr=False, compare=False)
+    weights: LoraAdapterWeights | None = dataclasses.field(
+        default=None, repr=False, compare=False)
+
+    @classmethod
+    def base(cls) -> ServingTarget:
+        """The base model."""
+        return cls(BASE_TARGET)
+
+    @property
+    def is_base(self) -> bool:
+        """Whether this is the base model (no adapter)."""
+        return self.key is None
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter reference, None for the base model (API answers)."""
+        return None if self.is_base else self.name
+
+    @property
+    def version(self) -> str | None:
+        """The adapter version served (None for the base)."""
+        return self.key.version if self.key else None
+
+    @property
+    def task(self) -> TaskKind:
+        """What the target does."""
+        return self.traits.task
+
+    def loaded(self, weights: LoraAdapterWeights) -> ServingTarget:
+        """This target with its decoded weights."""
+        return dataclasses.replace(self, weights=weights)
+
+    def class_names(self) -> list[str]:
+        """Names of the head's outputs, in order: the adapter's labels, else "LABEL_<i>"."""
+        head = self.weights.head if self.weights else None
+        if head is None:
+            raise AdapterValidationError(
+                f"{self.name}: a {self.task} adapter needs a classification head, "
+                "and its weights have none")
+        labels = self.traits.labels
+        if labels is None:
+            return [f"LABEL_{i}" for i in range(head.num_labels)]
+        if len(labels) != head.num_labels:
+            raise AdapterValidationError(
+                f"{self.name}: the manifest lists {len(labels)} labels, "
+                f"the classification head has {head.num_labels} outputs")
+        return list(labels)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -41,9 +41,9 @@ def serve(
 
     # Options are passed to Settings, not set on it afterwards, so they are validated the
     # same way as the LORASWAP_* variables they override (a port out of range is refused).
-    options = {"host": host, "port": port, "dev_mode": True if dev else None}
+    options: dict[str, Any] = {"host": host, "port": port, "dev_mode": True if dev else None}
     try:
-        settings = Settings(**{k: v for k, v in options.items() if v is not None})
+        settings = Settings.model_validate({k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
         typer.echo(f"error: invalid settings: {describe_problems(exc.errors(), 'settings')}",
                    err=True)

@@ -83,9 +83,6 @@ def check_adapter_name(name: str) -> None:
         )
 
 
-_TASK_BY_PEFT_TYPE = {kind.peft_task_type: kind for kind in TaskKind}
-
-
 @dataclass(frozen=True)
 class _Traits:
     task: TaskKind = TaskKind.CAUSAL_LM
@@ -114,7 +111,7 @@ def _traits_of(folder: Path) -> _Traits:
     except (OSError, ValueError):
         return _Traits()  # read() reports the broken config
     task_type = raw.get("task_type") if isinstance(raw, dict) else None
-    return _Traits(_TASK_BY_PEFT_TYPE.get(str(task_type), TaskKind.CAUSAL_LM))
+    return _Traits(TaskKind.from_peft_task_type(task_type) or TaskKind.CAUSAL_LM)
 
 
 class LocalAdapterDirectory:

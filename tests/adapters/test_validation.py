@@ -290,7 +290,7 @@ def test_rejections_leave_an_s3_store_untouched(
 
 def test_rank_above_limit(registry: AdapterRegistry, build_package: PackageBuilder) -> None:
     refused(registry, build_package(rank=80), AdapterIncompatibleError,
-            "rank r=80 is above the limit of 64")
+            "rank 80 exceeds the maximum 64")
 
 
 def test_file_over_size_limit(tmp_path: Path, base_fingerprint: BaseModelFingerprint,
@@ -337,7 +337,7 @@ def test_classifier_registers(registry: AdapterRegistry, classifier: Path) -> No
 def test_head_size_must_match_labels(registry: AdapterRegistry, classifier: Path) -> None:
     seal(classifier, labels=["negative", "positive"])
     refused(registry, classifier, AdapterValidationError,
-            "classification head has 3 outputs, but loraswap.json lists 2 labels")
+            "classification head has 3 outputs, but the manifest lists 2 labels")
 
 
 def test_head_hidden_size_must_match_base(registry: AdapterRegistry, classifier: Path) -> None:

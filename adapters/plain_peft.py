@@ -56,6 +56,13 @@ class ManifestDefaults:
     training: dict[str, Any] = field(default_factory=dict)
     ignore_base_name: bool = False
 
+    @classmethod
+    def from_caller(cls, task: TaskKind | None, labels: list[str] | None,
+                    ignore_base_name: bool) -> ManifestDefaults:
+        """What an upload or ``loraswap adapters push`` supplies (empty labels: none)."""
+        return cls(task=task, labels=tuple(labels) if labels else None,
+                   ignore_base_name=ignore_base_name)
+
 
 def task_of_peft(peft: dict[str, Any]) -> TaskKind:
     """The task of a PEFT config's ``task_type`` (absent: causal-lm); 422 if unsupported."""

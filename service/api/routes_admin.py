@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 
 from adapters.errors import PayloadTooLargeError
+from adapters.package import TaskKind
+from adapters.validation import ManifestDefaults
 from service.api.deps import AdminServiceDep, StateDep, require_admin
 from service.api.protocol import ErrorResponse
 from service.api.protocol_admin import (
@@ -86,11 +88,20 @@ async def upload_version(
     tenant: str, name: str, request: Request, state: StateDep, admin: AdminServiceDep,
     files: Annotated[list[UploadFile], File(description="Package files, or one archive.")],
     activate: Annotated[bool | None, Form()] = None,
+    task: Annotated[TaskKind | None, Form(
+        description="Plain PEFT folder: the task (default: from task_type).")] = None,
+    labels: Annotated[list[str] | None, Form(
+        description="Plain PEFT folder: class names in head order, one field each.")] = None,
+    ignore_base_name: Annotated[bool, Form(
+        description="Plain PEFT folder: accept a base_model_name_or_path naming another "
+                    "model (shapes are still checked).")] = False,
 ) -> AdapterVersionInfo:
     """Register a new version from uploaded package files (or a .tar.gz / .zip).
 
     The first version becomes active; later ones only with ``activate=true`` or a promote.
-    Nothing is stored unless every validation rule passes.
+    Nothing is stored unless every validation rule passes. A plain PEFT folder (no
+    ``loraswap.json``) gets a manifest built from its config plus ``task`` / ``labels``;
+    the answer's ``inferred`` says how each field was decided.
     """
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > state.settings.max_upload_bytes:
@@ -98,7 +109,8 @@ async def upload_version(
             f"upload of {int(length)} bytes exceeds LORASWAP_MAX_UPLOAD_BYTES="
             f"{state.settings.max_upload_bytes}")
     parts = [(f.filename or "", f.file) for f in files]
-    return await admin.register_upload(tenant, name, parts, activate)
+    defaults = ManifestDefaults.from_caller(task, labels, ignore_base_name)
+    return await admin.register_upload(tenant, name, parts, activate, defaults)
 
 
 @router.post("/adapters/{tenant}/{name}/versions/import", status_code=201,

@@ -31,7 +31,7 @@ from adapters.validation import (
     ValidationLimits,
     validate_package,
 )
-from tests.adapters.conftest import PackageBuilder, make_store, seal, snapshot
+from tests.adapters.conftest import PackageBuilder, make_store, refused, seal
 
 Breaker = Callable[[Path], None]
 
@@ -56,16 +56,6 @@ def _first(tensors: dict[str, torch.Tensor], fragment: str) -> str:
 def registry(tmp_path: Path, base_fingerprint: BaseModelFingerprint) -> AdapterRegistry:
     store = FileSystemStore(tmp_path / "store")
     return AdapterRegistry(store, base_fingerprint, ValidationLimits(), tmp_path / "cache")
-
-
-def refused(registry: AdapterRegistry, folder: Path, error: type[LoraswapError],
-            match: str, **kwargs: object) -> None:
-    """``register`` raises ``error`` matching ``match`` and writes nothing."""
-    registry.store.put("adapters/acme/other/state.json", b'{"active": null}')  # non-empty
-    before = snapshot(registry.store)
-    with pytest.raises(error, match=match):
-        registry.register("acme", "chat", folder, **kwargs)  # type: ignore[arg-type]
-    assert snapshot(registry.store) == before
 
 
 def test_valid_package_registers(registry: AdapterRegistry, build_package: PackageBuilder,

@@ -15,14 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftConfig, TaskType, get_peft_model
+from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    AutoTokenizer,
     PreTrainedModel,
 )
 
+from tests.service.conftest import LiveServer
+
+PROMPT = "the quick brown fox"
+NEW_TOKENS = 8
 PACKAGE_PART = ("adapter_config.json", "adapter_model.safetensors")
 _MODEL_CLASS: dict[str, Any] = {
     "CAUSAL_LM": AutoModelForCausalLM,
@@ -89,3 +94,26 @@ def edit_config(folder: Path, **changes: Any) -> Path:
 def upload_parts(folder: Path) -> list[tuple[str, tuple[str, bytes]]]:
     """Multipart ``files`` parts of the PEFT folder's adapter files (not PEFT's README)."""
     return [("files", (name, (folder / name).read_bytes())) for name in PACKAGE_PART]
+
+
+def served_text(server: LiveServer, adapter: str | None) -> str:
+    """Greedy raw-text completion of :data:`PROMPT` through ``/v1/predict`` (None: base)."""
+    response = server.client.post("/v1/predict", json={
+        "adapter": adapter, "inputs": PROMPT, "raw": True,
+        "parameters": {"max_new_tokens": NEW_TOKENS, "ignore_eos": True}})
+    assert response.status_code == 200, response.text
+    text: str = response.json()["outputs"][0]["text"]
+    return text
+
+
+def peft_text(base_dir: Path, folder: Path) -> str:
+    """The same greedy completion from PEFT in fp32 (the reference)."""
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(load_tiny(base_dir, "CAUSAL_LM"), folder).eval()
+    model.generation_config.eos_token_id = None  # run the full length, like ignore_eos
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    text: str = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return text

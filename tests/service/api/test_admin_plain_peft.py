@@ -16,17 +16,17 @@ from transformers import AutoTokenizer
 from adapters.store import open_store
 from tests.adapters.conftest import snapshot
 from tests.peft_adapters import (
+    PROMPT,
     edit_config,
     load_tiny,
     lora_config,
+    peft_text,
     save_peft_adapter,
+    served_text,
     upload_parts,
 )
 from tests.service.api.test_admin_api import ADMIN, ADMIN_HEADERS, create_tenant
 from tests.service.conftest import LiveServer, ServerFactory
-
-PROMPT = "the quick brown fox"
-NEW_TOKENS = 8
 
 
 @pytest.fixture
@@ -44,29 +44,6 @@ def upload(server: LiveServer, name: str, folder: Path, **form: Any) -> httpx.Re
                               files=upload_parts(folder), data=form)
 
 
-def served_text(server: LiveServer, adapter: str) -> str:
-    """Greedy raw-text completion of :data:`PROMPT` through ``/v1/predict``."""
-    response = server.client.post("/v1/predict", json={
-        "adapter": adapter, "inputs": PROMPT, "raw": True,
-        "parameters": {"max_new_tokens": NEW_TOKENS, "ignore_eos": True}})
-    assert response.status_code == 200, response.text
-    text: str = response.json()["outputs"][0]["text"]
-    return text
-
-
-def peft_text(base_dir: Path, folder: Path) -> str:
-    """The same greedy completion from PEFT in fp32 (the reference)."""
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(load_tiny(base_dir, "CAUSAL_LM"), folder).eval()
-    model.generation_config.eos_token_id = None  # run the full length, like ignore_eos
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    text: str = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    return text
-
-
 def test_plain_lora_folder_registers_and_serves_like_peft(
     server: LiveServer, tiny_base_dir: Path, tmp_path: Path,
 ) -> None:
@@ -78,7 +55,9 @@ def test_plain_lora_folder_registers_and_serves_like_peft(
     assert body["inferred"]["task"] == "causal-lm: from adapter_config.json task_type 'CAUSAL_LM'"
     listed = server.client.get("/admin/adapters/acme/chat", headers=ADMIN_HEADERS).json()
     assert listed["versions"][0]["inferred"] == body["inferred"]
-    assert served_text(server, "acme/chat") == peft_text(tiny_base_dir, folder)
+    served = served_text(server, "acme/chat")
+    assert served == peft_text(tiny_base_dir, folder)
+    assert served != served_text(server, None)  # the adapter is really applied
 
 
 def test_rslora_is_served_with_alpha_over_sqrt_r(

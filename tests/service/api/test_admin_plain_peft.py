@@ -137,5 +137,6 @@ def test_unsupported_shapes_get_a_422_naming_the_option_and_store_nothing(
     before = snapshot(store)
     response = upload(server, "chat", make(tiny_base_dir, tmp_path / "bad"))
     assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "adapter_incompatible"
     assert re.search(match, response.json()["error"]["message"]), response.text
     assert snapshot(store) == before

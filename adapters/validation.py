@@ -44,14 +44,8 @@ from adapters.package import (
     sha256_file,
 )
 from adapters.peft_config import check_peft_options
-from adapters.plain_peft import (
-    ManifestDefaults as ManifestDefaults,  # re-exported: registry and callers import it here
-)
-from adapters.plain_peft import (
-    check_defaults_agree,
-    synthesize_manifest,
-    task_of_peft,
-)
+from adapters.plain_peft import ManifestDefaults as ManifestDefaults  # re-exported
+from adapters.plain_peft import check_defaults_agree, synthesize_manifest, task_of_peft
 
 MIB = 2**20
 ALLOWED_FILES = frozenset((*PACKAGE_FILES, MANIFEST_FILE))
@@ -203,8 +197,7 @@ def _check_base(manifest: AdapterManifest, base: BaseModelFingerprint) -> None:
         )
 
 
-def _check_lora(weights: LoraAdapterWeights, base: BaseModelFingerprint,
-                limits: ValidationLimits) -> None:
+def _check_lora(weights: LoraAdapterWeights, base: BaseModelFingerprint) -> None:
     """Targets, layers and every factor's shape against the base model."""
     config = weights.config
     for target in config.target_modules:
@@ -305,7 +298,7 @@ def validate_package(
     if isinstance(rank, int):
         check_rank(CONFIG_FILE, rank, limits.max_rank)
     weights = read_lora_adapter(folder, name=folder.name)
-    _check_lora(weights, base, limits)
+    _check_lora(weights, base)
     _check_summary(manifest, weights, peft)
     _check_head(manifest, weights, base, limits)
     return manifest

@@ -13,6 +13,7 @@ from peft import IA3Config, LoHaConfig, LoKrConfig, PrefixTuningConfig
 from adapters.errors import AdapterIncompatibleError, AdapterValidationError
 from adapters.lora_format import read_lora_adapter
 from adapters.package import TaskKind
+from adapters.peft_config import base_name_key
 from adapters.registry import AdapterRegistry
 from adapters.store import FileSystemStore
 from adapters.validation import BaseModelFingerprint, ManifestDefaults, ValidationLimits
@@ -168,3 +169,16 @@ def test_task_or_labels_given_for_a_package_with_a_manifest_must_agree(
             manifest_defaults=ManifestDefaults(task=TaskKind.SEQ_CLS, labels=("a", "b")))
     assert registry.register("acme", "chat", build_package("again"),
                              manifest_defaults=PLAIN).manifest.inferred is None
+
+
+@pytest.mark.parametrize(("reference", "same"), [
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", True),
+    ("unsloth/SmolLM2-135M-Instruct-bnb-4bit", True),
+    ("unsloth/smollm2-135m-instruct-unsloth-bnb-4bit", True),
+    ("/home/me/models/SmolLM2-135M-Instruct/", True),
+    ("C:\\models\\SmolLM2-135M-Instruct", True),
+    ("HuggingFaceTB/SmolLM2-135M", False),  # the base model, not the instruct one
+    ("HuggingFaceTB/SmolLM2-360M-Instruct", False),
+])
+def test_base_names_compare_by_their_last_segment(reference: str, same: bool) -> None:
+    assert (base_name_key(reference) == base_name_key("SmolLM2-135M-Instruct")) is same

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from adapters.errors import AdapterIncompatibleError, AdapterValidationError
+from adapters.peft_config import HEAD_TASK_TYPES, check_peft_options
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -27,7 +28,6 @@ LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 
 # The classification head a seq-cls / token-cls adapter carries (PEFT ``modules_to_save``).
 _HEAD_KEY = re.compile(r"(?:^|\.)score(?:\.modules_to_save\.default)?\.(?P<part>weight|bias)$")
-HEAD_TASK_TYPES = ("SEQ_CLS", "TOKEN_CLS")
 
 _TENSOR_KEY = re.compile(
     r"(?:^|\.)layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<module>\w+)"
@@ -113,20 +113,10 @@ def _read_config(folder: Path) -> LoraConfigSummary:
         ) from exc
     if not isinstance(raw, dict):
         raise AdapterValidationError(f"{folder.name}: {CONFIG_FILE} must hold a JSON object")
-    peft_type = raw.get("peft_type", "LORA")
-    if peft_type != "LORA":
-        raise AdapterIncompatibleError(f"{folder.name}: peft_type {peft_type!r} is not LORA")
-    unsupported = {
-        "use_dora": raw.get("use_dora"),
-        "fan_in_fan_out": raw.get("fan_in_fan_out"),
-        "rank_pattern": raw.get("rank_pattern"),
-        "alpha_pattern": raw.get("alpha_pattern"),
-    }
-    for key, value in unsupported.items():
-        if value:
-            raise AdapterIncompatibleError(f"{folder.name}: {key}={value!r} is not supported")
-    if raw.get("bias", "none") != "none":
-        raise AdapterIncompatibleError(f"{folder.name}: bias={raw['bias']!r} is not supported")
+    try:
+        check_peft_options(raw)
+    except AdapterIncompatibleError as exc:
+        raise AdapterIncompatibleError(f"{folder.name}: {exc}") from exc
     r, alpha = raw.get("r"), raw.get("lora_alpha")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise AdapterValidationError(f"{folder.name}: r must be a positive integer, got {r!r}")

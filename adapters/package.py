@@ -56,6 +56,16 @@ class TaskKind(StrEnum):
             self.value
         ]
 
+    @classmethod
+    def from_peft_task_type(cls, task_type: object) -> TaskKind | None:
+        """The kind of PEFT's ``task_type`` (absent or empty: causal-lm); None if unsupported.
+
+        The one mapping between the two names: validation and serving both use it.
+        """
+        if task_type is None or task_type == "":
+            return cls.CAUSAL_LM
+        return next((kind for kind in cls if kind.peft_task_type == task_type), None)
+
     @property
     def has_labels(self) -> bool:
         """Whether adapters of this kind carry a label list and a classification head."""
@@ -127,6 +137,9 @@ class AdapterManifest(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="How it was trained.")
     files: dict[str, str] = Field(description="sha256 of every other file in the package.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    inferred: dict[str, str] | None = Field(
+        default=None, description="For a plain PEFT folder: how each field was decided "
+                                  "(field -> origin); absent for a package with a manifest.")
 
     @field_validator("format_version")
     @classmethod
@@ -174,7 +187,10 @@ class AdapterManifest(BaseModel):
 
     def to_json(self) -> str:
         """Canonical JSON text of the manifest."""
-        return self.model_dump_json(indent=2, exclude_none=False) + "\n"
+        # ``inferred`` is left out when absent, so manifests of ordinary packages stay
+        # readable by replicas that predate the field.
+        exclude = {"inferred"} if self.inferred is None else None
+        return self.model_dump_json(indent=2, exclude_none=False, exclude=exclude) + "\n"
 
 
 def sha256_file(path: Path) -> str:

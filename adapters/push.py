@@ -2,7 +2,9 @@
 
 Used by ``loraswap adapters push`` and ``loraswap train --push``. The body is streamed from
 the files (multipart, field ``files``), so large adapters are never held in memory, and a
-callback reports the bytes sent for a progress bar.
+callback reports the bytes sent for a progress bar. A plain PEFT folder (no
+``loraswap.json``) is sent as it is, with the task and labels the caller gives as form
+fields; the service builds its manifest and answers with what it inferred.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import httpx
 
 from adapters.errors import AdapterValidationError, LoraswapError
-from adapters.package import MANIFEST_FILE, PACKAGE_FILES, check_safe_name
+from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
+from adapters.package import MANIFEST_FILE, PACKAGE_FILES, TaskKind, check_safe_name
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 
@@ -42,6 +45,27 @@ class PushTarget:
     activate: bool | None = None
 
 
+@dataclass(frozen=True)
+class PlainPeftHints:
+    """For a plain PEFT folder: the task (default: its ``task_type``), the class names in
+    head order, and whether to accept a ``base_model_name_or_path`` naming another model."""
+
+    task: TaskKind | None = None
+    labels: tuple[str, ...] = ()
+    ignore_base_name: bool = False
+
+    def form_fields(self) -> dict[str, str | list[str]]:
+        """The upload's form fields (``labels`` repeated, one per class)."""
+        fields: dict[str, str | list[str]] = {}
+        if self.task is not None:
+            fields["task"] = self.task.value
+        if self.labels:
+            fields["labels"] = list(self.labels)
+        if self.ignore_base_name:
+            fields["ignore_base_name"] = "true"
+        return fields
+
+
 def package_upload_files(path: Path) -> list[Path]:
     """The files to upload for a package folder (or the archive itself)."""
     if path.is_file():
@@ -51,12 +75,14 @@ def package_upload_files(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise AdapterValidationError(f"{path} does not exist")
-    files = [path / n for n in (*PACKAGE_FILES, MANIFEST_FILE) if (path / n).is_file()]
-    if not (path / MANIFEST_FILE).is_file():
-        raise AdapterValidationError(
-            f"{path} has no {MANIFEST_FILE}: write the package with `loraswap train` "
-            "(or add a manifest, see docs/adapter-format.md)")
-    return files
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / required).is_file():
+            raise AdapterValidationError(
+                f"{path} has no {required}: a package (or plain PEFT folder) holds "
+                f"{CONFIG_FILE} and {WEIGHTS_FILE}, saved with safetensors")
+    # Other files (README.md, tokenizer files a trainer saved beside the adapter) are
+    # not part of the package and are not sent.
+    return [path / n for n in (*PACKAGE_FILES, MANIFEST_FILE) if (path / n).is_file()]
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -68,12 +94,15 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def push_package(path: Path, target: PushTarget, *,
+                 hints: PlainPeftHints | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  transport: httpx.BaseTransport | None = None,
                  timeout: float = 600.0) -> dict[str, Any]:
     """Upload the package at ``path``; the server's description of the new version.
 
-    ``progress(sent, total)`` is called as the body goes out. Raises
+    ``hints`` complete a plain PEFT folder's manifest (the server refuses them for a
+    package whose own manifest disagrees). ``progress(sent, total)`` is called as the body
+    goes out. Raises
     :class:`PushRefusedError` with the server's message on any non-2xx answer.
     """
     check_safe_name("tenant", target.tenant)
@@ -81,7 +110,9 @@ def push_package(path: Path, target: PushTarget, *,
     paths = package_upload_files(path)
     url = f"{target.server.rstrip('/')}/admin/adapters/{target.tenant}/{target.name}/versions"
     headers = {"Authorization": f"Bearer {target.admin_token}"} if target.admin_token else {}
-    data = {} if target.activate is None else {"activate": str(target.activate).lower()}
+    data = (hints or PlainPeftHints()).form_fields()
+    if target.activate is not None:
+        data["activate"] = str(target.activate).lower()
     with contextlib.ExitStack() as stack, httpx.Client(transport=transport,
                                                         timeout=timeout) as client:
         files = [("files", (p.name, stack.enter_context(p.open("rb")))) for p in paths]

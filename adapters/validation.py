@@ -14,12 +14,13 @@ import json
 import math
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters.base_model import BaseModelInfo, weights_sha256
 from adapters.base_model import read_manifest as read_base_manifest
+from adapters.compatibility import check_head, check_rank
 from adapters.demo import projection_shapes
 from adapters.errors import (
     AdapterIncompatibleError,
@@ -39,17 +40,17 @@ from adapters.package import (
     PACKAGE_FILES,
     AdapterManifest,
     BaseModelRef,
-    TaskKind,
-    package_file_digests,
     parse_manifest,
     sha256_file,
 )
+from adapters.peft_config import check_peft_options
+from adapters.plain_peft import ManifestDefaults as ManifestDefaults  # re-exported
+from adapters.plain_peft import check_defaults_agree, synthesize_manifest, task_of_peft
 
 MIB = 2**20
 ALLOWED_FILES = frozenset((*PACKAGE_FILES, MANIFEST_FILE))
 # Extensions of serialisation formats that execute code when loaded.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_TASK_BY_PEFT_TYPE = {kind.peft_task_type: kind for kind in TaskKind}
 
 
 @dataclass(frozen=True)
@@ -116,23 +117,6 @@ class ValidationLimits:
     max_labels: int = 4096
 
 
-@dataclass(frozen=True)
-class ManifestDefaults:
-    """How to accept a plain PEFT folder (no ``loraswap.json``): what the caller vouches for.
-
-    The manifest is synthesized with ``task`` (default: from PEFT's ``task_type``),
-    ``labels`` (required for seq-cls / token-cls, in head order), the *served* base model,
-    the LoRA summary from ``adapter_config.json`` and the sha256 of the files present.
-    When the package has its own ``loraswap.json``, that manifest is used and these
-    defaults are ignored.
-    """
-
-    task: TaskKind | None = None
-    labels: tuple[str, ...] | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-
-
 def _check_entries(folder: Path, limits: ValidationLimits) -> dict[str, int]:
     """Names and sizes of the package files; refuses links, folders, unknown files, pickles."""
     if folder.is_symlink() or not folder.is_dir():
@@ -186,39 +170,6 @@ def _read_peft_config(folder: Path) -> dict[str, Any]:
     return raw
 
 
-def _task_from_peft(peft: dict[str, Any]) -> TaskKind:
-    task_type = peft.get("task_type") or "CAUSAL_LM"
-    task = _TASK_BY_PEFT_TYPE.get(str(task_type))
-    if task is None:
-        raise AdapterIncompatibleError(
-            f"{CONFIG_FILE}: task_type {task_type!r} is not supported (expected one of "
-            f"{', '.join(sorted(_TASK_BY_PEFT_TYPE))})"
-        )
-    return task
-
-
-def _synthesize(folder: Path, peft: dict[str, Any], base: BaseModelFingerprint,
-                defaults: ManifestDefaults) -> AdapterManifest:
-    """A manifest for a plain PEFT folder, from the caller's defaults and the served base."""
-    peft_task = _task_from_peft(peft)
-    task = defaults.task or peft_task
-    targets = peft.get("target_modules") or []
-    raw: dict[str, Any] = {
-        "task": task.value,
-        "labels": list(defaults.labels) if defaults.labels is not None else None,
-        "base_model": {"name": base.name, "weights_sha256": base.weights_sha256},
-        "lora": {
-            "r": peft.get("r"), "alpha": peft.get("lora_alpha"),
-            "targets": [targets] if isinstance(targets, str) else list(targets),
-            "dropout": peft.get("lora_dropout") or 0.0,
-        },
-        "metrics": dict(defaults.metrics),
-        "training": dict(defaults.training),
-        "files": package_file_digests(folder),
-    }
-    return parse_manifest(json.dumps(raw), f"manifest synthesized for {folder.name}")
-
-
 def _check_files(folder: Path, manifest: AdapterManifest, present: set[str]) -> None:
     listed = set(manifest.files)
     if missing := sorted(listed - present):
@@ -246,14 +197,9 @@ def _check_base(manifest: AdapterManifest, base: BaseModelFingerprint) -> None:
         )
 
 
-def _check_lora(weights: LoraAdapterWeights, base: BaseModelFingerprint,
-                limits: ValidationLimits) -> None:
-    """Targets, layers, rank and every factor's shape against the base model."""
+def _check_lora(weights: LoraAdapterWeights, base: BaseModelFingerprint) -> None:
+    """Targets, layers and every factor's shape against the base model."""
     config = weights.config
-    if config.r > limits.max_rank:
-        raise AdapterIncompatibleError(
-            f"rank r={config.r} is above the limit of {limits.max_rank}"
-        )
     for target in config.target_modules:
         if target not in base.projection_shapes:
             raise AdapterIncompatibleError(
@@ -300,7 +246,7 @@ def _check_summary(manifest: AdapterManifest, weights: LoraAdapterWeights,
         raise AdapterValidationError(
             f"{MANIFEST_FILE} lora summary disagrees with {CONFIG_FILE}: " + "; ".join(problems)
         )
-    peft_task = _task_from_peft(peft)
+    peft_task = task_of_peft(peft)
     if manifest.task is not peft_task:
         raise AdapterValidationError(
             f"{MANIFEST_FILE} says task {manifest.task}, but {CONFIG_FILE} has task_type "
@@ -315,21 +261,8 @@ def _check_head(manifest: AdapterManifest, weights: LoraAdapterWeights,
         raise PayloadTooLargeError(
             f"{len(labels)} labels, more than the limit of {limits.max_labels}"
         )
-    head = weights.head
-    if not manifest.task.has_labels:
-        return
-    if head is None:  # read_lora_adapter already insists on a head for these task types
-        raise AdapterValidationError(f"task {manifest.task} needs a classification head")
-    if head.num_labels != len(labels):
-        raise AdapterValidationError(
-            f"classification head has {head.num_labels} outputs, but {MANIFEST_FILE} lists "
-            f"{len(labels)} labels"
-        )
-    if int(head.weight.shape[1]) != base.hidden_size:
-        raise AdapterIncompatibleError(
-            f"classification head expects hidden size {int(head.weight.shape[1])}, "
-            f"{base.name} has {base.hidden_size}"
-        )
+    check_head(weights, manifest.task, labels=manifest.labels if manifest.task.has_labels
+               else None, hidden_size=base.hidden_size, base_name=base.name)
 
 
 def validate_package(
@@ -346,10 +279,13 @@ def validate_package(
     """
     sizes = _check_entries(folder, limits)
     peft = _read_peft_config(folder)
+    check_peft_options(peft)  # before anything else is read: the refusal names the option
     if MANIFEST_FILE in sizes:
         manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), MANIFEST_FILE)
+        if manifest_defaults is not None:
+            check_defaults_agree(manifest, manifest_defaults)
     elif manifest_defaults is not None:
-        manifest = _synthesize(folder, peft, base, manifest_defaults)
+        manifest = synthesize_manifest(folder, peft, base, manifest_defaults)
     else:
         raise AdapterValidationError(
             f"missing {MANIFEST_FILE}; to register a plain PEFT folder, give the task and "
@@ -359,10 +295,10 @@ def validate_package(
     _check_base(manifest, base)
     rank = peft.get("r")
     # Checked before the tensors are read: a huge rank means huge tensors.
-    if isinstance(rank, int) and rank > limits.max_rank:
-        raise AdapterIncompatibleError(f"rank r={rank} is above the limit of {limits.max_rank}")
+    if isinstance(rank, int):
+        check_rank(CONFIG_FILE, rank, limits.max_rank)
     weights = read_lora_adapter(folder, name=folder.name)
-    _check_lora(weights, base, limits)
+    _check_lora(weights, base)
     _check_summary(manifest, weights, peft)
     _check_head(manifest, weights, base, limits)
     return manifest

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from adapters.base_model import DEFAULT_BASE_MODEL_DIR
+from adapters.package import TaskKind
 
 adapters_app = typer.Typer(help="Work with LoRA adapters.", no_args_is_help=True)
 
@@ -51,24 +52,42 @@ def push(
     activate: Annotated[bool | None, typer.Option(
         "--activate/--no-activate",
         help="Make the new version active (default: only if none is active yet).")] = None,
+    task: Annotated[TaskKind | None, typer.Option(
+        help="Plain PEFT folder: the task (default: from its task_type).")] = None,
+    labels: Annotated[str | None, typer.Option(
+        help="Plain PEFT folder: class names in head order, comma-separated "
+             "(seq-cls / token-cls).")] = None,
+    ignore_base_name: Annotated[bool, typer.Option(
+        help="Plain PEFT folder: accept a base_model_name_or_path that names another "
+             "model (shapes are still checked).")] = False,
 ) -> None:
-    """Register a new version of an adapter on a running service."""
+    """Register a new version of an adapter on a running service.
+
+    PACKAGE is a loraswap package or a plain PEFT folder (adapter_config.json +
+    adapter_model.safetensors, as transformers, TRL, Unsloth or Axolotl save it); for the
+    latter the service builds the manifest and this prints what it inferred.
+    """
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from adapters.errors import LoraswapError
-    from adapters.push import PushTarget, push_package
+    from adapters.push import PlainPeftHints, PushTarget, push_package
 
     target = PushTarget(server=server, admin_token=admin_token, tenant=tenant, name=name,
                         activate=activate)
+    split = tuple(label.strip() for label in labels.split(",")) if labels else ()
+    hints = PlainPeftHints(task=task, labels=split, ignore_base_name=ignore_base_name)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), transient=True) as bar:
-        task = bar.add_task(f"uploading {package.name}", total=None)
+        bar_task = bar.add_task(f"uploading {package.name}", total=None)
         try:
-            result = push_package(package, target, progress=lambda sent, total: bar.update(
-                task, completed=sent, total=total or None))
+            result = push_package(package, target, hints=hints,
+                                  progress=lambda sent, total: bar.update(
+                                      bar_task, completed=sent, total=total or None))
         except LoraswapError as exc:
             bar.stop()
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
     state = "active" if result.get("active") else "not active (promote it to serve it)"
     typer.echo(f"registered {tenant}/{name} version {result['version']}: {state}")
+    for field, origin in (result.get("inferred") or {}).items():
+        typer.echo(f"  inferred {field}: {origin}")

@@ -11,10 +11,11 @@ the reserved name ``base`` and no key, so "no adapter" is not a special case dow
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.compatibility import check_head
 from adapters.errors import AdapterValidationError
 from adapters.lora_format import LoraAdapterWeights
 from adapters.package import AdapterManifest, AttentionMode, TaskKind, TextSplit
@@ -22,10 +23,6 @@ from service.engine.residency import AdapterKey
 
 BASE_TARGET = "base"
 """The reserved name of the base model (in metrics, logs and the OpenAI ``model`` field)."""
-
-TASK_BY_PEFT_TYPE: Mapping[str, TaskKind] = {kind.peft_task_type: kind for kind in TaskKind}
-"""PEFT ``task_type`` → task, for adapters that come without a ``loraswap.json``."""
-
 
 @dataclass(frozen=True)
 class AdapterTraits:
@@ -47,7 +44,7 @@ class AdapterTraits:
         """A plain PEFT folder's traits: the task from ``task_type`` (causal-lm when absent
         or unknown); no labels, causal attention, text as sent."""
         task_type = config.get("task_type") if isinstance(config, dict) else None
-        return cls(TASK_BY_PEFT_TYPE.get(str(task_type), TaskKind.CAUSAL_LM))
+        return cls(TaskKind.from_peft_task_type(task_type) or TaskKind.CAUSAL_LM)
 
 
 @dataclass(frozen=True)
@@ -92,17 +89,8 @@ class ServingTarget:
         return dataclasses.replace(self, weights=weights)
 
     def class_names(self) -> list[str]:
-        """Names of the head's outputs, in order: the adapter's labels, else "LABEL_<i>"."""
-        head = self.weights.head if self.weights else None
-        if head is None:
-            raise AdapterValidationError(
-                f"{self.name}: a {self.task} adapter needs a classification head, "
-                "and its weights have none")
-        labels = self.traits.labels
-        if labels is None:
-            return [f"LABEL_{i}" for i in range(head.num_labels)]
-        if len(labels) != head.num_labels:
-            raise AdapterValidationError(
-                f"{self.name}: the manifest lists {len(labels)} labels, "
-                f"the classification head has {head.num_labels} outputs")
-        return list(labels)
+        """Names of the head's outputs, in order: the adapter's labels, else "LABEL_<i>"
+        (422 when the weights have no head or it does not match the labels)."""
+        if self.weights is None:
+            raise AdapterValidationError(f"{self.name}: its weights are not loaded")
+        return check_head(self.weights, self.task, labels=self.traits.labels)

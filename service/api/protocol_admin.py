@@ -56,6 +56,15 @@ class ImportAdapterRequest(BaseModel):
     source_uri: str = Field(description="file:///folder or s3://bucket/prefix of a package.")
     activate: bool | None = Field(
         default=None, description="Make it active; null: only if no version is active yet.")
+    # For a plain PEFT folder (no loraswap.json); see docs/adapter-format.md.
+    task: TaskKind | None = Field(
+        default=None, description="Plain PEFT folder: the task (default: from task_type).")
+    labels: list[str] | None = Field(
+        default=None, description="Plain PEFT folder: class names in head order (seq-cls, "
+                                  "token-cls).")
+    ignore_base_name: bool = Field(
+        default=False, description="Plain PEFT folder: accept a base_model_name_or_path "
+                                   "that names another model (shapes are still checked).")
 
 
 class PromoteRequest(BaseModel):
@@ -80,6 +89,9 @@ class AdapterVersionInfo(BaseModel):
     metrics: dict[str, float]
     files: dict[str, str]
     created_at: datetime
+    inferred: dict[str, str] | None = Field(
+        default=None, description="Plain PEFT folder: how loraswap decided each manifest "
+                                  "field (field -> origin); null for a package with a manifest.")
 
 
 class Residency(BaseModel):

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
+from adapters.package import TaskKind
+from adapters.validation import ManifestDefaults
 from service.api.deps import AdminServiceDep, require_admin
 from service.api.gate import AdminRoute
 from service.api.protocol import ErrorResponse
@@ -86,16 +88,26 @@ async def upload_version(
     tenant: str, name: str, admin: AdminServiceDep,
     files: Annotated[list[UploadFile], File(description="Package files, or one archive.")],
     activate: Annotated[bool | None, Form()] = None,
+    task: Annotated[TaskKind | None, Form(
+        description="Plain PEFT folder: the task (default: from task_type).")] = None,
+    labels: Annotated[list[str] | None, Form(
+        description="Plain PEFT folder: class names in head order, one field each.")] = None,
+    ignore_base_name: Annotated[bool, Form(
+        description="Plain PEFT folder: accept a base_model_name_or_path naming another "
+                    "model (shapes are still checked).")] = False,
 ) -> AdapterVersionInfo:
     """Register a new version from uploaded package files (or a .tar.gz / .zip).
 
     The first version becomes active; later ones only with ``activate=true`` or a promote.
-    Nothing is stored unless every validation rule passes.
+    Nothing is stored unless every validation rule passes. A plain PEFT folder (no
+    ``loraswap.json``) gets a manifest built from its config plus ``task`` / ``labels``;
+    the answer's ``inferred`` says how each field was decided.
     """
     # The gate capped the body at LORASWAP_MAX_UPLOAD_BYTES (plus multipart framing)
     # while it streamed in; validation checks the files' own sizes against it.
     parts = [(f.filename or "", f.file) for f in files]
-    return await admin.register_upload(tenant, name, parts, activate)
+    defaults = ManifestDefaults.from_caller(task, labels, ignore_base_name)
+    return await admin.register_upload(tenant, name, parts, activate, defaults)
 
 
 @router.post("/adapters/{tenant}/{name}/versions/import", status_code=201,

@@ -23,7 +23,7 @@ from adapters.errors import (
 )
 from adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
 from adapters.tenants import TenantDirectory, TenantPolicy, TenantRecord
-from adapters.validation import ValidationLimits
+from adapters.validation import ManifestDefaults, ValidationLimits
 from service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
@@ -56,6 +56,7 @@ def version_info(version: AdapterVersion, active: int | None) -> AdapterVersionI
         labels=m.labels, attention=m.attention, text_split=m.text_split,
         base_model=m.base_model.model_dump(),
         lora=m.lora.model_dump(), metrics=m.metrics, files=m.files, created_at=m.created_at,
+        inferred=m.inferred,
     )
 
 
@@ -160,14 +161,17 @@ class AdminService:
 
     async def register_upload(self, tenant: str, name: str,
                               files: list[tuple[str, BinaryIO]], activate: bool | None,
+                              defaults: ManifestDefaults | None = None,
                               ) -> AdapterVersionInfo:
-        """Validate and store uploaded package files (or one archive) as a new version."""
+        """Validate and store uploaded package files (or one archive) as a new version.
+
+        ``defaults`` (task, labels) complete a plain PEFT folder's manifest."""
         if not files:
             raise InvalidRequestError("no files uploaded: send the package files (or one "
                                       ".tar.gz/.zip archive) as multipart field 'files'")
         return await self._blocking(
             lambda: self._counting_rejections(
-                lambda: self._register_files(tenant, name, files, activate)))
+                lambda: self._register_files(tenant, name, files, activate, defaults)))
 
     def _counting_rejections(self, register: Callable[[], AdapterVersion]) -> AdapterVersionInfo:
         try:
@@ -178,7 +182,8 @@ class AdminService:
         return self._registered(version)
 
     def _register_files(self, tenant: str, name: str, files: list[tuple[str, BinaryIO]],
-                        activate: bool | None) -> AdapterVersion:
+                        activate: bool | None,
+                        defaults: ManifestDefaults | None) -> AdapterVersion:
         self.tenants.get(tenant)  # 404 for an unknown tenant before reading anything
         with tempfile.TemporaryDirectory(prefix="loraswap-upload-") as tmp:
             staged = Path(tmp) / "package"
@@ -191,15 +196,18 @@ class AdminService:
                 extract_upload(archive, staged, self.limits)
             else:
                 write_uploaded_files(files, staged, self.limits)
-            return self.registry.register(tenant, name, staged, activate=activate)
+            return self.registry.register(tenant, name, staged, activate=activate,
+                                          manifest_defaults=defaults)
 
     async def register_uri(self, tenant: str, name: str,
                            body: ImportAdapterRequest) -> AdapterVersionInfo:
         """Validate and store a package read from a store URI."""
         def run() -> AdapterVersion:
             self.tenants.get(tenant)
-            return self.registry.register_from_uri(tenant, name, body.source_uri,
-                                                   activate=body.activate)
+            return self.registry.register_from_uri(
+                tenant, name, body.source_uri, activate=body.activate,
+                manifest_defaults=ManifestDefaults.from_caller(body.task, body.labels,
+                                                               body.ignore_base_name))
         return await self._blocking(lambda: self._counting_rejections(run))
 
     def _registered(self, version: AdapterVersion) -> AdapterVersionInfo:

@@ -29,22 +29,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
-from adapters.errors import AdapterIncompatibleError, AdapterValidationError, LoraswapError
+from adapters.compatibility import check_head
+from adapters.errors import LoraswapError
 from adapters.lora_format import ClassificationHead, LoraAdapterWeights
 from adapters.package import AttentionMode, TaskKind
 from service.engine.observer import EngineObserver
 from service.engine.residency import AdapterKey, LoraSlotManager
 from service.engine.runner import LlamaRunner
-
-
-def check_head(weights: LoraAdapterWeights, hidden_size: int) -> None:
-    """Refuse a classification head that does not read the base model's hidden size."""
-    head = weights.head
-    if head is not None and head.weight.shape[1] != hidden_size:
-        raise AdapterIncompatibleError(
-            f"{weights.name}: classification head reads {head.weight.shape[1]} features, "
-            f"the base model's hidden size is {hidden_size}"
-        )
 
 
 @dataclass
@@ -64,11 +55,7 @@ class ClassificationRequest:
     def __post_init__(self) -> None:
         if not self.task.has_labels:
             raise ValueError(f"task {self.task} is not a classification task")
-        if self.adapter_weights.head is None:
-            raise AdapterValidationError(
-                f"{self.adapter.name}: a {self.task} adapter needs a classification head "
-                "(score.weight via modules_to_save), and its weights have none"
-            )
+        check_head(self.adapter_weights, self.task)
 
     @property
     def head(self) -> ClassificationHead:

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from adapters.compatibility import check_head
 from adapters.lora_format import LoraAdapterWeights
-from service.engine.classify import ClassificationRequest, ClassificationStream, check_head
+from service.engine.classify import ClassificationRequest, ClassificationStream
 from service.engine.detokenizer import Tokenizer
 from service.engine.engine_thread import EngineThread
 from service.engine.lora_slots import LoraSlotTable
@@ -122,7 +123,7 @@ class LoraEngine:
         def read_checked() -> LoraAdapterWeights:
             weights = read()
             self.table.check_compatible(weights)
-            check_head(weights, self.hidden_size)
+            check_head(weights, hidden_size=self.hidden_size)
             return weights
 
         return await self.host.get(key, read_checked)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adapters.compatibility import check_rank
 from adapters.errors import AdapterIncompatibleError
 from adapters.lora_format import LoraAdapterWeights
 
@@ -124,11 +125,7 @@ class LoraSlotTable:
                 f"{adapter.name}: targets {sorted(extra)} are outside the servable targets "
                 f"{sorted(self.targets)}"
             )
-        if adapter.rank > self.max_rank:
-            raise AdapterIncompatibleError(
-                f"{adapter.name}: rank {adapter.rank} exceeds the maximum {self.max_rank} "
-                "(LORASWAP_MAX_LORA_RANK)"
-            )
+        check_rank(adapter.name, adapter.rank, self.max_rank)
         for (layer, module), (lora_a, lora_b) in adapter.factors.items():
             group, index = self._member_group[module]
             expected_in, expected_out = group.in_features, group.out_features[index]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from adapters.demo import write_random_adapter
+from adapters.errors import LoraswapError
 from adapters.package import (
     MANIFEST_FILE,
     AdapterManifest,
@@ -23,6 +24,7 @@ from adapters.package import (
     read_manifest,
     write_manifest,
 )
+from adapters.registry import AdapterRegistry
 from adapters.store import FileSystemStore, ObjectStore, open_store
 from adapters.validation import BaseModelFingerprint
 from tests.s3_server import S3Server
@@ -81,6 +83,16 @@ def snapshot(store: ObjectStore) -> dict[str, bytes]:
         found.update({f"<disk>/{p.relative_to(store.root)}": p.read_bytes() if p.is_file()
                       else b"<dir>" for p in store.root.rglob("*")})
     return found
+
+
+def refused(registry: AdapterRegistry, folder: Path, error: type[LoraswapError],
+            match: str, **kwargs: object) -> None:
+    """``register`` raises ``error`` matching ``match`` and writes nothing."""
+    registry.store.put("adapters/acme/other/state.json", b'{"active": null}')  # non-empty
+    before = snapshot(registry.store)
+    with pytest.raises(error, match=match):
+        registry.register("acme", "chat", folder, **kwargs)  # type: ignore[arg-type]
+    assert snapshot(registry.store) == before
 
 
 @pytest.fixture(scope="session")

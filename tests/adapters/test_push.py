@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from adapters.errors import AdapterValidationError
-from adapters.push import PushRefusedError, PushTarget, push_package
+from adapters.package import TaskKind
+from adapters.push import PlainPeftHints, PushRefusedError, PushTarget, push_package
 
 TARGET = PushTarget(server="http://svc:8000/", admin_token="s3cret", tenant="acme",
                     name="sent")
@@ -69,6 +70,27 @@ def test_unreachable_service_bad_names_and_incomplete_packages(package: Path) ->
     bad_name = PushTarget(server="http://svc", admin_token=None, tenant="Acme", name="sent")
     with pytest.raises(AdapterValidationError, match="Acme"):
         push_package(package, bad_name)
-    (package / "loraswap.json").unlink()
-    with pytest.raises(AdapterValidationError, match=r"loraswap\.json"):
+    (package / "adapter_config.json").unlink()
+    with pytest.raises(AdapterValidationError, match=r"has no adapter_config\.json"):
         push_package(package, TARGET)
+
+
+def test_a_plain_peft_folder_goes_with_its_hints_and_without_other_files(
+    package: Path,
+) -> None:
+    (package / "loraswap.json").unlink()
+    (package / "profile.json").unlink()
+    (package / "README.md").write_text("# model card PEFT writes")
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.read())
+        return httpx.Response(201, json={"version": 1, "active": True})
+
+    hints = PlainPeftHints(task=TaskKind.SEQ_CLS, labels=("neg", "pos"), ignore_base_name=True)
+    push_package(package, TARGET, hints=hints, transport=httpx.MockTransport(handler))
+    [body] = seen
+    assert body.count(b'name="files"') == 2 and b"README.md" not in body
+    for field, value in (("task", "seq-cls"), ("labels", "neg"), ("labels", "pos"),
+                         ("ignore_base_name", "true")):
+        assert f'name="{field}"\r\n\r\n{value}\r\n'.encode() in body

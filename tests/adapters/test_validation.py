@@ -31,7 +31,7 @@ from adapters.validation import (
     ValidationLimits,
     validate_package,
 )
-from tests.adapters.conftest import PackageBuilder, make_store, seal, snapshot
+from tests.adapters.conftest import PackageBuilder, make_store, refused, seal
 
 Breaker = Callable[[Path], None]
 
@@ -56,16 +56,6 @@ def _first(tensors: dict[str, torch.Tensor], fragment: str) -> str:
 def registry(tmp_path: Path, base_fingerprint: BaseModelFingerprint) -> AdapterRegistry:
     store = FileSystemStore(tmp_path / "store")
     return AdapterRegistry(store, base_fingerprint, ValidationLimits(), tmp_path / "cache")
-
-
-def refused(registry: AdapterRegistry, folder: Path, error: type[LoraswapError],
-            match: str, **kwargs: object) -> None:
-    """``register`` raises ``error`` matching ``match`` and writes nothing."""
-    registry.store.put("adapters/acme/other/state.json", b'{"active": null}')  # non-empty
-    before = snapshot(registry.store)
-    with pytest.raises(error, match=match):
-        registry.register("acme", "chat", folder, **kwargs)  # type: ignore[arg-type]
-    assert snapshot(registry.store) == before
 
 
 def test_valid_package_registers(registry: AdapterRegistry, build_package: PackageBuilder,
@@ -290,7 +280,7 @@ def test_rejections_leave_an_s3_store_untouched(
 
 def test_rank_above_limit(registry: AdapterRegistry, build_package: PackageBuilder) -> None:
     refused(registry, build_package(rank=80), AdapterIncompatibleError,
-            "rank r=80 is above the limit of 64")
+            "rank 80 exceeds the maximum 64")
 
 
 def test_file_over_size_limit(tmp_path: Path, base_fingerprint: BaseModelFingerprint,
@@ -337,7 +327,7 @@ def test_classifier_registers(registry: AdapterRegistry, classifier: Path) -> No
 def test_head_size_must_match_labels(registry: AdapterRegistry, classifier: Path) -> None:
     seal(classifier, labels=["negative", "positive"])
     refused(registry, classifier, AdapterValidationError,
-            "classification head has 3 outputs, but loraswap.json lists 2 labels")
+            "classification head has 3 outputs, but the manifest lists 2 labels")
 
 
 def test_head_hidden_size_must_match_base(registry: AdapterRegistry, classifier: Path) -> None:

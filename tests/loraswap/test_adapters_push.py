@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from loraswap.cli import app
+from tests.peft_adapters import lora_config, peft_text, save_peft_adapter, served_text
 from tests.service.api.test_admin_api import ADMIN, ADMIN_HEADERS, create_tenant
 from tests.service.conftest import PackageFactory, ServerFactory
 
@@ -34,3 +37,23 @@ def test_push_registers_a_version_and_reports_refusals(
                                       "acme", "--name", "helper"],
                                 env={**env, "LORASWAP_ADMIN_TOKEN": "x" * 20})
     assert wrong_token.exit_code == 1 and "invalid admin token" in wrong_token.output
+
+
+def test_push_registers_a_plain_peft_folder_that_serves_like_peft(
+    live_server: ServerFactory, tiny_base_dir: Path, tmp_path: Path,
+) -> None:
+    """End to end: what PEFT saved (README.md included), pushed as it is, served as PEFT."""
+    server = live_server(admin_token=ADMIN, dev_mode=False)
+    key = create_tenant(server, "acme")
+    folder = save_peft_adapter(tiny_base_dir, tmp_path / "trained-elsewhere",
+                               lora_config(use_rslora=True, targets=("q_proj", "up_proj")),
+                               seed=5, keep_readme=True)
+    env = {"LORASWAP_URL": server.url, "LORASWAP_ADMIN_TOKEN": ADMIN}
+    pushed = CliRunner().invoke(app, ["adapters", "push", str(folder), "--tenant", "acme",
+                                      "--name", "imported"], env=env)
+    assert pushed.exit_code == 0, pushed.output
+    assert "registered acme/imported version 1: active" in pushed.output
+    assert "inferred task: causal-lm: from adapter_config.json task_type 'CAUSAL_LM'" in (
+        pushed.output)
+    server.client.headers["Authorization"] = f"Bearer {key}"
+    assert served_text(server, "acme/imported") == peft_text(tiny_base_dir, folder)

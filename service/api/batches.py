@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
 
 from service.engine.classify import ClassificationResult, ClassificationStream
 from service.engine.engine import LoraEngine
 from service.engine.requests import GenerationEvent, RequestStream
 
+S = TypeVar("S", RequestStream, ClassificationStream)
+R = TypeVar("R")
 
-class SubmittedBatch:
-    """Prompts of one HTTP request, submitted together; cancelled together on failure."""
 
-    def __init__(self, engine: LoraEngine, streams: list[RequestStream]) -> None:
+class EngineBatch(Generic[S, R]):
+    """The engine requests of one HTTP request; cancelled together, on failure too."""
+
+    def __init__(self, engine: LoraEngine, streams: list[S],
+                 outcome: Callable[[S], Awaitable[R]]) -> None:
         self._engine = engine
-        self.streams = streams
+        self._outcome: Callable[[S], Awaitable[R]] = outcome
+        self.streams: list[S] = streams
 
     def cancel(self) -> None:
-        """Drop every prompt of the batch from the engine."""
+        """Drop every request of the batch that has not finished."""
         for stream in self.streams:
             self._engine.cancel(stream)
 
-    async def collect(self) -> list[GenerationEvent]:
-        """Final result of every prompt, in order."""
+    async def collect(self) -> list[R]:
+        """Every request's outcome, in order."""
         try:
-            return list(await asyncio.gather(*(s.collect() for s in self.streams)))
+            return list(await asyncio.gather(*(self._outcome(s) for s in self.streams)))
         except BaseException:
             self.cancel()
             raise
+
+
+class SubmittedBatch(EngineBatch[RequestStream, GenerationEvent]):
+    """Prompts of one HTTP request, whole or as their events interleave."""
+
+    def __init__(self, engine: LoraEngine, streams: list[RequestStream]) -> None:
+        super().__init__(engine, streams, RequestStream.collect)
 
     async def events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
         """Events of all prompts as they come, tagged with the prompt's index."""
@@ -61,22 +74,8 @@ class SubmittedBatch:
                     await task
 
 
-class ClassificationBatch:
-    """Inputs of one HTTP request submitted for classification; cancelled together."""
+class ClassificationBatch(EngineBatch[ClassificationStream, ClassificationResult]):
+    """Inputs of one HTTP request submitted for classification."""
 
     def __init__(self, engine: LoraEngine, streams: list[ClassificationStream]) -> None:
-        self._engine = engine
-        self.streams = streams
-
-    def cancel(self) -> None:
-        """Drop every input of the batch that has not run yet."""
-        for stream in self.streams:
-            self._engine.cancel(stream)
-
-    async def collect(self) -> list[ClassificationResult]:
-        """Every input's probabilities, in order."""
-        try:
-            return list(await asyncio.gather(*(s.result() for s in self.streams)))
-        except BaseException:
-            self.cancel()
-            raise
+        super().__init__(engine, streams, ClassificationStream.result)

@@ -150,8 +150,9 @@ class GatedRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The FastAPI handler, behind the gate."""
         handler = super().get_route_handler()
-        json_body = self.body_field is not None and not isinstance(
-            self.body_field.field_info, Form)
+        # Only a form route (an upload) takes a large body; every other route a small one.
+        form = self.body_field is not None and isinstance(self.body_field.field_info, Form)
+        json_body = not form
         access = self.access
 
         async def gated(request: Request) -> Response:

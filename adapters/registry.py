@@ -29,7 +29,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.archive import download_verified, is_complete_copy, stage_from_uri
-from adapters.errors import AdapterNotFoundError, ConflictError, StoreError
+from adapters.errors import (
+    AdapterNotFoundError,
+    ConflictError,
+    InvalidRequestError,
+    StoreError,
+)
 from adapters.package import (
     MANIFEST_FILE,
     SAFE_NAME,
@@ -56,6 +61,16 @@ _MANIFEST_KEY = re.compile(
     r"^adapters/(?P<tenant>[^/]+)/(?P<name>[^/]+)/versions/(?P<v>\d{8})/loraswap\.json$"
 )
 _NUMBERED_KEY = re.compile(r"/(?:claims|versions)/(?P<v>\d{8})(?:/|$)")
+MAX_VERSION = 99_999_999  # eight digits in the layout
+
+
+def check_version_number(version: int) -> int:
+    """``version`` if it can name a version (1 to 99,999,999); else a 400 naming it."""
+    if not 1 <= version <= MAX_VERSION:
+        shown = str(version) if abs(version) < 10**12 else f"{str(version)[:12]}..."
+        raise InvalidRequestError(
+            f"version {shown} is not a version number (versions are 1 to {MAX_VERSION})")
+    return version
 
 
 def adapter_prefix(tenant: str, name: str) -> str:
@@ -181,6 +196,7 @@ class AdapterRegistry:
 
     def _manifest(self, tenant: str, name: str, version: int,
                   *, max_age: float | None = None) -> tuple[AdapterManifest, bytes]:
+        check_version_number(version)
         cache_key = (tenant, name, version)
         with self._lock:
             cached = self._manifests.get(cache_key)

@@ -34,6 +34,9 @@ from adapters.store.base import ObjectStore, StoreKeyMissing
 
 KEY_PREFIX = "lsk_"
 TENANTS_PREFIX = "tenants/"
+# A request rate's bounds: 1/rate (a refill time, a Retry-After) must stay a sane number.
+MIN_REQUESTS_PER_SECOND = 0.001
+MAX_REQUESTS_PER_SECOND = 1e6
 
 
 def _now() -> datetime:
@@ -51,7 +54,8 @@ class TenantPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allow_base_model: bool = True
-    requests_per_second: float | None = Field(default=None, gt=0)
+    requests_per_second: float | None = Field(default=None, ge=MIN_REQUESTS_PER_SECOND,
+                                              le=MAX_REQUESTS_PER_SECOND)
     max_concurrent: int | None = Field(default=None, ge=1)
 
 

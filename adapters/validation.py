@@ -32,6 +32,8 @@ from adapters.lora_format import (
     PICKLE_FILES,
     WEIGHTS_FILE,
     LoraAdapterWeights,
+    check_config_types,
+    declared_factor_shapes,
     read_lora_adapter,
 )
 from adapters.package import (
@@ -183,6 +185,7 @@ def _read_peft_config(folder: Path) -> dict[str, Any]:
         raise AdapterValidationError(f"{CONFIG_FILE} is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise AdapterValidationError(f"{CONFIG_FILE} must hold a JSON object")
+    check_config_types(raw, CONFIG_FILE)  # before a manifest is synthesized from it
     return raw
 
 
@@ -282,6 +285,24 @@ def _check_lora(weights: LoraAdapterWeights, base: BaseModelFingerprint,
             )
 
 
+def _check_declared_shapes(folder: Path, base: BaseModelFingerprint, rank: int) -> None:
+    """Every factor's shape from the safetensors header, before any tensor is read or
+    converted: a wrong or huge shape costs no memory."""
+    for (layer, module, which), shape in sorted(declared_factor_shapes(folder).items()):
+        if module not in base.projection_shapes:
+            continue  # named precisely by _check_lora
+        if layer >= base.num_layers:
+            raise AdapterIncompatibleError(
+                f"layer {layer} {module}: {base.name} has only {base.num_layers} layers"
+            )
+        in_features, out_features = base.projection_shapes[module]
+        want = (rank, in_features) if which == "A" else (out_features, rank)
+        if shape != want:
+            raise AdapterIncompatibleError(
+                f"layer {layer} {module}: lora_{which} {shape}, expected {want} for {base.name}"
+            )
+
+
 def _check_summary(manifest: AdapterManifest, weights: LoraAdapterWeights,
                    peft: dict[str, Any]) -> None:
     """The manifest's ``lora`` summary and task must agree with ``adapter_config.json``."""
@@ -361,6 +382,8 @@ def validate_package(
     # Checked before the tensors are read: a huge rank means huge tensors.
     if isinstance(rank, int) and rank > limits.max_rank:
         raise AdapterIncompatibleError(f"rank r={rank} is above the limit of {limits.max_rank}")
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        _check_declared_shapes(folder, base, rank)
     weights = read_lora_adapter(folder, name=folder.name)
     _check_lora(weights, base, limits)
     _check_summary(manifest, weights, peft)

@@ -17,7 +17,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from adapters.errors import (
     ConfigurationError,
     InvalidRequestError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     StoreError,
 )
 from adapters.package import MANIFEST_FILE, sha256_file
@@ -371,14 +372,38 @@ def download_store_package(store: ObjectStore, dest: Path, limits: ValidationLim
     return dest
 
 
-def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits) -> Path:
-    """Copy the package at ``file:///folder`` or ``s3://bucket/prefix/`` into ``dest``."""
+def importable_folder(folder: Path, roots: Sequence[Path]) -> Path:
+    """``folder`` with links resolved, if it lies below one of ``roots``; else a 403.
+
+    Containment is checked on the resolved path (a link inside a root that points out of it
+    is refused) and before existence, so a refusal says nothing about folders outside.
+    """
+    if not roots:
+        raise PermissionDeniedError(
+            "file:// imports are disabled on this server; set LORASWAP_IMPORT_ROOTS to the "
+            "folders they may read"
+        )
+    real = folder.resolve()
+    if not any(real.is_relative_to(root.resolve()) for root in roots):
+        raise PermissionDeniedError(
+            f"{folder} is outside the folders file:// imports may read (LORASWAP_IMPORT_ROOTS)"
+        )
+    return real
+
+
+def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits, *,
+                   file_roots: Sequence[Path] = ()) -> Path:
+    """Copy the package at ``file:///folder`` or ``s3://bucket/prefix/`` into ``dest``.
+
+    A ``file://`` folder must lie below one of ``file_roots`` (none: file imports are off),
+    so an import cannot read the store itself or any other folder of the server.
+    """
     try:
         source = open_store(uri)
     except ConfigurationError as exc:
         raise InvalidRequestError(str(exc)) from exc
     if isinstance(source, FileSystemStore):
-        return copy_local_package(source.root, dest, limits)
+        return copy_local_package(importable_folder(source.root, file_roots), dest, limits)
     return download_store_package(source, dest, limits)
 
 

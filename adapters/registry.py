@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,6 +140,7 @@ class AdapterRegistry:
         refresh_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         observer: StoreObserver | None = None,
+        import_roots: Sequence[Path] = (),
     ) -> None:
         self.store: ObjectStore = ObservedStore(store, observer) if observer else store
         self.base = base
@@ -147,6 +148,7 @@ class AdapterRegistry:
         self.cache_dir = cache_dir
         self.refresh_seconds = refresh_seconds
         self.clock = clock
+        self.import_roots = tuple(import_roots)
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()
         # (tenant, name) -> (state or None when absent, when it was read)
@@ -331,11 +333,13 @@ class AdapterRegistry:
     def register_from_uri(self, tenant: str, name: str, uri: str, *,
                           activate: bool | None = None,
                           manifest_defaults: ManifestDefaults | None = None) -> AdapterVersion:
-        """Register the package at ``file:///folder`` or ``s3://bucket/prefix/``."""
+        """Register the package at ``file:///folder`` (below one of ``import_roots``) or
+        ``s3://bucket/prefix/``."""
         check_safe_name("tenant", tenant)
         check_safe_name("adapter", name)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
-            staged = stage_from_uri(uri, Path(tmp) / "package", self.limits)
+            staged = stage_from_uri(uri, Path(tmp) / "package", self.limits,
+                                    file_roots=self.import_roots)
             return self.register(tenant, name, staged, activate=activate,
                                  manifest_defaults=manifest_defaults)
 

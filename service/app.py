@@ -53,7 +53,8 @@ def build_registry(settings: Settings, store: ObjectStore,
     limits = ValidationLimits(max_rank=settings.max_lora_rank,
                               max_upload_bytes=settings.max_upload_bytes)
     return AdapterRegistry(store, base, limits, settings.adapter_cache_dir,
-                           refresh_seconds=settings.registry_refresh_seconds)
+                           refresh_seconds=settings.registry_refresh_seconds,
+                           import_roots=settings.import_roots)  # hardening: item 13
 
 
 def build_components(settings: Settings, loaded: LoadedBaseModel, state: ServiceState,

@@ -30,7 +30,7 @@ from adapters.errors import (
     describe_problems,
 )
 from adapters.package import SAFE_NAME, SAFE_NAME_RULE
-from adapters.store.base import ObjectStore, StoreKeyMissing
+from adapters.store.base import ObjectStore, StoreKeyMissing, update_object
 
 KEY_PREFIX = "lsk_"
 TENANTS_PREFIX = "tenants/"
@@ -140,9 +140,26 @@ class TenantDirectory:
             return None
         return self._parse(self._key(name), raw)
 
-    def _write(self, record: TenantRecord) -> None:
-        self.store.put(self._key(record.name), record.model_dump_json(indent=2).encode())
+    def _change(self, name: str,
+                change: Callable[[TenantRecord], TenantRecord | None]) -> TenantRecord | None:
+        """Read-modify-write one record as a compare-and-swap (retried on conflict), so
+        concurrent changes on any replica never undo each other; ``change`` returns the new
+        record, or ``None`` to delete it. :class:`NotFoundError` when the tenant is absent."""
+        key = self._key(name)
+        result: list[TenantRecord | None] = [None]
+
+        def apply(raw: bytes | None) -> bytes | None:
+            if raw is None:
+                raise NotFoundError(f"tenant {name!r} not found")
+            changed = change(self._parse(key, raw))
+            result[0] = changed
+            return None if changed is None else changed.model_dump_json(indent=2).encode()
+
+        if not SAFE_NAME.fullmatch(name):
+            raise NotFoundError(f"tenant {name!r} not found")
+        update_object(self.store, key, apply)
         self._invalidate()
+        return result[0]
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -182,24 +199,23 @@ class TenantDirectory:
 
     def delete(self, name: str) -> None:
         """Delete the tenant; its keys stop working here at once, elsewhere on refresh."""
-        self.get(name)
-        self.store.delete(self._key(name))
+        self._change(name, lambda record: None)
         with self._lock:
             self._index = [(d, r) for d, r in self._index if r.name != name]
 
     def rotate_key(self, name: str) -> str:
         """Replace every key of the tenant by a new one; returns it (shown once)."""
-        record = self.get(name)
         key, digest = _new_key()
-        self._write(record.model_copy(update={"key_digests": [digest]}))
+        self._change(name, lambda record: record.model_copy(update={"key_digests": [digest]}))
         with self._lock:  # the old keys stop working on this replica right away
             self._index = [(d, r) for d, r in self._index if r.name != name]
         return key
 
     def update_policy(self, name: str, policy: TenantPolicy) -> TenantRecord:
         """Replace the tenant's policy."""
-        record = self.get(name).model_copy(update={"policy": policy})
-        self._write(record)
+        record = self._change(name, lambda current: current.model_copy(
+            update={"policy": policy}))
+        assert record is not None
         return record
 
     # ---------------------------------------------------------------- authentication

@@ -34,7 +34,7 @@ def _together(actions: list[Callable[[], object]]) -> list[object]:
         barrier.wait()
         try:
             results[index] = actions[index]()
-        except Exception as exc:  # noqa: BLE001 (collected for the assertions)
+        except Exception as exc:
             results[index] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(actions))]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -31,6 +32,8 @@ from adapters.errors import (
 )
 from adapters.package import SAFE_NAME, SAFE_NAME_RULE
 from adapters.store.base import ObjectStore, StoreKeyMissing, update_object
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "lsk_"
 TENANTS_PREFIX = "tenants/"
@@ -122,6 +125,7 @@ class TenantDirectory:
         self._index: list[tuple[str, TenantRecord]] = []  # (key digest, tenant)
         self._loaded_at: float | None = None
         self._miss_reload_at: float | None = None
+        self._unreadable: list[str] = []
 
     @staticmethod
     def _key(name: str) -> str:
@@ -173,17 +177,31 @@ class TenantDirectory:
         return record
 
     def list(self) -> list[TenantRecord]:
-        """Every tenant, sorted by name."""
+        """Every readable tenant, sorted by name; a corrupt record is skipped and reported
+        (logged, and in :meth:`unreadable_records`) so that it cannot lock out the others."""
         records = []
+        unreadable = []
         for key in self.store.list(TENANTS_PREFIX):
             name = key[len(TENANTS_PREFIX):].removesuffix(".json")
             if "/" in name or not key.endswith(".json") or not SAFE_NAME.fullmatch(name):
                 continue
             try:
-                records.append(self._parse(key, self.store.get(key)))
+                raw = self.store.get(key)
             except StoreKeyMissing:
                 continue  # deleted while listing
+            try:
+                records.append(self._parse(key, raw))
+            except StoreError as exc:
+                logger.warning("skipping unreadable tenant record: %s", exc)
+                unreadable.append(key)
+        with self._lock:
+            self._unreadable = unreadable
         return records
+
+    def unreadable_records(self) -> list[str]:
+        """Keys of the tenant records the last listing could not parse (for operators)."""
+        with self._lock:
+            return list(self._unreadable)
 
     def create(self, name: str, policy: TenantPolicy | None = None) -> tuple[TenantRecord, str]:
         """Create a tenant with one key; returns the record and the plaintext key (once)."""
@@ -219,8 +237,25 @@ class TenantDirectory:
         return record
 
     # ---------------------------------------------------------------- authentication
+    # Valid keys never wait for a reload that another caller is doing: they are matched
+    # against the index in hand. A reload that fails keeps the last good index (and counts
+    # as a reload, so a down store is not retried on every request). Reloads caused by
+    # unknown keys are rate-limited for the whole directory.
     def _reload(self) -> None:
-        index = [(digest.sha256, record) for record in self.list()
+        """Re-read the index; on a store failure keep the last good one (if any)."""
+        try:
+            records = self.list()
+        except StoreError:
+            with self._lock:
+                never_loaded = not self._index and self._loaded_at is None
+                if not never_loaded:
+                    self._loaded_at = self.clock()
+            if never_loaded:
+                raise
+            logger.warning("tenant store unreachable; authenticating from the last good "
+                           "tenant index", exc_info=True)
+            return
+        index = [(digest.sha256, record) for record in records
                  for digest in record.key_digests]
         with self._lock:
             self._index = index
@@ -241,25 +276,43 @@ class TenantDirectory:
             loaded = self._loaded_at
         return loaded is None or self.clock() - loaded >= self.refresh_seconds
 
+    def _refresh_if_stale(self) -> None:
+        """Reload a stale index; wait for another caller's reload only if there is no index
+        at all yet."""
+        with self._lock:
+            never_loaded = self._loaded_at is None
+        if not self._reload_lock.acquire(blocking=never_loaded):
+            return  # someone else is reloading: answer from the index in hand
+        try:
+            if self._stale():
+                self._reload()
+        finally:
+            self._reload_lock.release()
+
+    def _claim_miss_reload(self) -> bool:
+        """Whether this miss may reload: at most one per ``miss_reload_seconds``."""
+        with self._lock:
+            now = self.clock()
+            last = self._miss_reload_at
+            if last is not None and now - last < self.miss_reload_seconds:
+                return False
+            self._miss_reload_at = now
+            return True
+
     def authenticate(self, key: str) -> TenantRecord | None:
         """The tenant owning ``key``, or ``None``."""
         if not key.startswith(KEY_PREFIX):
             return None
         digest = key_digest(key)
         if self._stale():
-            with self._reload_lock:
-                if self._stale():
-                    self._reload()
+            self._refresh_if_stale()
         found = self._match(digest)
         if found is not None:
             return found
         # A miss: maybe the key was just created on another replica. Re-read, unless a
         # miss already did so very recently (bad keys must not hammer the store).
+        if not self._claim_miss_reload():
+            return None
         with self._reload_lock:
-            now = self.clock()
-            last = self._miss_reload_at
-            if last is not None and now - last < self.miss_reload_seconds:
-                return None
-            self._miss_reload_at = now
             self._reload()
         return self._match(digest)

@@ -125,7 +125,7 @@ class TenantDirectory:
         self._index: list[tuple[str, TenantRecord]] = []  # (key digest, tenant)
         self._loaded_at: float | None = None
         self._miss_reload_at: float | None = None
-        self._unreadable: list[str] = []
+        self._unreadable: tuple[str, ...] = ()
 
     @staticmethod
     def _key(name: str) -> str:
@@ -195,13 +195,13 @@ class TenantDirectory:
                 logger.warning("skipping unreadable tenant record: %s", exc)
                 unreadable.append(key)
         with self._lock:
-            self._unreadable = unreadable
+            self._unreadable = tuple(unreadable)
         return records
 
-    def unreadable_records(self) -> list[str]:
+    def unreadable_records(self) -> tuple[str, ...]:
         """Keys of the tenant records the last listing could not parse (for operators)."""
         with self._lock:
-            return list(self._unreadable)
+            return self._unreadable
 
     def create(self, name: str, policy: TenantPolicy | None = None) -> tuple[TenantRecord, str]:
         """Create a tenant with one key; returns the record and the plaintext key (once)."""

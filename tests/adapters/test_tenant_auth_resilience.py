@@ -76,14 +76,14 @@ def test_keys_work_from_the_last_good_index_while_the_store_is_down(
 def test_a_corrupt_record_is_skipped_and_reported(
         setup: tuple[FlakyStore, Clock, TenantDirectory, str], tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    store, clock, tenants, key = setup
+    _, clock, tenants, key = setup
     (tmp_path / "store" / "tenants" / "broken.json").write_text("{not json")
     clock.now += 10
     with caplog.at_level(logging.WARNING):
         assert tenants.authenticate(key) is not None
         assert [r.name for r in tenants.list()] == ["acme"]
     assert "tenants/broken.json" in caplog.text
-    assert tenants.unreadable_records() == ["tenants/broken.json"]
+    assert tenants.unreadable_records() == ("tenants/broken.json",)
 
 
 def test_unknown_keys_reload_at_most_once_per_interval_and_never_block_valid_keys(

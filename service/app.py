@@ -30,6 +30,7 @@ from service.api.serving_predict import PredictService
 from service.auth import TenantAuthenticator, log_auth_mode
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
+from service.fault_hooks import arm_fault_hook
 from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
 from service.registry_sync import RegistryWatcher
@@ -128,7 +129,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     """
     settings.check_secure()
     metrics = ServiceMetrics()
-    store = ObservedStore(open_store(settings.store_uri), metrics)
+    store = ObservedStore(arm_fault_hook(open_store(settings.store_uri), settings), metrics)
     tenants = TenantDirectory(store, refresh_seconds=settings.registry_refresh_seconds)
     state = ServiceState(
         settings=settings, metrics=metrics, store=store, tenants=tenants,

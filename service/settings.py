@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         description="Folders that file:// imports may read (comma-separated absolute paths); "
         "empty: file:// imports are refused.",
     )
+    fault_pause_before_publish: str | None = Field(
+        default=None,
+        description="Test only (crash-safety tests): a compare-and-swap write to the folder "
+        "store of a key ending with this pauses forever before it is published.",
+    )
     max_upload_bytes: int = Field(
         default=1 << 30, ge=1024, description="Largest adapter upload (all files together)."
     )

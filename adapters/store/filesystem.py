@@ -50,6 +50,9 @@ class FileSystemStore:
             raise StoreError(f"filesystem store root {str(root)!r} must be an absolute path")
         self.root = root
         self.uri = root.as_uri()
+        # Test-only fault hook (crash-safety tests): called with the key after a
+        # compare-and-swap has written its temporary file and before it is published.
+        self.before_publish: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"FileSystemStore({self.uri!r})"
@@ -268,7 +271,10 @@ class FileSystemStore:
             with self._locked(target):
                 if self._current_tag(target) != expected:
                     return False
-                self._publish(self._write_bytes(target, data), target)
+                tmp = self._write_bytes(target, data)
+                if self.before_publish is not None:
+                    self.before_publish(key)
+                self._publish(tmp, target)
         except OSError as exc:
             raise self._fail("put_if_match", key, exc) from exc
         return True

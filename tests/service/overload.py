@@ -117,6 +117,8 @@ async def run(args: argparse.Namespace, server: ServiceProcess) -> dict[str, obj
             keys[tenant] = created.json()["api_key"]
         await measure_capacity(client, keys["flood"], 3, 4)  # warm-up
         capacity = await measure_capacity(client, keys["flood"], args.capacity_seconds, 16)
+        print(f"capacity {capacity:.1f} requests/s; overload phase starts", file=sys.stderr,
+              flush=True)
         assert server.process is not None
         idle_rss = psutil.Process(server.process.pid).memory_info().rss
         flood, calm, samples = Tally(), Tally(), []
@@ -194,6 +196,7 @@ def main() -> int:
             "LORASWAP_LOG_LEVEL": "WARNING",
         }, Path(tmp)).start()
         try:
+            print("server ready", file=sys.stderr, flush=True)
             figures = asyncio.run(run(args, server))
         finally:
             server.stop()

@@ -17,7 +17,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from adapters.errors import (
     ConfigurationError,
     InvalidRequestError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     StoreError,
 )
 from adapters.package import MANIFEST_FILE, sha256_file
@@ -38,6 +39,19 @@ _CHUNK = 1 << 20
 # One plain file name of a package (see validation.ALLOWED_FILES for which are accepted).
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _GZIP_MAGIC = b"\x1f\x8b"
+# Bytes of tar extension headers (GNU long names/links, pax records) allowed in one archive.
+# tarfile reads each of them whole into memory before the member it describes, so they are
+# budgeted before reading: a package's names are short plain names (at most 128
+# characters), and a few hundred bytes of pax records per member are normal.
+MAX_TAR_HEADER_BYTES = 64 * 1024
+_EXTENSION_HEADERS = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
+                                tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE})
+_SHOWN_NAME = 80
+
+
+def _shown(name: str) -> str:
+    """A member name for messages, cut short: hostile names can be megabytes long."""
+    return repr(name if len(name) <= _SHOWN_NAME else name[:_SHOWN_NAME] + "...")
 
 
 @dataclass
@@ -95,16 +109,16 @@ class _Budget:
 def _member_parts(raw_name: str) -> list[str]:
     """Split a member name into checked path segments (``./`` prefixes dropped)."""
     if not raw_name or "\\" in raw_name or "\x00" in raw_name:
-        raise AdapterValidationError(f"archive member name {raw_name!r} is not allowed")
+        raise AdapterValidationError(f"archive member name {_shown(raw_name)} is not allowed")
     if raw_name.startswith("/") or re.match(r"^[A-Za-z]:", raw_name):
-        raise AdapterValidationError(f"archive member {raw_name!r} has an absolute path")
+        raise AdapterValidationError(f"archive member {_shown(raw_name)} has an absolute path")
     parts = [part for part in raw_name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise AdapterValidationError(f"archive member {raw_name!r} contains '..'")
+        raise AdapterValidationError(f"archive member {_shown(raw_name)} contains '..'")
     for part in parts:
         if not _PLAIN_NAME.fullmatch(part):
-            raise AdapterValidationError(f"archive member {raw_name!r}: {part!r} is not a "
-                                         "plain file or folder name")
+            raise AdapterValidationError(f"archive member {_shown(raw_name)}: {_shown(part)} "
+                                         "is not a plain file or folder name")
     return parts
 
 
@@ -118,10 +132,10 @@ class _Layout:
     def file_name(self, raw_name: str) -> str:
         parts = _member_parts(raw_name)
         if not parts:
-            raise AdapterValidationError(f"archive member {raw_name!r} has no file name")
+            raise AdapterValidationError(f"archive member {_shown(raw_name)} has no file name")
         if len(parts) > 2:
             raise AdapterValidationError(
-                f"archive member {raw_name!r} is in a nested folder; put the package files "
+                f"archive member {_shown(raw_name)} is in a nested folder; put the package files "
                 "at the top or in one folder"
             )
         if len(parts) == 1:
@@ -138,7 +152,7 @@ class _Layout:
     def folder(self, raw_name: str) -> None:
         # Folder entries carry nothing; only the files decide the layout.
         if len(_member_parts(raw_name)) > 1:
-            raise AdapterValidationError(f"archive holds nested folder {raw_name!r}")
+            raise AdapterValidationError(f"archive holds nested folder {_shown(raw_name)}")
 
     def _enter(self, top: str, raw_name: str) -> None:
         if self.top is None:
@@ -146,16 +160,54 @@ class _Layout:
         elif self.top != top:
             raise AdapterValidationError(
                 f"archive has more than one top-level folder ({self.top!r}, "
-                f"{raw_name!r}); put the package files in one folder"
+                f"{_shown(raw_name)}); put the package files in one folder"
             )
+
+
+@dataclass
+class _HeaderBudget:
+    """Extension-header bytes (long names, pax records) read so far from one archive."""
+
+    spent: int = 0
+
+    def admit(self, header: tarfile.TarInfo) -> None:
+        """Refuse a header before tarfile reads its payload into memory."""
+        if header.type == tarfile.GNUTYPE_SPARSE:
+            raise AdapterValidationError("archive holds a sparse file; only plain files are "
+                                         "allowed")
+        if header.type not in _EXTENSION_HEADERS:
+            return
+        self.spent += header.size
+        if self.spent > MAX_TAR_HEADER_BYTES:
+            raise PayloadTooLargeError(
+                f"archive's extension headers (long names, pax records) are over the limit "
+                f"of {MAX_TAR_HEADER_BYTES} bytes"
+            )
+
+
+def _budgeted_tarinfo(budget: _HeaderBudget) -> type[tarfile.TarInfo]:
+    """A TarInfo class that checks each header against ``budget`` before processing it.
+
+    ``tarfile`` calls ``_proc_member`` for every header block, including the chained ones
+    that carry a GNU long name or pax records, right before it reads their payload.
+    """
+
+    class BudgetedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+            budget.admit(self)
+            return super()._proc_member(tarfile)  # type: ignore[misc, no-any-return]
+
+    return BudgetedTarInfo
 
 
 def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
     layout = _Layout()
     try:
         # Stream mode ("r|*"): members are read in order and never seeked past, so work
-        # stays bounded by the limits even for a compressed bomb.
-        with tarfile.open(archive, mode="r|*") as tar:
+        # stays bounded by the limits even for a compressed bomb; extension headers are
+        # budgeted before tarfile reads them.
+        with tarfile.open(archive, mode="r|*",
+                          tarinfo=_budgeted_tarinfo(_HeaderBudget())) as tar:
             for member in tar:
                 if member.isdir():
                     layout.folder(member.name)
@@ -163,14 +215,15 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
                 if not member.isreg():
                     kind = "link" if member.issym() or member.islnk() else "special file"
                     raise AdapterValidationError(
-                        f"archive member {member.name!r} is a {kind}; only plain files are "
+                        f"archive member {_shown(member.name)} is a {kind}; only plain files are "
                         "allowed"
                     )
                 name = layout.file_name(member.name)
                 budget.admit(name, member.size)
                 source = tar.extractfile(member)
                 if source is None:
-                    raise AdapterValidationError(f"archive member {member.name!r} is unreadable")
+                    raise AdapterValidationError(
+                        f"archive member {_shown(member.name)} is unreadable")
                 with source:
                     budget.copy(name, source, dest / name, member.size)
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -191,10 +244,15 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
                 if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                     kind = "link" if stat.S_ISLNK(mode) else "special file"
                     raise AdapterValidationError(
-                        f"archive member {info.filename!r} is a {kind}; only plain files "
+                        f"archive member {_shown(info.filename)} is a {kind}; only plain files "
                         "are allowed"
                     )
                 name = layout.file_name(info.filename)
+                if info.flag_bits & 0x1:  # zipfile would ask for a password
+                    raise AdapterValidationError(
+                        f"archive member {_shown(info.filename)} is encrypted; upload it "
+                        "without a password"
+                    )
                 budget.admit(name, info.file_size)
                 with bundle.open(info) as source:
                     budget.copy(name, source, dest / name, info.file_size)
@@ -314,14 +372,38 @@ def download_store_package(store: ObjectStore, dest: Path, limits: ValidationLim
     return dest
 
 
-def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits) -> Path:
-    """Copy the package at ``file:///folder`` or ``s3://bucket/prefix/`` into ``dest``."""
+def importable_folder(folder: Path, roots: Sequence[Path]) -> Path:
+    """``folder`` with links resolved, if it lies below one of ``roots``; else a 403.
+
+    Containment is checked on the resolved path (a link inside a root that points out of it
+    is refused) and before existence, so a refusal says nothing about folders outside.
+    """
+    if not roots:
+        raise PermissionDeniedError(
+            "file:// imports are disabled on this server; set LORASWAP_IMPORT_ROOTS to the "
+            "folders they may read"
+        )
+    real = folder.resolve()
+    if not any(real.is_relative_to(root.resolve()) for root in roots):
+        raise PermissionDeniedError(
+            f"{folder} is outside the folders file:// imports may read (LORASWAP_IMPORT_ROOTS)"
+        )
+    return real
+
+
+def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits, *,
+                   file_roots: Sequence[Path] = ()) -> Path:
+    """Copy the package at ``file:///folder`` or ``s3://bucket/prefix/`` into ``dest``.
+
+    A ``file://`` folder must lie below one of ``file_roots`` (none: file imports are off),
+    so an import cannot read the store itself or any other folder of the server.
+    """
     try:
         source = open_store(uri)
     except ConfigurationError as exc:
         raise InvalidRequestError(str(exc)) from exc
     if isinstance(source, FileSystemStore):
-        return copy_local_package(source.root, dest, limits)
+        return copy_local_package(importable_folder(source.root, file_roots), dest, limits)
     return download_store_package(source, dest, limits)
 
 

@@ -11,9 +11,10 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from adapters.errors import AdapterIncompatibleError, AdapterValidationError
@@ -101,6 +102,28 @@ class LoraAdapterWeights:
                           for a, b in self.factors.values())
 
 
+def check_config_types(raw: dict[str, Any], where: str) -> None:
+    """Refuse ``target_modules`` and ``lora_dropout`` of the wrong JSON type, naming them.
+
+    PEFT writes ``target_modules`` as a list of names (or one name) and ``lora_dropout`` as
+    a number in [0, 1); anything else would otherwise fail deep inside the checks.
+    """
+    targets = raw.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+            isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise AdapterValidationError(
+            f"{where}: target_modules must be a list of projection names, got "
+            f"{type(targets).__name__} {str(targets)[:80]}"
+        )
+    dropout = raw.get("lora_dropout")
+    if dropout is not None and (
+            not isinstance(dropout, int | float) or isinstance(dropout, bool)
+            or not 0.0 <= dropout < 1.0):
+        raise AdapterValidationError(
+            f"{where}: lora_dropout must be a number from 0 up to 1, got {str(dropout)[:80]}"
+        )
+
+
 def _read_config(folder: Path) -> LoraConfigSummary:
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
@@ -113,6 +136,7 @@ def _read_config(folder: Path) -> LoraConfigSummary:
         ) from exc
     if not isinstance(raw, dict):
         raise AdapterValidationError(f"{folder.name}: {CONFIG_FILE} must hold a JSON object")
+    check_config_types(raw, f"{folder.name}: {CONFIG_FILE}")
     try:
         check_peft_options(raw)
     except AdapterIncompatibleError as exc:
@@ -224,6 +248,23 @@ def _pair_factors(
     if not factors:
         raise AdapterValidationError(f"{name}: {WEIGHTS_FILE} holds no LoRA tensors")
     return factors
+
+
+def declared_factor_shapes(folder: Path) -> dict[tuple[int, str, str], tuple[int, ...]]:
+    """Shapes of the LoRA factors as the safetensors header declares them, keyed by
+    ``(layer, module, "A" | "B")``; no tensor data is read. Empty when the file cannot be
+    opened (reading it later reports why)."""
+    shapes: dict[tuple[int, str, str], tuple[int, ...]] = {}
+    try:
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt", device="cpu") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                match = _TENSOR_KEY.search(key)
+                if match is not None:
+                    shape = tuple(handle.get_slice(key).get_shape())
+                    shapes[(int(match["layer"]), match["module"], match["which"])] = shape
+    except (SafetensorError, OSError, ValueError):
+        return {}
+    return shapes
 
 
 def read_lora_adapter(folder: Path, name: str | None = None) -> LoraAdapterWeights:

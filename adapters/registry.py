@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.archive import download_verified, is_complete_copy, stage_from_uri
-from adapters.errors import AdapterNotFoundError, ConflictError, StoreError
+from adapters.errors import (
+    AdapterNotFoundError,
+    ConflictError,
+    InvalidRequestError,
+    StoreError,
+)
 from adapters.package import (
     MANIFEST_FILE,
     SAFE_NAME,
@@ -37,7 +42,7 @@ from adapters.package import (
     check_safe_name,
     parse_manifest,
 )
-from adapters.store import ObjectStore, ObservedStore, StoreObserver
+from adapters.store import ObjectStore, ObservedStore, StoreObserver, update_object
 from adapters.store.base import StoreKeyMissing
 from adapters.validation import (
     BaseModelFingerprint,
@@ -56,6 +61,16 @@ _MANIFEST_KEY = re.compile(
     r"^adapters/(?P<tenant>[^/]+)/(?P<name>[^/]+)/versions/(?P<v>\d{8})/loraswap\.json$"
 )
 _NUMBERED_KEY = re.compile(r"/(?:claims|versions)/(?P<v>\d{8})(?:/|$)")
+MAX_VERSION = 99_999_999  # eight digits in the layout
+
+
+def check_version_number(version: int) -> int:
+    """``version`` if it can name a version (1 to 99,999,999); else a 400 naming it."""
+    if not 1 <= version <= MAX_VERSION:
+        shown = str(version) if abs(version) < 10**12 else f"{str(version)[:12]}..."
+        raise InvalidRequestError(
+            f"version {shown} is not a version number (versions are 1 to {MAX_VERSION})")
+    return version
 
 
 def adapter_prefix(tenant: str, name: str) -> str:
@@ -97,6 +112,18 @@ class AdapterState(BaseModel):
     active: int | None = Field(default=None, ge=1)
     previous: list[int] = Field(default_factory=list)
     pinned: bool = False
+    # Versions deleted (or being deleted): written, as a compare-and-swap, before their
+    # files are removed, so that a promotion racing the deletion on another replica either
+    # loses its swap or sees the mark, and never activates a deleted version.
+    deleted: list[int] = Field(default_factory=list)
+
+
+def _activated(state: AdapterState, version: int) -> AdapterState:
+    """``state`` with ``version`` active and the previously active one in the history."""
+    if state.active == version:
+        return state
+    previous = [*state.previous, state.active] if state.active is not None else state.previous
+    return state.model_copy(update={"active": version, "previous": previous[-HISTORY_LIMIT:]})
 
 
 def _lookup_name(tenant: str, name: str) -> str:
@@ -112,7 +139,7 @@ class AdapterRegistry:
 
     Synchronous and thread-safe; mutations from this instance are serialised, mutations
     from other replicas become visible within ``refresh_seconds`` (immediately for a
-    lookup that misses the cache). ``state.json`` updates are last-writer-wins.
+    lookup that misses the cache). ``state.json`` updates are compare-and-swaps.
     """
 
     def __init__(
@@ -125,6 +152,7 @@ class AdapterRegistry:
         refresh_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         observer: StoreObserver | None = None,
+        import_roots: Sequence[Path] = (),
     ) -> None:
         self.store: ObjectStore = ObservedStore(store, observer) if observer else store
         self.base = base
@@ -132,6 +160,7 @@ class AdapterRegistry:
         self.cache_dir = cache_dir
         self.refresh_seconds = refresh_seconds
         self.clock = clock
+        self.import_roots = tuple(import_roots)
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()
         # (tenant, name) -> (state or None when absent, when it was read)
@@ -149,19 +178,42 @@ class AdapterRegistry:
         except StoreKeyMissing:
             state = None
         else:
-            try:
-                state = AdapterState.model_validate_json(raw)
-            except ValidationError as exc:
-                raise StoreError(f"{self.store.uri}: {key} is corrupt: {exc}") from exc
+            state = self._parse_state(key, raw)
         with self._lock:
             self._states[(tenant, name)] = (state, self.clock())
         return state
 
-    def _write_state(self, tenant: str, name: str, state: AdapterState) -> None:
+    def _change_state(self, tenant: str, name: str,
+                      change: Callable[[AdapterState], AdapterState | None]) -> None:
+        """Read-modify-write ``state.json`` as a compare-and-swap, retried on conflict.
+
+        ``change`` gets the current state (an empty one when absent) and returns the new
+        one, or ``None`` to delete the file; it may raise to refuse, and it runs again on
+        every retry, against what another replica wrote."""
         key = adapter_prefix(tenant, name) + STATE_FILE
-        self.store.put(key, state.model_dump_json(indent=2).encode())
+        result: list[AdapterState | None] = [None]
+
+        def apply(raw: bytes | None) -> bytes | None:
+            current = self._parse_state(key, raw) if raw is not None else AdapterState()
+            changed = change(current)
+            result[0] = changed
+            if changed == current and raw is not None:
+                return raw
+            return None if changed is None else changed.model_dump_json(indent=2).encode()
+
+        update_object(self.store, key, apply)
         with self._lock:
-            self._states[(tenant, name)] = (state, self.clock())
+            self._states[(tenant, name)] = (result[0], self.clock())
+
+    def _parse_state(self, key: str, raw: bytes) -> AdapterState:
+        try:
+            return AdapterState.model_validate_json(raw)
+        except ValidationError as exc:
+            raise StoreError(f"{self.store.uri}: {key} is corrupt: {exc}") from exc
+
+    def _manifest_exists(self, tenant: str, name: str, version: int) -> bool:
+        """Read from the store, not the cache: checked inside a state swap."""
+        return self.store.exists(version_prefix(tenant, name, version) + MANIFEST_FILE)
 
     def _cached_state(self, tenant: str, name: str) -> AdapterState | None:
         """State from the cache while fresh; else the store (stale cache if it fails)."""
@@ -181,6 +233,7 @@ class AdapterRegistry:
 
     def _manifest(self, tenant: str, name: str, version: int,
                   *, max_age: float | None = None) -> tuple[AdapterManifest, bytes]:
+        check_version_number(version)
         cache_key = (tenant, name, version)
         with self._lock:
             cached = self._manifests.get(cache_key)
@@ -285,10 +338,14 @@ class AdapterRegistry:
         raw = self._upload(tenant, name, version, manifest, staged)
         with self._lock:
             self._manifests[(tenant, name, version)] = (manifest, raw, self.clock())
-        with self._write_lock:
-            state = self._read_state(tenant, name)
-            if activate or (activate is None and (state is None or state.active is None)):
-                self._activate(tenant, name, version, state or AdapterState())
+        if activate is not False:
+            def activate_new(state: AdapterState) -> AdapterState:
+                if activate or state.active is None:
+                    return _activated(state, version)
+                return state
+
+            with self._write_lock:
+                self._change_state(tenant, name, activate_new)
         logger.info("registered %s/%s version %d", tenant, name, version)
         return AdapterVersion(tenant, name, version, manifest)
 
@@ -315,82 +372,101 @@ class AdapterRegistry:
     def register_from_uri(self, tenant: str, name: str, uri: str, *,
                           activate: bool | None = None,
                           manifest_defaults: ManifestDefaults | None = None) -> AdapterVersion:
-        """Register the package at ``file:///folder`` or ``s3://bucket/prefix/``."""
+        """Register the package at ``file:///folder`` (below one of ``import_roots``) or
+        ``s3://bucket/prefix/``."""
         check_safe_name("tenant", tenant)
         check_safe_name("adapter", name)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
-            staged = stage_from_uri(uri, Path(tmp) / "package", self.limits)
+            staged = stage_from_uri(uri, Path(tmp) / "package", self.limits,
+                                    file_roots=self.import_roots)
             return self.register(tenant, name, staged, activate=activate,
                                  manifest_defaults=manifest_defaults)
 
     # ----------------------------------------------------------------- changing
-    def _activate(self, tenant: str, name: str, version: int, state: AdapterState) -> None:
-        if state.active == version:
-            return
-        previous = [*state.previous, state.active] if state.active is not None else state.previous
-        self._write_state(tenant, name, AdapterState(
-            active=version, previous=previous[-HISTORY_LIMIT:], pinned=state.pinned))
+    # Every change of state.json is a compare-and-swap (see _change_state); the write lock
+    # only saves this replica's own threads from retrying against each other.
+    def _activatable(self, tenant: str, name: str, version: int,
+                     state: AdapterState) -> None:
+        if version in state.deleted or not self._manifest_exists(tenant, name, version):
+            raise AdapterNotFoundError(f"{tenant}/{name}@{version}")
 
     def promote(self, tenant: str, name: str, version: int) -> AdapterRecord:
         """Make ``version`` the active one (the current one goes into the history)."""
+        self.version(tenant, name, version)
+
+        def promoted(state: AdapterState) -> AdapterState:
+            self._activatable(tenant, name, version, state)
+            return _activated(state, version)
+
         with self._write_lock:
-            self.version(tenant, name, version)
-            self._activate(tenant, name, version, self._read_state(tenant, name) or AdapterState())
+            self._change_state(tenant, name, promoted)
             return self.get(tenant, name)
 
     def rollback(self, tenant: str, name: str) -> AdapterRecord:
         """Re-activate the previously active version; :class:`ConflictError` if none."""
-        with self._write_lock:
-            record = self.get(tenant, name)
-            state = self._read_state(tenant, name) or AdapterState()
-            existing = {v.version for v in record.versions}
+        def rolled_back(state: AdapterState) -> AdapterState:
             history = list(state.previous)
             while history:
                 candidate = history.pop()
-                if candidate != state.active and candidate in existing:
-                    self._write_state(tenant, name, AdapterState(
-                        active=candidate, previous=history, pinned=state.pinned))
-                    return self.get(tenant, name)
+                if candidate != state.active and candidate not in state.deleted and \
+                        self._manifest_exists(tenant, name, candidate):
+                    return state.model_copy(update={"active": candidate, "previous": history})
             raise ConflictError(f"{tenant}/{name} has no previous version to roll back to")
+
+        with self._write_lock:
+            self.get(tenant, name)
+            self._change_state(tenant, name, rolled_back)
+            return self.get(tenant, name)
 
     def set_pinned(self, tenant: str, name: str, pinned: bool) -> AdapterRecord:
         """Set the adapter's pin flag."""
         with self._write_lock:
             self.get(tenant, name)
-            state = self._read_state(tenant, name) or AdapterState()
-            self._write_state(tenant, name, state.model_copy(update={"pinned": pinned}))
+            self._change_state(tenant, name,
+                               lambda state: state.model_copy(update={"pinned": pinned}))
             return self.get(tenant, name)
 
     def delete_version(self, tenant: str, name: str, version: int) -> None:
         """Delete one version; :class:`ConflictError` while it is the active one."""
-        with self._write_lock:
-            self.version(tenant, name, version)
-            state = self._read_state(tenant, name) or AdapterState()
+        def marked(state: AdapterState) -> AdapterState:
             if state.active == version:
                 raise ConflictError(
-                    f"version {version} of {tenant}/{name} is active; promote another version "
-                    "first or delete the whole adapter"
+                    f"version {version} of {tenant}/{name} is active; promote another "
+                    "version first or delete the whole adapter"
                 )
+            return state.model_copy(update={
+                "previous": [v for v in state.previous if v != version],
+                "deleted": sorted({*state.deleted, version})})
+
+        with self._write_lock:
+            self.version(tenant, name, version)
+            self._change_state(tenant, name, marked)  # first: it can never be promoted again
             self._delete_prefix(version_prefix(tenant, name, version))
-            if version in state.previous:
-                self._write_state(tenant, name, state.model_copy(
-                    update={"previous": [v for v in state.previous if v != version]}))
             self._forget(tenant, name, version)
 
     def delete_adapter(self, tenant: str, name: str) -> None:
         """Delete every version and the state; version numbers stay claimed (never reused)."""
         with self._write_lock:
             record = self.get(tenant, name)
+            doomed = {v.version for v in record.versions}
+            # First, in one swap: nothing serves and no listed version can be promoted.
+            self._change_state(tenant, name, lambda state: AdapterState(
+                deleted=sorted({*state.deleted, *doomed}), pinned=state.pinned))
             prefix = adapter_prefix(tenant, name)
-            self.store.delete(prefix + STATE_FILE)  # first: it stops serving at once
-            for item in record.versions:
-                self._delete_prefix(version_prefix(tenant, name, item.version))
+            for version in sorted(doomed):
+                self._delete_prefix(version_prefix(tenant, name, version))
+            newest = max(doomed)
             for key in self.store.list(prefix + "versions/"):  # orphans of crashed uploads
-                self.store.delete(key)
+                match = _NUMBERED_KEY.search(key[len(prefix) - 1:])
+                if match and int(match["v"]) <= newest:  # not a registration running now
+                    self.store.delete(key)
+            # Last: the state, unless a version registered meanwhile was activated.
+            self._change_state(tenant, name,
+                               lambda state: None if state.active is None else state)
             with self._lock:
                 self._states.pop((tenant, name), None)
-            for item in record.versions:
-                self._forget(tenant, name, item.version)
+            for version in doomed:
+                self._forget(tenant, name, version)
 
     def _delete_prefix(self, prefix: str) -> None:
         """Delete a version: the manifest first (it vanishes atomically), then its blobs."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -30,10 +31,15 @@ from adapters.errors import (
     describe_problems,
 )
 from adapters.package import SAFE_NAME, SAFE_NAME_RULE
-from adapters.store.base import ObjectStore, StoreKeyMissing
+from adapters.store.base import ObjectStore, StoreKeyMissing, update_object
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "lsk_"
 TENANTS_PREFIX = "tenants/"
+# A request rate's bounds: 1/rate (a refill time, a Retry-After) must stay a sane number.
+MIN_REQUESTS_PER_SECOND = 0.001
+MAX_REQUESTS_PER_SECOND = 1e6
 
 
 def _now() -> datetime:
@@ -51,7 +57,8 @@ class TenantPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allow_base_model: bool = True
-    requests_per_second: float | None = Field(default=None, gt=0)
+    requests_per_second: float | None = Field(default=None, ge=MIN_REQUESTS_PER_SECOND,
+                                              le=MAX_REQUESTS_PER_SECOND)
     max_concurrent: int | None = Field(default=None, ge=1)
 
 
@@ -118,6 +125,7 @@ class TenantDirectory:
         self._index: list[tuple[str, TenantRecord]] = []  # (key digest, tenant)
         self._loaded_at: float | None = None
         self._miss_reload_at: float | None = None
+        self._unreadable: tuple[str, ...] = ()
 
     @staticmethod
     def _key(name: str) -> str:
@@ -136,9 +144,26 @@ class TenantDirectory:
             return None
         return self._parse(self._key(name), raw)
 
-    def _write(self, record: TenantRecord) -> None:
-        self.store.put(self._key(record.name), record.model_dump_json(indent=2).encode())
+    def _change(self, name: str,
+                change: Callable[[TenantRecord], TenantRecord | None]) -> TenantRecord | None:
+        """Read-modify-write one record as a compare-and-swap (retried on conflict), so
+        concurrent changes on any replica never undo each other; ``change`` returns the new
+        record, or ``None`` to delete it. :class:`NotFoundError` when the tenant is absent."""
+        key = self._key(name)
+        result: list[TenantRecord | None] = [None]
+
+        def apply(raw: bytes | None) -> bytes | None:
+            if raw is None:
+                raise NotFoundError(f"tenant {name!r} not found")
+            changed = change(self._parse(key, raw))
+            result[0] = changed
+            return None if changed is None else changed.model_dump_json(indent=2).encode()
+
+        if not SAFE_NAME.fullmatch(name):
+            raise NotFoundError(f"tenant {name!r} not found")
+        update_object(self.store, key, apply)
         self._invalidate()
+        return result[0]
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -152,17 +177,31 @@ class TenantDirectory:
         return record
 
     def list(self) -> list[TenantRecord]:
-        """Every tenant, sorted by name."""
+        """Every readable tenant, sorted by name; a corrupt record is skipped and reported
+        (logged, and in :meth:`unreadable_records`) so that it cannot lock out the others."""
         records = []
+        unreadable = []
         for key in self.store.list(TENANTS_PREFIX):
             name = key[len(TENANTS_PREFIX):].removesuffix(".json")
             if "/" in name or not key.endswith(".json") or not SAFE_NAME.fullmatch(name):
                 continue
             try:
-                records.append(self._parse(key, self.store.get(key)))
+                raw = self.store.get(key)
             except StoreKeyMissing:
                 continue  # deleted while listing
+            try:
+                records.append(self._parse(key, raw))
+            except StoreError as exc:
+                logger.warning("skipping unreadable tenant record: %s", exc)
+                unreadable.append(key)
+        with self._lock:
+            self._unreadable = tuple(unreadable)
         return records
+
+    def unreadable_records(self) -> tuple[str, ...]:
+        """Keys of the tenant records the last listing could not parse (for operators)."""
+        with self._lock:
+            return self._unreadable
 
     def create(self, name: str, policy: TenantPolicy | None = None) -> tuple[TenantRecord, str]:
         """Create a tenant with one key; returns the record and the plaintext key (once)."""
@@ -178,29 +217,45 @@ class TenantDirectory:
 
     def delete(self, name: str) -> None:
         """Delete the tenant; its keys stop working here at once, elsewhere on refresh."""
-        self.get(name)
-        self.store.delete(self._key(name))
+        self._change(name, lambda record: None)
         with self._lock:
             self._index = [(d, r) for d, r in self._index if r.name != name]
 
     def rotate_key(self, name: str) -> str:
         """Replace every key of the tenant by a new one; returns it (shown once)."""
-        record = self.get(name)
         key, digest = _new_key()
-        self._write(record.model_copy(update={"key_digests": [digest]}))
+        self._change(name, lambda record: record.model_copy(update={"key_digests": [digest]}))
         with self._lock:  # the old keys stop working on this replica right away
             self._index = [(d, r) for d, r in self._index if r.name != name]
         return key
 
     def update_policy(self, name: str, policy: TenantPolicy) -> TenantRecord:
         """Replace the tenant's policy."""
-        record = self.get(name).model_copy(update={"policy": policy})
-        self._write(record)
+        record = self._change(name, lambda current: current.model_copy(
+            update={"policy": policy}))
+        assert record is not None
         return record
 
     # ---------------------------------------------------------------- authentication
+    # Valid keys never wait for a reload that another caller is doing: they are matched
+    # against the index in hand. A reload that fails keeps the last good index (and counts
+    # as a reload, so a down store is not retried on every request). Reloads caused by
+    # unknown keys are rate-limited for the whole directory.
     def _reload(self) -> None:
-        index = [(digest.sha256, record) for record in self.list()
+        """Re-read the index; on a store failure keep the last good one (if any)."""
+        try:
+            records = self.list()
+        except StoreError:
+            with self._lock:
+                never_loaded = not self._index and self._loaded_at is None
+                if not never_loaded:
+                    self._loaded_at = self.clock()
+            if never_loaded:
+                raise
+            logger.warning("tenant store unreachable; authenticating from the last good "
+                           "tenant index", exc_info=True)
+            return
+        index = [(digest.sha256, record) for record in records
                  for digest in record.key_digests]
         with self._lock:
             self._index = index
@@ -221,25 +276,43 @@ class TenantDirectory:
             loaded = self._loaded_at
         return loaded is None or self.clock() - loaded >= self.refresh_seconds
 
+    def _refresh_if_stale(self) -> None:
+        """Reload a stale index; wait for another caller's reload only if there is no index
+        at all yet."""
+        with self._lock:
+            never_loaded = self._loaded_at is None
+        if not self._reload_lock.acquire(blocking=never_loaded):
+            return  # someone else is reloading: answer from the index in hand
+        try:
+            if self._stale():
+                self._reload()
+        finally:
+            self._reload_lock.release()
+
+    def _claim_miss_reload(self) -> bool:
+        """Whether this miss may reload: at most one per ``miss_reload_seconds``."""
+        with self._lock:
+            now = self.clock()
+            last = self._miss_reload_at
+            if last is not None and now - last < self.miss_reload_seconds:
+                return False
+            self._miss_reload_at = now
+            return True
+
     def authenticate(self, key: str) -> TenantRecord | None:
         """The tenant owning ``key``, or ``None``."""
         if not key.startswith(KEY_PREFIX):
             return None
         digest = key_digest(key)
         if self._stale():
-            with self._reload_lock:
-                if self._stale():
-                    self._reload()
+            self._refresh_if_stale()
         found = self._match(digest)
         if found is not None:
             return found
         # A miss: maybe the key was just created on another replica. Re-read, unless a
         # miss already did so very recently (bad keys must not hammer the store).
+        if not self._claim_miss_reload():
+            return None
         with self._reload_lock:
-            now = self.clock()
-            last = self._miss_reload_at
-            if last is not None and now - last < self.miss_reload_seconds:
-                return None
-            self._miss_reload_at = now
             self._reload()
         return self._match(digest)

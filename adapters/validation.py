@@ -33,6 +33,8 @@ from adapters.lora_format import (
     PICKLE_FILES,
     WEIGHTS_FILE,
     LoraAdapterWeights,
+    check_config_types,
+    declared_factor_shapes,
     read_lora_adapter,
 )
 from adapters.package import (
@@ -167,6 +169,7 @@ def _read_peft_config(folder: Path) -> dict[str, Any]:
         raise AdapterValidationError(f"{CONFIG_FILE} is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise AdapterValidationError(f"{CONFIG_FILE} must hold a JSON object")
+    check_config_types(raw, CONFIG_FILE)  # before a manifest is synthesized from it
     return raw
 
 
@@ -225,6 +228,24 @@ def _check_lora(weights: LoraAdapterWeights, base: BaseModelFingerprint) -> None
             raise AdapterIncompatibleError(
                 f"layer {layer} {module}: lora_A {tuple(lora_a.shape)} / lora_B "
                 f"{tuple(lora_b.shape)}, expected {want_a} / {want_b} for {base.name}"
+            )
+
+
+def _check_declared_shapes(folder: Path, base: BaseModelFingerprint, rank: int) -> None:
+    """Every factor's shape from the safetensors header, before any tensor is read or
+    converted: a wrong or huge shape costs no memory."""
+    for (layer, module, which), shape in sorted(declared_factor_shapes(folder).items()):
+        if module not in base.projection_shapes:
+            continue  # named precisely by _check_lora
+        if layer >= base.num_layers:
+            raise AdapterIncompatibleError(
+                f"layer {layer} {module}: {base.name} has only {base.num_layers} layers"
+            )
+        in_features, out_features = base.projection_shapes[module]
+        want = (rank, in_features) if which == "A" else (out_features, rank)
+        if shape != want:
+            raise AdapterIncompatibleError(
+                f"layer {layer} {module}: lora_{which} {shape}, expected {want} for {base.name}"
             )
 
 
@@ -295,8 +316,9 @@ def validate_package(
     _check_base(manifest, base)
     rank = peft.get("r")
     # Checked before the tensors are read: a huge rank means huge tensors.
-    if isinstance(rank, int):
+    if isinstance(rank, int) and not isinstance(rank, bool):
         check_rank(CONFIG_FILE, rank, limits.max_rank)
+        _check_declared_shapes(folder, base, rank)
     weights = read_lora_adapter(folder, name=folder.name)
     _check_lora(weights, base)
     _check_summary(manifest, weights, peft)

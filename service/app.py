@@ -29,6 +29,7 @@ from service.api.serving_predict import PredictService
 from service.auth import TenantAuthenticator, log_auth_mode
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
+from service.fault_hooks import arm_fault_hook
 from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
 from service.registry_sync import RegistryWatcher
@@ -52,7 +53,8 @@ def build_registry(settings: Settings, store: ObjectStore,
     limits = ValidationLimits(max_rank=settings.max_lora_rank,
                               max_upload_bytes=settings.max_upload_bytes)
     return AdapterRegistry(store, base, limits, settings.adapter_cache_dir,
-                           refresh_seconds=settings.registry_refresh_seconds)
+                           refresh_seconds=settings.registry_refresh_seconds,
+                           import_roots=settings.import_roots)  # hardening: item 13
 
 
 def build_components(settings: Settings, loaded: LoadedBaseModel, state: ServiceState,
@@ -121,7 +123,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
     """
     settings.check_secure()
     metrics = ServiceMetrics()
-    store = ObservedStore(open_store(settings.store_uri), metrics)
+    store = ObservedStore(arm_fault_hook(open_store(settings.store_uri), settings), metrics)
     tenants = TenantDirectory(store, refresh_seconds=settings.registry_refresh_seconds)
     authenticator = TenantAuthenticator(
         tenants, (k.get_secret_value() for k in settings.api_keys),

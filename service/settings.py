@@ -63,6 +63,17 @@ class Settings(BaseSettings):
         description="Development only: allow an empty admin token (the /admin API is then "
         "open).",
     )
+    # NoDecode: the env value is a comma-separated list of folders, not a JSON list.
+    import_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders that file:// imports may read (comma-separated absolute paths); "
+        "empty: file:// imports are refused.",
+    )
+    fault_pause_before_publish: str | None = Field(
+        default=None,
+        description="Test only (crash-safety tests): a compare-and-swap write to the folder "
+        "store of a key ending with this pauses forever before it is published.",
+    )
     max_upload_bytes: int = Field(
         default=1 << 30, ge=1024, description="Largest adapter upload (all files together)."
     )
@@ -125,6 +136,22 @@ class Settings(BaseSettings):
     def auth_required(self) -> bool:
         """Whether every inference request must carry a key (production mode)."""
         return bool(self.api_keys) or self.admin_token is not None
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_import_roots(cls, value: Any) -> Any:
+        """Accept ``"/a,/b"`` as well as a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("import_roots")
+    @classmethod
+    def _absolute_import_roots(cls, value: list[Path]) -> list[Path]:
+        for root in value:
+            if not root.is_absolute():
+                raise ValueError(f"import root {str(root)!r} must be an absolute path")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from adapters.store.base import (
     StoreObserver,
     check_key,
     check_prefix,
+    update_object,
 )
 from adapters.store.filesystem import FileSystemStore
 from adapters.store.s3 import S3Store
@@ -29,6 +30,7 @@ __all__ = [
     "check_key",
     "check_prefix",
     "open_store",
+    "update_object",
 ]
 
 

@@ -7,13 +7,14 @@ error surfaces as :class:`StoreError` naming the store and the key; a missing ob
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
-from adapters.errors import NotFoundError, StoreError
+from adapters.errors import ConflictError, NotFoundError, StoreError
 
 # One key segment: starts with a letter, digit or '_' (so never '.', '..' or a hidden
 # temporary file of the filesystem backend), then a conservative set of characters.
@@ -101,6 +102,53 @@ class ObjectStore(Protocol):
         """Write only if absent, atomically; ``False`` if the key already existed."""
         ...
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and a tag that changes whenever its content changes."""
+        ...
+
+    def put_if_match(self, key: str, data: bytes, expected: str | None) -> bool:
+        """Compare-and-swap: write only if the object's tag is ``expected`` (``None``: only
+        if absent); ``False`` when it is not."""
+        ...
+
+    def delete_if_match(self, key: str, expected: str) -> bool:
+        """Delete only if the object's tag is ``expected``; ``False`` when it is not."""
+        ...
+
+
+# A compare-and-swap that keeps losing means many writers on one object; beyond this many
+# attempts the caller gets a ConflictError (409) to retry later.
+CAS_ATTEMPTS = 50
+
+
+def update_object(store: ObjectStore, key: str,
+                  change: Callable[[bytes | None], bytes | None]) -> bytes | None:
+    """Read-modify-write ``key`` as a compare-and-swap, retried on conflict.
+
+    ``change`` gets the current bytes (``None``: absent) and returns the new bytes, ``None``
+    to delete, or the same bytes to leave it alone; it may raise to abort, and it runs again
+    on every retry, against what another writer left. Returns what was written.
+    """
+    for attempt in range(CAS_ATTEMPTS):
+        try:
+            current, tag = store.get_versioned(key)
+        except StoreKeyMissing:
+            current, tag = None, None
+        wanted = change(current)
+        if wanted == current:
+            return current
+        if wanted is None:
+            assert tag is not None  # current is not None here
+            done = store.delete_if_match(key, tag)
+        else:
+            done = store.put_if_match(key, wanted, tag)
+        if done:
+            return wanted
+        # Lost the race: back off a little (jittered) so that writers do not collide again.
+        time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+    raise ConflictError(f"{store.uri}: {key!r} changed {CAS_ATTEMPTS} times while being "
+                        "updated; try again")
+
 
 @runtime_checkable
 class SizedStore(Protocol):
@@ -174,6 +222,19 @@ class ObservedStore:
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """See :meth:`ObjectStore.create_exclusive`."""
         return self._timed("create_exclusive", lambda: self.inner.create_exclusive(key, data))
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """See :meth:`ObjectStore.get_versioned`."""
+        return self._timed("get", lambda: self.inner.get_versioned(key))
+
+    def put_if_match(self, key: str, data: bytes, expected: str | None) -> bool:
+        """See :meth:`ObjectStore.put_if_match`."""
+        return self._timed("put_if_match",
+                           lambda: self.inner.put_if_match(key, data, expected))
+
+    def delete_if_match(self, key: str, expected: str) -> bool:
+        """See :meth:`ObjectStore.delete_if_match`."""
+        return self._timed("delete_if_match", lambda: self.inner.delete_if_match(key, expected))
 
     def size(self, key: str) -> int:
         """Size of an object, when the wrapped store can tell it cheaply."""

@@ -4,10 +4,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from adapters.package import TaskKind
 from service.engine.detokenizer import MAX_STOP_CHARS
+
+# Sampling seeds feed a 64-bit generator (torch.Generator.manual_seed); larger ones overflow.
+SEED_MAX = 2**64 - 1
+
+
+def _no_lone_surrogates(value: str) -> str:
+    """Refuse text that is not valid Unicode: a JSON ``\\ud800`` decodes to a lone surrogate,
+    which the tokenizer (and every UTF-8 encoder after it) cannot encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text holds a lone surrogate (U+{ord(value[exc.start]):04X} at character "
+            f"{exc.start}); send valid Unicode"
+        ) from None
+    return value
+
+
+UnicodeText = Annotated[str, AfterValidator(_no_lone_surrogates)]
+"""A string that is valid Unicode (no lone surrogates)."""
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="Seed for reproducible sampling "
+                                                            "(0 to 2^64 - 1).")]
 
 
 class ChatMessage(BaseModel):
@@ -16,7 +39,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: UnicodeText
 
 
 class PredictParameters(BaseModel):
@@ -27,8 +50,8 @@ class PredictParameters(BaseModel):
     max_new_tokens: int = Field(default=64, ge=1, description="Most tokens to generate.")
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(default=None, ge=0, description="Seed for reproducible sampling.")
-    stop: list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]] = Field(
+    seed: Seed | None = None
+    stop: list[Annotated[UnicodeText, Field(max_length=MAX_STOP_CHARS)]] = Field(
         default_factory=list, max_length=16,
         description=f"Strings that end generation (not included); at most 16, each at most "
                     f"{MAX_STOP_CHARS} characters.")
@@ -41,7 +64,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     adapter: str | None = Field(default=None, description="Adapter name; null for the base.")
-    inputs: str | list[str] | list[ChatMessage] = Field(
+    inputs: UnicodeText | list[UnicodeText] | list[ChatMessage] = Field(
         description="A prompt, a batch of prompts, or one conversation (list of messages). "
                     "Classification adapters take a text or a list of texts, never templated.",
     )

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.package import SAFE_NAME, AttentionMode, TaskKind, TextSplit
+from adapters.tenants import MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND
 
 
 class TenantPolicyBody(BaseModel):
@@ -17,7 +18,8 @@ class TenantPolicyBody(BaseModel):
 
     allow_base_model: bool = Field(default=True, description="May call the base model.")
     requests_per_second: float | None = Field(
-        default=None, gt=0, description="Sustained request rate per replica; null: no limit.")
+        default=None, ge=MIN_REQUESTS_PER_SECOND, le=MAX_REQUESTS_PER_SECOND,
+        description="Sustained request rate per replica (0.001 to 10^6); null: no limit.")
     max_concurrent: int | None = Field(
         default=None, ge=1, description="Requests in flight per replica; null: no limit.")
 

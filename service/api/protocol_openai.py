@@ -19,7 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
-from service.api.protocol import Usage
+from service.api.protocol import Seed, UnicodeText, Usage
 from service.engine.detokenizer import MAX_STOP_CHARS
 
 ModelTask = str
@@ -59,7 +59,7 @@ class SamplingFields(BaseModel):
     top_p: float | None = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass.")
     n: int | None = Field(default=1, description="Choices per prompt; only 1 is supported.")
     stop: str | list[str] | None = Field(default=None, description="Up to 16 stop strings.")
-    seed: int | None = Field(default=None, ge=0, description="Seed for reproducible sampling.")
+    seed: Seed | None = None
     stream: bool | None = Field(default=False, description="Answer with server-sent events.")
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(default=False, description="vLLM extra: generate past EOS.")
@@ -106,7 +106,8 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     """Body of ``POST /v1/completions``: raw text prompts, no chat template."""
 
-    prompt: str | list[str] = Field(description="A prompt or a list of prompts.")
+    prompt: UnicodeText | list[UnicodeText] = Field(
+        description="A prompt or a list of prompts.")
     max_tokens: int | None = Field(default=16, ge=1,
                                    description="Default 16; null: the room left in context.")
     echo: Any = None
@@ -123,7 +124,7 @@ class TextPart(BaseModel):
     """A text part of a message's content (the only kind of part supported)."""
 
     type: Literal["text"]
-    text: str
+    text: UnicodeText
 
 
 class OpenAIMessage(BaseModel):
@@ -132,7 +133,7 @@ class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: UnicodeText | list[TextPart]
 
     def as_template_message(self) -> dict[str, str]:
         """The message as the chat template expects it."""

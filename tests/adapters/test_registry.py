@@ -277,6 +277,7 @@ def test_local_folder_downloads_verifies_and_reuses(
 
 def test_register_from_file_uri(registry: AdapterRegistry, build_package: PackageBuilder,
                                 tmp_path: Path) -> None:
+    registry.import_roots = (tmp_path,)  # file:// imports read only below the import roots
     package = build_package()
     assert registry.register_from_uri("acme", "chat", package.as_uri()).version == 1
     (package / "profile.json").symlink_to("/etc/hostname")

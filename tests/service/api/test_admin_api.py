@@ -112,8 +112,9 @@ def test_versions_promote_and_rollback_without_restart(
 
 
 def test_a_version_can_be_imported_from_a_store_uri(
-    server: LiveServer, make_package: PackageFactory,
+    live_server: ServerFactory, make_package: PackageFactory, tmp_path: Path,
 ) -> None:
+    server = live_server(admin_token=ADMIN, dev_mode=False, import_roots=[tmp_path])
     key = create_tenant(server, "acme")
     folder = make_package("v1", seed=3)
     imported = server.client.post("/admin/adapters/acme/helper/versions/import",

@@ -30,9 +30,10 @@ from tests.service.conftest import LiveServer, ServerFactory
 
 
 @pytest.fixture
-def server(live_server: ServerFactory) -> LiveServer:
-    """A production-mode server with tenant ``acme``; the client carries acme's key."""
-    server = live_server(admin_token=ADMIN, dev_mode=False)
+def server(live_server: ServerFactory, tmp_path: Path) -> LiveServer:
+    """A production-mode server with tenant ``acme``; the client carries acme's key.
+    ``file://`` imports may read below ``tmp_path``."""
+    server = live_server(admin_token=ADMIN, dev_mode=False, import_roots=[tmp_path])
     key = create_tenant(server, "acme")
     server.client.headers["Authorization"] = f"Bearer {key}"
     return server

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from adapters.errors import ModelLoadError, QuantizationUnavailableError
+from adapters.precision import CpuFeatures, choose_cpu_precision
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class BaseModelInfo:
     weights_sha256: str
     memory_bytes: int
     load_seconds: float
+    precision_reason: str = ""
+    """Why this precision: explicit, or chosen from the device and CPU features."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths and enums as strings)."""
@@ -123,21 +126,34 @@ def _cuda_device(index: int | None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device() if index is None else index)
 
 
-def resolve_quantization(requested: Quantization | None, device: torch.device) -> Quantization:
-    """The quantization to use: the requested one, else nf4 on CUDA and bf16 on CPU.
+def resolve_quantization(requested: Quantization | None, device: torch.device,
+                         cpu: CpuFeatures | None = None) -> Quantization:
+    """The quantization to use (see :func:`choose_quantization`)."""
+    return choose_quantization(requested, device, cpu)[0]
 
-    bf16 is the CPU default because bitsandbytes' CPU kernels are slower than plain bf16
-    matmuls for a model this small; on a GPU nf4 saves memory for many adapters.
+
+def choose_quantization(requested: Quantization | None, device: torch.device,
+                        cpu: CpuFeatures | None = None) -> tuple[Quantization, str]:
+    """The quantization to use and why: the requested one, else nf4 on CUDA and, on a CPU,
+    bf16 where it is native (AVX512-BF16 or AMX, see :mod:`adapters.precision`), fp32
+    otherwise. ``cpu`` defaults to this machine's features.
+
+    bitsandbytes' CPU kernels are slower than plain matmuls for a model this small, so the
+    CPU default is a plain precision; on a GPU nf4 saves memory for many adapters.
     """
-    if requested is None:
-        return Quantization.NF4 if device.type == "cuda" else Quantization.BF16
-    try:
-        return Quantization(requested)
-    except ValueError as exc:
-        choices = ", ".join(q.value for q in Quantization)
-        raise QuantizationUnavailableError(
-            f"unknown quantization {requested!r}; choose one of {choices}"
-        ) from exc
+    if requested is not None:
+        try:
+            quant = Quantization(requested)
+        except ValueError as exc:
+            choices = ", ".join(q.value for q in Quantization)
+            raise QuantizationUnavailableError(
+                f"unknown quantization {requested!r}; choose one of {choices}"
+            ) from exc
+        return quant, f"{quant}: chosen explicitly"
+    if device.type == "cuda":
+        return Quantization.NF4, "nf4: the default on CUDA"
+    choice = choose_cpu_precision(None, cpu or CpuFeatures.detect())
+    return Quantization(choice.value), choice.reason
 
 
 def weights_sha256(path: Path) -> str:
@@ -190,7 +206,7 @@ def load_base_model(
     path = Path(path).expanduser()
     model_type = _check_model_folder(path)
     torch_device = resolve_device(device)
-    quant = resolve_quantization(quantization, torch_device)
+    quant, precision_reason = choose_quantization(quantization, torch_device)
     if quant in (Quantization.NF4, Quantization.INT8):
         _require_bitsandbytes(quant)
 
@@ -246,14 +262,16 @@ def load_base_model(
         weights_sha256=sha,
         memory_bytes=int(model.get_memory_footprint()),
         load_seconds=time.perf_counter() - started,
+        precision_reason=precision_reason,
     )
     logger.info(
-        "loaded base model %s (%s) on %s in %.1fs, %.1f MiB",
+        "loaded base model %s (%s) on %s in %.1fs, %.1f MiB; precision %s",
         info.name,
         info.weight_format,
         info.device,
         info.load_seconds,
         info.memory_bytes / 2**20,
+        info.precision_reason,
     )
     return LoadedBaseModel(model=model, tokenizer=tokenizer, info=info)
 

@@ -25,6 +25,7 @@ from adapters.base_model import (
     weights_sha256,
 )
 from adapters.errors import ModelLoadError, QuantizationUnavailableError
+from adapters.precision import CpuFeatures
 
 
 @pytest.fixture
@@ -62,8 +63,13 @@ def test_resolve_device_cuda_without_gpu() -> None:
         resolve_device("cuda:0")
 
 
+AVX2_EPYC = CpuFeatures("AMD EPYC (AVX2 only)", "AVX2", frozenset({"avx2", "fma"}))
+ZEN4_EPYC = CpuFeatures("AMD EPYC (Zen 4)", "AVX512", frozenset({"avx512f", "avx512_bf16"}))
+
+
 def test_resolve_quantization_defaults_and_explicit() -> None:
-    assert resolve_quantization(None, torch.device("cpu")) is Quantization.BF16
+    assert resolve_quantization(None, torch.device("cpu"), ZEN4_EPYC) is Quantization.BF16
+    assert resolve_quantization(None, torch.device("cpu"), AVX2_EPYC) is Quantization.FP32
     assert resolve_quantization(None, torch.device("cuda", 0)) is Quantization.NF4
     for quant in Quantization:
         assert resolve_quantization(quant, torch.device("cpu")) is quant

@@ -1,7 +1,8 @@
 """Loading the base model: the one place the service and training get it from.
 
-The base model is a Llama-architecture causal LM stored as safetensors plus a tokenizer
-(``loraswap model fetch`` provides SmolLM2-135M-Instruct). It can be loaded in four
+The base model is a causal LM of a Llama-style family (:data:`SUPPORTED_MODEL_TYPES`)
+stored as safetensors plus a tokenizer (``loraswap model fetch`` provides
+SmolLM2-135M-Instruct). It can be loaded in four
 precisions (:class:`Quantization`). Whatever was asked for, :class:`BaseModelInfo` reports
 what the loaded model really is: the modules are inspected after loading, and a load that
 did not produce the requested quantization fails instead of quietly running something else.
@@ -36,8 +37,11 @@ DEFAULT_BASE_MODEL_DIR: Path = (
 MANIFEST_NAME = "loraswap-manifest.json"
 """File written by ``loraswap model fetch`` beside the weights (name, source, checksums)."""
 
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral"})
-"""``config.model_type`` values accepted: the engine only knows Llama-style decoder blocks."""
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"})
+"""``config.model_type`` values accepted: families whose decoder block is Llama's, up to
+q/k/v biases (Qwen2, Qwen2.5), q/k head norms (Qwen3) and a scaled embedding with
+``1 + weight`` norms (Gemma). Phi-3 (fused qkv), Gemma 2/3 (soft-capping, extra norms,
+sliding layers) and mixture-of-experts models are not."""
 
 FETCH_HINT = "run `loraswap model fetch` to download the base model"
 
@@ -293,14 +297,34 @@ def _check_model_folder(path: Path) -> str:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {config_file}: {exc}; {FETCH_HINT}") from exc
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} is not a JSON object; {FETCH_HINT}")
+    try:
+        check_model_config(config)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc} (in {config_file})") from exc
+    return str(config["model_type"])
+
+
+def check_model_config(config: Any) -> None:
+    """Raise :class:`ModelLoadError` naming the ``model_type`` unless the engine serves it.
+
+    ``config`` is a transformers config or a ``config.json`` dict. Sliding-window layers
+    (Qwen2 with ``use_sliding_window``) are refused too: the runner attends to the whole
+    context and would silently differ from the model.
+    """
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    model_type = get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
         raise ModelLoadError(
-            f"unsupported model type {model_type!r} in {config_file}: only Llama-architecture "
-            f"causal LMs ({supported}) are supported"
+            f"unsupported model_type {model_type!r}: the engine serves Llama-style decoders "
+            f"({supported})"
         )
-    return str(model_type)
+    if "sliding_attention" in (get("layer_types") or ()):
+        raise ModelLoadError(
+            f"model_type {model_type!r} with sliding-window attention layers is not supported"
+        )
 
 
 def _require_bitsandbytes(quant: Quantization) -> None:

@@ -216,7 +216,16 @@ def test_non_llama_model_type_is_rejected(model_copy: Path) -> None:
     config = json.loads((model_copy / "config.json").read_text())
     config["model_type"] = "gpt2"
     (model_copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="unsupported model type 'gpt2'"):
+    with pytest.raises(ModelLoadError, match="unsupported model_type 'gpt2'"):
+        load_base_model(model_copy, Quantization.FP32, "cpu")
+
+
+def test_sliding_window_layers_are_rejected(model_copy: Path) -> None:
+    config = json.loads((model_copy / "config.json").read_text())
+    config["model_type"] = "qwen2"
+    config["layer_types"] = ["full_attention", "sliding_attention"]
+    (model_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="'qwen2' with sliding-window"):
         load_base_model(model_copy, Quantization.FP32, "cpu")
 
 

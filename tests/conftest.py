@@ -95,9 +95,9 @@ def write_classifier_adapter(
 
     transformers' ``AutoModelFor{Sequence,Token}Classification`` (the base's family) is
     built with the base's weights, wrapped by ``get_peft_model`` (task_type SEQ_CLS /
-    TOKEN_CLS, so the ``score`` head is a ``modules_to_save``), its LoRA factors and head are randomized (PEFT starts
-    B at zero, which would make every adapter equal the base) and it is saved with
-    safetensors, plus a ``loraswap.json`` manifest: a complete adapter package.
+    TOKEN_CLS, so the ``score`` head is a ``modules_to_save``), its LoRA factors and head
+    are randomized (PEFT starts B at zero, which would make every adapter equal the base)
+    and it is saved with safetensors, plus a ``loraswap.json`` manifest: a complete adapter package.
     """
     # Imported here so this section stays appended to the file; peft is also slow to
     # import and only classifier tests need it.

@@ -31,7 +31,9 @@ from service.engine.classify import (
 )
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.observer import EngineObserver, NullObserver
+from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
+from service.engine.sampling import SamplingParams
 
 PAD = 2  # the tiny bases' config.pad_token_id
 
@@ -73,6 +75,22 @@ def make_engine(base_dir: Path, observer: EngineObserver | None = None,
                              "max_model_len": 128, **overrides})
     return LoraEngine(model, AutoTokenizer.from_pretrained(base_dir), config,
                       observer or NullObserver())
+
+
+async def engine_greedy(engine: LoraEngine, name: str | None, folder: Path | None,
+                        prompt: list[int], new_tokens: int, rid: str) -> list[int]:
+    """Greedy tokens from the (started) engine for one request, EOS ignored."""
+    key = weights = None
+    if name is not None and folder is not None:
+        key = AdapterKey(name, "1")
+        weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
+    request = GenerationRequest(
+        request_id=rid, prompt_ids=prompt, adapter=key, adapter_weights=weights,
+        params=SamplingParams(max_new_tokens=new_tokens, ignore_eos=True),
+    )
+    result = await engine.submit(request).collect()
+    assert result.completion_tokens == new_tokens
+    return list(result.token_ids)
 
 
 # --- classification -----------------------------------------------------------------------

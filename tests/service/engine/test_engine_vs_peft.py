@@ -7,11 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.lora_format import read_lora_adapter
 from service.engine.engine import LoraEngine
-from service.engine.requests import GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams
 from tests.service.engine import references
 from tests.service.engine.references import make_engine
 
@@ -37,18 +33,8 @@ def adapters(make_adapter) -> dict[str, Path]:  # type: ignore[no-untyped-def]
 
 async def run_request(engine: LoraEngine, name: str | None, adapters: dict[str, Path],
                       prompt: list[int], rid: str) -> list[int]:
-    key = weights = None
-    if name is not None:
-        key = AdapterKey(name, "1")
-        folder = adapters[name]
-        weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
-    request = GenerationRequest(
-        request_id=rid, prompt_ids=prompt, adapter=key, adapter_weights=weights,
-        params=SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True),
-    )
-    result = await engine.submit(request).collect()
-    assert result.completion_tokens == NEW_TOKENS
-    return list(result.token_ids)
+    folder = adapters[name] if name is not None else None
+    return await references.engine_greedy(engine, name, folder, prompt, NEW_TOKENS, rid)
 
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48], [70, 71],

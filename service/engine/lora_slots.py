@@ -3,9 +3,12 @@
 Projections that read the same input form a *group* (q/k/v share the attention input,
 gate/up the MLP input). For each group the table preallocates, indexed by slot:
 ``shrink[group]`` ``[layers, slots, in, k*R]`` (the members' ``A`` side by side) and
-``expand[group]`` ``[layers, slots, k*R, out]`` (the members' ``B`` block-diagonally, so
-its columns line up with the group's fused base output). ``R`` is the max rank; smaller
-ranks are zero-padded and the LoRA scaling is folded into ``expand``. Slot 0 is "no
+``expand[group]`` ``[layers, slots, R, out]`` (each member's ``B`` in the columns of its
+part of the group's fused base output; member ``m`` reads shrink columns ``m*R..``). ``R``
+is the max rank; smaller ranks are zero-padded and the LoRA scaling is folded into
+``expand``. Keeping ``expand`` compact instead of block-diagonal ``[k*R, out]`` (one
+``bmm`` per group) costs one ``bmm`` per member but reads a third of the bytes for q/k/v:
+with one row per adapter a decode step is bound by reading every adapter's factors. Slot 0 is "no
 adapter". Loading an adapter copies into its slot in place; the layout work is done then,
 once, not at every step.
 
@@ -44,6 +47,10 @@ class ProjectionGroup:
     def member_offset(self, index: int) -> int:
         """Column where member ``index`` starts in the fused output."""
         return sum(self.out_features[:index])
+
+    def member_columns(self) -> list[tuple[int, int]]:
+        """(first column, width) of each member in the fused output."""
+        return [(self.member_offset(i), width) for i, width in enumerate(self.out_features)]
 
 
 class LoraBatchPlan:
@@ -84,7 +91,17 @@ class LoraBatchPlan:
         blocks = blocks.view(shrink.shape[0], self.rows_per_slot, -1)
         if self.pad_mask is not None:
             blocks = blocks * self.pad_mask
-        delta = torch.bmm(torch.bmm(blocks, shrink), expand)
+        reduced = torch.bmm(blocks, shrink)
+        spec = self.table.groups[group]
+        if len(spec.members) == 1:
+            delta = torch.bmm(reduced, expand)
+        else:
+            rank = self.table.max_rank
+            delta = torch.cat([
+                torch.bmm(reduced[..., index * rank : (index + 1) * rank],
+                          expand[..., start : start + width])
+                for index, (start, width) in enumerate(spec.member_columns())
+            ], dim=-1)
         delta = delta.view(-1, delta.shape[-1])
         if self.rows_without_adapter:
             delta = torch.cat([delta, delta.new_zeros(1, delta.shape[-1])])
@@ -112,7 +129,7 @@ class LoraSlotTable:
             for index, member in enumerate(group.members):
                 self._member_group[member] = (group, index)
             for store, shape in ((self._shrink, (group.in_features, width)),
-                                 (self._expand, (width, group.fused_out))):
+                                 (self._expand, (max_rank, group.fused_out))):
                 store[group.name] = torch.zeros((num_layers, max_loras + 1, *shape),
                                                 dtype=dtype, device=device)
         self._slot_targets: list[frozenset[str]] = [frozenset()] * (max_loras + 1)
@@ -168,7 +185,7 @@ class LoraSlotTable:
                 start = group.member_offset(index)
                 out = slice(start, start + group.out_features[index])
                 self._shrink[group.name][layer, slot, :, cols].copy_(lora_a.t())
-                self._expand[group.name][layer, slot, cols, out].copy_(lora_b.t() * scaling)
+                self._expand[group.name][layer, slot, :rank, out].copy_(lora_b.t() * scaling)
         self._slot_targets[slot] = adapter.targets
 
     def clear(self, slot: int) -> None:
@@ -182,7 +199,7 @@ class LoraSlotTable:
         return self._shrink[group]
 
     def expand(self, group: str) -> torch.Tensor:
-        """``[layers, slots, k*R, out]`` expand factors (scaling folded in) of ``group``."""
+        """``[layers, slots, R, out]`` expand factors (scaling folded in) of ``group``."""
         return self._expand[group]
 
     def plan(self, row_slots: torch.Tensor) -> LoraBatchPlan | None:

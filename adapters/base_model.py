@@ -1,7 +1,8 @@
 """Loading the base model: the one place the service and training get it from.
 
-The base model is a Llama-architecture causal LM stored as safetensors plus a tokenizer
-(``loraswap model fetch`` provides SmolLM2-135M-Instruct). It can be loaded in four
+The base model is a causal LM of a Llama-style family (:data:`SUPPORTED_MODEL_TYPES`)
+stored as safetensors plus a tokenizer (``loraswap model fetch`` provides
+SmolLM2-135M-Instruct). It can be loaded in four
 precisions (:class:`Quantization`). Whatever was asked for, :class:`BaseModelInfo` reports
 what the loaded model really is: the modules are inspected after loading, and a load that
 did not produce the requested quantization fails instead of quietly running something else.
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from adapters.errors import ModelLoadError, QuantizationUnavailableError
+from adapters.precision import CpuFeatures, choose_cpu_precision
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +37,11 @@ DEFAULT_BASE_MODEL_DIR: Path = (
 MANIFEST_NAME = "loraswap-manifest.json"
 """File written by ``loraswap model fetch`` beside the weights (name, source, checksums)."""
 
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral"})
-"""``config.model_type`` values accepted: the engine only knows Llama-style decoder blocks."""
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"})
+"""``config.model_type`` values accepted: families whose decoder block is Llama's, up to
+q/k/v biases (Qwen2, Qwen2.5), q/k head norms (Qwen3) and a scaled embedding with
+``1 + weight`` norms (Gemma). Phi-3 (fused qkv), Gemma 2/3 (soft-capping, extra norms,
+sliding layers) and mixture-of-experts models are not."""
 
 FETCH_HINT = "run `loraswap model fetch` to download the base model"
 
@@ -70,6 +75,8 @@ class BaseModelInfo:
     weights_sha256: str
     memory_bytes: int
     load_seconds: float
+    precision_reason: str = ""
+    """Why this precision: explicit, or chosen from the device and CPU features."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths and enums as strings)."""
@@ -123,21 +130,34 @@ def _cuda_device(index: int | None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device() if index is None else index)
 
 
-def resolve_quantization(requested: Quantization | None, device: torch.device) -> Quantization:
-    """The quantization to use: the requested one, else nf4 on CUDA and bf16 on CPU.
+def resolve_quantization(requested: Quantization | None, device: torch.device,
+                         cpu: CpuFeatures | None = None) -> Quantization:
+    """The quantization to use (see :func:`choose_quantization`)."""
+    return choose_quantization(requested, device, cpu)[0]
 
-    bf16 is the CPU default because bitsandbytes' CPU kernels are slower than plain bf16
-    matmuls for a model this small; on a GPU nf4 saves memory for many adapters.
+
+def choose_quantization(requested: Quantization | None, device: torch.device,
+                        cpu: CpuFeatures | None = None) -> tuple[Quantization, str]:
+    """The quantization to use and why: the requested one, else nf4 on CUDA and, on a CPU,
+    bf16 where it is native (AVX512-BF16 or AMX, see :mod:`adapters.precision`), fp32
+    otherwise. ``cpu`` defaults to this machine's features.
+
+    bitsandbytes' CPU kernels are slower than plain matmuls for a model this small, so the
+    CPU default is a plain precision; on a GPU nf4 saves memory for many adapters.
     """
-    if requested is None:
-        return Quantization.NF4 if device.type == "cuda" else Quantization.BF16
-    try:
-        return Quantization(requested)
-    except ValueError as exc:
-        choices = ", ".join(q.value for q in Quantization)
-        raise QuantizationUnavailableError(
-            f"unknown quantization {requested!r}; choose one of {choices}"
-        ) from exc
+    if requested is not None:
+        try:
+            quant = Quantization(requested)
+        except ValueError as exc:
+            choices = ", ".join(q.value for q in Quantization)
+            raise QuantizationUnavailableError(
+                f"unknown quantization {requested!r}; choose one of {choices}"
+            ) from exc
+        return quant, f"{quant}: chosen explicitly"
+    if device.type == "cuda":
+        return Quantization.NF4, "nf4: the default on CUDA"
+    choice = choose_cpu_precision(None, cpu or CpuFeatures.detect())
+    return Quantization(choice.value), choice.reason
 
 
 def weights_sha256(path: Path) -> str:
@@ -190,7 +210,7 @@ def load_base_model(
     path = Path(path).expanduser()
     model_type = _check_model_folder(path)
     torch_device = resolve_device(device)
-    quant = resolve_quantization(quantization, torch_device)
+    quant, precision_reason = choose_quantization(quantization, torch_device)
     if quant in (Quantization.NF4, Quantization.INT8):
         _require_bitsandbytes(quant)
 
@@ -246,14 +266,16 @@ def load_base_model(
         weights_sha256=sha,
         memory_bytes=int(model.get_memory_footprint()),
         load_seconds=time.perf_counter() - started,
+        precision_reason=precision_reason,
     )
     logger.info(
-        "loaded base model %s (%s) on %s in %.1fs, %.1f MiB",
+        "loaded base model %s (%s) on %s in %.1fs, %.1f MiB; precision %s",
         info.name,
         info.weight_format,
         info.device,
         info.load_seconds,
         info.memory_bytes / 2**20,
+        info.precision_reason,
     )
     return LoadedBaseModel(model=model, tokenizer=tokenizer, info=info)
 
@@ -275,14 +297,34 @@ def _check_model_folder(path: Path) -> str:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {config_file}: {exc}; {FETCH_HINT}") from exc
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} is not a JSON object; {FETCH_HINT}")
+    try:
+        check_model_config(config)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc} (in {config_file})") from exc
+    return str(config["model_type"])
+
+
+def check_model_config(config: Any) -> None:
+    """Raise :class:`ModelLoadError` naming the ``model_type`` unless the engine serves it.
+
+    ``config`` is a transformers config or a ``config.json`` dict. Sliding-window layers
+    (Qwen2 with ``use_sliding_window``) are refused too: the runner attends to the whole
+    context and would silently differ from the model.
+    """
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    model_type = get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
         raise ModelLoadError(
-            f"unsupported model type {model_type!r} in {config_file}: only Llama-architecture "
-            f"causal LMs ({supported}) are supported"
+            f"unsupported model_type {model_type!r}: the engine serves Llama-style decoders "
+            f"({supported})"
         )
-    return str(model_type)
+    if "sliding_attention" in (get("layer_types") or ()):
+        raise ModelLoadError(
+            f"model_type {model_type!r} with sliding-window attention layers is not supported"
+        )
 
 
 def _require_bitsandbytes(quant: Quantization) -> None:

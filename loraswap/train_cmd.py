@@ -33,7 +33,8 @@ def train(
     label_column: Annotated[str | None, Opt(help="Label column [label].")] = None,
     output: Annotated[Path | None, Opt(help="Folder to write the package into.")] = None,
     base_model: Annotated[Path | None, Opt(help="Base model folder.")] = None,
-    precision: Annotated[str | None, Opt(help="bf16 (default) or fp32 base weights.")] = None,
+    precision: Annotated[str | None, Opt(help="auto (default: bf16 where the CPU has "
+                                         "native bf16, else fp32), bf16 or fp32.")] = None,
     attention: Annotated[str | None, Opt(help="causal or bidirectional (seq-cls / token-cls; "
                                          "default: bidirectional for token-cls).")] = None,
     qlora: Annotated[bool | None, Opt("--qlora/--no-qlora", help="4-bit NF4 base "

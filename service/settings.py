@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     )
     quantization: Quantization | None = Field(
         default=None,
-        description="nf4 | int8 | bf16 | fp32; unset: nf4 on CUDA, bf16 on CPU.",
+        description="nf4 | int8 | bf16 | fp32; unset: nf4 on CUDA; on a CPU bf16 where it is "
+        "native (AVX512-BF16 or AMX), else fp32.",
     )
     device: str | None = Field(default=None, description="cpu | cuda[:N]; unset: cuda if present.")
     adapter_dir: Path | None = Field(

@@ -93,16 +93,16 @@ def write_classifier_adapter(
 ) -> Path:
     """A real PEFT seq-cls / token-cls LoRA package for the model in ``base_dir``.
 
-    transformers' ``LlamaFor{Sequence,Token}Classification`` is built with the base's
-    weights, wrapped by ``get_peft_model`` (task_type SEQ_CLS / TOKEN_CLS, so the ``score``
-    head is a ``modules_to_save``), its LoRA factors and head are randomized (PEFT starts
-    B at zero, which would make every adapter equal the base) and it is saved with
-    safetensors, plus a ``loraswap.json`` manifest: a complete adapter package.
+    transformers' ``AutoModelFor{Sequence,Token}Classification`` (the base's family) is
+    built with the base's weights, wrapped by ``get_peft_model`` (task_type SEQ_CLS /
+    TOKEN_CLS, so the ``score`` head is a ``modules_to_save``), its LoRA factors and head
+    are randomized (PEFT starts B at zero, which would make every adapter equal the base)
+    and it is saved with safetensors, plus a ``loraswap.json`` manifest: a complete adapter package.
     """
     # Imported here so this section stays appended to the file; peft is also slow to
     # import and only classifier tests need it.
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import LlamaForSequenceClassification, LlamaForTokenClassification
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from adapters.base_model import weights_sha256
     from adapters.package import (
@@ -115,8 +115,8 @@ def write_classifier_adapter(
 
     kind = TaskKind(task)
     model_class, task_type = {
-        TaskKind.SEQ_CLS: (LlamaForSequenceClassification, TaskType.SEQ_CLS),
-        TaskKind.TOKEN_CLS: (LlamaForTokenClassification, TaskType.TOKEN_CLS),
+        TaskKind.SEQ_CLS: (AutoModelForSequenceClassification, TaskType.SEQ_CLS),
+        TaskKind.TOKEN_CLS: (AutoModelForTokenClassification, TaskType.TOKEN_CLS),
     }[kind]
     model = model_class.from_pretrained(
         base_dir, num_labels=len(labels), dtype=torch.float32,

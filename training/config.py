@@ -18,7 +18,7 @@ from adapters.lora_format import LLAMA_PROJECTIONS
 from adapters.package import AttentionMode, TaskKind
 
 DataFormat = Literal["auto", "jsonl", "json", "csv", "tsv", "conll"]
-Precision = Literal["bf16", "fp32"]
+Precision = Literal["auto", "bf16", "fp32"]
 
 # Per task: (learning rate, LoRA r, LoRA alpha, max_length, batch size). Classification
 # heads start from random, so they get a higher rate than SFT, which only nudges the LM.
@@ -74,7 +74,8 @@ class TrainConfig(BaseModel):
     label_column: str | None = Field(default=None, description="default: label (tags)")
     labels: list[str] | None = Field(default=None, description="Fixed label order.")
     base_model: Path = DEFAULT_BASE_MODEL_DIR
-    precision: Precision = "bf16"
+    precision: Precision = Field(
+        default="auto", description="auto: bf16 where the CPU has native bf16, else fp32")
     attention: AttentionMode | None = Field(
         default=None, description="default: bidirectional for token-cls, else causal")
     qlora: bool = False

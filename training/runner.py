@@ -15,6 +15,7 @@ import torch
 from adapters.base_model import LoadedBaseModel, Quantization, load_base_model
 from adapters.errors import QuantizationUnavailableError
 from adapters.package import AdapterManifest, TaskKind
+from adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
 from training.config import TrainConfig
 from training.data import Example, label_names, load_examples, split_examples, subsample
 from training.evaluate import evaluate
@@ -75,13 +76,22 @@ def read_splits(cfg: TrainConfig) -> Splits:
                   subsample(val, cfg.max_eval_samples, cfg.seed), test, source)
 
 
+def base_quantization(cfg: TrainConfig, cpu: CpuFeatures | None = None) -> PrecisionChoice:
+    """The base model's quantization for ``cfg`` and why (``--precision auto``: from the CPU,
+    see :mod:`adapters.precision`; ``cpu`` defaults to this machine's features)."""
+    if cfg.qlora:
+        return PrecisionChoice(Quantization.NF4.value, "nf4: --qlora")
+    return choose_cpu_precision(cfg.precision, cpu or CpuFeatures.detect(),
+                                source="--precision")
+
+
 def load_base(cfg: TrainConfig) -> LoadedBaseModel:
     """The base model in the precision the run asks for (NF4 for QLoRA)."""
     if cfg.qlora:
         require_qlora()
-        return load_base_model(cfg.base_model, Quantization.NF4, "cpu")
-    quant = Quantization.FP32 if cfg.precision == "fp32" else Quantization.BF16
-    return load_base_model(cfg.base_model, quant, "cpu")
+    choice = base_quantization(cfg)
+    logger.info("training precision %s", choice.reason)
+    return load_base_model(cfg.base_model, Quantization(choice.value), "cpu")
 
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:

@@ -1,9 +1,10 @@
 """Per-task tokenization and model assembly (LoRA over the shared base weights).
 
-Classification adapters are transformers' ``LlamaForSequenceClassification`` /
-``LlamaForTokenClassification`` over the *same* decoder as the causal LM, with a fresh
-``score`` head saved through PEFT ``modules_to_save``. Text is tokenized exactly as the
-server does: ``tokenizer(text)`` with default special tokens and no chat template.
+Classification adapters are transformers' ``<Family>ForSequenceClassification`` /
+``<Family>ForTokenClassification`` (Llama, Qwen2, Qwen3, Gemma, ...) over the *same*
+decoder as the causal LM, with a fresh ``score`` head saved through PEFT
+``modules_to_save``. Text is tokenized exactly as the server does: ``tokenizer(text)`` with
+default special tokens and no chat template.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def _head_model(loaded: LoadedBaseModel, task: TaskKind, labels: list[str]) -> Any:
-    from transformers import LlamaForSequenceClassification, LlamaForTokenClassification
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     config = copy.deepcopy(loaded.model.config)
     config.num_labels = len(labels)
@@ -211,10 +212,11 @@ def _head_model(loaded: LoadedBaseModel, task: TaskKind, labels: list[str]) -> A
     # Sequence classification pools the last token that is not padding (right-padded).
     config.pad_token_id = _pad_id(loaded.tokenizer)
     config.classifier_dropout = 0.0
-    head_class = (LlamaForSequenceClassification if task is TaskKind.SEQ_CLS
-                  else LlamaForTokenClassification)
+    # The base's own family (LlamaFor..., Qwen2For..., GemmaFor...): same decoder, same head.
+    head_class = (AutoModelForSequenceClassification if task is TaskKind.SEQ_CLS
+                  else AutoModelForTokenClassification)
     with torch.device("meta"):  # the decoder is replaced by the loaded one just below
-        model = head_class(config)
+        model = head_class.from_config(config)
     model.model = loaded.model.model
     score = nn.Linear(config.hidden_size, len(labels), bias=task is TaskKind.TOKEN_CLS)
     nn.init.normal_(score.weight, std=config.initializer_range)

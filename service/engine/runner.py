@@ -1,10 +1,16 @@
-"""Forward pass of a Llama-architecture base model with per-row LoRA slots and a KV cache.
+"""Forward pass of a Llama-style base model with per-row LoRA slots and a KV cache.
 
 The runner re-uses the loaded Hugging Face model's modules (embedding, norms, projections,
 rotary embedding, head), so a bitsandbytes 4-bit or 8-bit base runs unchanged, but it owns
 the batching: each row of a decode step is one sequence with its own cache row, position
 and adapter slot. Plain (unquantized) q/k/v and gate/up weights are fused into one GEMM
 each; the original modules keep views into the fused tensors, so nothing is duplicated.
+
+The families served (:data:`adapters.base_model.SUPPORTED_MODEL_TYPES`) share the Llama
+decoder block and differ only in what lives inside modules the runner calls anyway, plus
+two things it handles itself: q/k/v biases (Qwen2; fused with the weights) and per-head
+RMS norms of queries and keys before the rotary embedding (Qwen3). Gemma's scaled
+embedding and ``1 + weight`` norms are its modules' own forward.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from adapters.errors import ModelLoadError
+from adapters.base_model import check_model_config
 from service.engine.lora_slots import LoraBatchPlan, LoraSlotTable, ProjectionGroup
 
 # Per-step attention: writes the new keys/values into the cache and attends.
@@ -34,23 +40,36 @@ class FusedProjection:
     def __init__(self, modules: list[nn.Module]) -> None:
         self._modules = modules
         self._weight: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
         # Subclasses (bitsandbytes Linear4bit, Linear8bitLt) keep their own forward.
-        if all(type(m) is nn.Linear and m.bias is None for m in modules):
+        if all(type(m) is nn.Linear for m in modules):
             linears = cast(list[nn.Linear], modules)
-            fused = torch.cat([linear.weight.detach() for linear in linears]).contiguous()
-            start = 0
-            for module in linears:
-                rows = int(module.weight.shape[0])
-                # The module now shares storage with the fused weight: no second copy.
-                module.weight = nn.Parameter(fused[start : start + rows], requires_grad=False)
-                start += rows
-            self._weight = fused
+            self._weight = _fuse(linears, "weight")
+            if any(linear.bias is not None for linear in linears):
+                self._bias = _fuse(linears, "bias")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._weight is not None:
-            return F.linear(x, self._weight)
+            return F.linear(x, self._weight, self._bias)
         outputs = [m(x) for m in self._modules]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+
+def _fuse(linears: list[nn.Linear], name: str) -> torch.Tensor:
+    """Concatenate the linears' ``weight`` or ``bias`` (a missing bias counts as zeros); each
+    module then holds a view into the result, so nothing is stored twice."""
+    parts = []
+    for linear in linears:
+        part = getattr(linear, name)
+        rows = int(linear.weight.shape[0])
+        parts.append(part.detach() if part is not None else linear.weight.new_zeros(rows))
+    fused = torch.cat(parts).contiguous()
+    start = 0
+    for linear, part in zip(linears, parts, strict=True):
+        rows = part.shape[0]
+        setattr(linear, name, nn.Parameter(fused[start : start + rows], requires_grad=False))
+        start += rows
+    return fused
 
 
 @dataclass(frozen=True)
@@ -84,10 +103,9 @@ class KvCache:
 
 
 def model_shape(model: Any) -> ModelShape:
-    """Read the dimensions of a Llama-architecture causal LM, refusing anything else."""
+    """Read the dimensions of a causal LM of a supported family, refusing anything else."""
     config = model.config
-    if getattr(config, "model_type", None) not in {"llama", "mistral"}:
-        raise ModelLoadError(f"model_type {config.model_type!r} is not a Llama architecture")
+    check_model_config(config)
     heads = config.num_attention_heads
     return ModelShape(
         num_layers=config.num_hidden_layers,
@@ -133,6 +151,9 @@ class LlamaRunner:
         self._gate_up = [FusedProjection([getattr(layer.mlp, m) for m in MLP_MEMBERS])
                          for layer in self._layers]
         self._down = [FusedProjection([layer.mlp.down_proj]) for layer in self._layers]
+        # Qwen3: RMS norms over each head's queries and keys, before the rotary embedding.
+        self._qk_norms = [(getattr(layer.self_attn, "q_norm", None),
+                           getattr(layer.self_attn, "k_norm", None)) for layer in self._layers]
         self.dtype: torch.dtype = self._embed.weight.dtype
         self.device: torch.device = self._embed.weight.device
 
@@ -238,6 +259,9 @@ class LlamaRunner:
             q = q.view(batch, width, shape.num_heads, shape.head_dim).transpose(1, 2)
             k = k.view(batch, width, shape.num_kv_heads, shape.head_dim).transpose(1, 2)
             v = v.view(batch, width, shape.num_kv_heads, shape.head_dim).transpose(1, 2)
+            q_norm, k_norm = self._qk_norms[index]
+            if q_norm is not None and k_norm is not None:
+                q, k = q_norm(q), k_norm(k)  # over head_dim, the last axis either way
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             attn = attend(index, q, k, v).transpose(1, 2).reshape(batch * width, q_out)
             out = self._o[index](attn)

@@ -25,6 +25,7 @@ from adapters.base_model import (
     weights_sha256,
 )
 from adapters.errors import ModelLoadError, QuantizationUnavailableError
+from adapters.precision import CpuFeatures
 
 
 @pytest.fixture
@@ -62,8 +63,13 @@ def test_resolve_device_cuda_without_gpu() -> None:
         resolve_device("cuda:0")
 
 
+AVX2_EPYC = CpuFeatures("AMD EPYC (AVX2 only)", "AVX2", frozenset({"avx2", "fma"}))
+ZEN4_EPYC = CpuFeatures("AMD EPYC (Zen 4)", "AVX512", frozenset({"avx512f", "avx512_bf16"}))
+
+
 def test_resolve_quantization_defaults_and_explicit() -> None:
-    assert resolve_quantization(None, torch.device("cpu")) is Quantization.BF16
+    assert resolve_quantization(None, torch.device("cpu"), ZEN4_EPYC) is Quantization.BF16
+    assert resolve_quantization(None, torch.device("cpu"), AVX2_EPYC) is Quantization.FP32
     assert resolve_quantization(None, torch.device("cuda", 0)) is Quantization.NF4
     for quant in Quantization:
         assert resolve_quantization(quant, torch.device("cpu")) is quant
@@ -210,7 +216,16 @@ def test_non_llama_model_type_is_rejected(model_copy: Path) -> None:
     config = json.loads((model_copy / "config.json").read_text())
     config["model_type"] = "gpt2"
     (model_copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="unsupported model type 'gpt2'"):
+    with pytest.raises(ModelLoadError, match="unsupported model_type 'gpt2'"):
+        load_base_model(model_copy, Quantization.FP32, "cpu")
+
+
+def test_sliding_window_layers_are_rejected(model_copy: Path) -> None:
+    config = json.loads((model_copy / "config.json").read_text())
+    config["model_type"] = "qwen2"
+    config["layer_types"] = ["full_attention", "sliding_attention"]
+    (model_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="'qwen2' with sliding-window"):
         load_base_model(model_copy, Quantization.FP32, "cpu")
 
 

@@ -6,16 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import torch
-from peft import PeftModel
-from transformers import AutoTokenizer, LlamaForCausalLM
 
-from adapters.lora_format import read_lora_adapter
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import NullObserver
-from service.engine.requests import GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams
+from service.engine.engine import LoraEngine
+from tests.service.engine import references
+from tests.service.engine.references import make_engine
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_SPECS = {
@@ -29,17 +23,7 @@ NEW_TOKENS = 10
 
 def peft_greedy(base_dir: Path, adapter_dir: Path | None, prompt: list[int]) -> list[int]:
     """Greedy tokens from PEFT with the adapter alone (the reference)."""
-    model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir).eval()
-    # No EOS, so greedy runs the full length (min_new_tokens would mask EOS out instead,
-    # which is not greedy decoding).
-    model.generation_config.eos_token_id = None
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=2,
-        )
-    return out[0, len(prompt):].tolist()
+    return references.peft_greedy(base_dir, adapter_dir, prompt, NEW_TOKENS)
 
 
 @pytest.fixture
@@ -47,29 +31,10 @@ def adapters(make_adapter) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     return {name: make_adapter(name, **spec) for name, spec in ADAPTER_SPECS.items()}
 
 
-def make_engine(base_dir: Path, **overrides: int) -> tuple[LoraEngine, object]:
-    model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    config = EngineConfig(**{"max_loras": 2, "max_lora_rank": 16, "max_batch_size": 8,
-                             "max_model_len": 128, **overrides})
-    engine = LoraEngine(model, tokenizer, config, NullObserver())
-    return engine, tokenizer
-
-
 async def run_request(engine: LoraEngine, name: str | None, adapters: dict[str, Path],
                       prompt: list[int], rid: str) -> list[int]:
-    key = weights = None
-    if name is not None:
-        key = AdapterKey(name, "1")
-        folder = adapters[name]
-        weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
-    request = GenerationRequest(
-        request_id=rid, prompt_ids=prompt, adapter=key, adapter_weights=weights,
-        params=SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True),
-    )
-    result = await engine.submit(request).collect()
-    assert result.completion_tokens == NEW_TOKENS
-    return list(result.token_ids)
+    folder = adapters[name] if name is not None else None
+    return await references.engine_greedy(engine, name, folder, prompt, NEW_TOKENS, rid)
 
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48], [70, 71],
@@ -80,7 +45,7 @@ async def test_mixed_batch_matches_peft_with_eviction(tiny_base_dir: Path,
                                                       adapters: dict[str, Path]) -> None:
     """8 concurrent requests over 4 adapters and the base, with only 2 slots: every output
     equals PEFT's for that adapter alone, although slots are evicted and reused."""
-    engine, _ = make_engine(tiny_base_dir, max_loras=2)
+    engine = make_engine(tiny_base_dir, max_loras=2)
     engine.start()
     try:
         names: list[str | None] = ["qv-r4", "all-r8", "mlp-r2", "ko-r16", None,
@@ -103,7 +68,7 @@ async def test_mixed_batch_matches_peft_with_eviction(tiny_base_dir: Path,
 async def test_requests_joining_mid_generation_match_running_alone(
         tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
     """Requests that arrive while others are decoding get the output they would alone."""
-    engine, _ = make_engine(tiny_base_dir, max_loras=4)
+    engine = make_engine(tiny_base_dir, max_loras=4)
     engine.start()
     try:
         first = [asyncio.create_task(run_request(engine, n, adapters, p, f"a{i}"))

@@ -313,7 +313,9 @@ def check_model_config(config: Any) -> None:
     (Qwen2 with ``use_sliding_window``) are refused too: the runner attends to the whole
     context and would silently differ from the model.
     """
-    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    def get(key: str) -> Any:
+        return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
     model_type = get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))

@@ -30,6 +30,7 @@ from service.api.serving_predict import PredictService
 from service.auth import TenantAuthenticator, log_auth_mode
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
+from service.health import install_lifecycle
 from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
 from service.registry_sync import RegistryWatcher
@@ -161,6 +162,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     app.state.loraswap = state
     install_error_handlers(app)
     app.add_middleware(FormBodyAsJson)
+    install_lifecycle(app, state, settings)  # deploy: /readyz, SIGTERM drain, gateway gauges
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(admin_router)

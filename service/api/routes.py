@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from service.api.deps import PredictServiceDep, StateDep, TenantDep
 from service.api.disconnect import until_disconnect
-from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse, ReadyResponse
+from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse
 from service.auth import check_access, fairness_key
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -25,17 +25,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=ReadyResponse, tags=["health"],
-            responses={503: {"model": ReadyResponse}})
-async def readyz(state: StateDep) -> JSONResponse:
-    """Whether the base model is loaded, and exactly what is in effect."""
-    # Only development adapters: tenants' adapters are listed to their owners alone.
-    body = ReadyResponse(status=state.status, error=state.error,
-                         adapters_available=state.resolver.names())
-    if state.components is not None:
-        body.model = state.components.info.as_dict()
-        body.engine = state.components.engine.stats()
-    return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
+# /readyz lives in service/health.py (no tenant data; the detail is GET /admin/status).
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)

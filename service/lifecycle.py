@@ -29,7 +29,7 @@ from typing import Any
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_body
 from service.state import ServiceState
@@ -131,15 +131,28 @@ class DrainGate:
             request = Request(scope)
             body = error_body(request, 503, "draining",
                               "this replica is shutting down; retry (another replica answers)")
-            response = JSONResponse(body, 503,
-                                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            response = JSONResponse(body, 503, headers={
+                "Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"})
             await response(scope, receive, send)
             return
         self.lifecycle.request_started()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._closing_when_draining(send))
         finally:
             self.lifecycle.request_finished()
+
+    def _closing_when_draining(self, send: Send) -> Send:
+        """Answers sent while draining close their connection, so no client sends its next
+        request on a keep-alive connection that the exiting server is about to drop."""
+
+        async def send_with_close(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.lifecycle.draining:
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return send_with_close
 
 
 class _DrainingServer(uvicorn.Server):

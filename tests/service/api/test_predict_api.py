@@ -232,7 +232,8 @@ def test_readyz_and_metrics_say_what_is_in_effect(live_server, make_adapter) -> 
     assert server.client.get("/healthz").json() == {"status": "ok"}
     server.client.post("/v1/predict", json={"adapter": "m1", "inputs": "hi",
                                             "parameters": {"max_new_tokens": 2}})
-    assert server.client.get("/admin/status").json()["engine"]["adapters_in_slots"][0].startswith("m1@")
+    status = server.client.get("/admin/status").json()
+    assert status["engine"]["adapters_in_slots"][0].startswith("m1@")
     for series in ('loraswap_requests_total{adapter="m1",route="/v1/predict",status="200"} 1.0',
                    'loraswap_adapter_loads_total{adapter="m1",tier="slot"} 1.0',
                    'loraswap_adapter_lookups_total{result="miss",tier="host"} 1.0',

@@ -42,7 +42,7 @@ def prometheus_rule() -> dict[str, Any]:
     }
 
 
-class _BlockDumper(yaml.SafeDumper):
+class _BlockDumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML has no stubs here
     """Writes multi-line strings (PromQL) as literal blocks, as in the rule files."""
 
 
@@ -56,8 +56,8 @@ _BlockDumper.add_representer(str, _string)
 
 def render() -> str:
     """The file's text."""
-    return HEADER + yaml.dump(prometheus_rule(), Dumper=_BlockDumper, sort_keys=False,
-                              width=1000)
+    return HEADER + str(yaml.dump(prometheus_rule(), Dumper=_BlockDumper, sort_keys=False,
+                                  width=1000))
 
 
 def main() -> None:

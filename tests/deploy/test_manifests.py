@@ -26,7 +26,7 @@ def strict_validate(documents: list[dict[str, Any]], tmp_path: Path) -> tuple[in
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_validates_strictly(rendered: dict[str, Rendered], overlay: str,
                                     tmp_path: Path) -> None:
-    built_in = rendered[overlay].built_in() + [rendered[overlay].job_template()]
+    built_in = [*rendered[overlay].built_in(), rendered[overlay].job_template()]
     code, output = strict_validate(built_in, tmp_path)
     assert code == 0 and "WARN" not in output and "ERROR" not in output, output
 

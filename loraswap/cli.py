@@ -31,11 +31,13 @@ def serve(
 ) -> None:
     """Run the HTTP service (configuration from LORASWAP_* variables)."""
     # Heavy imports only for this command, so `loraswap --help` stays fast.
-    import uvicorn
     from pydantic import ValidationError
 
     from adapters.errors import LoraswapError, describe_problems
     from service.app import create_app
+    from service.health import build_metrics_app
+    from service.lifecycle import Listeners
+    from service.lifecycle import serve as serve_until_drained
     from service.logging_setup import configure_logging
     from service.settings import Settings
 
@@ -54,8 +56,11 @@ def serve(
     except LoraswapError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    uvicorn.run(service_app, host=settings.host, port=settings.port,
-                log_config=None, timeout_graceful_shutdown=30)
+    lifecycle = service_app.state.lifecycle
+    metrics_app = (build_metrics_app(service_app.state.loraswap, lifecycle)
+                   if settings.metrics_port is not None else None)
+    serve_until_drained(service_app, metrics_app, lifecycle, Listeners(
+        host=settings.host, port=settings.port, metrics_port=settings.metrics_port))
 
 
 def main() -> None:

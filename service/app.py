@@ -30,6 +30,7 @@ from service.auth import TenantAuthenticator, log_auth_mode
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
 from service.fault_hooks import arm_fault_hook
+from service.health import install_lifecycle
 from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
 from service.registry_sync import RegistryWatcher
@@ -162,6 +163,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
                   description="Many tenants' LoRA adapters on one resident base model.")
     app.state.loraswap = state
     install_error_handlers(app)
+    install_lifecycle(app, state, settings)  # /readyz, SIGTERM drain, gateway gauges
     app.include_router(router)
     app.include_router(predict_router)
     app.include_router(openai_router)

@@ -31,6 +31,18 @@ class RegistryWatcher:
         self.metrics = metrics
         self.interval = interval
         self._pinned: dict[str, str] = {}  # adapter reference -> pinned version
+        self._wanted: dict[str, str] = {}  # what the registry pins: reference -> version
+        self.synced = False  # a whole round succeeded at least once
+
+    def pins_pending(self) -> list[str]:
+        """Pinned adapters (``tenant/name``) whose pinned version is not in a slot yet.
+
+        Readiness waits for this to be empty (and for a first successful round): a pod
+        started after a pin must not take traffic before the pinned adapter is resident.
+        """
+        resident = {str(key) for key in self.engine.slots.resident}
+        return sorted(ref for ref, version in self._wanted.items()
+                      if f"{ref}@{version}" not in resident)
 
     async def run(self) -> None:
         """Sync forever (cancel the task to stop); a failed round is logged and retried."""
@@ -50,6 +62,7 @@ class RegistryWatcher:
             counts[record.tenant] = counts.get(record.tenant, 0) + 1
         self.metrics.registered_adapters(counts)
         wanted = {f"{r.tenant}/{r.name}": r for r in records if r.pinned and r.active}
+        self._wanted = {ref: str(record.active) for ref, record in wanted.items()}
         for ref in list(self._pinned):
             if ref not in wanted:
                 await self.engine.unpin(ref)
@@ -58,6 +71,7 @@ class RegistryWatcher:
         for ref, record in wanted.items():
             if self._pinned.get(ref) != str(record.active):
                 await self.apply_pin(ref, record)
+        self.synced = True
 
     async def apply_pin(self, ref: str, record: AdapterRecord) -> None:
         """Pin the active version of ``record`` and load it into a slot."""
@@ -69,6 +83,7 @@ class RegistryWatcher:
         assert target.key is not None and target.read is not None  # a registry adapter
         weights = await self.engine.adapter_weights(target.key, target.read)
         loaded = await self.engine.pin(target.key, weights)
-        self._pinned[ref] = target.key.version
+        if loaded:  # else every slot was busy: the next round tries again
+            self._pinned[ref] = target.key.version
         logger.info("pinned %s v%s%s", ref, target.key.version,
-                    "" if loaded else " (every slot busy: stays once loaded)")
+                    "" if loaded else " (every slot busy: tried again next round)")

@@ -106,6 +106,16 @@ class Settings(BaseSettings):
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads.")
     host: str = Field(default="127.0.0.1", description="Bind address of `loraswap serve`.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of `loraswap serve`.")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Serve /metrics (and the probes) on this port of the same host instead "
+        "of the API port, so tenants never see other tenants' adapter names.",
+    )
+    drain_seconds: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="On SIGTERM: longest wait for in-flight requests before exiting "
+        "(new requests get 503 meanwhile).",
+    )
     log_format: Literal["json", "text"] = Field(default="text", description="Log line format.")
     log_level: str = Field(default="INFO", description="Python logging level.")
     # NoDecode: the env value is a comma-separated string, not pydantic-settings' JSON list.

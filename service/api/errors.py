@@ -16,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from adapters.errors import (
     AdapterValidationError,
@@ -78,11 +80,26 @@ def status_for(error: LoraswapError) -> int:
     return 500
 
 
-def error_format_of(request: Request) -> ErrorFormat:
-    """The error shape of the route that matched (native for unmatched paths)."""
-    format_: ErrorFormat = getattr(request.scope.get("route"), "error_format",
-                                   ErrorFormat.NATIVE)
+def error_format_for(scope: Scope) -> ErrorFormat:
+    """The error shape of the route that serves ``scope`` (native for unmatched paths).
+
+    Routing sets ``scope["route"]``; a middleware that answers before routing (draining)
+    matches the app's routes itself.
+    """
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            if candidate.matches(scope)[0] is Match.FULL:
+                route = candidate
+                break
+    format_: ErrorFormat = getattr(route, "error_format", ErrorFormat.NATIVE)
     return format_
+
+
+def error_format_of(request: Request) -> ErrorFormat:
+    """The error shape of the route that serves ``request``."""
+    return error_format_for(request.scope)
 
 
 def error_body(format_: ErrorFormat, status: int, code: str, message: str,

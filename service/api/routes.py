@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from service.api.deps import PredictServiceDep, StateDep, TenantDep
 from service.api.gate import NativeRoute
-from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse, ReadyResponse
+from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422, 429, 503)
@@ -26,17 +26,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=ReadyResponse, tags=["health"],
-            responses={503: {"model": ReadyResponse}})
-async def readyz(state: StateDep) -> JSONResponse:
-    """Whether the base model is loaded, and exactly what is in effect."""
-    # Only development adapters: tenants' adapters are listed to their owners alone.
-    body = ReadyResponse(status=state.status, error=state.error)
-    if state.components is not None:
-        body.adapters_available = state.components.resolver.names()
-        body.model = state.components.info.as_dict()
-        body.engine = state.components.engine.stats()
-    return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
+# /readyz lives in service/health.py (no tenant data; the detail is GET /admin/status).
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)

@@ -57,6 +57,10 @@ class FairQueue(Generic[T]):
         """Keys with waiting items, next to be served first."""
         return list(self._turns)
 
+    def items(self) -> list[T]:
+        """Every waiting item (a copy), grouped by key."""
+        return [item for queue in self._queues.values() for item in queue]
+
     def peek(self, key: str) -> T:
         """The oldest item of ``key``."""
         return self._queues[key][0]

@@ -129,6 +129,26 @@ class ContinuousBatchScheduler:
         """Sequences in the running batch."""
         return len(self._running)
 
+    def adapter_names(self) -> tuple[list[str], list[str]]:
+        """Adapter names (no versions, no base) of the running batch and of the queue.
+
+        For the gateway's ``lora_requests_info`` gauge: read from the event loop while the
+        engine thread steps, so the running batch is copied and the copy retried if the
+        engine changed it meanwhile (a scrape must never fail).
+        """
+        running: list[str] = []
+        for _ in range(5):
+            try:
+                running = [seq.request.adapter.name for seq in list(self._running.values())
+                           if seq.request.adapter is not None]
+                break
+            except RuntimeError:  # dict changed size while being copied
+                continue
+        with self._lock:
+            waiting = [item.request.adapter.name for item in self._waiting.items()
+                       if item.request.adapter is not None]
+        return running, waiting
+
     def submit(self, request: GenerationRequest, stream: RequestStream) -> None:
         """Queue a request; raises :class:`OverloadedError` when the queue is full."""
         seq = _Sequence(

@@ -25,8 +25,8 @@ class ServiceProcess:
         self._log_path = Path(tempfile.mkstemp(prefix="serve-", suffix=".log", dir=log_dir)[1])
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120) -> ServiceProcess:
-        """Start and wait until /readyz answers 200."""
+    def start(self, timeout: float = 120, wait_for: str = "/readyz") -> ServiceProcess:
+        """Start and wait until ``wait_for`` answers 200 (``/healthz``: only the process)."""
         with self._log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "loraswap.cli", "serve"], env=self._env,
@@ -36,7 +36,7 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{wait_for}", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -191,7 +191,7 @@ def test_client_disconnect_cancels_the_stream(live_server) -> None:  # type: ign
     while series not in server.client.get("/metrics").text:
         assert time.monotonic() < deadline, "the engine kept generating for a gone client"
         time.sleep(0.05)
-    assert server.client.get("/readyz").json()["engine"]["running"] == 0
+    assert server.client.get("/admin/status").json()["engine"]["running"] == 0
 
 
 def test_chat_default_max_tokens_fills_the_room(served) -> None:  # type: ignore[no-untyped-def]

@@ -207,7 +207,7 @@ def test_disconnect_cancels_generation(live_server) -> None:  # type: ignore[no-
                 break
     wait_for_metric(server.client,
                     'loraswap_generations_finished_total{adapter="base",reason="cancelled"} 1.0')
-    ready = server.client.get("/readyz").json()
+    ready = server.client.get("/admin/status").json()
     assert ready["engine"]["running"] == 0
 
 
@@ -219,11 +219,12 @@ def test_readyz_and_metrics_say_what_is_in_effect(live_server, make_adapter) -> 
     assert ready["model"]["quantization"] == "fp32"
     assert ready["model"]["compute_dtype"] == "float32"
     assert ready["model"]["device"] == "cpu"
-    assert ready["adapters_available"] == ["m1"]
+    assert server.client.get("/admin/status").json()["adapters_available"] == ["m1"]
     assert server.client.get("/healthz").json() == {"status": "ok"}
     server.client.post("/v1/predict", json={"adapter": "m1", "inputs": "hi",
                                             "parameters": {"max_new_tokens": 2}})
-    assert server.client.get("/readyz").json()["engine"]["adapters_in_slots"][0].startswith("m1@")
+    status = server.client.get("/admin/status").json()
+    assert status["engine"]["adapters_in_slots"][0].startswith("m1@")
     for series in ('loraswap_requests_total{adapter="m1",route="/v1/predict",status="200"} 1.0',
                    'loraswap_adapter_loads_total{adapter="m1",tier="slot"} 1.0',
                    'loraswap_adapter_lookups_total{result="miss",tier="host"} 1.0',

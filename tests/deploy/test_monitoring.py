@@ -1,0 +1,77 @@
+"""Alert rules and dashboard queries: promtool parses and unit-tests them, and every metric
+they read is one the service defines (a renamed metric breaks the build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.deploy.prometheus_rule import ROOT, rule_files
+from tests.deploy.promql import (
+    DEFINED_ON_OTHER_BRANCHES,
+    as_recording_rules,
+    dashboard_expressions,
+    defined_metric_names,
+    rule_expressions,
+    used_metric_names,
+)
+from tests.deploy.tools import promtool, run
+
+
+def undefined_names(expressions: list[str], defined: set[str]) -> dict[str, set[str]]:
+    """Expression -> loraswap metric names it reads that nothing defines."""
+    missing = {}
+    for expr in expressions:
+        unknown = used_metric_names(expr) - defined - DEFINED_ON_OTHER_BRANCHES
+        if unknown:
+            missing[expr] = unknown
+    return missing
+
+
+def test_rule_files_pass_promtool_check() -> None:
+    result = run([promtool(), "check", "rules", *map(str, rule_files())])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rule_unit_tests_pass() -> None:
+    tests = sorted((ROOT / "monitoring" / "tests").glob("*.test.yml"))
+    assert tests
+    result = run([promtool(), "test", "rules", *map(str, tests)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_queries_parse(tmp_path: Path) -> None:
+    expressions = dashboard_expressions()
+    assert len(expressions) >= 15
+    rules = tmp_path / "dashboard.rules.yml"
+    rules.write_text(yaml.safe_dump(as_recording_rules(expressions)), encoding="utf-8")
+    result = run([promtool(), "check", "rules", str(rules)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_broken_dashboard_query_fails_promtool(tmp_path: Path) -> None:
+    rules = tmp_path / "broken.rules.yml"
+    rules.write_text(yaml.safe_dump(as_recording_rules(
+        ["sum by (adapter (rate(loraswap_requests_total[5m]))"])), encoding="utf-8")
+    assert run([promtool(), "check", "rules", str(rules)]).returncode != 0
+
+
+def test_every_queried_metric_is_defined_by_the_service() -> None:
+    defined = defined_metric_names()
+    assert "loraswap_requests_total" in defined  # the scan sees service/metrics.py
+    assert "loraswap_lora_requests_info" in defined  # and the gateway gauges
+    expressions = dashboard_expressions() + rule_expressions(rule_files())
+    assert undefined_names(expressions, defined) == {}
+
+
+def test_a_renamed_metric_is_caught(tmp_path: Path) -> None:
+    """Renaming a metric in the service leaves the dashboard reading a name nobody defines."""
+    package = tmp_path / "service"
+    package.mkdir()
+    source = (ROOT / "service" / "metrics.py").read_text(encoding="utf-8")
+    (package / "metrics.py").write_text(
+        source.replace('"loraswap_queue_depth"', '"loraswap_waiting_requests"'), encoding="utf-8")
+    renamed = defined_metric_names(package)
+    assert undefined_names(["max(loraswap_queue_depth)"], renamed) == {
+        "max(loraswap_queue_depth)": {"loraswap_queue_depth"}}

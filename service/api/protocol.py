@@ -140,13 +140,3 @@ class ErrorResponse(BaseModel):
     """Body of every native-API error."""
 
     error: ErrorDetail
-
-
-class ReadyResponse(BaseModel):
-    """Body of ``/readyz``: what is really loaded and in effect."""
-
-    status: Literal["ready", "loading", "failed"]
-    model: dict[str, Any] | None = None
-    engine: dict[str, Any] | None = None
-    adapters_available: list[str] = Field(default_factory=list)
-    error: str | None = None

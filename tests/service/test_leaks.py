@@ -3,7 +3,7 @@ from disk, so a leaked file handle or tensor would pile up) and 500 register/del
 through the registry: RSS grows less than 5% after warm-up, and the process's open file
 handles come back to their baseline.
 
-Marked ``integration`` (it runs for about a minute on the shared 2-core machine):
+Marked ``integration`` and ``slow`` (about a minute on the shared 2-core machine):
 ``python -m pytest -q -m integration tests/service/test_leaks.py``."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from service.engine.residency import AdapterKey, LoraSlotManager
 from service.engine.runner import model_shape, projection_groups
 from tests.service.conftest import PackageFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_RSS_GROWTH = 0.05
 

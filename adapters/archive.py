@@ -11,6 +11,8 @@ extraction helpers. :func:`stage_from_uri` copies a package from a folder or an 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import stat
@@ -200,13 +202,13 @@ def _budgeted_tarinfo(budget: _HeaderBudget) -> type[tarfile.TarInfo]:
     return BudgetedTarInfo
 
 
-def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+def _extract_tar(archive: BinaryIO, dest: Path, budget: _Budget) -> None:
     layout = _Layout()
     try:
         # Stream mode ("r|*"): members are read in order and never seeked past, so work
         # stays bounded by the limits even for a compressed bomb; extension headers are
         # budgeted before tarfile reads them.
-        with tarfile.open(archive, mode="r|*",
+        with tarfile.open(fileobj=archive, mode="r|*",
                           tarinfo=_budgeted_tarinfo(_HeaderBudget())) as tar:
             for member in tar:
                 if member.isdir():
@@ -230,7 +232,7 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
         raise AdapterValidationError(f"archive is not a readable tar file: {exc}") from exc
 
 
-def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+def _extract_zip(archive: BinaryIO, dest: Path, budget: _Budget) -> None:
     layout = _Layout()
     try:
         with zipfile.ZipFile(archive) as bundle:
@@ -275,31 +277,39 @@ def _fresh_dest(dest: Path) -> Iterator[None]:
         raise
 
 
-def extract_upload(archive_path: Path, dest: Path, limits: ValidationLimits) -> Path:
+def extract_upload(archive: Path | BinaryIO, dest: Path, limits: ValidationLimits) -> Path:
     """Unpack a ``.tar``, ``.tar.gz`` or ``.zip`` package into ``dest`` (a new folder).
 
-    The format is recognised from the content, not the name. Returns ``dest``, which then
-    holds the package files flat, ready for :func:`adapters.validation.validate_package`.
+    ``archive`` is a path or a seekable binary file (an upload as the server spooled it,
+    read where it lies rather than copied first). The format is recognised from the
+    content, not the name. Returns ``dest``, which then holds the package files flat, ready
+    for :func:`adapters.validation.validate_package`.
     """
-    size = archive_path.stat().st_size
-    if size > limits.max_upload_bytes:
-        raise PayloadTooLargeError(
-            f"upload is {size} bytes, over the limit of {limits.max_upload_bytes} bytes"
-        )
-    with archive_path.open("rb") as handle:
-        magic = handle.read(4)
-    budget = _Budget(limits)
-    with _fresh_dest(dest):
-        if magic.startswith(b"PK"):
-            _extract_zip(archive_path, dest, budget)
-        elif magic.startswith(_GZIP_MAGIC) or tarfile.is_tarfile(archive_path):
-            _extract_tar(archive_path, dest, budget)
-        else:
-            raise AdapterValidationError(
-                "upload is not a .tar, .tar.gz or .zip archive"
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(archive.open("rb")) if isinstance(archive, Path) \
+            else archive
+        size = stream.seek(0, os.SEEK_END)
+        if size > limits.max_upload_bytes:
+            raise PayloadTooLargeError(
+                f"upload is {size} bytes, over the limit of {limits.max_upload_bytes} bytes"
             )
-        if budget.files == 0:
-            raise AdapterValidationError("archive holds no files")
+        stream.seek(0)
+        magic = stream.read(4)
+        stream.seek(0)
+        is_tar = magic.startswith(_GZIP_MAGIC) or tarfile.is_tarfile(stream)
+        stream.seek(0)
+        budget = _Budget(limits)
+        with _fresh_dest(dest):
+            if magic.startswith(b"PK"):
+                _extract_zip(stream, dest, budget)
+            elif is_tar:
+                _extract_tar(stream, dest, budget)
+            else:
+                raise AdapterValidationError(
+                    "upload is not a .tar, .tar.gz or .zip archive"
+                )
+            if budget.files == 0:
+                raise AdapterValidationError("archive holds no files")
     return dest
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -189,11 +188,8 @@ class AdminService:
             staged = Path(tmp) / "package"
             staged.mkdir()
             if len(files) == 1 and files[0][0].lower().endswith(ARCHIVE_SUFFIXES):
-                filename, stream = files[0]
-                archive = Path(tmp) / Path(filename).name
-                with archive.open("wb") as out:
-                    shutil.copyfileobj(stream, out)
-                extract_upload(archive, staged, self.limits)
+                # Unpacked from the spooled upload itself: an archive is not copied twice.
+                extract_upload(files[0][1], staged, self.limits)
             else:
                 write_uploaded_files(files, staged, self.limits)
             return self.registry.register(tenant, name, staged, activate=activate,

@@ -42,13 +42,21 @@ podman build --format docker --network host --pull=never \
   -t "$IMAGE" "$ROOT"
 built=$(date +%s)
 
+# A world-readable copy of the model for the container's uid 10001 (the fetched
+# model.safetensors is private to its owner).
+if [ ! -f "$WORK/models/SmolLM2-135M-Instruct/model.safetensors" ]; then
+  mkdir -p "$WORK/models"
+  cp -r "$MODEL/SmolLM2-135M-Instruct" "$WORK/models/"
+  chmod -R a+rX "$WORK/models"
+fi
+
 admin=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 key="smoke-$admin"
 podman rm -f loraswap-smoke >/dev/null 2>&1 || true
 # Limits below the host's: here runc may not set them equal to the host's hard limits.
 podman run -d --name loraswap-smoke --read-only --network host \
   --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
-  -v "$MODEL:/opt/loraswap/models:ro" \
+  -v "$WORK/models:/opt/loraswap/models:ro" \
   -e LORASWAP_HOST=127.0.0.1 -e LORASWAP_PORT="$PORT" -e LORASWAP_METRICS_PORT="$METRICS_PORT" \
   -e LORASWAP_DEVICE=cpu -e LORASWAP_QUANTIZATION=bf16 -e LORASWAP_THREADS=2 \
   -e LORASWAP_ADMIN_TOKEN="$admin" -e LORASWAP_API_KEYS="$key" \

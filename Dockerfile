@@ -29,7 +29,9 @@ FROM python AS build
 # https://download.pytorch.org/whl/cpu: the CPU wheel, for CPU-only images.
 ARG TORCH_INDEX_URL=""
 ARG BAKE_MODEL=false
-RUN python3.11 -m venv /opt/loraswap/venv
+# A current pip: the distribution's builds sdists without isolation, and seqeval's then fails.
+RUN python3.11 -m venv /opt/loraswap/venv \
+    && /opt/loraswap/venv/bin/pip install pip==26.3
 ENV PATH=/opt/loraswap/venv/bin:$PATH
 WORKDIR /src
 # torch first, in its own layer: it is the largest part and changes least.

@@ -30,19 +30,33 @@ if ! podman image exists "$BASE"; then
   tar -C "$WORK/rootfs" -c . | podman import - "$BASE"
 fi
 
-# pip inside the build finds torch's CPU wheel in the mounted wheel folder.
-printf '[global]\nfind-links = /opt/wheels\n' > "$WORK/pip.conf"
-podman build --network host --pull=never \
+# pip inside the build finds torch 2.13.0+cpu in the mounted wheel folder (a local version
+# label ranks above PyPI's CUDA 2.13.0), its dependencies on PyPI.
+# The host's CA bundle is mounted for the build only (this network intercepts TLS); build
+# mounts are not part of the image.
+printf '[global]\nfind-links = /opt/wheels\ncert = /etc/ssl/host-ca.crt\n' > "$WORK/pip.conf"
+podman build --format docker --network host --pull=never \
   -v "$WHEELS:/opt/wheels:ro" -v "$WORK/pip.conf:/etc/pip.conf:ro" \
-  --build-arg BASE_IMAGE="$BASE" --build-arg TORCH_INDEX_URL=file:///opt/wheels \
+  -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/host-ca.crt:ro \
+  --build-arg BASE_IMAGE="$BASE" --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
   -t "$IMAGE" "$ROOT"
 built=$(date +%s)
+
+# A world-readable copy of the model for the container's uid 10001 (the fetched
+# model.safetensors is private to its owner).
+if [ ! -f "$WORK/models/SmolLM2-135M-Instruct/model.safetensors" ]; then
+  mkdir -p "$WORK/models"
+  cp -r "$MODEL/SmolLM2-135M-Instruct" "$WORK/models/"
+  chmod -R a+rX "$WORK/models"
+fi
 
 admin=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 key="smoke-$admin"
 podman rm -f loraswap-smoke >/dev/null 2>&1 || true
+# Limits below the host's: here runc may not set them equal to the host's hard limits.
 podman run -d --name loraswap-smoke --read-only --network host \
-  -v "$MODEL:/opt/loraswap/models:ro" \
+  --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+  -v "$WORK/models:/opt/loraswap/models:ro" \
   -e LORASWAP_HOST=127.0.0.1 -e LORASWAP_PORT="$PORT" -e LORASWAP_METRICS_PORT="$METRICS_PORT" \
   -e LORASWAP_DEVICE=cpu -e LORASWAP_QUANTIZATION=bf16 -e LORASWAP_THREADS=2 \
   -e LORASWAP_ADMIN_TOKEN="$admin" -e LORASWAP_API_KEYS="$key" \

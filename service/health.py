@@ -87,6 +87,22 @@ async def admin_status(state: StateDep, request: Request) -> AdminStatus:
     return body
 
 
+@admin_status_router.post("/drain", response_model=AdminStatus)
+async def start_drain(state: StateDep, request: Request) -> AdminStatus:
+    """Take this replica out of service: readiness false, new requests 503 with
+    ``Retry-After``; requests already running finish. The process stays up."""
+    get_lifecycle(request).begin_drain()
+    return await admin_status(state, request)
+
+
+@admin_status_router.delete("/drain", response_model=AdminStatus)
+async def cancel_drain(state: StateDep, request: Request) -> AdminStatus:
+    """Put this replica back in service (ready again once its pinned adapters are
+    resident); 409 while a SIGTERM drain is running."""
+    get_lifecycle(request).cancel_drain()
+    return await admin_status(state, request)
+
+
 async def _metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 

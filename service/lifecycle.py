@@ -30,6 +30,7 @@ import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adapters.errors import ConflictError
 from service.api.errors import error_body, error_format_for
 from service.state import ServiceState
 
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 # Paths that probes and scrapers call: never refused while draining, never counted in flight.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The operator's drain switch answers while draining: it is how a drain is cancelled.
+DRAIN_SWITCH_PATH = "/admin/drain"
 RETRY_AFTER_SECONDS = 1
 
 
@@ -55,6 +58,7 @@ class Lifecycle:
         self.drain_seconds = drain_seconds
         self._clock = clock
         self.draining = False
+        self.exiting = False  # set by SIGTERM: the drain ends with the process
         self.warmed = False  # pinned adapters were resident once: readiness no longer waits
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -90,7 +94,11 @@ class Lifecycle:
         self.draining = True
 
     def cancel_drain(self) -> None:
-        """Accept work again (readiness follows the usual rules)."""
+        """Accept work again (readiness follows the usual rules). A drain started by SIGTERM
+        cannot be cancelled: the process exits when it ends."""
+        if self.exiting:
+            raise ConflictError("this replica is shutting down (SIGTERM): its drain cannot "
+                                "be cancelled")
         self.draining = False
 
     async def drain(self) -> float:
@@ -123,7 +131,7 @@ class DrainGate:
                 error_body(error_format_for(scope), 404, "not_found", "not found"), 404)
             await response(scope, receive, send)
             return
-        if path in PROBE_PATHS:
+        if path in PROBE_PATHS or path == DRAIN_SWITCH_PATH:
             await self.app(scope, receive, send)
             return
         if self.lifecycle.draining:
@@ -177,6 +185,7 @@ class _DrainingServer(uvicorn.Server):
             logger.info("signal %s: draining (at most %.0f s, %d requests in flight)",
                         signal.Signals(sig).name, self.lifecycle.drain_seconds,
                         self.lifecycle.in_flight)
+            self.lifecycle.exiting = True
             self.lifecycle.begin_drain()
             self._drain = asyncio.run_coroutine_threadsafe(self._drain_then_exit(), self._loop)
             return

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from adapters.lora_format import read_lora_adapter
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import NullObserver
+from service.engine.engine import LoraEngine
 from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
 from service.engine.sampling import SamplingParams
+from tests.utils.engine import StepGate, make_engine
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_SPECS = {
@@ -47,29 +47,32 @@ def adapters(make_adapter) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     return {name: make_adapter(name, **spec) for name, spec in ADAPTER_SPECS.items()}
 
 
-def make_engine(base_dir: Path, **overrides: int) -> tuple[LoraEngine, object]:
-    model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    config = EngineConfig(**{"max_loras": 2, "max_lora_rank": 16, "max_batch_size": 8,
-                             "max_model_len": 128, **overrides})
-    engine = LoraEngine(model, tokenizer, config, NullObserver())
-    return engine, tokenizer
-
-
-async def run_request(engine: LoraEngine, name: str | None, adapters: dict[str, Path],
-                      prompt: list[int], rid: str) -> list[int]:
+async def generation_request(engine: LoraEngine, name: str | None,
+                             adapters: dict[str, Path], prompt: list[int],
+                             rid: str) -> GenerationRequest:
+    """A greedy request for ``NEW_TOKENS`` tokens with the adapter's weights read."""
     key = weights = None
     if name is not None:
         key = AdapterKey(name, "1")
         folder = adapters[name]
         weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
-    request = GenerationRequest(
+    return GenerationRequest(
         request_id=rid, prompt_ids=prompt, adapter=key, adapter_weights=weights,
         params=SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True),
     )
+
+
+async def collect_tokens(engine: LoraEngine, request: GenerationRequest) -> list[int]:
+    """Submit ``request`` and return its tokens (all ``NEW_TOKENS`` of them)."""
     result = await engine.submit(request).collect()
     assert result.completion_tokens == NEW_TOKENS
     return list(result.token_ids)
+
+
+async def run_request(engine: LoraEngine, name: str | None, adapters: dict[str, Path],
+                      prompt: list[int], rid: str) -> list[int]:
+    return await collect_tokens(
+        engine, await generation_request(engine, name, adapters, prompt, rid))
 
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48], [70, 71],
@@ -80,7 +83,7 @@ async def test_mixed_batch_matches_peft_with_eviction(tiny_base_dir: Path,
                                                       adapters: dict[str, Path]) -> None:
     """8 concurrent requests over 4 adapters and the base, with only 2 slots: every output
     equals PEFT's for that adapter alone, although slots are evicted and reused."""
-    engine, _ = make_engine(tiny_base_dir, max_loras=2)
+    engine = make_engine(tiny_base_dir, max_loras=2)
     engine.start()
     try:
         names: list[str | None] = ["qv-r4", "all-r8", "mlp-r2", "ko-r16", None,
@@ -102,20 +105,31 @@ async def test_mixed_batch_matches_peft_with_eviction(tiny_base_dir: Path,
 
 async def test_requests_joining_mid_generation_match_running_alone(
         tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
-    """Requests that arrive while others are decoding get the output they would alone."""
-    engine, _ = make_engine(tiny_base_dir, max_loras=4)
-    engine.start()
-    try:
-        first = [asyncio.create_task(run_request(engine, n, adapters, p, f"a{i}"))
-                 for i, (n, p) in enumerate([("qv-r4", PROMPTS[0]), ("all-r8", PROMPTS[1])])]
-        await asyncio.sleep(0.05)
-        second = [asyncio.create_task(run_request(engine, n, adapters, p, f"b{i}"))
-                  for i, (n, p) in enumerate([("mlp-r2", PROMPTS[2]), ("qv-r4", PROMPTS[3]),
-                                              (None, PROMPTS[4])])]
-        got = await asyncio.gather(*first, *second)
-    finally:
-        engine.stop()
+    """Requests that arrive while others are decoding get the output they would alone.
+
+    The engine thread is held after its third step (the first two requests have 3 of
+    their 10 tokens); the other three are queued then, so they join a running batch."""
+    gate = StepGate(pause_after=3)
+    engine = make_engine(tiny_base_dir, observer=gate, max_loras=4)
     specs = [("qv-r4", PROMPTS[0]), ("all-r8", PROMPTS[1]), ("mlp-r2", PROMPTS[2]),
              ("qv-r4", PROMPTS[3]), (None, PROMPTS[4])]
+    engine.start()
+    try:
+        # Weights are read (on the engine thread) before it is held.
+        requests = [await generation_request(engine, n, adapters, p, f"r{i}")
+                    for i, (n, p) in enumerate(specs)]
+        first = [asyncio.create_task(collect_tokens(engine, r)) for r in requests[:2]]
+        await gate.wait_paused()
+        assert not any(task.done() for task in first)
+        second = [asyncio.create_task(collect_tokens(engine, r)) for r in requests[2:]]
+        await asyncio.sleep(0)  # the tasks submit their requests
+        assert engine.scheduler.num_waiting == 3
+        gate.resume()
+        got = await asyncio.gather(*first, *second)
+    finally:
+        gate.resume()
+        engine.stop()
+    # It really joined: a step ran all five (the first two had at most 3 of 10 tokens).
+    assert max(gate.running_per_step) == 5, gate.running_per_step
     for (name, prompt), tokens in zip(specs, got, strict=True):
         assert tokens == peft_greedy(tiny_base_dir, adapters[name] if name else None, prompt)

@@ -59,7 +59,10 @@ def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
     """Factory starting the service (tiny fp32 model) with settings overrides."""
     servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
-    def start(**overrides: Any) -> LiveServer:
+    def start(*, loader: Callable[[Settings], LoadedBaseModel] | None = None,
+              wait: bool = True, **overrides: Any) -> LiveServer:
+        """``loader`` replaces the model loader; ``wait=False`` returns before /readyz is
+        200 (to observe the loading phase)."""
         values: dict[str, Any] = {
             "base_model": tiny_base_dir, "quantization": Quantization.FP32, "device": "cpu",
             "adapter_dir": tmp_path / "adapters", "max_batch_size": 8, "max_model_len": 256,
@@ -69,10 +72,10 @@ def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
         }
         settings = Settings(**values)
 
-        def loader(s: Settings) -> LoadedBaseModel:
+        def load(s: Settings) -> LoadedBaseModel:
             return load_base_model(s.base_model, s.quantization, s.device)
 
-        app = create_app(settings, loader=loader)
+        app = create_app(settings, loader=loader or load)
         # Port 0: the kernel picks a free port at bind time (no pick-then-bind race).
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                log_level="warning", lifespan="on"))
@@ -87,7 +90,8 @@ def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
         client = httpx.Client(base_url=url, timeout=60)
         servers.append((server, thread, client))
         live = LiveServer(url=url, settings=settings, client=client, app=app)
-        live.wait_ready()
+        if wait:
+            live.wait_ready()
         return live
 
     yield start

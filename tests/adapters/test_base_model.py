@@ -150,21 +150,29 @@ def test_nf4_loads_linear4bit_modules(tiny_base_dir: Path, wide_logits_base_dir:
     _assert_computes_its_4bit_weights(wide_logits_base_dir)
 
 
-def _assert_computes_its_4bit_weights(folder: Path) -> None:
+def _assert_computes_its_4bit_weights(folder: Path, device: str = "cpu") -> None:
     """The NF4 model computes what fp32 computes with its dequantized weights (only bf16
     compute error, measured max 0.1), and those weights really differ from the saved ones
     (NF4 rounding moves the logits by more than a whole unit)."""
-    model = load_base_model(folder, Quantization.NF4, "cpu").model
+    model = load_base_model(folder, Quantization.NF4, device).model
     dequantized = {
         name: bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float()
         for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     with torch.inference_mode():
-        logits = model(input_ids=IDS).logits.float()
-    as_quantized = _reference_logits(folder, IDS, dequantized)
+        logits = model(input_ids=IDS.to(device)).logits.float().cpu()
+    as_quantized = _reference_logits(folder, IDS, {k: w.cpu() for k, w in dequantized.items()})
     original = _reference_logits(folder, IDS)
     _check_signal(original)
     torch.testing.assert_close(logits, as_quantized, atol=0.3, rtol=0)
     assert (logits - original).abs().max().item() > 0.6  # it is not the fp32 model
+
+
+@pytest.mark.gpu
+def test_nf4_on_cuda_computes_its_4bit_weights(wide_logits_base_dir: Path) -> None:
+    """The product's design on CUDA: NF4 weights with the GPU kernels, same checks."""
+    loaded = load_base_model(wide_logits_base_dir, Quantization.NF4, "cuda")
+    assert loaded.info.device.startswith("cuda") and loaded.info.quantization is Quantization.NF4
+    _assert_computes_its_4bit_weights(wide_logits_base_dir, "cuda")
 
 
 def test_nf4_model_stays_trainable_after_load(tiny_base_dir: Path) -> None:

@@ -16,9 +16,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from adapters.demo import write_random_adapter
-from adapters.provision import fetch_base_model
 from tests.service.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from training.data import TextExample

@@ -24,12 +24,15 @@ class ServiceProcess:
     """One `loraswap serve` child process; output goes to a log file for failures.
 
     ``launcher``: the command before ``serve`` (default ``python -m loraswap.cli``; the
-    fault-injecting ``tests.utils.patched_serve`` for crash and network tests).
+    fault-injecting ``tests.utils.patched_serve`` for crash and network tests). ``unset``:
+    variables of ours the child must not inherit.
     """
 
     def __init__(self, env: dict[str, str], log_dir: Path,
-                 launcher: Sequence[str] = ("-m", "loraswap.cli")) -> None:
+                 launcher: Sequence[str] = ("-m", "loraswap.cli"),
+                 unset: Sequence[str] = ()) -> None:
         self._extra_env = env
+        self._unset = tuple(unset)
         self._launcher = list(launcher)
         self._log_path = Path(tempfile.mkstemp(prefix="serve-", suffix=".log", dir=log_dir)[1])
         self.process: subprocess.Popen[bytes] | None = None
@@ -51,7 +54,7 @@ class ServiceProcess:
 
     def _start_once(self, timeout: float) -> bool:
         self.port = free_port()
-        env = child_env({**self._extra_env, "LORASWAP_PORT": str(self.port)})
+        env = child_env({**self._extra_env, "LORASWAP_PORT": str(self.port)}, self._unset)
         with self._log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *self._launcher, "serve"], env=env, cwd=REPO_ROOT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -11,8 +12,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ISOLATED_ENV_PREFIXES = ("LORASWAP_", "AWS_")
 
 
-def child_env(extra: dict[str, str]) -> dict[str, str]:
+def child_env(extra: dict[str, str], unset: Sequence[str] = ()) -> dict[str, str]:
     """The environment for a child process: ours without ``LORASWAP_*``/``AWS_*`` (also
-    when called from a fixture set up before the autouse isolation), plus ``extra``."""
-    kept = {k: v for k, v in os.environ.items() if not k.startswith(ISOLATED_ENV_PREFIXES)}
+    when called from a fixture set up before the autouse isolation) and ``unset``, plus
+    ``extra``."""
+    kept = {k: v for k, v in os.environ.items()
+            if not k.startswith(ISOLATED_ENV_PREFIXES) and k not in unset}
     return {**kept, "PYTHONPATH": str(REPO_ROOT), **extra}

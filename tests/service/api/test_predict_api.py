@@ -252,7 +252,8 @@ def test_readyz_and_metrics_say_what_is_in_effect(live_server, make_adapter) -> 
         wait_for_metric(server.client, series)
 
 
-def test_adapter_replaced_on_disk_is_served_fresh(live_server, make_adapter, tmp_path, tiny_base_dir) -> None:  # type: ignore[no-untyped-def]
+def test_adapter_replaced_on_disk_is_served_fresh(  # type: ignore[no-untyped-def]
+        live_server, make_adapter, tmp_path, tiny_base_dir) -> None:
     folder = make_adapter("swap", rank=4, seed=1)
     replacement = make_adapter("other", rank=8, targets=ALL, seed=9, root=tmp_path / "spare")
     server = live_server()

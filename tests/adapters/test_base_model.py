@@ -15,7 +15,6 @@ from transformers import LlamaForCausalLM
 
 from adapters import base_model
 from adapters.base_model import (
-    DEFAULT_BASE_MODEL_DIR,
     MANIFEST_NAME,
     BaseModelInfo,
     Quantization,
@@ -53,12 +52,6 @@ IDS = torch.tensor([[1, 5, 9, 17, 30, 41]])
 def _check_signal(reference: torch.Tensor) -> None:
     """Guard: the logits really are spread widely (the tolerances below assume it)."""
     assert reference.std().item() > 2.0
-
-
-def test_default_dir_is_under_the_user_cache() -> None:
-    assert Path.home() / ".cache" / "loraswap" / "models" / "SmolLM2-135M-Instruct" == (
-        DEFAULT_BASE_MODEL_DIR
-    )
 
 
 def test_resolve_device() -> None:

@@ -103,7 +103,7 @@ def test_eight_concurrent_requests_over_four_adapters_match_peft(
     jobs = [(name, PROMPTS[i % len(PROMPTS)]) for i, name in enumerate(list(ADAPTERS) * 2)]
 
     async def send_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server, timeout=300) as client:
+        async with httpx.AsyncClient(base_url=server, timeout=600) as client:
             return await asyncio.gather(*(
                 client.post("/v1/predict", json={
                     "adapter": name, "inputs": prompt,

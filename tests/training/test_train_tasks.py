@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from adapters.package import (
     package_file_digests,
     read_manifest,
 )
+from tests.training.conftest import NEGATIVE, POSITIVE
 from training.config import TrainConfig
 from training.runner import run_training
 
@@ -83,8 +85,19 @@ def test_package_is_complete_and_readable(
         assert set(profile["label_distribution"]["counts"]) == set(labels)
 
 
-def test_seq_cls_learns_a_separable_task(make_config: ConfigFactory, csv_data: Path) -> None:
-    cfg = make_config("seq-cls", csv_data, max_steps=None, epochs=6, eval_data=csv_data,
+def test_seq_cls_learns_a_separable_task(make_config: ConfigFactory, csv_data: Path,
+                                        tmp_path: Path) -> None:
+    """Judged on rows it never trained on (the same phrases with numbers it never saw)."""
+    held_out = tmp_path / "held_out.csv"
+    with held_out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(100, 110):
+            writer.writerow([f"{POSITIVE[i % 3]} {i}", "pos"])
+            writer.writerow([f"{NEGATIVE[i % 3]} {i}", "neg"])
+    assert not set(held_out.read_text().splitlines()[1:]) & set(
+        csv_data.read_text().splitlines()[1:])
+    cfg = make_config("seq-cls", csv_data, max_steps=None, epochs=6, eval_data=held_out,
                       baseline=True)
     manifest = run_training(cfg).manifest
     assert manifest.metrics["accuracy"] == 1.0

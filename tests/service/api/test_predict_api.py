@@ -35,8 +35,9 @@ def peft_text(base_dir: Path, adapter_dir: Path | None, prompt: str, new_tokens:
     return str(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
 
 
-def wait_for_metric(client: httpx.Client, series: str, timeout: float = 5.0) -> None:
-    """Poll /metrics until ``series`` appears (metrics are recorded as responses finish)."""
+def wait_for_metric(client: httpx.Client, series: str, timeout: float = 60.0) -> None:
+    """Poll /metrics until ``series`` appears (metrics are recorded as responses finish);
+    ``timeout`` only ends a hang on an overloaded machine."""
     for _ in range(int(timeout / 0.05)):
         if series in client.get("/metrics").text:
             return

@@ -141,13 +141,18 @@ def test_classification_and_generation_run_side_by_side(
 def test_generation_answers_carry_task_and_version(live_server, make_adapter) -> None:  # type: ignore[no-untyped-def]
     make_adapter("writer", seed=7)
     server = live_server()
-    base = post(server.client, {"inputs": "hi", "parameters": {"max_new_tokens": 2}}).json()
+    params = {"max_new_tokens": 8, "ignore_eos": True}
+    base = post(server.client, {"inputs": "hi", "parameters": params}).json()
     assert set(base) == RESPONSE_KEYS
     assert (base["task"], base["adapter"], base["adapter_version"]) == ("causal-lm", None, None)
-    assert set(base["outputs"][0]) == {"text", "tokens", "finish_reason"}
+    assert base["outputs"][0]["tokens"] == 8 and base["outputs"][0]["finish_reason"] == "length"
+    assert base["usage"]["completion_tokens"] == 8
     adapted = post(server.client, {"adapter": "writer", "inputs": "hi",
-                                   "parameters": {"max_new_tokens": 2}}).json()
-    assert adapted["task"] == "causal-lm" and adapted["adapter_version"]
+                                   "parameters": params}).json()
+    assert (adapted["task"], adapted["adapter"]) == ("causal-lm", "writer")
+    assert adapted["adapter_version"]
+    # The answer named as the adapter's is the adapter's: it differs from the base's.
+    assert adapted["outputs"][0]["text"] != base["outputs"][0]["text"]
 
 
 def test_classification_refuses_what_does_not_apply(

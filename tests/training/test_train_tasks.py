@@ -104,8 +104,20 @@ def test_seq_cls_learns_a_separable_task(make_config: ConfigFactory, csv_data: P
     assert manifest.metrics["eval_loss"] < manifest.metrics["baseline_eval_loss"]
 
 
-def test_causal_lm_lowers_the_held_out_loss(make_config: ConfigFactory, sft_data: Path) -> None:
-    cfg = make_config("causal-lm", sft_data, max_steps=12, baseline=True, learning_rate=1e-2)
+def test_causal_lm_lowers_the_held_out_loss(make_config: ConfigFactory, sft_data: Path,
+                                            tmp_path: Path) -> None:
+    """Held out: instructions worded differently from every training record (the
+    fixture's records repeat, so a split of them would share rows with training)."""
+    held_out = tmp_path / "held_out.jsonl"
+    rows = [{"instruction": "list the three primary colors", "input": "",
+             "output": "red, yellow and blue"},
+            {"instruction": "which city is the capital of france?", "input": "",
+             "output": "paris is the capital of france."}]
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert not {r["instruction"] for r in rows} & {
+        json.loads(line)["instruction"] for line in sft_data.read_text().splitlines()}
+    cfg = make_config("causal-lm", sft_data, max_steps=12, baseline=True, learning_rate=1e-2,
+                      eval_data=held_out)
     metrics = run_training(cfg).manifest.metrics
     assert metrics["eval_loss"] < metrics["baseline_eval_loss"]
 

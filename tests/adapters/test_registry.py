@@ -22,18 +22,9 @@ from adapters.store import FileSystemStore, ObjectStore
 from adapters.validation import BaseModelFingerprint, ValidationLimits
 from tests.adapters.conftest import PackageBuilder, snapshot
 from tests.s3_server import S3Server
+from tests.utils.clock import FakeClock
 
 pytestmark = pytest.mark.integration  # the "s3" parameter runs a real SeaweedFS process
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_registry(store: ObjectStore, base: BaseModelFingerprint, cache: Path,

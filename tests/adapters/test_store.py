@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from adapters.errors import ConfigurationError, NotFoundError, StoreError
 from adapters.store import (
@@ -73,8 +77,11 @@ def test_create_exclusive_only_once(store: ObjectStore) -> None:
     assert store.get("claims/00000001") == b"first"
 
 
+CONCURRENT_WRITERS = 16  # docs/adapter-format.md states this number
+
+
 def test_create_exclusive_race_has_one_winner(store: ObjectStore) -> None:
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(CONCURRENT_WRITERS)
     wins: list[int] = []
 
     def contend(i: int) -> None:
@@ -82,7 +89,7 @@ def test_create_exclusive_race_has_one_winner(store: ObjectStore) -> None:
         if store.create_exclusive("race/key", str(i).encode()):
             wins.append(i)
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(CONCURRENT_WRITERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -197,3 +204,36 @@ def test_observed_store_reports_each_operation(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         store.get("../bad")
     assert seen == [("put", True), ("get", True), ("get", True), ("get", False)]
+
+
+class _NoConditionalPut:
+    """A boto3 S3 client whose server answers 501 NotImplemented to ``If-None-Match``."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.conditional_attempts = 0
+
+    def put_object(self, **kwargs: Any) -> Any:
+        if "IfNoneMatch" in kwargs:
+            self.conditional_attempts += 1
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no"},
+                               "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+        return self._client.put_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_s3_without_conditional_put_falls_back_once_detected(
+        s3_env: None, s3_bucket: str) -> None:
+    """A server answering 501 to a conditional PUT: detected on the first exclusive create,
+    which still succeeds; later creates use HEAD-then-PUT without asking again, and an
+    existing key is still refused."""
+    client = _NoConditionalPut(boto3.session.Session().client("s3"))
+    store = S3Store(s3_bucket, f"no-conditional-{uuid.uuid4().hex}", client=client)
+    assert store.create_exclusive("claims/00000001", b"first")
+    assert store.get("claims/00000001") == b"first"
+    assert not store.create_exclusive("claims/00000001", b"second")
+    assert store.get("claims/00000001") == b"first"
+    assert store.create_exclusive("claims/00000002", b"other")
+    assert client.conditional_attempts == 1

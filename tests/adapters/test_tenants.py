@@ -11,21 +11,14 @@ import pytest
 from adapters.errors import ConflictError, InvalidRequestError, NotFoundError
 from adapters.store import FileSystemStore, ObjectStore, ObservedStore
 from adapters.tenants import TenantDirectory, TenantPolicy, parse_policy
+from tests.utils.clock import FakeClock
 
 pytestmark = pytest.mark.integration  # the "s3" parameter runs a real SeaweedFS process
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def directory(store: ObjectStore) -> TenantDirectory:
-    return TenantDirectory(store, refresh_seconds=2.0, clock=FakeClock())
+    return TenantDirectory(store, refresh_seconds=2.0, clock=FakeClock(50.0))
 
 
 def test_create_authenticate_and_store_only_digests(directory: TenantDirectory) -> None:

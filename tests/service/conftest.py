@@ -22,7 +22,8 @@ from service.settings import Settings
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now (for child processes that cannot report the
+    port they bound; in-process servers bind port 0 instead)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -58,33 +59,39 @@ def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
     """Factory starting the service (tiny fp32 model) with settings overrides."""
     servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
-    def start(**overrides: Any) -> LiveServer:
-        port = free_port()
+    def start(*, loader: Callable[[Settings], LoadedBaseModel] | None = None,
+              wait: bool = True, **overrides: Any) -> LiveServer:
+        """``loader`` replaces the model loader; ``wait=False`` returns before /readyz is
+        200 (to observe the loading phase)."""
         values: dict[str, Any] = {
             "base_model": tiny_base_dir, "quantization": Quantization.FP32, "device": "cpu",
             "adapter_dir": tmp_path / "adapters", "max_batch_size": 8, "max_model_len": 256,
-            "max_input_tokens": 128, "port": port,
+            "max_input_tokens": 128,
             "store_uri": (tmp_path / "store").as_uri(), "adapter_cache_dir": tmp_path / "cache",
             "dev_mode": True, "registry_refresh_seconds": 0.5, **overrides,
         }
         settings = Settings(**values)
 
-        def loader(s: Settings) -> LoadedBaseModel:
+        def load(s: Settings) -> LoadedBaseModel:
             return load_base_model(s.base_model, s.quantization, s.device)
 
-        app = create_app(settings, loader=loader)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+        app = create_app(settings, loader=loader or load)
+        # Port 0: the kernel picks a free port at bind time (no pick-then-bind race).
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert server.started, "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}"
         client = httpx.Client(base_url=url, timeout=60)
         servers.append((server, thread, client))
         live = LiveServer(url=url, settings=settings, client=client, app=app)
-        live.wait_ready()
+        if wait:
+            live.wait_ready()
         return live
 
     yield start

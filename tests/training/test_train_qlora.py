@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from adapters.package import read_manifest
 from training.config import TrainConfig
 from training.runner import run_training
@@ -40,12 +39,11 @@ def test_qlora_trains_lora_factors_over_an_nf4_base(make_config: ConfigFactory,
     assert lora_b and all(float(t.abs().sum()) > 0 for t in lora_b)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not DEFAULT_BASE_MODEL_DIR.is_dir(), reason="SmolLM2 not fetched")
 def test_qlora_on_smollm2_moves_every_lora_b(csv_data: Path, tmp_path: Path,
-                                             make_config: ConfigFactory) -> None:
+                                             make_config: ConfigFactory,
+                                             real_model_dir: Path) -> None:
     cfg = make_config("seq-cls", csv_data, qlora=True, max_steps=2, batch_size=4,
-                      base_model=DEFAULT_BASE_MODEL_DIR, output=tmp_path / "real")
+                      base_model=real_model_dir, output=tmp_path / "real")
     tensors = load_file(str(run_training(cfg).output / "adapter_model.safetensors"))
     lora_b = [t for k, t in tensors.items() if "lora_B" in k]
     assert len(lora_b) == 30 * 7

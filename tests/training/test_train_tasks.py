@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from adapters.package import (
     package_file_digests,
     read_manifest,
 )
+from tests.training.conftest import NEGATIVE, POSITIVE
 from training.config import TrainConfig
 from training.runner import run_training
 
@@ -83,16 +85,39 @@ def test_package_is_complete_and_readable(
         assert set(profile["label_distribution"]["counts"]) == set(labels)
 
 
-def test_seq_cls_learns_a_separable_task(make_config: ConfigFactory, csv_data: Path) -> None:
-    cfg = make_config("seq-cls", csv_data, max_steps=None, epochs=6, eval_data=csv_data,
+def test_seq_cls_learns_a_separable_task(make_config: ConfigFactory, csv_data: Path,
+                                        tmp_path: Path) -> None:
+    """Judged on rows it never trained on (the same phrases with numbers it never saw)."""
+    held_out = tmp_path / "held_out.csv"
+    with held_out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(100, 110):
+            writer.writerow([f"{POSITIVE[i % 3]} {i}", "pos"])
+            writer.writerow([f"{NEGATIVE[i % 3]} {i}", "neg"])
+    assert not set(held_out.read_text().splitlines()[1:]) & set(
+        csv_data.read_text().splitlines()[1:])
+    cfg = make_config("seq-cls", csv_data, max_steps=None, epochs=6, eval_data=held_out,
                       baseline=True)
     manifest = run_training(cfg).manifest
     assert manifest.metrics["accuracy"] == 1.0
     assert manifest.metrics["eval_loss"] < manifest.metrics["baseline_eval_loss"]
 
 
-def test_causal_lm_lowers_the_held_out_loss(make_config: ConfigFactory, sft_data: Path) -> None:
-    cfg = make_config("causal-lm", sft_data, max_steps=12, baseline=True, learning_rate=1e-2)
+def test_causal_lm_lowers_the_held_out_loss(make_config: ConfigFactory, sft_data: Path,
+                                            tmp_path: Path) -> None:
+    """Held out: instructions worded differently from every training record (the
+    fixture's records repeat, so a split of them would share rows with training)."""
+    held_out = tmp_path / "held_out.jsonl"
+    rows = [{"instruction": "list the three primary colors", "input": "",
+             "output": "red, yellow and blue"},
+            {"instruction": "which city is the capital of france?", "input": "",
+             "output": "paris is the capital of france."}]
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert not {r["instruction"] for r in rows} & {
+        json.loads(line)["instruction"] for line in sft_data.read_text().splitlines()}
+    cfg = make_config("causal-lm", sft_data, max_steps=12, baseline=True, learning_rate=1e-2,
+                      eval_data=held_out)
     metrics = run_training(cfg).manifest.metrics
     assert metrics["eval_loss"] < metrics["baseline_eval_loss"]
 

@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from service.api.classification import merge_entities, sequence_output, split_tag
+from tests.utils.entities import expected_spans
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "paris is the capital of france"]
 NER_TEXT = "name three primary colors: red, yellow and blue"
@@ -86,17 +87,18 @@ def test_token_cls_answers_entities_with_character_offsets(
         assert not entity["text"][0].isspace()
         assert entity["label"] in {"COLOR", "NUM"}
         assert 0 < entity["score"] <= 1
-    # The same spans as PEFT's token probabilities merged by the documented rules.
+    # The spans of PEFT's per-token labels, chunked by seqeval (tests/utils/entities.py,
+    # no service code); each score is the mean of PEFT's probabilities over the span.
     probs = peft_probs(tiny_base_dir, folder, NER_TEXT)
-    encoded = AutoTokenizer.from_pretrained(tiny_base_dir)(
-        NER_TEXT, return_offsets_mapping=True)
+    offsets = [tuple(pair) for pair in AutoTokenizer.from_pretrained(tiny_base_dir)(
+        NER_TEXT, return_offsets_mapping=True)["offset_mapping"]]
     best = probs.argmax(-1).tolist()
-    expected = merge_entities(NER_TEXT, encoded["offset_mapping"], [labels[i] for i in best],
-                              [float(probs[t, i]) for t, i in enumerate(best)])
-    assert [(e["label"], e["start"], e["end"]) for e in entities] == [
-        (e.label, e.start, e.end) for e in expected]
-    assert [e["score"] for e in entities] == pytest.approx([e.score for e in expected],
-                                                           abs=1e-5)
+    expected = expected_spans(NER_TEXT, offsets, [labels[i] for i in best])
+    assert [(e["text"], e["label"], e["start"], e["end"]) for e in entities] == [
+        span[:4] for span in expected]
+    for entity, span in zip(entities, expected, strict=True):
+        mean = sum(float(probs[t, best[t]]) for t in span.tokens) / len(span.tokens)
+        assert entity["score"] == pytest.approx(mean, abs=1e-5)
 
 
 def test_classification_and_generation_run_side_by_side(
@@ -139,13 +141,18 @@ def test_classification_and_generation_run_side_by_side(
 def test_generation_answers_carry_task_and_version(live_server, make_adapter) -> None:  # type: ignore[no-untyped-def]
     make_adapter("writer", seed=7)
     server = live_server()
-    base = post(server.client, {"inputs": "hi", "parameters": {"max_new_tokens": 2}}).json()
+    params = {"max_new_tokens": 8, "ignore_eos": True}
+    base = post(server.client, {"inputs": "hi", "parameters": params}).json()
     assert set(base) == RESPONSE_KEYS
     assert (base["task"], base["adapter"], base["adapter_version"]) == ("causal-lm", None, None)
-    assert set(base["outputs"][0]) == {"text", "tokens", "finish_reason"}
+    assert base["outputs"][0]["tokens"] == 8 and base["outputs"][0]["finish_reason"] == "length"
+    assert base["usage"]["completion_tokens"] == 8
     adapted = post(server.client, {"adapter": "writer", "inputs": "hi",
-                                   "parameters": {"max_new_tokens": 2}}).json()
-    assert adapted["task"] == "causal-lm" and adapted["adapter_version"]
+                                   "parameters": params}).json()
+    assert (adapted["task"], adapted["adapter"]) == ("causal-lm", "writer")
+    assert adapted["adapter_version"]
+    # The answer named as the adapter's is the adapter's: it differs from the base's.
+    assert adapted["outputs"][0]["text"] != base["outputs"][0]["text"]
 
 
 def test_classification_refuses_what_does_not_apply(

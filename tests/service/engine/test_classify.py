@@ -3,30 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
-from functools import partial
+from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
+from transformers import (
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+)
 
 from adapters.errors import OverloadedError, RequestCancelledError
 from adapters.lora_format import read_lora_adapter
-from service.engine.classify import pooled_position
+from adapters.package import AttentionMode, TaskKind, read_manifest
+from service.engine.classify import (
+    ClassificationRequest,
+    ClassificationResult,
+    ClassificationStream,
+    pooled_position,
+)
 from service.engine.engine import LoraEngine
+from service.engine.observer import EngineObserver
 from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
 from service.engine.sampling import SamplingParams
-from tests.service.engine import references
-from tests.service.engine.references import (
-    PAD,
-    assert_matches_peft,
-    peft_probs,
-    results_of,
-    submit_classify,
-)
+from tests.utils.engine import StepGate
+from tests.utils.engine import make_engine as make_shared_engine
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PAD = 2  # the tiny base's config.pad_token_id
 NEW_TOKENS = 12
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48],
            [70, 71, 72, 73, PAD]]  # the last ends in the pad token: pooled one token earlier
@@ -46,11 +55,84 @@ def adapters(make_classifier_adapter, make_adapter) -> dict[str, Path]:  # type:
     }
 
 
-make_engine = partial(references.make_engine, max_batch_size=4)
+def task_of(folder: Path) -> TaskKind:
+    return TaskKind(json.loads((folder / "loraswap.json").read_text())["task"])
+
+
+def attention_of(folder: Path) -> AttentionMode:
+    return read_manifest(folder).attention
+
+
+@cache
+def peft_model(base_dir: Path, folder: Path, lora: bool = True) -> torch.nn.Module:
+    """The reference: transformers' classification model with the PEFT adapter, fp32.
+
+    ``lora=False`` zeroes the LoRA factors but keeps the adapter's head.
+    """
+    manifest = json.loads((folder / "loraswap.json").read_text())
+    model_class = (LlamaForSequenceClassification if manifest["task"] == "seq-cls"
+                   else LlamaForTokenClassification)
+    model = model_class.from_pretrained(base_dir, num_labels=len(manifest["labels"]),
+                                        dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(model, folder).eval()
+    if not lora:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.zero_()
+    return model
+
+
+def peft_probs(base_dir: Path, folder: Path, prompt: list[int], lora: bool = True,
+               ) -> torch.Tensor:
+    """PEFT's softmax: [num_labels] for seq-cls, [tokens, num_labels] for token-cls."""
+    model = peft_model(base_dir, folder, lora)
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+    if attention_of(folder) is AttentionMode.BIDIRECTIONAL:
+        # transformers uses a 4D mask as given: every token sees every token.
+        mask = mask.bool()[:, None, None, :].expand(1, 1, len(prompt), len(prompt))
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask).logits[0]
+    return torch.softmax(logits.float(), dim=-1)
 
 
 def peft_greedy(base_dir: Path, folder: Path, prompt: list[int]) -> list[int]:
-    return references.peft_greedy(base_dir, folder, prompt, NEW_TOKENS)
+    model = PeftModel.from_pretrained(
+        LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32), folder).eval()
+    model.generation_config.eos_token_id = None
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                             do_sample=False, pad_token_id=PAD)
+    return list(out[0, len(prompt):].tolist())
+
+
+def make_engine(base_dir: Path, observer: EngineObserver | None = None,
+                **overrides: int) -> LoraEngine:
+    """The shared engine helper with this file's batch size (4) unless overridden."""
+    return make_shared_engine(base_dir, observer, **{"max_batch_size": 4, **overrides})
+
+
+async def read_weights(engine: LoraEngine, adapters: dict[str, Path], *names: str) -> None:
+    """Put ``names`` in the host tier now, so later submits need no engine-thread call
+    (the engine thread may be held by a :class:`StepGate`)."""
+    for name in names:
+        folder = adapters[name]
+        await engine.adapter_weights(AdapterKey(name, "1"),
+                                     lambda f=folder, n=name: read_lora_adapter(f, n))
+
+
+async def submit_classify(engine: LoraEngine, name: str, folder: Path, prompt: list[int],
+                          rid: str) -> ClassificationStream:
+    key = AdapterKey(name, "1")
+    weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder, name))
+    return engine.classify(ClassificationRequest(
+        request_id=rid, prompt_ids=prompt, task=task_of(folder), adapter=key,
+        adapter_weights=weights, fairness_key=name, attention=attention_of(folder)))
+
+
+async def results_of(streams: list[ClassificationStream]) -> list[ClassificationResult]:
+    return list(await asyncio.gather(*(s.result() for s in streams)))
 
 
 async def submit_generate(engine: LoraEngine, folder: Path, prompt: list[int],
@@ -67,18 +149,32 @@ async def submit_generate(engine: LoraEngine, folder: Path, prompt: list[int],
     return asyncio.ensure_future(tokens())
 
 
-def count_encodes(engine: LoraEngine) -> list[int]:
-    """Record how many prompts each classification forward pass carries."""
+def count_encodes(engine: LoraEngine, running: list[int] | None = None) -> list[int]:
+    """Record how many prompts each classification forward pass carries (and, in
+    ``running``, how many generations were mid-decode at that moment)."""
     calls: list[int] = []
     encode: Callable[..., torch.Tensor] = engine.runner.encode
 
     def counting(prompts: list[list[int]], slots: list[int],
                  bidirectional: list[bool] | None = None) -> torch.Tensor:
         calls.append(len(prompts))
+        if running is not None:
+            running.append(engine.scheduler.num_running)
         return encode(prompts, slots, bidirectional)
 
     engine.runner.encode = counting  # type: ignore[method-assign]
     return calls
+
+
+def assert_matches_peft(base_dir: Path, folder: Path, prompt: list[int],
+                        result: ClassificationResult) -> None:
+    expected = peft_probs(base_dir, folder, prompt)
+    got = torch.tensor(result.probs)
+    if task_of(folder) is TaskKind.SEQ_CLS:
+        got = got[0]
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    assert result.prompt_tokens == len(prompt)
 
 
 async def test_mixed_batch_matches_peft(tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
@@ -114,25 +210,32 @@ async def test_mixed_batch_matches_peft(tiny_base_dir: Path, adapters: dict[str,
 async def test_classification_joins_generation_and_reuses_slots(
         tiny_base_dir: Path, adapters: dict[str, Path]) -> None:
     """With 2 slots and a generation holding one, three classification adapters arriving
-    mid-generation share the other slot in turn (each with its own head) and still equal
-    PEFT; the generation is unaffected."""
-    engine = make_engine(tiny_base_dir, max_loras=2)
-    calls = count_encodes(engine)
+    mid-generation (the engine is held after 2 of its 12 tokens) share the other slot in
+    turn (each with its own head) and still equal PEFT; the generation is unaffected."""
+    gate = StepGate(pause_after=2)
+    engine = make_engine(tiny_base_dir, observer=gate, max_loras=2)
+    running: list[int] = []
+    calls = count_encodes(engine, running)
+    jobs = [("sentiment", PROMPTS[1]), ("ner", PROMPTS[0]), ("topic", PROMPTS[3]),
+            ("sentiment", PROMPTS[2])]
     engine.start()
     try:
+        await read_weights(engine, adapters, "sentiment", "ner", "topic")
         generation = await submit_generate(engine, adapters["writer"], PROMPTS[2])
-        await asyncio.sleep(0.05)
-        jobs = [("sentiment", PROMPTS[1]), ("ner", PROMPTS[0]), ("topic", PROMPTS[3]),
-                ("sentiment", PROMPTS[2])]
+        await gate.wait_paused()
         pending = [await submit_classify(engine, n, adapters[n], p, f"c{i}")
                    for i, (n, p) in enumerate(jobs)]
+        gate.resume()
         results = await results_of(pending)
         tokens = await generation
     finally:
+        gate.resume()
         engine.stop()
     for (name, prompt), result in zip(jobs, results, strict=True):
         assert_matches_peft(tiny_base_dir, adapters[name], prompt, result)
     assert tokens == peft_greedy(tiny_base_dir, adapters["writer"], PROMPTS[2])
+    # Every classification pass ran while the generation was decoding.
+    assert running and all(n == 1 for n in running), running
     # Three adapters, at most two free slots (one while the generation runs): they took
     # turns, each slot reloaded with another adapter and its head.
     assert len(calls) >= 2
@@ -142,24 +245,32 @@ async def test_classification_needs_no_cache_row(tiny_base_dir: Path,
                                                  adapters: dict[str, Path]) -> None:
     """Every cache row is busy and another generation waits for one: a classification
     request still runs at once, while the generation goes on."""
-    engine = make_engine(tiny_base_dir, max_batch_size=1, max_model_len=512)
+    gate = StepGate(pause_after=2)
+    engine = make_engine(tiny_base_dir, observer=gate, max_batch_size=1, max_model_len=512)
+    running: list[int] = []
+    count_encodes(engine, running)
     engine.start()
     try:
+        await read_weights(engine, adapters, "ner")
         key = AdapterKey("writer", "1")
         weights = await engine.adapter_weights(key, lambda: read_lora_adapter(adapters["writer"]))
         streams = [engine.submit(GenerationRequest(
             request_id=f"g{i}", prompt_ids=PROMPTS[0], adapter=key, adapter_weights=weights,
             params=SamplingParams(max_new_tokens=400, ignore_eos=True))) for i in range(2)]
         long_runs = [asyncio.ensure_future(s.collect()) for s in streams]
-        await asyncio.sleep(0.05)
+        await gate.wait_paused()
+        assert engine.scheduler.num_running == 1 and engine.scheduler.num_waiting == 1
         stream = await submit_classify(engine, "ner", adapters["ner"], PROMPTS[1], "c")
+        gate.resume()
         result = await stream.result()
         assert not long_runs[0].done() and engine.scheduler.num_waiting == 1
         for generation in streams:
             engine.cancel(generation)
         await asyncio.gather(*long_runs, return_exceptions=True)
     finally:
+        gate.resume()
         engine.stop()
+    assert running == [1]  # it ran beside the generation that holds the only row
     assert_matches_peft(tiny_base_dir, adapters["ner"], PROMPTS[1], result)
 
 

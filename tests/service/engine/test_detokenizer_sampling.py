@@ -55,3 +55,27 @@ def test_sampling_is_reproducible_per_seed_and_greedy_is_argmax() -> None:
 def test_invalid_sampling_parameters_name_the_field(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(InvalidRequestError, match=message):
         SamplingParams(**kwargs)
+
+
+def _frequencies(params: SamplingParams, logits: torch.Tensor, draws: int = 4000) -> torch.Tensor:
+    sampler = TokenSampler(params)
+    counts = torch.zeros(logits.numel())
+    for _ in range(draws):
+        counts[sampler.sample(logits)] += 1
+    return counts / draws
+
+
+def test_sampling_follows_the_tempered_distribution_and_top_p() -> None:
+    """Seeded draws (so the test is deterministic) land on every token as often as the
+    softmax of logits / temperature says (±0.03 over 4000 draws; an argmax sampler would
+    put all mass on one token), and top_p keeps only the smallest head reaching it."""
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    logits = probs.log()
+    plain = _frequencies(SamplingParams(temperature=1.0, seed=3), logits)
+    torch.testing.assert_close(plain, probs, atol=0.03, rtol=0)
+    hot = _frequencies(SamplingParams(temperature=2.0, seed=4), logits)
+    torch.testing.assert_close(hot, torch.softmax(logits / 2.0, dim=-1), atol=0.03, rtol=0)
+    assert hot[0] > plain[0] + 0.04  # temperature really flattens it
+    head = _frequencies(SamplingParams(temperature=1.0, top_p=0.5, seed=5), logits)
+    # 0.4 alone is below 0.5, 0.4 + 0.3 reaches it: tokens 3 and 2, renormalized.
+    torch.testing.assert_close(head, torch.tensor([0.0, 0.0, 3 / 7, 4 / 7]), atol=0.03, rtol=0)

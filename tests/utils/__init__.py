@@ -1,0 +1,1 @@
+"""Helpers shared by the test packages (clocks, engines, gates); no fixtures live here."""

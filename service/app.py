@@ -28,6 +28,9 @@ from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import TenantAuthenticator, log_auth_mode
+from service.drift.pipeline import build_drift
+from service.drift.routes import admin_router as drift_admin_router
+from service.drift.routes import router as drift_router
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
 from service.limits import TenantLimiter
@@ -78,16 +81,19 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
         max_new_tokens=settings.max_new_tokens_limit,
     ))
     generation = GenerationService(engine, state.resolver, state.metrics)
+    # Drift monitoring, capture and feedback (service/drift): off unless enabled.
+    drift = (build_drift(settings, registry, state.tenants, state.metrics.registry)
+             if settings.drift_enabled else None)
     # Pins and gauges need not be fresher than active versions: twice the refresh interval.
     watcher = RegistryWatcher(registry, state.resolver, engine, state.metrics,
                               interval=max(1.0, 2 * settings.registry_refresh_seconds))
     return ServingComponents(
         info=loaded.info, engine=engine, prompts=prompts, generation=generation,
-        predict=PredictService(generation, prompts),
+        predict=PredictService(generation, prompts, sink=drift),
         openai=OpenAIServing(generation, prompts, loaded.info.name),
         admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
                            watcher),
-        watcher=watcher,
+        watcher=watcher, drift=drift,
     )
 
 
@@ -98,6 +104,8 @@ async def _load(settings: Settings, state: ServiceState, loader: ModelLoader,
         loaded = await thread.run(lambda: loader(settings))
         components = await thread.run(lambda: build_components(settings, loaded, state, thread))
         components.engine.start()
+        if components.drift is not None:
+            components.drift.start()
     except Exception as exc:
         state.status, state.error = "failed", str(exc)
         logger.exception("loading the base model failed")
@@ -154,6 +162,8 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            if state.components is not None and state.components.drift is not None:
+                await asyncio.to_thread(state.components.drift.stop)
             await asyncio.to_thread(thread.stop)
 
     app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan,
@@ -164,6 +174,8 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings,
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(admin_router)
+    app.include_router(drift_router)  # /v1/feedback (service/drift)
+    app.include_router(drift_admin_router)  # /admin/retrain (service/drift)
 
     @app.middleware("http")
     async def record_metrics(request: Request,

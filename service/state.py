@@ -16,6 +16,7 @@ from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import Authenticator
+from service.drift.pipeline import DriftPipeline
 from service.engine.engine import LoraEngine
 from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
@@ -35,6 +36,7 @@ class ServingComponents:
     openai: OpenAIServing
     admin: AdminService
     watcher: RegistryWatcher
+    drift: DriftPipeline | None = None  # LORASWAP_DRIFT_ENABLED (service/drift)
 
 
 @dataclass

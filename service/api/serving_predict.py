@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from adapters.errors import InvalidRequestError, LoraswapError
@@ -33,6 +33,7 @@ from service.api.protocol import (
     TokenClassOutput,
     Usage,
 )
+from service.drift.records import PredictionSink, submit_answer
 from service.engine.classify import ClassificationResult
 from service.engine.requests import GenerationEvent
 
@@ -60,6 +61,9 @@ class PreparedPredict:
     request_id: str
     target: ResolvedTarget
     batch: SubmittedBatch
+    # Drift/capture seam (service/drift): the input texts and where answers are recorded.
+    texts: list[str] = field(default_factory=list)
+    sink: PredictionSink | None = None
 
     def response(self, results: list[GenerationEvent]) -> PredictResponse:
         """The JSON answer for finished results."""
@@ -79,7 +83,10 @@ class PreparedPredict:
 
     async def collect(self) -> PredictResponse:
         """Wait for every output."""
-        return self.response(await self.batch.collect())
+        results = await self.batch.collect()
+        response = self.response(results)
+        submit_answer(self.sink, response, self.texts, results)  # drift/capture seam
+        return response
 
     async def sse(self) -> AsyncIterator[str]:
         """Server-sent events: ``token`` per chunk, then ``done`` with outputs and usage."""
@@ -99,7 +106,9 @@ class PreparedPredict:
             yield _sse("error", {"error": {"code": exc.code, "message": exc.message}})
             return
         done = [f for f in finals if f is not None]
-        yield _sse("done", self.response(done).model_dump())
+        response = self.response(done)
+        submit_answer(self.sink, response, self.texts, done)  # drift/capture seam
+        yield _sse("done", response.model_dump())
 
 
 @dataclass
@@ -111,6 +120,7 @@ class PreparedClassification:
     labels: list[str]
     inputs: list[EncodedInput]
     batch: ClassificationBatch
+    sink: PredictionSink | None = None  # drift/capture seam (service/drift)
 
     def response(self, results: list[ClassificationResult]) -> PredictResponse:
         """Per input: the label and scores (seq-cls) or the entities (token-cls)."""
@@ -129,7 +139,10 @@ class PreparedClassification:
 
     async def collect(self) -> PredictResponse:
         """Wait for every input's result."""
-        return self.response(await self.batch.collect())
+        results = await self.batch.collect()
+        response = self.response(results)
+        submit_answer(self.sink, response, [i.text for i in self.inputs], results)  # drift
+        return response
 
     async def sse(self) -> AsyncIterator[str]:
         """One ``done`` event with the whole answer (``stream`` is refused up front)."""
@@ -163,12 +176,24 @@ def check_classification_body(body: PredictRequest, adapter: str, task: TaskKind
     return texts
 
 
+def input_texts(body: PredictRequest) -> list[str]:
+    """Each prompt's input as text, for drift capture (a chat is one JSON input)."""
+    if isinstance(body.inputs, str):
+        return [body.inputs]
+    if all(isinstance(i, str) for i in body.inputs):
+        return [str(i) for i in body.inputs]
+    return [json.dumps([m.model_dump() for m in body.inputs if not isinstance(m, str)])]
+
+
 class PredictService:
     """Validates predict requests, builds prompts and submits them to the engine."""
 
-    def __init__(self, generation: GenerationService, prompts: PromptBuilder) -> None:
+    def __init__(self, generation: GenerationService, prompts: PromptBuilder,
+                 sink: PredictionSink | None = None) -> None:
+        """``sink``: where answers are recorded for drift and capture (None: drift off)."""
         self._generation = generation
         self._prompts = prompts
+        self._sink = sink
 
     async def prepare(self, body: PredictRequest, *, fairness_key: str) -> Prepared:
         """Resolve the adapter, tokenize, check limits and submit; raises 4xx errors early."""
@@ -196,7 +221,7 @@ class PredictService:
         request_id = f"pred-{uuid.uuid4().hex[:24]}"
         batch = self._generation.submit(target, prompts, params, request_id=request_id,
                                         fairness_key=fairness_key or target.label)
-        return PreparedPredict(request_id, target, batch)
+        return PreparedPredict(request_id, target, batch, input_texts(body), self._sink)
 
     async def _prepare_classification(self, body: PredictRequest, adapter: str,
                                       resolved: ResolvedAdapter, fairness_key: str,
@@ -213,4 +238,4 @@ class PredictService:
         batch = self._generation.classify(target, [i.ids for i in inputs],
                                           request_id=request_id,
                                           fairness_key=fairness_key or target.label)
-        return PreparedClassification(request_id, target, labels, inputs, batch)
+        return PreparedClassification(request_id, target, labels, inputs, batch, self._sink)

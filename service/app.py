@@ -28,7 +28,7 @@ from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import TenantAuthenticator, log_auth_mode
-from service.drift.pipeline import build_drift
+from service.drift.pipeline import build_drift, build_retrain
 from service.drift.routes import admin_router as drift_admin_router
 from service.drift.routes import router as drift_router
 from service.engine.engine import EngineConfig, LoraEngine
@@ -93,7 +93,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
         openai=OpenAIServing(generation, prompts, loaded.info.name),
         admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
                            watcher),
-        watcher=watcher, drift=drift,
+        watcher=watcher, drift=drift, retrain=build_retrain(settings, registry, drift),
     )
 
 

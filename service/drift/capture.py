@@ -79,15 +79,6 @@ def to_parquet(rows: list[dict[str, Any]]) -> bytes:
     return sink.getvalue()
 
 
-def read_batches(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
-    """Every row of every Parquet batch under ``prefix``, oldest batch first."""
-    rows: list[dict[str, Any]] = []
-    for key in sorted(store.list(prefix)):
-        if key.endswith(".parquet"):
-            rows.extend(pq.read_table(io.BytesIO(store.get(key))).to_pylist())
-    return rows
-
-
 class CaptureWriter:
     """Decides what to capture and writes capture and feedback batches from one thread."""
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from adapters.errors import NotFoundError
 from adapters.registry import AdapterRegistry
+from adapters.retrain_runs import RunStore
 from adapters.tenants import TenantDirectory
 from service.drift.capture import CaptureWriter
 from service.drift.feedback import FeedbackService
+from service.drift.launchers import KubernetesLauncher, Launcher, LocalLauncher
 from service.drift.metrics import DriftMetrics
 from service.drift.monitor import DriftConfig, DriftMonitor
 from service.drift.records import AdapterVersionRef, PredictionRecord
 from service.drift.reference import ReferenceProfile, parse_profile
+from service.drift.retrain import DriftScores, FlushFeedback, RetrainService
 from service.settings import Settings
 
 
@@ -106,3 +111,39 @@ def build_drift(settings: Settings, registry: AdapterRegistry, tenants: TenantDi
     monitor = DriftMonitor(config, metrics, registry_references(registry),
                            registry_active(registry), on_retire=feedback.forget)
     return DriftPipeline(monitor, capture, feedback, metrics)
+
+
+def build_retrain(settings: Settings, registry: AdapterRegistry,
+                  drift: DriftPipeline | None) -> RetrainService:
+    """The retraining service with the launcher the settings name."""
+    launcher: Launcher
+    if settings.retrain_launcher == "kubernetes":
+        launcher = KubernetesLauncher(settings.retrain_job_template)
+    else:
+        launcher = LocalLauncher(run_environment(settings),
+                                 Path(tempfile.gettempdir()) / "loraswap-retrain")
+    scores: DriftScores = lambda tenant, adapter: {}  # noqa: E731
+    flush: FlushFeedback = lambda: None  # noqa: E731
+    if drift is not None:
+        monitor, capture = drift.monitor, drift.capture
+
+        def scores(tenant: str, adapter: str) -> dict[str, float]:
+            snapshot = monitor.snapshot(tenant, adapter) or {}
+            found = snapshot.get("scores")
+            return dict(found) if isinstance(found, dict) else {}
+
+        flush = capture.flush
+    return RetrainService(RunStore(registry.store), launcher,
+                          cooldown_seconds=settings.retrain_cooldown_seconds,
+                          flush_feedback=flush, drift_scores=scores)
+
+
+def run_environment(settings: Settings) -> dict[str, str]:
+    """What a local run process needs to find the store, the base model and its settings."""
+    return {
+        "LORASWAP_STORE_URI": settings.store_uri,
+        "LORASWAP_BASE_MODEL": str(settings.base_model),
+        "LORASWAP_ADAPTER_CACHE_DIR": str(settings.adapter_cache_dir),
+        "LORASWAP_RETRAIN_FEEDBACK_HOLDOUT": str(settings.retrain_feedback_holdout),
+        "HF_DATASETS_OFFLINE": "1",
+    }

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from adapters.errors import NotReadyError
-from service.api.deps import ComponentsDep, TenantDep, require_admin
+from adapters.errors import NotReadyError, PayloadTooLargeError
+from adapters.training_data import store_bytes
+from service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
 from service.api.protocol import ErrorResponse
 from service.drift.feedback import FeedbackRequest, FeedbackResponse
 from service.drift.pipeline import DriftPipeline
+from service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -48,3 +50,59 @@ async def feedback(body: FeedbackRequest, tenant: TenantDep,
 
 admin_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
                          dependencies=[Depends(require_admin)])
+
+
+def get_retrain(components: ComponentsDep) -> RetrainService:
+    """The retraining service."""
+    if components.retrain is None:  # pragma: no cover - the app factory always builds it
+        raise NotReadyError("retraining is not configured")
+    return components.retrain
+
+
+RetrainDep = Annotated[RetrainService, Depends(get_retrain)]
+
+
+@admin_router.post("/retrain", response_model=WebhookAnswer)
+async def retrain_webhook(body: AlertmanagerWebhook, retrain: RetrainDep) -> WebhookAnswer:
+    """Alertmanager's webhook (payload version 4): each new firing alert naming a
+    ``tenant`` and ``adapter`` starts at most one run."""
+    return await asyncio.to_thread(retrain.handle_webhook, body)
+
+
+@admin_router.get("/retrain")
+async def list_runs(retrain: RetrainDep) -> list[dict[str, Any]]:
+    """Every retraining run, newest first."""
+    return await asyncio.to_thread(retrain.list)
+
+
+@admin_router.get("/retrain/{run_id}")
+async def get_run(run_id: str, retrain: RetrainDep) -> dict[str, Any]:
+    """One run: trigger, drift scores, data sizes, both evaluations, decision."""
+    record = await asyncio.to_thread(retrain.runs.get, run_id)
+    return record.model_dump(mode="json")
+
+
+@admin_router.post("/retrain/{tenant}/{name}", status_code=202)
+async def start_run(tenant: str, name: str, retrain: RetrainDep) -> dict[str, Any]:
+    """Start a run by hand (no cooldown; 409 while one runs for the adapter)."""
+    record = await asyncio.to_thread(retrain.start_manual, tenant, name)
+    return record.model_dump(mode="json")
+
+
+@admin_router.put("/training-data/{tenant}/{name}/{filename}")
+async def upload_training_data(tenant: str, name: str, filename: str, request: Request,
+                               state: StateDep) -> dict[str, str]:
+    """Store a copy of an adapter's training data (``loraswap train --push`` sends it);
+    the answer's ``key`` goes into the package manifest (``training.data_store``)."""
+    limit = state.settings.max_upload_bytes
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"training data over {limit} bytes "
+                                       "(LORASWAP_MAX_UPLOAD_BYTES)")
+        chunks.append(chunk)
+    key = await asyncio.to_thread(store_bytes, state.store, tenant, name, filename,
+                                  b"".join(chunks))
+    return {"key": key}

@@ -27,7 +27,7 @@ ALERT_BAND = 0.25
 FloatArray = NDArray[np.float64]
 
 
-def shares(counts: Sequence[float], epsilon: float = PSI_EPSILON) -> FloatArray:
+def shares(counts: Sequence[float] | FloatArray, epsilon: float = PSI_EPSILON) -> FloatArray:
     """Counts as shares, each at least ``epsilon`` (then renormalised)."""
     array = np.asarray(counts, dtype=np.float64)
     total = array.sum()
@@ -45,7 +45,8 @@ def bin_counts(values: Sequence[float], edges: Sequence[float]) -> FloatArray:
     return counts
 
 
-def psi(reference_counts: Sequence[float], current_counts: Sequence[float],
+def psi(reference_counts: Sequence[float] | FloatArray,
+        current_counts: Sequence[float] | FloatArray,
         epsilon: float = PSI_EPSILON) -> float:
     """Population Stability Index of ``current`` against ``reference`` (same bins)."""
     if len(reference_counts) != len(current_counts):
@@ -54,7 +55,8 @@ def psi(reference_counts: Sequence[float], current_counts: Sequence[float],
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
-def js_distance(reference_counts: Sequence[float], current_counts: Sequence[float]) -> float:
+def js_distance(reference_counts: Sequence[float] | FloatArray,
+                current_counts: Sequence[float] | FloatArray) -> float:
     """Jensen–Shannon distance (square root of the base-2 divergence), in [0, 1]."""
     p, q = shares(reference_counts, 0.0), shares(current_counts, 0.0)
     m = (p + q) / 2

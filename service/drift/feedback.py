@@ -71,6 +71,10 @@ class FeedbackService:
                                       "from a loraswap answer")
         key = f"{body.prediction_id}-{body.index}"
         entry = self._capture.captured(key)
+        if entry is None and self._capture.was_uncaptured(key) is None:
+            # Feedback can overtake the capture thread: let it finish what is queued.
+            self._capture.flush()
+            entry = self._capture.captured(key)
         not_found = NotFoundError(f"no prediction {body.prediction_id!r} (input {body.index}) "
                                   "of yours is known here")
         if entry is None:

@@ -93,7 +93,8 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
         openai=OpenAIServing(generation, prompts, loaded.info.name),
         admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
                            watcher),
-        watcher=watcher, drift=drift, retrain=build_retrain(settings, registry, drift),
+        watcher=watcher, drift=drift, retrain=build_retrain(
+            settings, registry, drift, state.metrics.registry),
     )
 
 

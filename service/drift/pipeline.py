@@ -113,8 +113,8 @@ def build_drift(settings: Settings, registry: AdapterRegistry, tenants: TenantDi
     return DriftPipeline(monitor, capture, feedback, metrics)
 
 
-def build_retrain(settings: Settings, registry: AdapterRegistry,
-                  drift: DriftPipeline | None) -> RetrainService:
+def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPipeline | None,
+                  metrics_registry: CollectorRegistry) -> RetrainService:
     """The retraining service with the launcher the settings name."""
     launcher: Launcher
     if settings.retrain_launcher == "kubernetes":
@@ -124,6 +124,7 @@ def build_retrain(settings: Settings, registry: AdapterRegistry,
                                  Path(tempfile.gettempdir()) / "loraswap-retrain")
     scores: DriftScores = lambda tenant, adapter: {}  # noqa: E731
     flush: FlushFeedback = lambda: None  # noqa: E731
+    metrics = drift.metrics if drift is not None else DriftMetrics(metrics_registry)
     if drift is not None:
         monitor, capture = drift.monitor, drift.capture
 
@@ -135,7 +136,8 @@ def build_retrain(settings: Settings, registry: AdapterRegistry,
         flush = capture.flush
     return RetrainService(RunStore(registry.store), launcher,
                           cooldown_seconds=settings.retrain_cooldown_seconds,
-                          flush_feedback=flush, drift_scores=scores)
+                          flush_feedback=flush, drift_scores=scores,
+                          count=lambda t, a, o: metrics.retrain_runs.labels(t, a, o).inc())
 
 
 def run_environment(settings: Settings) -> dict[str, str]:

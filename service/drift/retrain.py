@@ -82,20 +82,27 @@ class RetrainService:
     def __init__(self, runs: RunStore, launcher: Launcher, *, cooldown_seconds: float,
                  flush_feedback: FlushFeedback = lambda: None,
                  drift_scores: DriftScores = lambda tenant, adapter: {},
+                 count: Callable[[str, str, str], None] = lambda t, a, o: None,
                  clock: Callable[[], float] = time.time) -> None:
+        """``count(tenant, adapter, outcome)`` feeds ``loraswap_retrain_runs_total``."""
         self.runs = runs
         self.launcher = launcher
         self._cooldown = cooldown_seconds
         self._flush = flush_feedback
         self._drift_scores = drift_scores
         self._clock = clock
+        self._count = count
 
     def handle_webhook(self, payload: AlertmanagerWebhook) -> WebhookAnswer:
         """Start at most one run per firing alert (blocking: call off the event loop)."""
         if payload.version != "4":
             raise InvalidRequestError(f"Alertmanager webhook version {payload.version!r} is "
                                       "not supported (expected \"4\")")
-        return WebhookAnswer(alerts=[self._alert(a) for a in payload.alerts])
+        outcomes = [self._alert(a) for a in payload.alerts]
+        for out in outcomes:
+            if out.tenant and out.adapter and out.outcome != "ignored":
+                self._count(out.tenant, out.adapter, out.outcome)
+        return WebhookAnswer(alerts=outcomes)
 
     def _alert(self, alert: AlertmanagerAlert) -> AlertOutcome:
         tenant, adapter = alert.labels.get("tenant"), alert.labels.get("adapter")
@@ -161,7 +168,9 @@ class RetrainService:
         for name in (tenant, adapter):
             if not SAFE_NAME.fullmatch(name):
                 raise InvalidRequestError(f"invalid name {name!r}")
-        return self.start(tenant, adapter, RunTrigger(kind="manual"))
+        run = self.start(tenant, adapter, RunTrigger(kind="manual"))
+        self._count(tenant, adapter, "failed" if run.status == "failed" else "started")
+        return run
 
     def list(self) -> list[dict[str, Any]]:
         """Every run record, newest first."""

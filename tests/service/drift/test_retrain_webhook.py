@@ -37,12 +37,17 @@ def payload(status: str = "firing", starts_at: str = "2026-11-30T10:00:00Z",
          "receiver": "loraswap-retrain"})
 
 
+COUNTED: list[tuple[str, str, str]] = []
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> tuple[RetrainService, RecordingLauncher, list[float]]:
     launcher = RecordingLauncher()
     now = [1000.0]
+    COUNTED.clear()
     retrain = RetrainService(RunStore(open_store(tmp_path.as_uri())), launcher,
-                             cooldown_seconds=600, clock=lambda: now[0])
+                             cooldown_seconds=600, clock=lambda: now[0],
+                             count=lambda *outcome: COUNTED.append(outcome))
     return retrain, launcher, now
 
 
@@ -54,6 +59,7 @@ def test_the_same_delivery_twice_and_a_repeat_start_one_run(service) -> None:  #
     now[0] += 3600  # Alertmanager's repeat_interval later: same fingerprint and startsAt
     assert [a.outcome for a in retrain.handle_webhook(payload()).alerts] == ["duplicate"]
     assert len(launcher.launched) == 1
+    assert [o for _, _, o in COUNTED] == ["started", "duplicate", "duplicate"]
     run = retrain.runs.get(first.alerts[0].run_id or "")
     assert run.trigger.kind == "alert" and run.trigger.alert_labels["adapter"] == "sentiment"
 

@@ -45,10 +45,15 @@ def text_label_table(path: Path, text_column: str, label_column: str, cache_dir:
     missing = {text_column, label_column} - set(table.column_names)
     if missing:
         raise ConfigurationError(f"{path} has no column(s) {sorted(missing)}")
+    import datasets
+
     table = table.select_columns([text_column, label_column])
-    return table.map(lambda row: {"text": str(row[text_column]).strip(),
-                                  "label": str(row[label_column]).strip()},
-                     remove_columns=[text_column, label_column])
+    renames = {old: new for old, new in ((text_column, "text"), (label_column, "label"))
+               if old != new}
+    if renames:
+        table = table.rename_columns(renames)
+    return table.cast(datasets.Features({"text": datasets.Value("string"),
+                                         "label": datasets.Value("string")}))
 
 
 def concatenate(tables: list[Any]) -> Any:

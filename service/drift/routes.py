@@ -106,3 +106,14 @@ async def upload_training_data(tenant: str, name: str, filename: str, request: R
     key = await asyncio.to_thread(store_bytes, state.store, tenant, name, filename,
                                   b"".join(chunks))
     return {"key": key}
+
+
+@admin_router.get("/drift/{tenant}/{name}")
+async def drift_view(tenant: str, name: str, drift: DriftDep) -> dict[str, Any]:
+    """The tracked version's window, scores and the signals that are absent, with why."""
+    snapshot = drift.monitor.snapshot(tenant, name)
+    if snapshot is None:
+        return {"tracked": False, "reason": "no traffic on the active version of "
+                f"{tenant}/{name} since this replica started (or it is not a registered "
+                "adapter)"}
+    return {"tracked": True, **snapshot}

@@ -23,8 +23,8 @@ from training.evaluate import evaluate
 from training.tasks import build_task_model, encode_all
 
 
-def evaluate_package(folder: Path, data: Path, base_model: Path,
-                     batch_size: int = 16) -> dict[str, float]:
+def evaluate_package(folder: Path, data: Path, base_model: Path, batch_size: int = 16,
+                     quantization: Quantization = Quantization.BF16) -> dict[str, float]:
     """Metrics of the package in ``folder`` on ``data`` (JSONL ``text``/``label``)."""
     from peft import set_peft_model_state_dict
 
@@ -39,7 +39,7 @@ def evaluate_package(folder: Path, data: Path, base_model: Path,
         lora=LoraSettings(r=lora["r"], alpha=lora["alpha"], targets=lora["targets"],
                           dropout=0.0),
     ).resolved()
-    loaded = load_base_model(base_model, Quantization.BF16, "cpu")
+    loaded = load_base_model(base_model, quantization, "cpu")
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
         tokenizer.eos_token_id)

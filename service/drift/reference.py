@@ -67,6 +67,9 @@ class ReferenceProfile:
 # samples of one distribution is biased upwards by about (bins - 1) / window: with the
 # profile's 20 raw bins a 200-input window scores ~0.1 without any drift, with 10 bins ~0.05.
 MIN_BIN_SHARE = 0.1
+# A histogram of fewer reference values is noise, not a reference: with 16 validation
+# confidences, PSI against an in-distribution window of 100 averages ~0.5 (no drift).
+MIN_REFERENCE_COUNT = 100
 
 
 def coarsen(edges: list[float], counts: list[float],
@@ -93,7 +96,7 @@ def coarsen(edges: list[float], counts: list[float],
 
 
 def _binned(section: Any) -> BinnedReference | None:
-    if not isinstance(section, dict) or not section.get("count"):
+    if not isinstance(section, dict) or int(section.get("count") or 0) < MIN_REFERENCE_COUNT:
         return None
     histogram = section.get("histogram") or {}
     edges, counts = histogram.get("edges"), histogram.get("counts")
@@ -123,10 +126,12 @@ def parse_profile(profile: dict[str, Any] | None) -> ReferenceProfile:
     missing: dict[str, str] = {}
     length = _binned(profile.get("input_length_tokens"))
     if length is None:
-        missing[INPUT_LENGTH] = "profile.json has no input length histogram"
+        missing[INPUT_LENGTH] = ("profile.json has no input length histogram of at least "
+                                 f"{MIN_REFERENCE_COUNT} inputs")
     confidence = _binned(profile.get("confidence"))
     if confidence is None:
-        missing[CONFIDENCE] = "profile.json has no confidence histogram"
+        missing[CONFIDENCE] = ("profile.json has no confidence histogram of at least "
+                               f"{MIN_REFERENCE_COUNT} validation inputs")
     labels_section = profile.get("label_distribution") or {}
     labels = labels_section.get("shares") if isinstance(labels_section, dict) else None
     if not labels:

@@ -11,6 +11,7 @@ the band, Prometheus fires LoraswapAdapterDrift, Alertmanager posts it to
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 import time
@@ -117,7 +118,10 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         "LORASWAP_DRIFT_CAPTURE_FLUSH_SECONDS": "0.5",
         "LORASWAP_REGISTRY_REFRESH_SECONDS": "0.5", "LORASWAP_MAX_BATCH_SIZE": "8",
         "LORASWAP_MAX_MODEL_LEN": "256", "LORASWAP_QUANTIZATION": "bf16",
-        "LORASWAP_DEVICE": "cpu"}, tmp_path).start(timeout=300)
+        "LORASWAP_DEVICE": "cpu", "LORASWAP_THREADS": "1",
+        # One torch thread for the server and the runs it launches: on a shared 2-core
+        # machine, spinning OpenMP workers cost more than they bring.
+        "OMP_NUM_THREADS": "1"}, tmp_path).start(timeout=300)
     daemons = []
     client = httpx.Client(base_url=service.url, timeout=120)
     try:
@@ -126,12 +130,13 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         trained = subprocess.run([
             sys.executable, "-m", "loraswap.cli", "train", "--task", "seq-cls",
             "--data", str(data / "sst2" / "train.tsv"), "--test-data", str(test_split),
-            "--text-column", "sentence", "--max-train-samples", "160", "--max-steps", "10",
+            "--text-column", "sentence", "--max-train-samples", "160", "--max-steps", "8",
             "--batch-size", "8", "--max-length", "40", "--lora-r", "4",
             "--lora-dropout", "0", "--max-eval-samples", "16", "--no-progress",
             "--output", str(tmp_path / "pkg"), "--push", service.url, "--tenant", "acme",
             "--name", "sentiment", "--admin-token", ADMIN,
-        ], capture_output=True, text=True, timeout=1200, cwd=REPO)
+        ], capture_output=True, text=True, timeout=1200, cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
 
         alertmanager = start_alertmanager(alertmanager_bin, tmp_path,
@@ -168,7 +173,7 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         runs = wait_for("the webhook to start a run", lambda: client.get(
             "/admin/retrain", headers=ADMIN_HEADERS).json(), 60,
             lambda: alertmanager.tail() + service.log())
-        assert len(runs) == 1 and runs[0]["trigger"]["kind"] == "alert"
+        assert len(runs) == 1 and runs[0]["trigger"]["kind"] == "alert", runs
         assert runs[0]["trigger"]["alert_labels"]["tenant"] == "acme"
         run_id = runs[0]["id"]
         run = wait_for("the run to finish", lambda: (lambda r: r if r["status"] in (

@@ -92,3 +92,11 @@ def test_versions_beyond_the_bound_are_not_tracked() -> None:
 
 def registry_text(registry: CollectorRegistry) -> str:
     return generate_latest(registry).decode()
+
+
+def test_a_reference_histogram_of_too_few_values_is_no_reference() -> None:
+    document = profile()
+    document["confidence"]["count"] = 16
+    reference = parse_profile(document)
+    assert reference.confidence is None and "16" not in reference.missing["confidence"]
+    assert "at least 100" in reference.missing["confidence"]

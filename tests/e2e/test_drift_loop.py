@@ -106,7 +106,10 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
     with test_split.open("w", encoding="utf-8") as handle:
         handle.write("sentence\tlabel\n")
         handle.writelines(f"{text}\t{label}\n" for text, label in dev[:120])
-    held_out = [text for text, _ in dev[120:120 + WINDOW]]  # in distribution, unseen
+    # In distribution: SST-2 *training* rows the 160-row subsample almost surely did not
+    # pick (the last ones). SST-2's dev split is not: train holds phrases of every length,
+    # dev whole sentences, and the input-length PSI between them measured 2.2.
+    held_out = [text for text, _ in sst2_rows(data / "sst2" / "train.tsv")[-WINDOW:]]
     shifted = tweets(data / "tweet_sentiment_extraction" / "test.csv", WINDOW + 20)
 
     service = ServiceProcess({
@@ -130,7 +133,7 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         trained = subprocess.run([
             sys.executable, "-m", "loraswap.cli", "train", "--task", "seq-cls",
             "--data", str(data / "sst2" / "train.tsv"), "--test-data", str(test_split),
-            "--text-column", "sentence", "--max-train-samples", "160", "--max-steps", "8",
+            "--text-column", "sentence", "--max-train-samples", "160", "--max-steps", "20",
             "--batch-size", "8", "--max-length", "40", "--lora-r", "4",
             "--lora-dropout", "0", "--max-eval-samples", "16", "--no-progress",
             "--output", str(tmp_path / "pkg"), "--push", service.url, "--tenant", "acme",
@@ -151,7 +154,7 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         predict_all(client, key, held_out)
         calm = wait_for("scores of held-out SST-2 in Prometheus", lambda: query(
             prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"}')
-            if len(query(prometheus, 'loraswap_drift_score{adapter="sentiment"}')) >= 5
+            if len(query(prometheus, 'loraswap_drift_score{adapter="sentiment"}')) >= 4
             else None, 60)
         time.sleep(6)  # longer than the rule's hold, several evaluations
         assert firing(prometheus) == [], calm

@@ -1,9 +1,10 @@
 """Drift on vs off, side by side: latency and throughput of a seq-cls adapter over HTTP.
 
-Two ``loraswap serve`` processes share one store: drift off (A) and drift on with capture
-of every prediction (B). The same requests go to A and B in alternating rounds (A, B, A,
-B, ...), so load from other users of a shared machine hits both alike. Each request is
-one SST-2 sentence, sent by 4 concurrent clients. Bounded: ``--rounds`` × ``--per-round``
+Two ``loraswap serve`` processes share one store: drift off (A) and drift on (B), with the
+tenant's capture policy from ``--capture`` (default: every prediction). The same requests
+go to A and B in alternating rounds (A, B, A, B, ...), so load from other users of a
+shared machine hits both alike. Each request is one SST-2 sentence, sent by 4 concurrent
+clients. Bounded: ``--rounds`` × ``--per-round``
 requests per server.
 
 Usage: python bench/drift_overhead.py --package PKG [--rounds 6] [--per-round 40]
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/sst2/dev.tsv")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-round", type=int, default=40)
+    parser.add_argument("--capture", default="all", help="the tenant's capture policy")
     args = parser.parse_args()
     with args.data.open(encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -91,7 +93,7 @@ def main() -> None:
     try:
         off_url, on_url = servers["off"][1], servers["on"][1]
         key = httpx.post(off_url + "/admin/tenants", headers=HEADERS, json={
-            "name": "acme", "policy": {"capture": "all"}}).json()["api_key"]
+            "name": "acme", "policy": {"capture": args.capture}}).json()["api_key"]
         files = [("files", (p.name, p.read_bytes())) for p in sorted(args.package.iterdir())
                  if p.is_file()]
         httpx.post(off_url + "/admin/adapters/acme/sentiment/versions", headers=HEADERS,
@@ -114,6 +116,7 @@ def main() -> None:
                 "p99_ms": round(1000 * ordered[min(len(ordered) - 1,
                                                    int(0.99 * len(ordered)))], 1),
                 "throughput_rps": round(len(ordered) / seconds, 2)}
+        report["capture"] = args.capture
         report["load_average"] = os.getloadavg()
         print(json.dumps(report, indent=2))
     finally:

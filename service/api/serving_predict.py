@@ -221,7 +221,8 @@ class PredictService:
         request_id = f"pred-{uuid.uuid4().hex[:24]}"
         batch = self._generation.submit(target, prompts, params, request_id=request_id,
                                         fairness_key=fairness_key or target.label)
-        return PreparedPredict(request_id, target, batch, input_texts(body), self._sink)
+        texts = input_texts(body) if self._sink is not None else []  # drift/capture only
+        return PreparedPredict(request_id, target, batch, texts, self._sink)
 
     async def _prepare_classification(self, body: PredictRequest, adapter: str,
                                       resolved: ResolvedAdapter, fairness_key: str,

@@ -169,3 +169,29 @@ def test_drift_capture_feedback_and_retirement_over_http(
     except AssertionError:
         raise AssertionError(f"series of version 1 remain: {old_series()}") from None
     assert wait_for(lambda: metric_lines(server, "loraswap_drift_window_samples"))
+
+
+def test_generations_are_captured_and_take_text_feedback(
+        server: LiveServer, make_package: Callable[..., Path]) -> None:
+    server.wait_ready()
+    acme = create_tenant(server, "acme", "all")
+    register(server, "acme", "writer", make_package("writer", seed=4))
+    response = server.client.post("/v1/predict", headers=bearer(acme), json={
+        "adapter": "acme/writer", "inputs": "the quick brown fox",
+        "parameters": {"max_new_tokens": 4, "ignore_eos": True}})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert feedback(server, acme, prediction_id=answer["id"],
+                    label="positive").status_code == 400
+    ok = feedback(server, acme, prediction_id=answer["id"], text="jumps over the lazy dog")
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["correct"] is None
+    store = open_store(server.settings.store_uri)
+    captured = wait_for(lambda: read_parquet_batches(store, "captures/acme/writer/"))
+    assert json.loads(captured[0]["output"])["text"] == answer["outputs"][0]["text"]
+    rows = wait_for(lambda: read_parquet_batches(store, "feedback/acme/writer/"))
+    assert rows[0]["text"] == "jumps over the lazy dog"
+    # No profile.json: the window is tracked, but no score is exported (absent, not 0).
+    assert wait_for(lambda: metric_lines(server, "loraswap_drift_window_samples"))
+    assert not [line for line in metric_lines(server, "loraswap_drift_score")
+                if 'adapter="writer"' in line]

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -60,6 +61,16 @@ class TenantPolicy(BaseModel):
     requests_per_second: float | None = Field(default=None, ge=MIN_REQUESTS_PER_SECOND,
                                               le=MAX_REQUESTS_PER_SECOND)
     max_concurrent: int | None = Field(default=None, ge=1)
+    # Prediction capture for drift feedback and retraining (drift helper): "off", "all",
+    # or the share of predictions captured (0..1).
+    capture: Literal["off", "all"] | Annotated[float, Field(ge=0, le=1)] = "off"
+
+    @property
+    def capture_share(self) -> float:
+        """Share of predictions to capture: 0 (off) to 1 (all)."""
+        if isinstance(self.capture, str):
+            return 1.0 if self.capture == "all" else 0.0
+        return float(self.capture)
 
 
 class KeyDigest(BaseModel):

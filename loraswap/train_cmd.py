@@ -108,6 +108,17 @@ def train(
             from adapters.push import PushTarget, push_package
 
             assert cfg.tenant and cfg.name and token
+            # A copy of the training data goes to the store first, recorded in the
+            # manifest, so retraining (docs/drift.md) finds what this version learnt from.
+            from adapters.training_data import upload_via_service
+            from training.retrain import record_data_store
+
+            data_files = {"train": cfg.data, **({"test": cfg.test_data} if cfg.test_data
+                                                else {})}
+            keys = upload_via_service(push, token, cfg.tenant, cfg.name, data_files)
+            record_data_store(outcome.output, keys, cfg.text_column or "text",
+                              cfg.label_column or "label")
+            typer.echo(f"training data copied to the store: {', '.join(keys.values())}")
             reply = push_package(outcome.output, PushTarget(
                 server=push, admin_token=token, tenant=cfg.tenant, name=cfg.name))
             typer.echo(f"pushed to {push}: {cfg.tenant}/{cfg.name} version {reply['version']}")

@@ -27,6 +27,10 @@ from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import TenantAuthenticator, log_auth_mode
+from service.drift.pipeline import build_drift, build_retrain
+from service.drift.routes import admin_router as drift_admin_router
+from service.drift.routes import router as drift_router
+from service.drift.routes import upload_router as training_data_router
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
 from service.fault_hooks import arm_fault_hook
@@ -81,16 +85,20 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
     pipeline = ServingPipeline(
         engine=engine, resolver=resolver, limiter=state.limiter, metrics=state.metrics,
         limits=RequestLimits(max_inputs=settings.max_inputs_per_request))
+    # Drift monitoring, capture and feedback (service/drift): off unless enabled.
+    drift = (build_drift(settings, registry, state.tenants, state.metrics.registry)
+             if settings.drift_enabled else None)
     # Pins and gauges need not be fresher than active versions: twice the refresh interval.
     watcher = RegistryWatcher(registry, resolver, engine, state.metrics,
                               interval=max(1.0, 2 * settings.registry_refresh_seconds))
     return ServingComponents(
         info=loaded.info, engine=engine, resolver=resolver, prompts=prompts, pipeline=pipeline,
-        predict=PredictService(pipeline, prompts),
+        predict=PredictService(pipeline, prompts, sink=drift),
         openai=OpenAIServing(pipeline, prompts, loaded.info.name),
         admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
                            watcher),
-        watcher=watcher,
+        watcher=watcher, drift=drift, retrain=build_retrain(
+            settings, registry, drift, state.metrics.registry),
     )
 
 
@@ -101,6 +109,8 @@ async def _load(settings: Settings, state: ServiceState, loader: ModelLoader,
         loaded = await thread.run(lambda: loader(settings))
         components = await thread.run(lambda: build_components(settings, loaded, state, thread))
         components.engine.start()
+        if components.drift is not None:
+            components.drift.start()
     except Exception as exc:
         state.status, state.error = "failed", str(exc)
         logger.exception("loading the base model failed")
@@ -157,6 +167,8 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
                 await loading
             if state.components is not None:
                 state.components.pipeline.close()
+                if state.components.drift is not None:
+                    await asyncio.to_thread(state.components.drift.stop)
             await asyncio.to_thread(thread.stop)
 
     app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan,
@@ -168,5 +180,8 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
     app.include_router(predict_router)
     app.include_router(openai_router)
     app.include_router(admin_router)
+    app.include_router(drift_router)  # /v1/feedback (service/drift)
+    app.include_router(drift_admin_router)  # /admin/retrain, /admin/drift (service/drift)
+    app.include_router(training_data_router)  # /admin/training-data (service/drift)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

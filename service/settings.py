@@ -124,6 +124,40 @@ class Settings(BaseSettings):
         description="API keys (comma-separated); empty: the API is open to anyone.",
     )
 
+    # Drift monitoring, capture and retraining (docs/drift.md).
+    drift_enabled: bool = Field(
+        default=False, description="Score live traffic against each adapter's training "
+        "profile and export loraswap_drift_* gauges; capture and feedback need it too.")
+    drift_window_size: int = Field(
+        default=500, ge=10, le=100_000, description="Inputs in each adapter version's "
+        "sliding window.")
+    drift_min_samples: int = Field(
+        default=100, ge=2, description="Inputs a window needs before its scores are "
+        "exported.")
+    drift_score_interval_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="How often changed windows are rescored.")
+    drift_max_versions: int = Field(
+        default=256, ge=1, le=100_000, description="Adapter versions tracked per replica "
+        "(bounds the gauge series).")
+    drift_min_feedback: int = Field(
+        default=20, ge=1, description="Labelled feedback records before "
+        "loraswap_live_accuracy is exported.")
+    drift_capture_flush_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="Longest time a captured prediction or "
+        "feedback record waits before its Parquet batch is written.")
+    retrain_launcher: Literal["local", "kubernetes"] = Field(
+        default="local", description="Where retraining runs: a low-priority local process "
+        "or a Kubernetes Job.")
+    retrain_job_template: Path = Field(
+        default=Path("/etc/loraswap/retrain/job.yaml"),
+        description="Job template of the kubernetes launcher.")
+    retrain_cooldown_seconds: float = Field(
+        default=3600.0, ge=0, description="Least time between two alert-started runs of "
+        "one adapter.")
+    retrain_feedback_holdout: float = Field(
+        default=0.3, ge=0, lt=1, description="Share of labelled feedback held out to "
+        "evaluate the candidate and the active version.")
+
     def check_secure(self) -> None:
         """Refuse to run with an empty or placeholder admin token outside dev mode."""
         if self.dev_mode:

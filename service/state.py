@@ -17,6 +17,8 @@ from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import Authenticator
+from service.drift.pipeline import DriftPipeline
+from service.drift.retrain import RetrainService
 from service.engine.engine import LoraEngine
 from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
@@ -37,6 +39,8 @@ class ServingComponents:
     openai: OpenAIServing
     admin: AdminService
     watcher: RegistryWatcher
+    drift: DriftPipeline | None = None  # LORASWAP_DRIFT_ENABLED (service/drift)
+    retrain: RetrainService | None = None  # /admin/retrain (service/drift)
 
 
 @dataclass

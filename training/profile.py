@@ -3,11 +3,15 @@
 Holds the input-length distribution (tokens), the training label distribution, the
 validation confidence distribution, and an embedding profile of the inputs taken from the
 *base* model (adapter disabled): mean and per-dimension std of the mean-pooled last hidden
-state, a PCA basis and a small reference sample projected on it. Kept well under 1 MB.
+state, a PCA basis and a small reference sample projected on it. ``embedding_served`` is
+the same profile with the adapter applied and the adapter's own attention mask: the
+hidden state the service's forward pass computes for each request, which the live
+embedding drift score compares against (see ``docs/drift.md``). Kept well under 1 MB.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -16,7 +20,7 @@ from typing import Any
 import torch
 
 from adapters.package import TaskKind
-from training.tasks import Encoded, TaskModel, collate, set_inference
+from training.tasks import Encoded, TaskModel, collate, model_inputs, set_inference
 
 PROFILE_VERSION = 1
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -69,18 +73,23 @@ def label_distribution(task: TaskKind, train: Sequence[Encoded],
 @torch.no_grad()
 def embedding_profile(task_model: TaskModel, data: Sequence[Encoded], pad_id: int,
                       batch_size: int, seed: int, sample_size: int = 512,
-                      components: int = 8, reference: int = 64) -> dict[str, Any]:
-    """Mean-pooled base-model (no adapter) last hidden states of a sample of inputs."""
+                      components: int = 8, reference: int = 64,
+                      served: bool = False) -> dict[str, Any]:
+    """Mean-pooled last hidden states of a sample of inputs: of the base model (adapter
+    disabled), or with ``served`` as the service computes them (adapter and its attention
+    mask applied)."""
     rng = random.Random(seed)
     picked = rng.sample(list(data), min(sample_size, len(data)))
     vectors: list[torch.Tensor] = []
     set_inference(task_model.model, True)
     try:
-        with task_model.model.disable_adapter():
+        with contextlib.nullcontext() if served else task_model.model.disable_adapter():
             for start in range(0, len(picked), batch_size):
                 batch = collate(picked[start:start + batch_size], pad_id)
-                hidden = task_model.backbone(input_ids=batch["input_ids"],
-                                             attention_mask=batch["attention_mask"])
+                inputs = (model_inputs(task_model, batch) if served else
+                          {"input_ids": batch["input_ids"],
+                           "attention_mask": batch["attention_mask"]})
+                hidden = task_model.backbone(**inputs)
                 states = hidden.last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 vectors.append((states * mask).sum(1) / mask.sum(1).clamp(min=1))
@@ -96,7 +105,8 @@ def embedding_profile(task_model: TaskModel, data: Sequence[Encoded], pad_id: in
     explained = (singular[:k] ** 2) / (singular**2).sum().clamp(min=1e-12)
     projected = centred[:reference] @ basis.T
     return {
-        "source": "base model (adapter disabled), mean-pooled last hidden state",
+        "source": ("adapter applied, as served" if served else
+                   "base model (adapter disabled)") + ", mean-pooled last hidden state",
         "dim": int(matrix.shape[1]),
         "sample_size": int(matrix.shape[0]),
         "mean": _round(mean.tolist()),
@@ -128,4 +138,6 @@ def build_profile(task: TaskKind, task_model: TaskModel, train: Sequence[Encoded
             **distribution(list(confidences), bins=20, low=0.0, high=1.0),
         },
         "embedding": embedding_profile(task_model, train, pad_id, batch_size, seed),
+        "embedding_served": embedding_profile(task_model, train, pad_id, batch_size, seed,
+                                              served=True),
     }

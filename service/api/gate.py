@@ -146,13 +146,14 @@ class GatedRoute(APIRoute):
 
     access: ClassVar[Access] = Access.OPEN
     error_format: ClassVar[ErrorFormat] = ErrorFormat.NATIVE
+    raw_upload: ClassVar[bool] = False  # the body is a file, streamed by the route itself
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The FastAPI handler, behind the gate."""
         handler = super().get_route_handler()
         # Only a form route (an upload) takes a large body; every other route a small one.
         form = self.body_field is not None and isinstance(self.body_field.field_info, Form)
-        json_body = not form
+        json_body = not (form or self.raw_upload)
         access = self.access
 
         async def gated(request: Request) -> Response:
@@ -179,3 +180,9 @@ class AdminRoute(GatedRoute):
     """``/admin``: the admin token."""
 
     access = Access.ADMIN
+
+
+class AdminUploadRoute(AdminRoute):
+    """An ``/admin`` route whose body is a file of any type, up to the upload limit."""
+
+    raw_upload = True

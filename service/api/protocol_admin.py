@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,9 @@ class TenantPolicyBody(BaseModel):
         description="Sustained request rate per replica (0.001 to 10^6); null: no limit.")
     max_concurrent: int | None = Field(
         default=None, ge=1, description="Requests in flight per replica; null: no limit.")
+    capture: Literal["off", "all"] | Annotated[float, Field(ge=0, le=1)] = Field(
+        default="off", description="Prediction capture for feedback and retraining: "
+        "\"off\", \"all\", or the share captured (0..1).")
 
 
 class CreateTenantRequest(BaseModel):

@@ -8,8 +8,9 @@ entities of each input. Classification takes raw texts only (no chat template, s
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -36,6 +37,7 @@ from service.api.protocol import (
     TokenClassOutput,
 )
 from service.auth import Tenant
+from service.drift.records import PredictionSink, submit_answer
 from service.engine.classify import ClassificationResult
 from service.engine.requests import GenerationEvent
 from service.targets import ServingTarget
@@ -52,6 +54,9 @@ class PreparedPredict:
     request_id: str
     target: ServingTarget
     batch: SubmittedBatch
+    # Drift/capture seam (service/drift): the input texts and where answers are recorded.
+    texts: list[str] = field(default_factory=list)
+    sink: PredictionSink | None = None
 
     def response(self, results: list[GenerationEvent]) -> PredictResponse:
         """The JSON answer for finished results."""
@@ -65,7 +70,10 @@ class PreparedPredict:
 
     async def collect(self) -> PredictResponse:
         """Wait for every output."""
-        return self.response(await self.batch.collect())
+        results = await self.batch.collect()
+        response = self.response(results)
+        submit_answer(self.sink, response, self.texts, results)  # drift/capture seam
+        return response
 
     async def sse(self) -> AsyncIterator[str]:
         """Server-sent events: ``token`` per chunk, then ``done`` with outputs and usage."""
@@ -84,7 +92,10 @@ class PreparedPredict:
         except LoraswapError as exc:
             yield _error_event(exc)
             return
-        yield sse_event("done", self.response([f for f in finals if f is not None]))
+        done = [f for f in finals if f is not None]
+        response = self.response(done)
+        submit_answer(self.sink, response, self.texts, done)  # drift/capture seam
+        yield sse_event("done", response)
 
 
 @dataclass
@@ -95,6 +106,7 @@ class PreparedClassification:
     target: ServingTarget
     inputs: list[EncodedInput]
     batch: ClassificationBatch
+    sink: PredictionSink | None = None  # drift/capture seam (service/drift)
 
     def response(self, results: list[ClassificationResult]) -> PredictResponse:
         """Per input: the label and scores (seq-cls) or the entities (token-cls)."""
@@ -113,7 +125,10 @@ class PreparedClassification:
 
     async def collect(self) -> PredictResponse:
         """Wait for every input's result."""
-        return self.response(await self.batch.collect())
+        results = await self.batch.collect()
+        response = self.response(results)
+        submit_answer(self.sink, response, [i.text for i in self.inputs], results)  # drift
+        return response
 
     async def sse(self) -> AsyncIterator[str]:
         """One ``done`` event with the whole answer (``stream`` is refused up front)."""
@@ -143,12 +158,23 @@ def check_classification_body(body: PredictRequest, target: ServingTarget) -> No
             f"chat messages are not accepted: {what}; send a text or a list of texts")
 
 
+def input_texts(body: PredictRequest) -> list[str]:
+    """Each prompt's input as text, for drift capture (a chat is one JSON input)."""
+    if isinstance(body.inputs, str):
+        return [body.inputs]
+    if all(isinstance(i, str) for i in body.inputs):
+        return [str(i) for i in body.inputs]
+    return [json.dumps([m.model_dump() for m in body.inputs if not isinstance(m, str)])]
+
+
 @dataclass
 class PredictPlan:
-    """One ``/v1/predict`` body, as the pipeline runs it."""
+    """One ``/v1/predict`` body, as the pipeline runs it; ``sink`` records its answers for
+    drift and capture (None: drift off)."""
 
     body: PredictRequest
     prompts: PromptBuilder
+    sink: PredictionSink | None = None
 
     @property
     def adapter(self) -> str | None:
@@ -205,8 +231,9 @@ class PredictPlan:
         ]
         target = await pipeline.load(target)
         request_id = new_request_id("pred")
+        texts = input_texts(self.body) if self.sink is not None else []  # drift only
         return PreparedPredict(request_id, target, pipeline.generate(
-            target, prompts, params, request_id=request_id, tenant=tenant))
+            target, prompts, params, request_id=request_id, tenant=tenant), texts, self.sink)
 
     async def _classify(self, target: ServingTarget, pipeline: ServingPipeline,
                         tenant: Tenant | None) -> PreparedClassification:
@@ -221,17 +248,21 @@ class PredictPlan:
         target.class_names()  # a head that does not match its labels: 422 before queueing
         request_id = new_request_id("pred")
         return PreparedClassification(request_id, target, inputs, pipeline.classify(
-            target, [i.ids for i in inputs], request_id=request_id, tenant=tenant))
+            target, [i.ids for i in inputs], request_id=request_id, tenant=tenant), self.sink)
 
 
 class PredictService:
     """The native API over the shared pipeline."""
 
-    def __init__(self, pipeline: ServingPipeline, prompts: PromptBuilder) -> None:
+    def __init__(self, pipeline: ServingPipeline, prompts: PromptBuilder,
+                 sink: PredictionSink | None = None) -> None:
+        """``sink``: where answers are recorded for drift and capture (None: drift off)."""
         self._pipeline = pipeline
         self._prompts = prompts
+        self._sink = sink
 
     async def predict(self, body: PredictRequest, request: Request, tenant: Tenant | None,
                       ) -> BaseModel | StreamingResponse:
         """Answer ``body`` whole, or as server-sent events when it asks to stream."""
-        return await self._pipeline.answer(request, tenant, PredictPlan(body, self._prompts))
+        plan = PredictPlan(body, self._prompts, self._sink)
+        return await self._pipeline.answer(request, tenant, plan)

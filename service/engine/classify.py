@@ -75,6 +75,9 @@ class ClassificationResult:
 
     probs: list[list[float]]
     prompt_tokens: int
+    # Drift hook: the mean-pooled final-normed hidden state of the input, from this same
+    # forward pass (no extra work beyond a mean); see service/drift/reference.py.
+    embedding: list[float] | None = None
 
 
 class ClassificationStream:
@@ -133,6 +136,17 @@ def pooled_position(prompt_ids: list[int], pad_token_id: int | None) -> int:
     return 0
 
 
+def mean_pooled(hidden: torch.Tensor, lengths: list[int]) -> list[list[float]]:
+    """Drift hook: each prompt's final-normed hidden states averaged over its real tokens.
+
+    The same vector ``training/profile.py`` stores as ``embedding_served`` (the backbone's
+    ``last_hidden_state`` with the adapter applied, mean-pooled over the attention mask).
+    """
+    rows: list[list[float]] = [hidden[row, :length].float().mean(0).cpu().tolist()
+                               for row, length in enumerate(lengths)]
+    return rows
+
+
 class SlotHeads:
     """Heads of the classification adapters in slots: float32 copies on the model's device.
 
@@ -175,8 +189,10 @@ class BatchClassifier:
                 bidirectional=[i.request.attention is AttentionMode.BIDIRECTIONAL
                                for i in items])
             probs = [self._probs(hidden[row], item) for row, item in enumerate(items)]
-        for item, rows in zip(items, probs, strict=True):
-            result = ClassificationResult(probs=rows, prompt_tokens=len(item.request.prompt_ids))
+            pooled = mean_pooled(hidden, [len(i.request.prompt_ids) for i in items])
+        for item, rows, embedding in zip(items, probs, pooled, strict=True):
+            result = ClassificationResult(probs=rows, prompt_tokens=len(item.request.prompt_ids),
+                                          embedding=embedding)
             self.finish(item, result, "classified")
 
     def _probs(self, hidden: torch.Tensor, item: PendingClassification) -> list[list[float]]:

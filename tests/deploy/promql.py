@@ -23,12 +23,6 @@ _GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range":
                       "$namespace": "loraswap", "${datasource}": ""}
 # Fixed by the session contract and defined by the drift branch (service/drift/metrics.py);
 # once that branch is merged the scan below finds them and this list can go.
-DEFINED_ON_OTHER_BRANCHES = frozenset({
-    "loraswap_drift_score", "loraswap_drift_window_samples", "loraswap_live_accuracy",
-    "loraswap_feedback_total", "loraswap_retrain_runs_total",
-})
-
-
 def defined_metric_names(package: Path = SERVICE) -> set[str]:
     """Every series name the service can export: string constants that are metric names
     (``Counter("loraswap_requests", ...)``, ``WAITING = "loraswap_num_requests_waiting"``)

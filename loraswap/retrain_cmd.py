@@ -1,0 +1,30 @@
+"""``loraswap retrain run --run-id ID``: one retraining run (started by the service)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+
+retrain_app = typer.Typer(help="Retraining runs (started by POST /admin/retrain).",
+                          no_args_is_help=True)
+
+
+@retrain_app.command("run")
+def run(run_id: Annotated[str, typer.Option("--run-id", help="The run to execute.")]) -> None:
+    """Train, evaluate and decide one run recorded in the store (LORASWAP_* settings)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only, never the Hub
+    from service.settings import Settings
+    from training.retrain import RetrainSettings, execute_run
+
+    settings = Settings()
+    record = execute_run(run_id, RetrainSettings(
+        store_uri=settings.store_uri, base_model=settings.base_model,
+        cache_dir=settings.adapter_cache_dir / ".retrain",
+        feedback_holdout=settings.retrain_feedback_holdout))
+    typer.echo(f"run {record.id}: {record.status}, {record.decision}: {record.reason}")
+    if record.status == "failed":
+        raise typer.Exit(1)

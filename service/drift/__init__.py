@@ -1,0 +1,1 @@
+"""Drift monitoring, prediction capture, feedback and the retraining loop (docs/drift.md)."""

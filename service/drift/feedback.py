@@ -1,0 +1,131 @@
+"""``POST /v1/feedback``: ground truth for a captured prediction, and live accuracy."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapters.errors import ConflictError, InvalidRequestError, NotFoundError
+from service.drift.capture import CapturedPrediction, CaptureWriter
+from service.drift.metrics import DriftMetrics
+from service.drift.records import AdapterVersionRef
+
+PREDICTION_ID = re.compile(r"^(pred|cmpl|chatcmpl)-[A-Za-z0-9]{1,64}$")
+
+
+class FeedbackRequest(BaseModel):
+    """A label (classification) or a reference text (generation) for one prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(description="The `id` of the /v1/predict answer.")
+    index: int = Field(default=0, ge=0, le=4095,
+                       description="Which input of a batch request (0 for a single input).")
+    label: str | None = Field(default=None, max_length=256,
+                              description="The true class (seq-cls adapters).")
+    text: str | None = Field(default=None, max_length=65_536,
+                             description="The expected answer (causal-lm adapters).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeedbackRequest:
+        if (self.label is None) == (self.text is None):
+            raise ValueError("send exactly one of 'label' (classification) or 'text' "
+                             "(generation)")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    """What was stored."""
+
+    prediction_id: str
+    index: int
+    adapter: str
+    version: str
+    correct: bool | None = None
+
+
+class FeedbackService:
+    """Checks feedback against the capture index, queues it, keeps live accuracy."""
+
+    def __init__(self, capture: CaptureWriter, metrics: DriftMetrics, min_feedback: int) -> None:
+        self._capture = capture
+        self._metrics = metrics
+        self._min_feedback = min_feedback
+        self._lock = threading.Lock()
+        self._counts: dict[AdapterVersionRef, list[int]] = {}  # ref -> [correct, total]
+
+    def record(self, body: FeedbackRequest, caller: str | None) -> FeedbackResponse:
+        """Store one feedback row (store I/O: call off the event loop).
+
+        ``caller`` is the caller's tenant (None when auth is off). Unknown ids and ids of
+        another tenant are 404 (alike, so ids of others are not disclosed); an answered
+        but uncaptured prediction is 409; a label for a generation (or text for a
+        classification) is 400.
+        """
+        if not PREDICTION_ID.fullmatch(body.prediction_id):
+            raise InvalidRequestError(f"prediction_id {body.prediction_id!r} is not an id "
+                                      "from a loraswap answer")
+        key = f"{body.prediction_id}-{body.index}"
+        entry = self._capture.captured(key)
+        if entry is None and self._capture.was_uncaptured(key) is None:
+            # Feedback can overtake the capture thread: let it finish what is queued.
+            self._capture.flush()
+            entry = self._capture.captured(key)
+        not_found = NotFoundError(f"no prediction {body.prediction_id!r} (input {body.index}) "
+                                  "of yours is known here")
+        if entry is None:
+            owner = self._capture.was_uncaptured(key)
+            if owner is not None and caller in (None, owner):
+                raise ConflictError(
+                    f"prediction {body.prediction_id!r} was answered but not captured (the "
+                    "tenant's capture policy is off or sampled it out), so it cannot take "
+                    "feedback; set policy.capture to record predictions")
+            raise not_found
+        if caller is not None and entry.tenant != caller:
+            raise not_found
+        correct = self._check(entry, body)
+        ref = AdapterVersionRef(entry.tenant, entry.adapter, entry.version)
+        row: dict[str, Any] = {
+            "prediction_id": entry.prediction_id, "index": entry.index,
+            "version": entry.version, "task": entry.task, "input": entry.input_text,
+            "label": body.label, "text": body.text, "predicted_label": entry.predicted_label,
+            "received_at": time.time(),
+        }
+        self._capture.add_feedback(row, entry.tenant, entry.adapter)
+        self._metrics.feedback.labels(*ref.labels).inc()
+        if correct is not None:
+            self._count(ref, correct)
+        return FeedbackResponse(prediction_id=entry.prediction_id, index=entry.index,
+                                adapter=f"{entry.tenant}/{entry.adapter}",
+                                version=entry.version, correct=correct)
+
+    @staticmethod
+    def _check(entry: CapturedPrediction, body: FeedbackRequest) -> bool | None:
+        if entry.task == "causal-lm":
+            if body.text is None:
+                raise InvalidRequestError("this prediction is a generation: send 'text'")
+            return None
+        if entry.task != "seq-cls":
+            raise InvalidRequestError(f"feedback for {entry.task} predictions is not "
+                                      "supported yet")
+        if body.label is None:
+            raise InvalidRequestError("this prediction is a classification: send 'label'")
+        return body.label == entry.predicted_label
+
+    def _count(self, ref: AdapterVersionRef, correct: bool) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(ref, [0, 0])
+            counts[0] += int(correct)
+            counts[1] += 1
+            right, total = counts
+        if total >= self._min_feedback:
+            self._metrics.accuracy.labels(*ref.labels).set(right / total)
+
+    def forget(self, ref: AdapterVersionRef) -> None:
+        """Drop the accuracy counts of a version that no longer serves."""
+        with self._lock:
+            self._counts.pop(ref, None)

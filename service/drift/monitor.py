@@ -1,0 +1,210 @@
+"""The drift thread: takes prediction records off a queue, keeps windows, exports scores.
+
+All scoring runs here, never on the event loop nor on the engine thread, and uses numpy
+only (a second thread running torch ops slows the engine's steps, see README). The
+request path only does a ``put_nowait``; a full queue drops the record and counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.drift.metrics import DriftMetrics
+from service.drift.records import AdapterVersionRef, PredictionRecord
+from service.drift.reference import (
+    CONFIDENCE,
+    EMBEDDING,
+    INPUT_LENGTH,
+    PREDICTED_LABEL,
+    ReferenceProfile,
+)
+from service.drift.scores import bin_counts, js_distance, mmd_rbf, psi
+from service.drift.windows import VersionWindow
+
+logger = logging.getLogger(__name__)
+
+# Reads a version's reference (profile.json) from the registry; may do I/O.
+ReferenceLoader = Callable[[AdapterVersionRef], ReferenceProfile]
+# The version of ``tenant/adapter`` serving now (None: none); may do I/O.
+ActiveVersion = Callable[[str, str], str | None]
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Window and scoring settings (from ``LORASWAP_DRIFT_*``)."""
+
+    window_size: int = 500
+    min_samples: int = 100
+    score_interval: float = 5.0
+    retire_interval: float = 10.0
+    max_versions: int = 256
+    queue_size: int = 10_000
+
+
+class DriftMonitor:
+    """Live windows per active adapter version and their scores as Prometheus gauges."""
+
+    def __init__(self, config: DriftConfig, metrics: DriftMetrics, references: ReferenceLoader,
+                 active_version: ActiveVersion, *,
+                 on_retire: Callable[[AdapterVersionRef], None] = lambda ref: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._metrics = metrics
+        self._references = references
+        self._active_version = active_version
+        self._on_retire = on_retire
+        self._clock = clock
+        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(config.queue_size)
+        self._windows: dict[AdapterVersionRef, VersionWindow] = {}
+        self._lock = threading.Lock()  # guards _windows (drift thread vs admin reads)
+        self._thread: threading.Thread | None = None
+        self._last_retire = clock()
+        # Set after each processed batch of records and each scoring pass (tests wait on it).
+        self.scored = threading.Event()
+
+    # ----------------------------------------------------------- request path
+    def submit(self, record: PredictionRecord) -> None:
+        """Queue one record; never blocks (a full queue drops it)."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._metrics.dropped.labels("queue_full").inc()
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the drift thread."""
+        self._thread = threading.Thread(target=self._run, name="loraswap-drift", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the drift thread (records still queued are discarded)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        next_score = self._clock() + self.config.score_interval
+        while True:
+            timeout = max(0.0, next_score - self._clock())
+            try:
+                record = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                record = None
+            else:
+                if record is None:
+                    return
+            try:
+                if record is not None:
+                    self.process(record)
+                if self._clock() >= next_score:
+                    self.score_all()
+                    next_score = self._clock() + self.config.score_interval
+            except Exception:  # a bad profile or record must not stop drift monitoring
+                logger.exception("drift monitoring failed on a record")
+
+    # --------------------------------------------------------- drift thread
+    def process(self, record: PredictionRecord) -> None:
+        """Add a record to its version's window (retiring older versions of the adapter)."""
+        ref = record.ref
+        window = self._windows.get(ref)
+        if window is None:
+            window = self._track(ref)
+            if window is None:
+                return
+        window.add(record)
+
+    def _track(self, ref: AdapterVersionRef) -> VersionWindow | None:
+        for other in [r for r in self._windows if (r.tenant, r.adapter) ==
+                      (ref.tenant, ref.adapter) and r != ref]:
+            self.retire(other)
+        if len(self._windows) >= self.config.max_versions:
+            self._metrics.dropped.labels("max_versions").inc()
+            return None
+        window = VersionWindow(self._references(ref), self.config.window_size)
+        with self._lock:
+            self._windows[ref] = window
+        return window
+
+    def retire(self, ref: AdapterVersionRef) -> None:
+        """Forget a version's window and remove its series."""
+        with self._lock:
+            self._windows.pop(ref, None)
+        self._metrics.remove_version(ref)
+        self._on_retire(ref)
+        logger.info("drift: stopped tracking %s/%s version %s", *ref.labels)
+
+    def retire_inactive(self) -> None:
+        """Retire windows of versions that no longer serve (promotion, rollback, deletion)."""
+        for ref in list(self._windows):
+            try:
+                active = self._active_version(ref.tenant, ref.adapter)
+            except Exception:  # the adapter is gone (or the store failed): not serving
+                active = None
+            if active != ref.version:
+                self.retire(ref)
+
+    def score_all(self) -> None:
+        """Recompute the scores of every window that changed; retire stale ones."""
+        if self._clock() - self._last_retire >= self.config.retire_interval:
+            self._last_retire = self._clock()
+            self.retire_inactive()
+        for ref, window in list(self._windows.items()):
+            if window.dirty:
+                window.dirty = False
+                self._score(ref, window)
+        self.scored.set()
+
+    def _score(self, ref: AdapterVersionRef, window: VersionWindow) -> None:
+        self._metrics.window_samples.labels(*ref.labels).set(window.samples)
+        if window.samples < self.config.min_samples:
+            return
+        for signal, method, value in scores_of(window, self.config.min_samples):
+            self._metrics.set_score(ref, signal, method, value)
+
+    # ---------------------------------------------------------------- views
+    def snapshot(self, tenant: str, adapter: str) -> dict[str, object] | None:
+        """The tracked version of an adapter: samples, scores and absent signals."""
+        with self._lock:
+            found = [(r, w) for r, w in self._windows.items()
+                     if (r.tenant, r.adapter) == (tenant, adapter)]
+        if not found:
+            return None
+        ref, window = found[0]
+        enough = window.samples >= self.config.min_samples
+        return {
+            "version": ref.version, "window_samples": window.samples,
+            "min_samples": self.config.min_samples,
+            "scores": ({f"{s}/{m}": round(v, 6) for s, m, v in
+                        scores_of(window, self.config.min_samples)} if enough else {}),
+            "absent_signals": dict(window.reference.missing),
+        }
+
+
+def scores_of(window: VersionWindow, min_samples: int) -> list[tuple[str, str, float]]:
+    """Every score the window and its reference support: ``(signal, method, value)``."""
+    reference = window.reference
+    out: list[tuple[str, str, float]] = []
+    if reference.input_length is not None and window.lengths:
+        ref = reference.input_length
+        out.append((INPUT_LENGTH, "psi", psi(ref.counts, bin_counts(window.lengths, ref.edges))))
+    if reference.confidence is not None and len(window.confidences) >= min_samples:
+        ref = reference.confidence
+        out.append((CONFIDENCE, "psi",
+                    psi(ref.counts, bin_counts(window.confidences, ref.edges))))
+    if reference.labels is not None and len(window.labels) >= min_samples:
+        names = list(reference.labels)
+        expected = [reference.labels[n] for n in names]
+        seen = [sum(1 for label in window.labels if label == n) for n in names]
+        out.append((PREDICTED_LABEL, "psi", psi(expected, seen)))
+        out.append((PREDICTED_LABEL, "js", js_distance(expected, seen)))
+    embedding = reference.embedding
+    if embedding is not None and len(window.embeddings) >= min_samples:
+        out.append((EMBEDDING, "mmd", mmd_rbf(embedding.sample, window.embedding_matrix(),
+                                              embedding.bandwidth)))
+    return out

@@ -1,0 +1,151 @@
+"""Composition of drift monitoring, capture and feedback for one service instance."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from adapters.errors import NotFoundError
+from adapters.registry import AdapterRegistry
+from adapters.retrain_runs import RunStore
+from adapters.tenants import TenantDirectory
+from service.drift.capture import CaptureWriter
+from service.drift.feedback import FeedbackService
+from service.drift.launchers import KubernetesLauncher, Launcher, LocalLauncher
+from service.drift.metrics import DriftMetrics
+from service.drift.monitor import DriftConfig, DriftMonitor
+from service.drift.records import AdapterVersionRef, PredictionRecord
+from service.drift.reference import ReferenceProfile, parse_profile
+from service.drift.retrain import DriftScores, FlushFeedback, RetrainService
+from service.settings import Settings
+
+
+class CapturePolicies:
+    """Each tenant's capture share, re-read from the tenant directory at most every
+    ``refresh_seconds`` (the capture thread asks once per prediction)."""
+
+    def __init__(self, tenants: TenantDirectory, refresh_seconds: float) -> None:
+        self._tenants = tenants
+        self._refresh = refresh_seconds
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, float]] = {}
+
+    def __call__(self, tenant: str) -> float:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(tenant)
+        if cached is not None and now - cached[1] < self._refresh:
+            return cached[0]
+        try:
+            share = self._tenants.get(tenant).policy.capture_share
+        except NotFoundError:
+            share = 0.0
+        with self._lock:
+            self._cache[tenant] = (share, now)
+        return share
+
+
+def registry_references(registry: AdapterRegistry) -> Any:
+    """A reference loader reading ``profile.json`` of a version's local copy."""
+    def load(ref: AdapterVersionRef) -> ReferenceProfile:
+        folder = registry.local_folder(ref.tenant, ref.adapter, int(ref.version))
+        path = folder / "profile.json"
+        return parse_profile(json.loads(path.read_text("utf-8")) if path.is_file() else None)
+    return load
+
+
+def registry_active(registry: AdapterRegistry) -> Any:
+    """The active version of ``tenant/adapter`` as a string (None: none)."""
+    def active(tenant: str, adapter: str) -> str | None:
+        return str(registry.active(tenant, adapter).version)
+    return active
+
+
+class DriftPipeline:
+    """The prediction sink of the request path: drift windows, capture and feedback."""
+
+    def __init__(self, monitor: DriftMonitor, capture: CaptureWriter,
+                 feedback: FeedbackService, metrics: DriftMetrics) -> None:
+        self.monitor = monitor
+        self.capture = capture
+        self.feedback = feedback
+        self.metrics = metrics
+
+    def submit(self, records: list[PredictionRecord]) -> None:
+        """Hand the records of one answer to the drift and capture threads (non-blocking)."""
+        for record in records:
+            self.monitor.submit(record)
+            self.capture.submit(record)
+
+    def start(self) -> None:
+        """Start the drift and capture threads."""
+        self.monitor.start()
+        self.capture.start()
+
+    def stop(self) -> None:
+        """Stop both threads, writing the capture batches that wait."""
+        self.monitor.stop()
+        self.capture.stop()
+
+
+def build_drift(settings: Settings, registry: AdapterRegistry, tenants: TenantDirectory,
+                metrics_registry: CollectorRegistry) -> DriftPipeline:
+    """The drift pipeline from the settings (call only when ``drift_enabled``)."""
+    metrics = DriftMetrics(metrics_registry)
+    config = DriftConfig(
+        window_size=settings.drift_window_size, min_samples=settings.drift_min_samples,
+        score_interval=settings.drift_score_interval_seconds,
+        retire_interval=max(1.0, 2 * settings.registry_refresh_seconds),
+        max_versions=settings.drift_max_versions)
+    feedback_min = settings.drift_min_feedback
+    capture = CaptureWriter(registry.store, CapturePolicies(
+        tenants, settings.registry_refresh_seconds),
+        flush_seconds=settings.drift_capture_flush_seconds)
+    feedback = FeedbackService(capture, metrics, feedback_min)
+    monitor = DriftMonitor(config, metrics, registry_references(registry),
+                           registry_active(registry), on_retire=feedback.forget)
+    return DriftPipeline(monitor, capture, feedback, metrics)
+
+
+def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPipeline | None,
+                  metrics_registry: CollectorRegistry) -> RetrainService:
+    """The retraining service with the launcher the settings name."""
+    launcher: Launcher
+    if settings.retrain_launcher == "kubernetes":
+        launcher = KubernetesLauncher(settings.retrain_job_template)
+    else:
+        launcher = LocalLauncher(run_environment(settings),
+                                 Path(tempfile.gettempdir()) / "loraswap-retrain")
+    scores: DriftScores = lambda tenant, adapter: {}  # noqa: E731
+    flush: FlushFeedback = lambda: None  # noqa: E731
+    metrics = drift.metrics if drift is not None else DriftMetrics(metrics_registry)
+    if drift is not None:
+        monitor, capture = drift.monitor, drift.capture
+
+        def scores(tenant: str, adapter: str) -> dict[str, float]:
+            snapshot = monitor.snapshot(tenant, adapter) or {}
+            found = snapshot.get("scores")
+            return dict(found) if isinstance(found, dict) else {}
+
+        flush = capture.flush
+    return RetrainService(RunStore(registry.store), launcher,
+                          cooldown_seconds=settings.retrain_cooldown_seconds,
+                          flush_feedback=flush, drift_scores=scores,
+                          count=lambda t, a, o: metrics.retrain_runs.labels(t, a, o).inc())
+
+
+def run_environment(settings: Settings) -> dict[str, str]:
+    """What a local run process needs to find the store, the base model and its settings."""
+    return {
+        "LORASWAP_STORE_URI": settings.store_uri,
+        "LORASWAP_BASE_MODEL": str(settings.base_model),
+        "LORASWAP_ADAPTER_CACHE_DIR": str(settings.adapter_cache_dir),
+        "LORASWAP_RETRAIN_FEEDBACK_HOLDOUT": str(settings.retrain_feedback_holdout),
+        "HF_DATASETS_OFFLINE": "1",
+    }

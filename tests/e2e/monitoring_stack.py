@@ -1,0 +1,114 @@
+"""Real Prometheus and Alertmanager on loopback with short intervals, for the e2e test."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.service.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fast_rules(target: Path, *, hold: str, min_samples: int) -> Path:
+    """The repo's drift rules with a short ``for`` and a small sample minimum (the
+    expression is otherwise the one that ships)."""
+    text = (REPO / "monitoring" / "rules" / "drift.rules.yml").read_text()
+    text = re.sub(r"for: \d+m", f"for: {hold}", text)
+    text = text.replace(">= 100", f">= {min_samples}")
+    target.write_text(text)
+    return target
+
+
+@dataclass
+class Daemon:
+    """A started binary, its URL and its log file."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def _start(command: list[str], url: str, ready_path: str, log: Path) -> Daemon:
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    daemon = Daemon(process, url, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{command[0]} exited:\n{daemon.tail()}")
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return daemon
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{command[0]} not ready:\n{daemon.tail()}")
+
+
+def start_alertmanager(binary: str, folder: Path, webhook_url: str, token: str) -> Daemon:
+    """Alertmanager routing LoraswapAdapterDrift to the retrain webhook, bearer token set."""
+    port = free_port()
+    config: dict[str, Any] = {
+        "route": {"receiver": "loraswap-retrain", "group_by": ["tenant", "adapter", "version"],
+                  "group_wait": "1s", "group_interval": "2s", "repeat_interval": "1h"},
+        "receivers": [{"name": "loraswap-retrain", "webhook_configs": [{
+            "url": webhook_url, "send_resolved": True,
+            "http_config": {"authorization": {"type": "Bearer", "credentials": token}},
+        }]}],
+    }
+    (folder / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    return _start([binary, f"--config.file={folder / 'alertmanager.yml'}",
+                   f"--storage.path={folder / 'am-data'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                  f"http://127.0.0.1:{port}", "/-/ready", folder / "alertmanager.log")
+
+
+def start_prometheus(binary: str, folder: Path, target: str, alertmanager: str,
+                     rules: Path) -> Daemon:
+    """Prometheus scraping loraswap and evaluating the rules every second."""
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "alerting": {"alertmanagers": [{"static_configs": [
+            {"targets": [alertmanager.removeprefix("http://")]}]}]},
+        "scrape_configs": [{"job_name": "loraswap", "static_configs": [{"targets": [target]}]}],
+    }
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    return _start([binary, f"--config.file={folder / 'prometheus.yml'}",
+                   f"--storage.tsdb.path={folder / 'prom-data'}",
+                   f"--web.listen-address=127.0.0.1:{port}"],
+                  f"http://127.0.0.1:{port}", "/-/ready", folder / "prometheus.log")
+
+
+def query(prometheus: Daemon, expr: str) -> list[dict[str, Any]]:
+    """An instant query's result vector."""
+    body = httpx.get(prometheus.url + "/api/v1/query", params={"query": expr}, timeout=10)
+    result: list[dict[str, Any]] = body.json()["data"]["result"]
+    return result
+
+
+def firing(prometheus: Daemon) -> list[dict[str, Any]]:
+    """Prometheus's firing LoraswapAdapterDrift alerts."""
+    alerts = httpx.get(prometheus.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return [a for a in alerts if a["labels"].get("alertname") == "LoraswapAdapterDrift"
+            and a["state"] == "firing"]

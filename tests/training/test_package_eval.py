@@ -1,0 +1,39 @@
+"""Retraining evaluates stored packages: the same predictions as PEFT's own loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+from adapters.base_model import Quantization
+from tests.conftest import write_classifier_adapter
+from training.package_eval import evaluate_package
+
+TEXTS = ["great movie", "awful plot", "a charming film", "boring", "loved it", "meh",
+         "the quick brown fox", "paris is the capital of france"]
+
+
+def test_evaluate_package_scores_what_peft_predicts(tiny_base_dir: Path,
+                                                    tmp_path: Path) -> None:
+    labels = ["negative", "positive"]
+    folder = write_classifier_adapter(tiny_base_dir, tmp_path / "pkg", task="seq-cls",
+                                      labels=labels, seed=7)
+    model = LlamaForSequenceClassification.from_pretrained(
+        tiny_base_dir, num_labels=2, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
+    with torch.inference_mode():
+        predicted = [labels[int(model(input_ids=torch.tensor([tokenizer(t)["input_ids"]]))
+                                .logits[0].argmax())] for t in TEXTS]
+    # Ground truth equal to PEFT's answer on the first half, the other label after.
+    truth = predicted[:4] + [labels[1 - labels.index(p)] for p in predicted[4:]]
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                            for t, y in zip(TEXTS, truth, strict=True)))
+    metrics = evaluate_package(folder, data, tiny_base_dir, quantization=Quantization.FP32)
+    assert metrics["examples"] == len(TEXTS)
+    assert metrics["accuracy"] == 0.5

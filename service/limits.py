@@ -77,7 +77,7 @@ class TenantLimiter:
     """Admits requests within each tenant's rate and concurrency limits."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+        self.clock = clock  # the time source of the rate buckets (tests pass their own)
         self._usage: dict[str, _TenantUsage] = {}
         self._lock = threading.Lock()
 
@@ -115,7 +115,7 @@ class TenantLimiter:
         return Lease(release)
 
     def _take(self, usage: _TenantUsage, rate: float, cost: int) -> float:
-        now = self._clock()
+        now = self.clock()
         bucket = usage.bucket
         if bucket is None or bucket.rate != rate:  # the policy changed: start afresh
             burst = _burst(rate)

@@ -12,7 +12,6 @@ import pytest
 
 from adapters.errors import ConfigurationError
 from service.app import create_app
-from service.limits import TenantLimiter
 from service.settings import Settings
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory, upload_files
 from tests.utils.clock import FakeClock
@@ -226,7 +225,7 @@ def test_request_rate_limit_answers_429_with_retry_after(server: LiveServer) -> 
     """The limiter runs on a clock the test moves: at one instant only the burst (1) is
     admitted; a second later there is room for one more."""
     clock = FakeClock()
-    server.app.state.loraswap.limiter = TenantLimiter(clock=clock)
+    server.app.state.loraswap.limiter.clock = clock  # the limiter every route uses
     key = create_tenant(server, "acme", requests_per_second=1)
 
     def send() -> httpx.Response:

@@ -96,6 +96,8 @@ class FeedbackService:
             "received_at": time.time(),
         }
         self._capture.add_feedback(row, entry.tenant, entry.adapter)
+        # Written before it is acknowledged: a crash after the 200 must not lose it.
+        self._capture.flush()
         self._metrics.feedback.labels(*ref.labels).inc()
         if correct is not None:
             self._count(ref, correct)

@@ -76,7 +76,9 @@ def server(live_server: ServerFactory) -> LiveServer:
     return live_server(admin_token=ADMIN, dev_mode=False, drift_enabled=True,
                        drift_min_samples=4, drift_window_size=50,
                        drift_score_interval_seconds=0.1, drift_min_feedback=2,
-                       drift_capture_flush_seconds=0.1)
+                       # Long: batches are written by feedback (which must not wait for
+                       # the interval) or at shutdown, never by the timer in these tests.
+                       drift_capture_flush_seconds=600)
 
 
 def create_tenant(server: LiveServer, name: str, capture: str) -> str:
@@ -187,10 +189,12 @@ def test_generations_are_captured_and_take_text_feedback(
     assert ok.status_code == 200, ok.text
     assert ok.json()["correct"] is None
     store = open_store(server.settings.store_uri)
+    # Acknowledged means written: the feedback batch is in the store already, not after
+    # the next flush interval (a crash after the 200 loses nothing).
+    rows = read_parquet_batches(store, "feedback/acme/writer/")
+    assert rows and rows[0]["text"] == "jumps over the lazy dog"
     captured = wait_for(lambda: read_parquet_batches(store, "captures/acme/writer/"))
     assert json.loads(captured[0]["output"])["text"] == answer["outputs"][0]["text"]
-    rows = wait_for(lambda: read_parquet_batches(store, "feedback/acme/writer/"))
-    assert rows[0]["text"] == "jumps over the lazy dog"
     # No profile.json: the window is tracked, but no score is exported (absent, not 0).
     assert wait_for(lambda: metric_lines(server, "loraswap_drift_window_samples"))
     assert not [line for line in metric_lines(server, "loraswap_drift_score")

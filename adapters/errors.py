@@ -63,6 +63,12 @@ class NotFoundError(LoraswapError):
     code = "not_found"
 
 
+class FeatureDisabledError(NotFoundError):
+    """The route belongs to a feature this server runs without (404 naming the setting)."""
+
+    code = "feature_disabled"
+
+
 class AdapterNotFoundError(NotFoundError):
     """No adapter of that name is servable."""
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from adapters.errors import NotReadyError, PayloadTooLargeError
+from adapters.errors import FeatureDisabledError, NotReadyError, PayloadTooLargeError
 from adapters.training_data import store_bytes
 from service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
 from service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
@@ -32,7 +32,8 @@ def get_drift(components: ComponentsDep) -> DriftPipeline:
 def require_drift(components: ServingComponents) -> DriftPipeline:
     """The drift pipeline of ``components``, or 503 when drift monitoring is off."""
     if components.drift is None:
-        raise NotReadyError("drift monitoring is off: set LORASWAP_DRIFT_ENABLED=true")
+        raise FeatureDisabledError(
+            "drift monitoring is off on this server: set LORASWAP_DRIFT_ENABLED=true")
     return components.drift
 
 

@@ -29,21 +29,34 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", ""})
 
 
 def crash_before_put(pattern: str, skip: int) -> None:
-    """SIGKILL this process before the ``skip``-th later put of a key matching ``pattern``."""
+    """SIGKILL this process before the ``skip``-th later write of a key matching ``pattern``,
+    plain (``put``: package files) or compare-and-swap (``put_if_match``: ``state.json``,
+    tenant records)."""
     from adapters.store.filesystem import FileSystemStore
 
-    original = FileSystemStore.put
     matched = re.compile(pattern)
     seen = [0]
 
-    def put(self: FileSystemStore, key: str, data: bytes) -> None:
+    def crash_if_matching(key: str) -> None:
         if matched.search(key):
             if seen[0] == skip:
                 os.kill(os.getpid(), signal.SIGKILL)
             seen[0] += 1
-        original(self, key, data)
+
+    original_put = FileSystemStore.put
+    original_put_if_match = FileSystemStore.put_if_match
+
+    def put(self: FileSystemStore, key: str, data: bytes) -> None:
+        crash_if_matching(key)
+        original_put(self, key, data)
+
+    def put_if_match(self: FileSystemStore, key: str, data: bytes,
+                     expected: str | None) -> bool:
+        crash_if_matching(key)
+        return original_put_if_match(self, key, data, expected)
 
     FileSystemStore.put = put  # type: ignore[method-assign]
+    FileSystemStore.put_if_match = put_if_match  # type: ignore[method-assign]
 
 
 def _is_loopback(host: Any) -> bool:

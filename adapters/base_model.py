@@ -313,15 +313,15 @@ def check_model_config(config: Any) -> None:
     (Qwen2 with ``use_sliding_window``) are refused too: the runner attends to the whole
     context and would silently differ from the model.
     """
-    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
-    model_type = get("model_type")
+    values: dict[str, Any] = config if isinstance(config, dict) else vars(config)
+    model_type = values.get("model_type") or getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
         raise ModelLoadError(
             f"unsupported model_type {model_type!r}: the engine serves Llama-style decoders "
             f"({supported})"
         )
-    if "sliding_attention" in (get("layer_types") or ()):
+    if "sliding_attention" in (values.get("layer_types") or ()):
         raise ModelLoadError(
             f"model_type {model_type!r} with sliding-window attention layers is not supported"
         )

@@ -30,7 +30,7 @@ def test_bench_runs_every_scenario(tiny_base_dir: Path, tmp_path: Path) -> None:
         "--max-tokens", str(TOKENS), "--prompt-tokens", "8", "--concurrency", "4",
         "--max-batch-size", "4", "--load-adapters", "3", "--rank", "4", "--alpha", "8",
         "--adapter-dir", str(tmp_path / "adapters"), "--threads", str(torch.get_num_threads()),
-        "--json", str(report), "--markdown", str(table),
+        "--json", str(report), "--markdown", str(table), "--precision", "fp32",
     ])
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
@@ -52,6 +52,11 @@ def test_bench_runs_every_scenario(tiny_base_dir: Path, tmp_path: Path) -> None:
     for name in rows:
         assert f"| {name} |" in markdown
     assert "copy (host -> slot" in markdown
+    # The precision and why, the CPU, and decode against the GEMM peak of the same run.
+    assert "Precision: fp32 from --precision" in markdown
+    assert "CPU: " in markdown and "torch capability" in markdown
+    assert "base decode " in markdown and "GFLOP/s GEMM peak" in markdown
+    assert data["meta"]["gemm_peak_gflops"] > 0
 
 
 def test_bench_rejects_unknown_scenario(tiny_base_dir: Path) -> None:

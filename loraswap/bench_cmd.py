@@ -1,6 +1,7 @@
-"""``loraswap bench``: throughput and latency of the engine against PEFT serving, one run.
+"""``loraswap bench``: the project's benchmarks as subcommands (``engine``, ``train-step``,
+``quantization``, ``quality``); ``engine`` measures the engine against PEFT serving in one run.
 
-Runnable without the main CLI as ``python -m loraswap.bench_cmd [OPTIONS]``.
+``engine`` is also runnable without the main CLI as ``python -m loraswap.bench_cmd [OPTIONS]``.
 """
 
 from __future__ import annotations
@@ -330,6 +331,34 @@ def bench(
                         "gemm_peak_gflops": outcome.peak_gflops})
 
 
+def train_step(
+    base_model: Path = typer.Option(DEFAULT_BASE_MODEL_DIR, "--base-model",
+                                    help="Base model folder (safetensors + tokenizer)."),
+    precision: str = typer.Option("fp32,bf16", "--precision",
+                                  help="Comma-separated: auto, bf16, fp32."),
+    threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per step."),
+    tokens: int = typer.Option(32, "--tokens", min=1, help="Tokens per prompt."),
+) -> None:
+    """Time one `loraswap train` step (seq-cls, LoRA on the default targets) per precision."""
+    import torch
+
+    from loraswap.bench.train_step import time_train_step
+
+    torch.set_num_threads(threads)
+    choices = choose_precisions(precision)
+    lines = [f"CPU: {CpuFeatures.detect().describe()}; torch threads {threads}; seq-cls, "
+             f"batch {batch_size} x {tokens} tokens, best and median of 3 steps.",
+             "", "| precision | why | step best (s) | step median (s) |", "|---|---|---:|---:|"]
+    for choice in choices:
+        _log(f"train step in {choice.value}")
+        result = time_train_step(base_model, choice.value, batch_size=batch_size,
+                                 tokens=tokens)
+        lines.append(f"| {result.precision} | {choice.reason} | {result.best_s:.2f} "
+                     f"| {result.median_s:.2f} |")
+    typer.echo("\n".join(lines))
+
+
 def choose_precisions(spec: str) -> list[PrecisionChoice]:
     """``--precision``: each comma-separated value resolved for this CPU, in order."""
     cpu = CpuFeatures.detect()
@@ -378,6 +407,22 @@ def render_report(opts: BenchOptions, outcomes: list[BenchOutcome], http: str | 
         parts.append(f"Precision: {reasons}.")
     parts += [_outcome_section(outcome, http) for outcome in outcomes]
     return "\n\n".join(parts)
+
+
+def bench_app() -> typer.Typer:
+    """``loraswap bench``: every benchmark of the project, one subcommand each."""
+    from loraswap.bench.quality import main as quality
+    from loraswap.bench.quantization import quantization
+
+    app = typer.Typer(help="Measure throughput, latency, precision and quality "
+                      "(see docs/benchmarks.md).", no_args_is_help=True)
+    app.command(name="engine", help="Engine vs PEFT serving: tok/s, latency, adapter loads, "
+                "decode against the GEMM peak (one run).")(bench)
+    app.command(name="train-step", help="One `loraswap train` step per precision.")(train_step)
+    app.command(name="quantization", help="Base model quantizations: memory, latency, "
+                "answers.")(quantization)
+    app.command(name="quality", help="Quality runs on real data (docs/quality.md).")(quality)
+    return app
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loraswap.bench.quality import command_line, runs
 from training.data import TextExample
-from training.quality import command_line, runs
 from training.zeroshot import label_scores, zero_shot_metrics
 
 

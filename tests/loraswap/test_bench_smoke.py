@@ -105,3 +105,19 @@ async def test_http_client_against_fake_server() -> None:
     assert [b["model"] for b in timed] == ["a", "b", "a"]
     assert all(b["ignore_eos"] is True and b["temperature"] == 0 for b in timed)
     assert completions_url("http://h:1/v1/") == "http://h:1/v1/completions"
+
+
+def test_bench_is_one_cli_group_with_train_step(tiny_base_dir: Path) -> None:
+    """`loraswap bench train-step` times a training step per precision, naming the CPU."""
+    from loraswap.cli import app
+
+    result = CliRunner().invoke(app, [
+        "bench", "train-step", "--base-model", str(tiny_base_dir), "--precision", "fp32,auto",
+        "--batch-size", "2", "--tokens", "4", "--threads", str(torch.get_num_threads()),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| fp32")
+            or line.startswith("| bf16")]
+    assert len(rows) == 2 and "from --precision" in rows[0]
+    assert "torch capability" in result.output
+    assert float(rows[0].split("|")[3]) > 0

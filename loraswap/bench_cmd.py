@@ -392,7 +392,9 @@ def _outcome_section(outcome: BenchOutcome, http: str | None) -> str:
     if loads:
         lines.append(f"Host load average (1 min) at the end of each scenario: {loads}.")
     lines.append(scenario_table(results, baseline="base" if http is None else "http"))
-    lines += [f"- {line.describe()}" for line in outcome.rooflines()]
+    rooflines = outcome.rooflines()
+    if rooflines:
+        lines.append("\n".join(f"- {line.describe()}" for line in rooflines))
     if outcome.load is not None:
         lines.append(load_table(outcome.load))
     return "\n\n".join(lines)

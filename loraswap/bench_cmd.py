@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import typer
 
 from adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.bench.outcome import BenchOptions, BenchOutcome, render_report
 
 ENGINE_SCENARIOS: dict[str, int] = {"base": 0, "lora1": 1, "lora4": 4, "lora16": 16,
                                     "lora32": 32, "lora64": 64}
@@ -27,28 +27,6 @@ DEFAULT_SCENARIOS = ",".join(ALL_SCENARIOS)
 PEFT_ADAPTERS = 16
 POISSON_ADAPTERS = 16
 POISSON_LOAD = 0.7
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    """Everything one benchmark run depends on."""
-
-    base_model: Path
-    scenarios: tuple[str, ...]
-    requests: int = 32
-    concurrency: int = 32
-    prompt_tokens: int = 32
-    max_tokens: int = 64
-    naive_requests: int | None = None
-    max_batch_size: int = 32
-    rank: int = 16
-    alpha: float = 32.0
-    targets: str = "q_proj,k_proj,v_proj,o_proj"
-    adapter_dir: Path = Path(tempfile.gettempdir()) / "loraswap-bench-adapters"
-    poisson_rate: float | None = None
-    load_adapters: int = 20
-    threads: int = 2
-    device: str = "cpu"
 
 
 def parse_scenarios(spec: str) -> tuple[str, ...]:
@@ -64,25 +42,6 @@ def parse_scenarios(spec: str) -> tuple[str, ...]:
 
 def _log(message: str) -> None:
     typer.echo(f"[bench] {message}", err=True)
-
-
-@dataclass
-class BenchOutcome:
-    """The scenarios measured in one precision, with the run's GEMM peak."""
-
-    precision: str
-    results: list[Any]
-    load: Any = None  # LoadLatencyResult
-    peak_gflops: float = 0.0
-    flops_per_token: float = 0.0
-
-    def rooflines(self) -> list[Any]:
-        """Achieved decode GFLOP/s of each engine scenario against the peak."""
-        from loraswap.bench.roofline import Roofline
-
-        return [Roofline(r.scenario, self.flops_per_token * r.decode_tokens
-                         / r.decode_seconds / 1e9, self.peak_gflops)
-                for r in self.results if r.decode_seconds > 0 and self.peak_gflops > 0]
 
 
 def _record(results: list[Any], result: Any) -> None:
@@ -310,7 +269,8 @@ def bench(
         outcomes = [BenchOutcome("server's", [run_http_mode(opts, http, models, api_key)])]
     else:
         outcomes = [run_benchmark(opts, choice.value) for choice in choose_precisions(precision)]
-    text = render_report(opts, outcomes, http, precision)
+    reasons = [] if http is not None else [c.reason for c in choose_precisions(precision)]
+    text = render_report(opts, outcomes, http, reasons)
     typer.echo(text)
     meta: dict[str, Any] = {
         **{k: str(v) for k, v in asdict(opts).items()},
@@ -370,45 +330,6 @@ def choose_precisions(spec: str) -> list[PrecisionChoice]:
     if not choices:
         raise typer.BadParameter("--precision needs at least one value")
     return choices
-
-
-def _setup_line(opts: BenchOptions, http: str | None) -> str:
-    where = "over HTTP" if http else f"on {opts.device}"
-    return (
-        f"Workload: {opts.base_model.name} ({where}, torch threads {opts.threads}), prompts "
-        f"of {opts.prompt_tokens} tokens, {opts.max_tokens} output tokens each (ignore_eos, "
-        f"greedy), {opts.concurrency} concurrent clients; adapters r={opts.rank}, "
-        f"alpha={opts.alpha:g}, targets {opts.targets}. CPU: {CpuFeatures.detect().describe()}."
-    )
-
-
-def _outcome_section(outcome: BenchOutcome, http: str | None) -> str:
-    from loraswap.bench.report import load_table, scenario_table
-
-    results = outcome.results
-    lines = [f"### {outcome.precision}"]
-    loads = ", ".join(f"{r.scenario} {r.host_load:.1f}" for r in results
-                      if r.host_load is not None)
-    if loads:
-        lines.append(f"Host load average (1 min) at the end of each scenario: {loads}.")
-    lines.append(scenario_table(results, baseline="base" if http is None else "http"))
-    rooflines = outcome.rooflines()
-    if rooflines:
-        lines.append("\n".join(f"- {line.describe()}" for line in rooflines))
-    if outcome.load is not None:
-        lines.append(load_table(outcome.load))
-    return "\n\n".join(lines)
-
-
-def render_report(opts: BenchOptions, outcomes: list[BenchOutcome], http: str | None,
-                  precision: str) -> str:
-    """The header (workload, CPU, precision and why) and one section per precision."""
-    parts = [_setup_line(opts, http)]
-    if http is None:
-        reasons = "; ".join(c.reason for c in choose_precisions(precision))
-        parts.append(f"Precision: {reasons}.")
-    parts += [_outcome_section(outcome, http) for outcome in outcomes]
-    return "\n\n".join(parts)
 
 
 def bench_app() -> typer.Typer:

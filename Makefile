@@ -35,7 +35,7 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: model
-	$(BIN)/loraswap bench
+	$(BIN)/loraswap bench engine
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,6 @@
 """Loading the base model: the one place the service and training get it from.
 
-The base model is a causal LM of a Llama-style family (:data:`SUPPORTED_MODEL_TYPES`)
+The base model is a causal LM of a Llama-style family (see :mod:`adapters.model_families`)
 stored as safetensors plus a tokenizer (``loraswap model fetch`` provides
 SmolLM2-135M-Instruct). It can be loaded in four
 precisions (:class:`Quantization`). Whatever was asked for, :class:`BaseModelInfo` reports
@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from adapters.errors import ModelLoadError, QuantizationUnavailableError
+from adapters.model_families import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
+from adapters.model_families import check_model_config
 from adapters.precision import CpuFeatures, choose_cpu_precision
 
 logger = logging.getLogger(__name__)
@@ -36,12 +38,6 @@ DEFAULT_BASE_MODEL_DIR: Path = (
 
 MANIFEST_NAME = "loraswap-manifest.json"
 """File written by ``loraswap model fetch`` beside the weights (name, source, checksums)."""
-
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"})
-"""``config.model_type`` values accepted: families whose decoder block is Llama's, up to
-q/k/v biases (Qwen2, Qwen2.5), q/k head norms (Qwen3) and a scaled embedding with
-``1 + weight`` norms (Gemma). Phi-3 (fused qkv), Gemma 2/3 (soft-capping, extra norms,
-sliding layers) and mixture-of-experts models are not."""
 
 FETCH_HINT = "run `loraswap model fetch` to download the base model"
 
@@ -304,29 +300,6 @@ def _check_model_folder(path: Path) -> str:
     except ModelLoadError as exc:
         raise ModelLoadError(f"{exc} (in {config_file})") from exc
     return str(config["model_type"])
-
-
-def check_model_config(config: Any) -> None:
-    """Raise :class:`ModelLoadError` naming the ``model_type`` unless the engine serves it.
-
-    ``config`` is a transformers config or a ``config.json`` dict. Sliding-window layers
-    (Qwen2 with ``use_sliding_window``) are refused too: the runner attends to the whole
-    context and would silently differ from the model.
-    """
-    def get(key: str) -> Any:
-        return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
-
-    model_type = get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
-        raise ModelLoadError(
-            f"unsupported model_type {model_type!r}: the engine serves Llama-style decoders "
-            f"({supported})"
-        )
-    if "sliding_attention" in (get("layer_types") or ()):
-        raise ModelLoadError(
-            f"model_type {model_type!r} with sliding-window attention layers is not supported"
-        )
 
 
 def _require_bitsandbytes(quant: Quantization) -> None:

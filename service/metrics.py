@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from service.engine.observer import Tier
+from service.engine.observer import StepKind, Tier
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2)
 STORE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+STEP_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
@@ -39,6 +41,14 @@ class ServiceMetrics:
                                  registry=r)
         self.batch_size = Gauge("loraswap_running_batch_size", "Sequences in the running batch.",
                                 registry=r)
+        self.step_seconds = Histogram(
+            "loraswap_engine_step_seconds",
+            "Time of one engine forward pass, by kind (prefill, decode, encode).", ["kind"],
+            buckets=STEP_BUCKETS, registry=r)
+        self.step_tokens = Histogram(
+            "loraswap_engine_step_tokens",
+            "Real tokens in one engine forward pass (decode: running sequences), by kind.",
+            ["kind"], buckets=STEP_TOKEN_BUCKETS, registry=r)
         self.resident = Gauge("loraswap_resident_adapters", "Adapters resident, by tier.",
                               ["tier"], registry=r)
         self.loads = Counter("loraswap_adapter_loads", "Adapter loads into a tier.",
@@ -128,6 +138,11 @@ class ServiceMetrics:
         """Set queue depth and running batch size."""
         self.queue_depth.set(waiting)
         self.batch_size.set(running)
+
+    def engine_step(self, kind: StepKind, seconds: float, tokens: int) -> None:
+        """Observe one forward pass: its time and its tokens."""
+        self.step_seconds.labels(kind).observe(seconds)
+        self.step_tokens.labels(kind).observe(tokens)
 
     def first_token(self, adapter: str, seconds: float) -> None:
         """Observe a time to first token."""

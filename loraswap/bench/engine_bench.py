@@ -12,9 +12,10 @@ from typing import Any
 
 from adapters.lora_format import LoraAdapterWeights, read_lora_adapter
 from loraswap.bench.report import LoadLatencyResult, RequestTiming, ScenarioResult
+from loraswap.bench.roofline import StepTotals
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.engine_thread import EngineThread
-from service.engine.observer import NullObserver
+from service.engine.observer import EngineObserver, NullObserver
 from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
 from service.engine.sampling import SamplingParams
@@ -39,17 +40,19 @@ def read_adapters(folders: list[Path]) -> list[Adapter]:
 
 
 def make_engine(model: Any, tokenizer: Any, num_adapters: int, run: EngineRun,
-                thread: EngineThread | None = None) -> LoraEngine:
+                thread: EngineThread | None = None,
+                observer: EngineObserver | None = None) -> LoraEngine:
     """An engine with one slot per distinct adapter (at least one), on ``thread``."""
     config = EngineConfig(
         max_loras=max(1, num_adapters), max_lora_rank=run.max_lora_rank,
         max_cpu_loras=max(64, num_adapters), max_batch_size=run.max_batch_size,
         max_model_len=run.max_model_len, max_queue=4096,
     )
+    watcher = observer or NullObserver()
     if thread is None:
-        return LoraEngine(model, tokenizer, config, NullObserver())
+        return LoraEngine(model, tokenizer, config, watcher)
     return thread.call(
-        lambda: LoraEngine(model, tokenizer, config, NullObserver(), thread)).result()
+        lambda: LoraEngine(model, tokenizer, config, watcher, thread)).result()
 
 
 async def timed_request(engine: LoraEngine, request_id: str, prompt: list[int],
@@ -136,8 +139,10 @@ def run_engine_scenario(
     run: EngineRun, poisson_rate: float | None = None, thread: EngineThread | None = None,
 ) -> ScenarioResult:
     """One scenario on a fresh engine (slots = distinct adapters): closed loop, or open loop
-    when ``poisson_rate`` is given. Slots start empty, so first loads are measured too."""
-    engine = make_engine(model, tokenizer, len(adapters), run, thread)
+    when ``poisson_rate`` is given. Slots start empty, so first loads are measured too.
+    The result carries the decode steps' seconds and tokens (warm-up included)."""
+    totals = StepTotals()
+    engine = make_engine(model, tokenizer, len(adapters), run, thread, totals)
     engine.start()
 
     async def body() -> tuple[list[RequestTiming], float, float]:
@@ -162,7 +167,9 @@ def run_engine_scenario(
         )
     else:
         notes.append(f"closed loop, {min(run.concurrency, len(prompts))} clients")
-    return ScenarioResult.from_timings(name, used, timings, wall, note="; ".join(notes))
+    result = ScenarioResult.from_timings(name, used, timings, wall, note="; ".join(notes))
+    result.decode_seconds, result.decode_tokens = totals.decode_seconds, totals.decode_tokens
+    return result
 
 
 def measure_load_latency(model: Any, tokenizer: Any, folders: list[Path],

@@ -46,6 +46,9 @@ class ScenarioResult:
     # 1-minute load average of the host when the scenario ended (others' CPU use shows up
     # here: with N cores, a value well above the benchmark's own threads means contention).
     host_load: float | None = None
+    # Engine decode steps of the scenario (in-process runs only): time and tokens.
+    decode_seconds: float = 0.0
+    decode_tokens: int = 0
 
     @classmethod
     def from_timings(cls, scenario: str, distinct_adapters: int, timings: list[RequestTiming],

@@ -108,9 +108,10 @@ def ensure_adapters(root: Path, base_dir: Path, count: int, spec: AdapterSpec) -
     return folders
 
 
-def load_base(path: Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) in bfloat16: the one place the benchmark loads it."""
+def load_base(path: Path, device: str = "cpu", precision: str = "bf16") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) in ``precision`` (bf16 or fp32): the one place the
+    benchmark loads it."""
     from adapters.base_model import Quantization, load_base_model
 
-    loaded = load_base_model(path, Quantization.BF16, device)
+    loaded = load_base_model(path, Quantization(precision), device)
     return loaded.model, loaded.tokenizer

@@ -80,7 +80,7 @@ class LoraEngine:
             dtype=lora_dtype, device=device,
         )
         self.cache = KvCache(shape, config.max_batch_size, config.max_model_len, dtype, device)
-        self.runner = LlamaRunner(model, self.table, self.cache)
+        self.runner = LlamaRunner(model, self.table, self.cache, observer)
         self.slots = LoraSlotManager(self.table, observer)
         self._owns_thread = thread is None
         self.thread = thread or EngineThread()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 Tier = Literal["slot", "host"]
+StepKind = Literal["prefill", "decode", "encode"]
+"""A forward pass of the runner: prompts into the cache, one token per running sequence, or
+prompts of classification requests (no cache)."""
 
 
 class EngineObserver(Protocol):
@@ -35,6 +38,9 @@ class EngineObserver(Protocol):
     def request_finished(self, adapter: str, reason: str, tokens: int) -> None:
         """A request ended with ``reason`` after generating ``tokens`` tokens."""
 
+    def engine_step(self, kind: StepKind, seconds: float, tokens: int) -> None:
+        """One forward pass of ``kind`` over ``tokens`` real tokens took ``seconds``."""
+
 
 class NullObserver:
     """Observer that records nothing (tests, benchmarks)."""
@@ -61,4 +67,7 @@ class NullObserver:
         """Ignore."""
 
     def request_finished(self, adapter: str, reason: str, tokens: int) -> None:
+        """Ignore."""
+
+    def engine_step(self, kind: StepKind, seconds: float, tokens: int) -> None:
         """Ignore."""

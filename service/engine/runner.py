@@ -6,7 +6,7 @@ the batching: each row of a decode step is one sequence with its own cache row, 
 and adapter slot. Plain (unquantized) q/k/v and gate/up weights are fused into one GEMM
 each; the original modules keep views into the fused tensors, so nothing is duplicated.
 
-The families served (:data:`adapters.base_model.SUPPORTED_MODEL_TYPES`) share the Llama
+The families served (:data:`adapters.model_families.SUPPORTED_MODEL_TYPES`) share the Llama
 decoder block and differ only in what lives inside modules the runner calls anyway, plus
 two things it handles itself: q/k/v biases (Qwen2; fused with the weights) and per-head
 RMS norms of queries and keys before the rotary embedding (Qwen3). Gemma's scaled
@@ -15,7 +15,9 @@ embedding and ``1 + weight`` norms are its modules' own forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,8 +26,9 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from adapters.base_model import check_model_config
+from adapters.model_families import check_model_config
 from service.engine.lora_slots import LoraBatchPlan, LoraSlotTable, ProjectionGroup
+from service.engine.observer import EngineObserver, NullObserver, StepKind
 
 # Per-step attention: writes the new keys/values into the cache and attends.
 _Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -131,11 +134,19 @@ def projection_groups(shape: ModelShape) -> list[ProjectionGroup]:
 
 
 class LlamaRunner:
-    """Runs prefill and decode steps over rows of the KV cache, with LoRA slots per row."""
+    """Runs prefill and decode steps over rows of the KV cache, with LoRA slots per row.
 
-    def __init__(self, model: Any, slots: LoraSlotTable, cache: KvCache) -> None:
-        # ``model`` is a transformers LlamaForCausalLM (untyped library, hence Any).
+    Every step is timed (``clock``) and reported to ``observer`` with its real tokens, so
+    ``/metrics`` shows where the time goes on the machine at hand.
+    """
+
+    def __init__(self, model: Any, slots: LoraSlotTable, cache: KvCache,
+                 observer: EngineObserver | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        # ``model`` is a transformers causal LM of a supported family (untyped, hence Any).
         self.model = model
+        self._observer = observer or NullObserver()
+        self._clock = clock
         self.shape = model_shape(model)
         self.slots = slots
         self.cache = cache
@@ -184,9 +195,10 @@ class LlamaRunner:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
         row_slots = torch.tensor(slots, dtype=torch.long).repeat_interleave(width)
-        hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
-        last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
-        return self._logits(last)
+        with self._timed("prefill", sum(len(p) for p in prompts)):
+            hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
+            last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
+            return self._logits(last)
 
     @torch.inference_mode()
     def encode(self, prompts: list[list[int]], slots: list[int],
@@ -209,9 +221,10 @@ class LlamaRunner:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
         row_slots = torch.tensor(slots, dtype=torch.long).repeat_interleave(tokens.shape[1])
-        hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
-        normed: torch.Tensor = self._norm(hidden)
-        return normed
+        with self._timed("encode", sum(len(p) for p in prompts)):
+            hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
+            normed: torch.Tensor = self._norm(hidden)
+            return normed
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
@@ -236,8 +249,17 @@ class LlamaRunner:
                 attn_mask=mask, enable_gqa=True,
             )
 
-        hidden = self._forward(tokens[:, None], positions[:, None], attend, self.slots.plan(slots))
-        return self._logits(hidden[:, 0])
+        # Idle rows sit at position 0; a running sequence is always past its prompt.
+        with self._timed("decode", int((positions > 0).sum())):
+            hidden = self._forward(tokens[:, None], positions[:, None], attend,
+                                   self.slots.plan(slots))
+            return self._logits(hidden[:, 0])
+
+    @contextmanager
+    def _timed(self, kind: StepKind, tokens: int) -> Iterator[None]:
+        started = self._clock()
+        yield
+        self._observer.engine_step(kind, self._clock() - started, tokens)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self._head(self._norm(hidden)).float()

@@ -30,7 +30,7 @@ def test_bench_runs_every_scenario(tiny_base_dir: Path, tmp_path: Path) -> None:
         "--max-tokens", str(TOKENS), "--prompt-tokens", "8", "--concurrency", "4",
         "--max-batch-size", "4", "--load-adapters", "3", "--rank", "4", "--alpha", "8",
         "--adapter-dir", str(tmp_path / "adapters"), "--threads", str(torch.get_num_threads()),
-        "--json", str(report), "--markdown", str(table),
+        "--json", str(report), "--markdown", str(table), "--precision", "fp32",
     ])
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
@@ -52,6 +52,11 @@ def test_bench_runs_every_scenario(tiny_base_dir: Path, tmp_path: Path) -> None:
     for name in rows:
         assert f"| {name} |" in markdown
     assert "copy (host -> slot" in markdown
+    # The precision and why, the CPU, and decode against the GEMM peak of the same run.
+    assert "Precision: fp32 from --precision" in markdown
+    assert "CPU: " in markdown and "torch capability" in markdown
+    assert "base decode " in markdown and "GFLOP/s GEMM peak" in markdown
+    assert data["meta"]["gemm_peak_gflops"] > 0
 
 
 def test_bench_rejects_unknown_scenario_before_any_work(tmp_path: Path) -> None:
@@ -108,3 +113,19 @@ async def test_http_client_against_fake_server() -> None:
     assert [b["model"] for b in timed] == ["a", "b", "a"]
     assert all(b["ignore_eos"] is True and b["temperature"] == 0 for b in timed)
     assert completions_url("http://h:1/v1/") == "http://h:1/v1/completions"
+
+
+def test_bench_is_one_cli_group_with_train_step(tiny_base_dir: Path) -> None:
+    """`loraswap bench train-step` times a training step per precision, naming the CPU."""
+    from loraswap.cli import app
+
+    result = CliRunner().invoke(app, [
+        "bench", "train-step", "--base-model", str(tiny_base_dir), "--precision", "fp32,auto",
+        "--batch-size", "2", "--tokens", "4", "--threads", str(torch.get_num_threads()),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| fp32")
+            or line.startswith("| bf16")]
+    assert len(rows) == 2 and "from --precision" in rows[0]
+    assert "torch capability" in result.output
+    assert float(rows[0].split("|")[3]) > 0

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loraswap.bench.quality import command_line, runs
 from training.data import TextExample
-from training.quality import command_line, runs
 from training.zeroshot import _rows, label_scores, zero_shot_metrics
 
 

@@ -7,12 +7,11 @@ shared machine hits both alike. Each request is one SST-2 sentence, sent by 4 co
 clients. Bounded: ``--rounds`` × ``--per-round``
 requests per server.
 
-Usage: python bench/drift_overhead.py --package PKG [--rounds 6] [--per-round 40]
+Usage: loraswap bench drift --package PKG [--rounds 6] [--per-round 40]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -23,10 +22,12 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Annotated, Any
 
 import httpx
+import typer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADMIN = "bench-admin-" + "9" * 30
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -74,15 +75,16 @@ def run_round(url: str, key: str, texts: list[str]) -> tuple[list[float], float]
         return latencies, time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--package", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/sst2/dev.tsv")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--per-round", type=int, default=40)
-    parser.add_argument("--capture", default="all", help="the tenant's capture policy")
-    args = parser.parse_args()
-    with args.data.open(encoding="utf-8") as handle:
+def main(
+    package: Annotated[Path, typer.Option(help="A seq-cls package from `loraswap train`.")],
+    data: Annotated[Path, typer.Option(help="TSV of sentences (first column).")] = (
+        REPO.parent / "shared/data/sst2/dev.tsv"),
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds per server.")] = 6,
+    per_round: Annotated[int, typer.Option(min=1, help="Requests per round.")] = 40,
+    capture: Annotated[str, typer.Option(help="The tenant's capture policy.")] = "all",
+) -> None:
+    """Drift on vs off, in alternating rounds on two servers sharing one store."""
+    with data.open(encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         next(reader)
         texts = [row[0] for row in reader]
@@ -93,8 +95,8 @@ def main() -> None:
     try:
         off_url, on_url = servers["off"][1], servers["on"][1]
         key = httpx.post(off_url + "/admin/tenants", headers=HEADERS, json={
-            "name": "acme", "policy": {"capture": args.capture}}).json()["api_key"]
-        files = [("files", (p.name, p.read_bytes())) for p in sorted(args.package.iterdir())
+            "name": "acme", "policy": {"capture": capture}}).json()["api_key"]
+        files = [("files", (p.name, p.read_bytes())) for p in sorted(package.iterdir())
                  if p.is_file()]
         httpx.post(off_url + "/admin/adapters/acme/sentiment/versions", headers=HEADERS,
                    files=files, timeout=120).raise_for_status()
@@ -102,13 +104,13 @@ def main() -> None:
         for url in (off_url, on_url):  # warm-up: adapter load, first steps
             run_round(url, key, texts[:8])
         results: dict[str, tuple[list[float], float]] = {"off": ([], 0.0), "on": ([], 0.0)}
-        for index in range(args.rounds):
-            chunk = texts[(index * args.per_round) % len(texts):][:args.per_round]
+        for index in range(rounds):
+            chunk = texts[(index * per_round) % len(texts):][:per_round]
             for name in (("off", "on") if index % 2 == 0 else ("on", "off")):
                 latencies, seconds = run_round(servers[name][1], key, chunk)
                 results[name][0].extend(latencies)
                 results[name] = (results[name][0], results[name][1] + seconds)
-        report = {}
+        report: dict[str, Any] = {}
         for name, (latencies, seconds) in results.items():
             ordered = sorted(latencies)
             report[name] = {
@@ -116,9 +118,9 @@ def main() -> None:
                 "p99_ms": round(1000 * ordered[min(len(ordered) - 1,
                                                    int(0.99 * len(ordered)))], 1),
                 "throughput_rps": round(len(ordered) / seconds, 2)}
-        report["capture"] = args.capture
+        report["capture"] = capture
         report["load_average"] = os.getloadavg()
-        print(json.dumps(report, indent=2))
+        typer.echo(json.dumps(report, indent=2))
     finally:
         for process, _ in servers.values():
             process.terminate()
@@ -126,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

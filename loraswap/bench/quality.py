@@ -1,6 +1,6 @@
 """Quality runs on real data (docs/quality.md): one ``loraswap train`` per dataset.
 
-``python -m training.quality`` runs them strictly one after another (2-core CPU) and prints
+``loraswap bench quality`` runs them strictly one after another (2-core CPU) and prints
 the table; ``--print-commands`` only shows the commands, ``--table-only`` re-reads the
 packages of an earlier run. Data is read from ``--data-dir`` (default ``../shared/data``).
 """
@@ -251,7 +251,3 @@ def main(
             for sample in generation_samples(data_dir, out, base_model):
                 typer.echo(json.dumps(sample, indent=2))
     typer.echo(table(selected, data_dir, out))
-
-
-if __name__ == "__main__":
-    typer.run(main)

@@ -4,12 +4,11 @@ Each quantization is measured in a fresh subprocess (one after the other, never 
 parallel), so the resident-memory figure is that of one loaded model and nothing else.
 The model must have been fetched first (``loraswap model fetch``).
 
-Usage: python bench/quantization.py [--model DIR] [--threads N] [--out FILE.md]
+Usage: ``loraswap bench quantization [--model DIR] [--threads N] [--modes ...] [--out FILE]``
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import gc
@@ -22,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+import typer
+
+from adapters.base_model import DEFAULT_BASE_MODEL_DIR
+
 MODES = ("fp32", "bf16", "int8", "nf4")
 PROMPTS = (
     "What is the capital of France?",
@@ -63,7 +65,6 @@ def _worker(mode: str, model_dir: Path, threads: int) -> dict[str, Any]:
     # difference is the model. bitsandbytes only where it would be used.
     import transformers  # noqa: F401
 
-    sys.path.insert(0, str(REPO_ROOT))
     from adapters.base_model import Quantization, load_base_model
 
     if mode in ("int8", "nf4"):
@@ -141,7 +142,10 @@ def _run_mode(mode: str, model_dir: Path, threads: int) -> dict[str, Any]:
     """Measure one mode in a fresh interpreter; its result comes back as a JSON line."""
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "loraswap.cli",
+        "bench",
+        "quantization",
         "--worker",
         mode,
         "--model",
@@ -215,37 +219,26 @@ def render(results: list[dict[str, Any]], model_dir: Path, threads: int, load: s
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    """Measure every quantization (or, with --worker, one of them) and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", type=Path, default=None, help="model folder")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.model is None:
-        sys.path.insert(0, str(REPO_ROOT))
-        from adapters.base_model import DEFAULT_BASE_MODEL_DIR
-
-        args.model = DEFAULT_BASE_MODEL_DIR
-
-    if args.worker:
-        print(RESULT_MARK + json.dumps(_worker(args.worker, args.model, args.threads)))
+def quantization(
+    model: Path = typer.Option(DEFAULT_BASE_MODEL_DIR, "--model", help="Model folder."),
+    threads: int = typer.Option(2, "--threads", min=1, help="torch threads."),
+    modes: str = typer.Option(",".join(MODES), "--modes", help="Comma-separated modes."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the table here."),
+    worker: str | None = typer.Option(None, "--worker", hidden=True),
+) -> None:
+    """Compare the base model's quantizations on this CPU: memory, load time, latency,
+    answers (each mode in a fresh process, one after the other)."""
+    if worker:
+        typer.echo(RESULT_MARK + json.dumps(_worker(worker, model, threads)))
         return
-
     load_before = os.getloadavg()
     results = []
-    for mode in args.modes.split(","):
-        print(f"measuring {mode} ...", file=sys.stderr, flush=True)
-        results.append(_run_mode(mode, args.model, args.threads))
+    for mode in modes.split(","):
+        typer.echo(f"measuring {mode} ...", err=True)
+        results.append(_run_mode(mode, model, threads))
     load_after = os.getloadavg()
     load = f"{_loadavg(load_before)} before, {_loadavg(load_after)} after"
-    table = render(results, args.model, args.threads, load)
-    print(table)
-    if args.out:
-        args.out.write_text(table)
-
-
-if __name__ == "__main__":
-    main()
+    table = render(results, model, threads, load)
+    typer.echo(table)
+    if out:
+        out.write_text(table)

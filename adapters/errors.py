@@ -27,10 +27,6 @@ class InvalidRequestError(LoraswapError):
     code = "invalid_request"
 
 
-class InputTooLongError(InvalidRequestError):
-    """The prompt (after templating) has more tokens than the configured limit."""
-
-    code = "input_too_long"
 
 
 class PayloadTooLargeError(InvalidRequestError):
@@ -39,10 +35,6 @@ class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
 
 
-class AuthenticationError(LoraswapError):
-    """The request carries no API key, or one that is not valid."""
-
-    code = "invalid_api_key"
 
 
 class PermissionDeniedError(LoraswapError):
@@ -63,10 +55,6 @@ class NotFoundError(LoraswapError):
     code = "not_found"
 
 
-class FeatureDisabledError(NotFoundError):
-    """The route belongs to a feature this server runs without (404 naming the setting)."""
-
-    code = "feature_disabled"
 
 
 class AdapterNotFoundError(NotFoundError):
@@ -91,26 +79,10 @@ class AdapterIncompatibleError(AdapterValidationError):
     code = "adapter_incompatible"
 
 
-class OverloadedError(LoraswapError):
-    """The server cannot take more work right now; retry after ``retry_after`` seconds."""
-
-    code = "overloaded"
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
-class NotReadyError(LoraswapError):
-    """The service is starting or stopping and cannot answer yet."""
-
-    code = "not_ready"
 
 
-class RateLimitedError(OverloadedError):
-    """A tenant exceeded its request-rate or concurrency limit."""
-
-    code = "rate_limited"
 
 
 class StoreError(LoraswapError):
@@ -125,10 +97,6 @@ class ConfigurationError(LoraswapError):
     code = "invalid_configuration"
 
 
-class RequestCancelledError(LoraswapError):
-    """The client went away or the request was aborted."""
-
-    code = "cancelled"
 
 
 class ModelLoadError(LoraswapError):

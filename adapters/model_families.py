@@ -32,3 +32,22 @@ def check_model_config(config: Any) -> None:
         raise ModelLoadError(
             f"model_type {model_type!r} with sliding-window attention layers is not supported"
         )
+
+
+def projection_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each projection of a served family's decoder block
+    (Llama's, which every served family shares), from a ``config.json`` dict."""
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    inter = int(config["intermediate_size"])
+    return {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv_heads * head_dim),
+        "v_proj": (hidden, kv_heads * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }

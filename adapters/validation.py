@@ -21,7 +21,6 @@ from typing import Any
 from adapters.base_model import BaseModelInfo, weights_sha256
 from adapters.base_model import read_manifest as read_base_manifest
 from adapters.compatibility import check_head, check_rank
-from adapters.demo import projection_shapes
 from adapters.errors import (
     AdapterIncompatibleError,
     AdapterValidationError,
@@ -37,6 +36,7 @@ from adapters.lora_format import (
     declared_factor_shapes,
     read_lora_adapter,
 )
+from adapters.model_families import projection_shapes
 from adapters.package import (
     MANIFEST_FILE,
     PACKAGE_FILES,

@@ -13,8 +13,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from adapters.errors import InvalidRequestError, RateLimitedError
+from adapters.errors import InvalidRequestError
 from service.auth import Tenant
+from service.errors import RateLimitedError
 
 
 @dataclass

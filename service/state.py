@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adapters.base_model import BaseModelInfo
-from adapters.errors import NotReadyError
 from adapters.store import ObjectStore
 from adapters.tenants import TenantDirectory
 from service.adapter_source import AdapterResolver
@@ -20,6 +19,7 @@ from service.auth import Authenticator
 from service.drift.pipeline import DriftPipeline
 from service.drift.retrain import RetrainService
 from service.engine.engine import LoraEngine
+from service.errors import NotReadyError
 from service.limits import TenantLimiter
 from service.metrics import ServiceMetrics
 from service.registry_sync import RegistryWatcher

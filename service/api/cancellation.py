@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from adapters.errors import RequestCancelledError
+from service.errors import RequestCancelledError
 
 T = TypeVar("T")
 

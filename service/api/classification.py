@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.errors import ConfigurationError, InputTooLongError, InvalidRequestError
+from adapters.errors import ConfigurationError, InvalidRequestError
 from adapters.words import SplitText
 from service.api.prompts import PromptLimits
 from service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
+from service.errors import InputTooLongError
 
 
 @dataclass(frozen=True)

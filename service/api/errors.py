@@ -21,19 +21,21 @@ from starlette.types import Scope
 
 from adapters.errors import (
     AdapterValidationError,
-    AuthenticationError,
     ConflictError,
-    InputTooLongError,
     InvalidRequestError,
     LoraswapError,
     ModelLoadError,
     NotFoundError,
-    NotReadyError,
-    OverloadedError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    RequestCancelledError,
     StoreError,
+)
+from service.errors import (
+    AuthenticationError,
+    InputTooLongError,
+    NotReadyError,
+    OverloadedError,
+    RequestCancelledError,
 )
 
 logger = logging.getLogger(__name__)

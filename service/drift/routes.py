@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from adapters.errors import FeatureDisabledError, NotReadyError, PayloadTooLargeError
+from adapters.errors import PayloadTooLargeError
 from adapters.training_data import store_bytes
 from service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
 from service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
@@ -15,6 +15,7 @@ from service.api.protocol import ErrorResponse
 from service.drift.feedback import FeedbackRequest, FeedbackResponse
 from service.drift.pipeline import DriftPipeline
 from service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
+from service.errors import FeatureDisabledError, NotReadyError
 from service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -16,58 +16,41 @@ class EngineObserver(Protocol):
 
     def adapter_lookup(self, tier: Tier, *, hit: bool) -> None:
         """An adapter was looked up in ``tier``."""
+        return None
 
     def adapter_loaded(self, adapter: str, tier: Tier, seconds: float) -> None:
         """An adapter was loaded into ``tier`` in ``seconds``."""
+        return None
 
     def adapter_evicted(self, adapter: str, tier: Tier) -> None:
         """An adapter left ``tier`` to make room."""
+        return None
 
     def resident_adapters(self, tier: Tier, count: int) -> None:
         """``count`` adapters are now resident in ``tier``."""
+        return None
 
     def scheduler_state(self, *, waiting: int, running: int) -> None:
         """Queue depth and running batch size after a scheduler step."""
+        return None
 
     def first_token(self, adapter: str, seconds: float) -> None:
         """Time from arrival to a request's first output token."""
+        return None
 
     def output_token(self, adapter: str, seconds: float) -> None:
         """Time between two output tokens of one request."""
+        return None
 
     def request_finished(self, adapter: str, reason: str, tokens: int) -> None:
         """A request ended with ``reason`` after generating ``tokens`` tokens."""
+        return None
 
     def engine_step(self, kind: StepKind, seconds: float, tokens: int) -> None:
         """One forward pass of ``kind`` over ``tokens`` real tokens took ``seconds``."""
+        return None
 
 
-class NullObserver:
-    """Observer that records nothing (tests, benchmarks)."""
-
-    def adapter_lookup(self, tier: Tier, *, hit: bool) -> None:
-        """Ignore."""
-
-    def adapter_loaded(self, adapter: str, tier: Tier, seconds: float) -> None:
-        """Ignore."""
-
-    def adapter_evicted(self, adapter: str, tier: Tier) -> None:
-        """Ignore."""
-
-    def resident_adapters(self, tier: Tier, count: int) -> None:
-        """Ignore."""
-
-    def scheduler_state(self, *, waiting: int, running: int) -> None:
-        """Ignore."""
-
-    def first_token(self, adapter: str, seconds: float) -> None:
-        """Ignore."""
-
-    def output_token(self, adapter: str, seconds: float) -> None:
-        """Ignore."""
-
-    def request_finished(self, adapter: str, reason: str, tokens: int) -> None:
-        """Ignore."""
-
-    def engine_step(self, kind: StepKind, seconds: float, tokens: int) -> None:
-        """Ignore."""
+class NullObserver(EngineObserver):
+    """Observer that records nothing (tests, benchmarks): every event is the protocol's
+    no-op."""

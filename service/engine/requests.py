@@ -7,10 +7,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from adapters.errors import LoraswapError, RequestCancelledError
+from adapters.errors import LoraswapError
 from adapters.lora_format import LoraAdapterWeights
 from service.engine.residency import AdapterKey
 from service.engine.sampling import SamplingParams
+from service.errors import RequestCancelledError
 
 
 @dataclass

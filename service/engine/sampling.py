@@ -13,16 +13,12 @@ import torch
 
 from adapters.errors import InvalidRequestError, LoraswapError
 from service.engine.detokenizer import MAX_STOP_CHARS
+from service.errors import RowFailedError
 
 GREEDY_BELOW = 1e-4
 """Temperatures below this are greedy decoding: dividing logits by a tiny positive
 temperature overflows float32, and the distribution it asks for is argmax anyway."""
 
-
-class RowFailedError(LoraswapError):
-    """One row of a batch produced no usable token (non-finite logits, sampling failed)."""
-
-    code = "generation_failed"
 
 
 @dataclass(frozen=True)

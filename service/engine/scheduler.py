@@ -24,12 +24,7 @@ from typing import TypeVar
 
 import torch
 
-from adapters.errors import (
-    LoraswapError,
-    NotReadyError,
-    OverloadedError,
-    RequestCancelledError,
-)
+from adapters.errors import LoraswapError
 from service.engine.classify import (
     BatchClassifier,
     ClassificationRequest,
@@ -43,6 +38,7 @@ from service.engine.requests import GenerationEvent, GenerationRequest, RequestS
 from service.engine.residency import LoraSlotManager
 from service.engine.runner import LlamaRunner
 from service.engine.sampling import TokenSampler, sample_rows
+from service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
 

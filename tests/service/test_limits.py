@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.errors import InvalidRequestError, RateLimitedError
+from adapters.errors import InvalidRequestError
 from service.auth import Tenant
+from service.errors import RateLimitedError
 from service.limits import TenantLimiter
 
 

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from adapters.errors import AuthenticationError
 from service.auth import ApiKeyAuthenticator, Tenant
+from service.errors import AuthenticationError
 from service.settings import Settings
 
 KEYS = ["k-alpha-secret", "k-beta-secret"]

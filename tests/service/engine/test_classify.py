@@ -17,7 +17,6 @@ from transformers import (
     LlamaForTokenClassification,
 )
 
-from adapters.errors import OverloadedError, RequestCancelledError
 from adapters.lora_format import read_lora_adapter
 from adapters.package import AttentionMode, TaskKind, read_manifest
 from service.engine.classify import (
@@ -31,6 +30,7 @@ from service.engine.observer import EngineObserver
 from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
 from service.engine.sampling import SamplingParams
+from service.errors import OverloadedError, RequestCancelledError
 from tests.utils.engine import StepGate
 from tests.utils.engine import make_engine as make_shared_engine
 

@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from adapters.base_model import Quantization, load_base_model
-from adapters.errors import InvalidRequestError, LoraswapError, OverloadedError
+from adapters.errors import InvalidRequestError, LoraswapError
 from adapters.lora_format import read_lora_adapter
 from service.engine.detokenizer import MAX_STOP_CHARS, StopString
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.observer import NullObserver
 from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
-from service.engine.sampling import RowFailedError, SamplingParams, TokenSampler, sample_rows
+from service.engine.sampling import SamplingParams, TokenSampler, sample_rows
+from service.errors import OverloadedError, RowFailedError
 from tests.conftest import AdapterFactory
 
 

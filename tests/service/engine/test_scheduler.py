@@ -12,12 +12,13 @@ from transformers import LlamaForCausalLM
 
 from adapters.base_model import Quantization, load_base_model
 from adapters.demo import write_random_adapter
-from adapters.errors import LoraswapError, OverloadedError, RequestCancelledError
+from adapters.errors import LoraswapError
 from adapters.lora_format import read_lora_adapter
 from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.observer import NullObserver
 from service.engine.requests import GenerationRequest
 from service.engine.sampling import SamplingParams
+from service.errors import OverloadedError, RequestCancelledError
 
 
 def engine_for(base_dir: Path, quantization: Quantization = Quantization.FP32,

@@ -1,4 +1,11 @@
-"""The engine requests of one HTTP request, submitted together and cancelled together."""
+"""The engine requests of one HTTP request: submitted together, cancelled together, and
+cancelled when the client goes away.
+
+A disconnect is raced, not polled: polling ``request.is_disconnected()`` misses disconnects
+behind middleware that wraps the ASGI channel, so the work runs beside a task that waits
+for the server's ``http.disconnect`` message, and whichever ends first decides. The request
+body has been read by then, so the next message on the channel can only be the disconnect.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,14 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
+from fastapi import Request
+
 from service.engine.classify import ClassificationResult, ClassificationStream
 from service.engine.engine import LoraEngine
 from service.engine.requests import GenerationEvent, RequestStream
+from service.errors import RequestCancelledError
 
+T = TypeVar("T")
 S = TypeVar("S", RequestStream, ClassificationStream)
 R = TypeVar("R")
 
@@ -79,3 +90,26 @@ class ClassificationBatch(EngineBatch[ClassificationStream, ClassificationResult
 
     def __init__(self, engine: LoraEngine, streams: list[ClassificationStream]) -> None:
         super().__init__(engine, streams, ClassificationStream.result)
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it (and so its engine requests) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise RequestCancelledError("client disconnected")
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending

@@ -27,8 +27,7 @@ from pydantic import BaseModel
 
 from adapters.errors import InvalidRequestError
 from service.adapter_source import AdapterResolver
-from service.api.batches import ClassificationBatch, SubmittedBatch
-from service.api.cancellation import until_disconnect
+from service.api.batches import ClassificationBatch, SubmittedBatch, until_disconnect
 from service.auth import Tenant, check_access, fairness_key
 from service.engine.classify import ClassificationRequest, ClassificationStream
 from service.engine.engine import LoraEngine

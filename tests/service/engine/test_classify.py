@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
-from transformers import (
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-    LlamaForTokenClassification,
-)
 
 from adapters.lora_format import read_lora_adapter
-from adapters.package import AttentionMode, TaskKind, read_manifest
 from service.engine.classify import (
-    ClassificationRequest,
-    ClassificationResult,
-    ClassificationStream,
     pooled_position,
 )
 from service.engine.engine import LoraEngine
@@ -31,11 +19,18 @@ from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
 from service.engine.sampling import SamplingParams
 from service.errors import OverloadedError, RequestCancelledError
+from tests.service.engine import references
+from tests.service.engine.references import (
+    PAD,
+    assert_matches_peft,
+    peft_probs,
+    results_of,
+    submit_classify,
+)
 from tests.utils.engine import StepGate
 from tests.utils.engine import make_engine as make_shared_engine
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PAD = 2  # the tiny base's config.pad_token_id
 NEW_TOKENS = 12
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48],
            [70, 71, 72, 73, PAD]]  # the last ends in the pad token: pooled one token earlier
@@ -55,56 +50,8 @@ def adapters(make_classifier_adapter, make_adapter) -> dict[str, Path]:  # type:
     }
 
 
-def task_of(folder: Path) -> TaskKind:
-    return TaskKind(json.loads((folder / "loraswap.json").read_text())["task"])
-
-
-def attention_of(folder: Path) -> AttentionMode:
-    return read_manifest(folder).attention
-
-
-@cache
-def peft_model(base_dir: Path, folder: Path, lora: bool = True) -> torch.nn.Module:
-    """The reference: transformers' classification model with the PEFT adapter, fp32.
-
-    ``lora=False`` zeroes the LoRA factors but keeps the adapter's head.
-    """
-    manifest = json.loads((folder / "loraswap.json").read_text())
-    model_class = (LlamaForSequenceClassification if manifest["task"] == "seq-cls"
-                   else LlamaForTokenClassification)
-    model = model_class.from_pretrained(base_dir, num_labels=len(manifest["labels"]),
-                                        dtype=torch.float32).eval()
-    model = PeftModel.from_pretrained(model, folder).eval()
-    if not lora:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.zero_()
-    return model
-
-
-def peft_probs(base_dir: Path, folder: Path, prompt: list[int], lora: bool = True,
-               ) -> torch.Tensor:
-    """PEFT's softmax: [num_labels] for seq-cls, [tokens, num_labels] for token-cls."""
-    model = peft_model(base_dir, folder, lora)
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
-    if attention_of(folder) is AttentionMode.BIDIRECTIONAL:
-        # transformers uses a 4D mask as given: every token sees every token.
-        mask = mask.bool()[:, None, None, :].expand(1, 1, len(prompt), len(prompt))
-    with torch.inference_mode():
-        logits = model(input_ids=ids, attention_mask=mask).logits[0]
-    return torch.softmax(logits.float(), dim=-1)
-
-
 def peft_greedy(base_dir: Path, folder: Path, prompt: list[int]) -> list[int]:
-    model = PeftModel.from_pretrained(
-        LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32), folder).eval()
-    model.generation_config.eos_token_id = None
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS,
-                             do_sample=False, pad_token_id=PAD)
-    return list(out[0, len(prompt):].tolist())
+    return references.peft_greedy(base_dir, folder, prompt, NEW_TOKENS)
 
 
 def make_engine(base_dir: Path, observer: EngineObserver | None = None,
@@ -120,19 +67,6 @@ async def read_weights(engine: LoraEngine, adapters: dict[str, Path], *names: st
         folder = adapters[name]
         await engine.adapter_weights(AdapterKey(name, "1"),
                                      lambda f=folder, n=name: read_lora_adapter(f, n))
-
-
-async def submit_classify(engine: LoraEngine, name: str, folder: Path, prompt: list[int],
-                          rid: str) -> ClassificationStream:
-    key = AdapterKey(name, "1")
-    weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder, name))
-    return engine.classify(ClassificationRequest(
-        request_id=rid, prompt_ids=prompt, task=task_of(folder), adapter=key,
-        adapter_weights=weights, fairness_key=name, attention=attention_of(folder)))
-
-
-async def results_of(streams: list[ClassificationStream]) -> list[ClassificationResult]:
-    return list(await asyncio.gather(*(s.result() for s in streams)))
 
 
 async def submit_generate(engine: LoraEngine, folder: Path, prompt: list[int],
@@ -164,17 +98,6 @@ def count_encodes(engine: LoraEngine, running: list[int] | None = None) -> list[
 
     engine.runner.encode = counting  # type: ignore[method-assign]
     return calls
-
-
-def assert_matches_peft(base_dir: Path, folder: Path, prompt: list[int],
-                        result: ClassificationResult) -> None:
-    expected = peft_probs(base_dir, folder, prompt)
-    got = torch.tensor(result.probs)
-    if task_of(folder) is TaskKind.SEQ_CLS:
-        got = got[0]
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
-    assert result.prompt_tokens == len(prompt)
 
 
 async def test_mixed_batch_matches_peft(tiny_base_dir: Path, adapters: dict[str, Path]) -> None:

@@ -126,13 +126,8 @@ async def _load(settings: Settings, state: ServiceState, loader: ModelLoader,
     await components.watcher.run()  # until the lifespan cancels this task at shutdown
 
 
-def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) -> FastAPI:
-    """Build the app. Nothing is loaded until the lifespan starts.
-
-    Refuses (:class:`ConfigurationError`) an empty or placeholder admin token outside dev
-    mode.
-    """
-    settings.check_secure()
+def build_state(settings: Settings) -> ServiceState:
+    """What the app holds before the model loads: metrics, store, tenants, auth, limits."""
     metrics = ServiceMetrics()
     store = ObservedStore(arm_fault_hook(open_store(settings.store_uri), settings), metrics)
     tenants = TenantDirectory(store, refresh_seconds=settings.registry_refresh_seconds)
@@ -140,7 +135,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
         tenants, (k.get_secret_value() for k in settings.api_keys),
         required=settings.auth_required)
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
-    state = ServiceState(
+    return ServiceState(
         settings=settings, metrics=metrics, store=store, tenants=tenants,
         authenticator=authenticator, limiter=TenantLimiter(),
         gate=RequestGate(
@@ -149,6 +144,13 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
             max_json_bytes=settings.max_request_bytes,
             max_upload_bytes=settings.max_upload_bytes),
     )
+
+
+def make_lifespan(state: ServiceState, loader: ModelLoader,
+                  ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The lifespan: start the engine thread and load the model in the background; at
+    shutdown stop loading, the tokenizer and drift threads, then the engine thread."""
+    settings = state.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -171,7 +173,18 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
                     await asyncio.to_thread(state.components.drift.stop)
             await asyncio.to_thread(thread.stop)
 
-    app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan,
+    return lifespan
+
+
+def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) -> FastAPI:
+    """Build the app. Nothing is loaded until the lifespan starts.
+
+    Refuses (:class:`ConfigurationError`) an empty or placeholder admin token outside dev
+    mode.
+    """
+    settings.check_secure()
+    state = build_state(settings)
+    app = FastAPI(title="loraswap", version="0.1.0", lifespan=make_lifespan(state, loader),
                   description="Many tenants' LoRA adapters on one resident base model.")
     app.state.loraswap = state
     install_error_handlers(app)
@@ -183,5 +196,5 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
     app.include_router(drift_router)  # /v1/feedback (service/drift)
     app.include_router(drift_admin_router)  # /admin/retrain, /admin/drift (service/drift)
     app.include_router(training_data_router)  # /admin/training-data (service/drift)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
     return app

@@ -15,9 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -34,6 +32,7 @@ from tests.e2e.monitoring_stack import (
 )
 from tests.monitoring.debian_tools import ensure_binary
 from tests.service.processes import ServiceProcess
+from tests.utils.polling import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,16 +49,6 @@ def shared_data() -> Path:
             return candidate
     pytest.skip("SKIPPED LOUDLY: the real datasets (../shared/data) are not here")
 
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float,
-             on_fail: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{on_fail()}")
 
 
 def sst2_rows(path: Path) -> list[tuple[str, str]]:
@@ -152,10 +141,10 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
 
         # 1. In-distribution traffic: scores exported, under the band, no alert.
         predict_all(client, key, held_out)
-        calm = wait_for("scores of held-out SST-2 in Prometheus", lambda: query(
+        calm = wait_for(lambda: query(
             prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"}')
             if len(query(prometheus, 'loraswap_drift_score{adapter="sentiment"}')) >= 4
-            else None, 60)
+            else None, 60, what="scores of held-out SST-2 in Prometheus", interval=0.5)
         time.sleep(6)  # longer than the rule's hold, several evaluations
         assert firing(prometheus) == [], calm
         calm_scores = {(r["metric"]["signal"], r["metric"]["method"]): float(r["value"][1])
@@ -169,20 +158,21 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
                                    json={"prediction_id": prediction_id, "index": index,
                                          "label": label})
             assert response.status_code == 200, response.text
-        drifted = wait_for("a score over the alert band", lambda: query(
-            prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"} > 0.25'), 60)
-        wait_for("LoraswapAdapterDrift firing", lambda: firing(prometheus), 60,
-                 prometheus.tail)
-        runs = wait_for("the webhook to start a run", lambda: client.get(
-            "/admin/retrain", headers=ADMIN_HEADERS).json(), 60,
-            lambda: alertmanager.tail() + service.log())
+        drifted = wait_for(lambda: query(
+            prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"} > 0.25'), 60,
+            what="a score over the alert band", interval=0.5)
+        wait_for(lambda: firing(prometheus), 60, what="LoraswapAdapterDrift firing",
+                 interval=0.5, on_fail=prometheus.tail)
+        runs = wait_for(lambda: client.get("/admin/retrain", headers=ADMIN_HEADERS).json(), 60,
+                        what="the webhook to start a run", interval=0.5,
+                        on_fail=lambda: alertmanager.tail() + service.log())
         assert len(runs) == 1 and runs[0]["trigger"]["kind"] == "alert", runs
         assert runs[0]["trigger"]["alert_labels"]["tenant"] == "acme"
         run_id = runs[0]["id"]
-        run = wait_for("the run to finish", lambda: (lambda r: r if r["status"] in (
+        run = wait_for(lambda: (lambda r: r if r["status"] in (
             "finished", "failed") else None)(client.get(f"/admin/retrain/{run_id}",
                                                        headers=ADMIN_HEADERS).json()),
-            1500, service.log)
+            1500, what="the run to finish", interval=0.5, on_fail=service.log)
         assert run["status"] == "finished", run
         assert run["trigger"]["drift_scores"], run
         assert run["data"]["feedback_train"] + run["data"]["feedback_holdout"] == len(shifted)
@@ -198,12 +188,13 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         adapter = client.get("/admin/adapters/acme/sentiment", headers=ADMIN_HEADERS).json()
         if run["decision"] == "promoted":
             assert adapter["active_version"] == run["candidate_version"] == 2
-            wait_for("the new version to serve", lambda: client.post(
+            wait_for(lambda: client.post(
                 "/v1/predict", headers={"Authorization": f"Bearer {key}"},
                 json={"adapter": "acme/sentiment", "inputs": "a fine film"}
-            ).json()["adapter_version"] == "2", 30)
-            wait_for("the old version's gauges to go", lambda: not version_series(
-                client.get("/metrics").text, "1"), 30)
+            ).json()["adapter_version"] == "2", 30, what="the new version to serve",
+                interval=0.5)
+            wait_for(lambda: not version_series(client.get("/metrics").text, "1"), 30,
+                     what="the old version's gauges to go", interval=0.5)
         else:
             assert adapter["active_version"] == 1
             assert [v["active"] for v in adapter["versions"]] == [True, False]

@@ -17,6 +17,7 @@ import pytest
 from tests.s3_server import S3Server
 from tests.service.conftest import PackageFactory, upload_files
 from tests.service.processes import ServiceProcess
+from tests.utils.polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +62,6 @@ def replicas(tiny_base_dir: Path, store_env: dict[str, str],
         b.stop()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``condition`` until true or ``timeout`` seconds passed; whether it came true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
 
 def _predict(url: str, key: str) -> dict[str, Any]:
     response = httpx.post(f"{url}/v1/predict", timeout=60,
@@ -110,11 +102,11 @@ def test_replicas_share_registrations_and_promotions_without_failed_requests(
             pool.submit(load)
         # Conditions, not durations: load is running on v1, then A sees the promotion made
         # on B (within its refresh interval, 1 s; the deadlines only stop a hung test).
-        assert wait_for(lambda: count("1") >= 8, 120), "no load before the promotion"
+        wait_for(lambda: count("1") >= 8, 120, what="load before the promotion")
         promoted = httpx.post(f"{b.url}/admin/adapters/acme/helper/promote",
                               headers=ADMIN_HEADERS, json={"version": 2})
         assert promoted.status_code == 200, promoted.text
-        assert wait_for(lambda: count("2") >= 8, 120), "replica A never saw the promotion"
+        wait_for(lambda: count("2") >= 8, 120, what="replica A to see the promotion")
         stop.set()
 
     assert results and all(r["status"] == 200 for r in results), [

@@ -4,7 +4,6 @@ feedback with its 4xx answers, live accuracy, and series removed after a promoti
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from adapters.training_data import read_parquet_batches
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
 from tests.service.drift.helpers import profile
+from tests.utils.polling import wait_for
 
 ADMIN = "adm-" + "7" * 40
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
@@ -55,15 +55,6 @@ def tiny_embedding_profile() -> dict[str, Any]:
             "pca": {"components": basis.tolist(),
                     "reference_projections": (vectors @ basis.T).tolist()}}
 
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def metric_lines(server: LiveServer, name: str) -> list[str]:

@@ -134,7 +134,7 @@ class ServingPipeline:
             raise InvalidRequestError(
                 f"the request has {inputs} inputs; at most {self._limits.max_inputs} are "
                 "allowed in one request (LORASWAP_MAX_INPUTS_PER_REQUEST)")
-        share = self.engine.scheduler.config.queue_share
+        share = self.engine.queue_share
         if inputs > share:
             raise InvalidRequestError(
                 f"the request has {inputs} inputs, more than the {share} requests one caller "

@@ -131,7 +131,7 @@ class AdminService:
 
     async def _residency(self, record: AdapterRecord) -> Residency:
         ref = f"{record.tenant}/{record.name}"
-        resident = await self.engine.residency()
+        resident = self.engine.residency()
         return Residency(
             in_slot=sorted(int(k.version) for k in resident.in_slots if k.name == ref),
             in_host_memory=sorted(int(k.version) for k in resident.in_host_memory

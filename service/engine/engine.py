@@ -146,12 +146,15 @@ class LoraEngine:
         """Let adapter ``name`` be evicted like any other."""
         await self.thread.run(lambda: self.slots.unpin(name))
 
-    async def residency(self) -> ResidencyView:
-        """Adapter versions in slots (read on the engine thread, which owns them) and in
-        host memory (owned by the event loop: call this on it)."""
-        slots = self.slots
-        in_slots = await self._run_on_thread(lambda: tuple(slots.resident))
-        return ResidencyView(in_slots=in_slots, in_host_memory=tuple(self.host.keys()))
+    def residency(self) -> ResidencyView:
+        """Adapter versions in slots (the slot manager's snapshot) and in host memory
+        (owned by the event loop: call this on it)."""
+        return ResidencyView(in_slots=self.slots.resident, in_host_memory=tuple(self.host.keys()))
+
+    @property
+    def queue_share(self) -> int:
+        """Requests one fairness key (tenant) may have waiting."""
+        return self.scheduler.config.queue_share
 
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue ``request``; its events arrive on the returned stream."""

@@ -43,11 +43,14 @@ class LoraSlotManager:
         # One pinned version per adapter name: promoting re-pins, so an old version is not
         # kept resident for ever.
         self.pinned: set[AdapterKey] = set()
+        # Replaced (never mutated) on the engine thread whenever the slots' contents change,
+        # so probes, scrapes and the registry watcher can read it from any thread.
+        self._resident: tuple[AdapterKey, ...] = ()
 
     @property
-    def resident(self) -> list[AdapterKey]:
-        """Adapters now in slots, least recently used first."""
-        return list(self._slot_of)
+    def resident(self) -> tuple[AdapterKey, ...]:
+        """Adapters now in slots (a snapshot, safe to read from any thread)."""
+        return self._resident
 
     def acquire(self, key: AdapterKey, weights: LoraAdapterWeights) -> int | None:
         """Slot holding ``key`` (loading it if needed), referenced; None if all are busy."""
@@ -64,6 +67,7 @@ class LoraSlotManager:
             self.table.load(slot, weights)
             self._observer.adapter_loaded(key.name, "slot", time.perf_counter() - started)
             self._slot_of[key] = slot
+            self._resident = tuple(self._slot_of)
         self._refs[slot] += 1
         self._observer.resident_adapters("slot", len(self._slot_of))
         return slot
@@ -85,6 +89,7 @@ class LoraSlotManager:
         for key, slot in self._slot_of.items():
             if self._refs[slot] == 0 and key not in self.pinned:
                 del self._slot_of[key]
+                self._resident = tuple(self._slot_of)
                 self.table.clear(slot)
                 self._observer.adapter_evicted(key.name, "slot")
                 return slot

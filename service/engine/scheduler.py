@@ -111,6 +111,8 @@ class ContinuousBatchScheduler:
         self._closed = False
         self._waiting_for_slot = False
         self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
+        # Names of the running batch's adapters, replaced after each step (read elsewhere).
+        self._running_adapters: tuple[str, ...] = ()
         self._admitting: list[_Sequence] = []  # taken from the queue, not yet running
         self._classifying: list[PendingClassification] = []  # admitted in this step
         self._wake = wake
@@ -126,24 +128,13 @@ class ContinuousBatchScheduler:
         return len(self._running)
 
     def adapter_names(self) -> tuple[list[str], list[str]]:
-        """Adapter names (no versions, no base) of the running batch and of the queue.
-
-        For the gateway's ``lora_requests_info`` gauge: read from the event loop while the
-        engine thread steps, so the running batch is copied and the copy retried if the
-        engine changed it meanwhile (a scrape must never fail).
-        """
-        running: list[str] = []
-        for _ in range(5):
-            try:
-                running = [seq.request.adapter.name for seq in list(self._running.values())
-                           if seq.request.adapter is not None]
-                break
-            except RuntimeError:  # dict changed size while being copied
-                continue
+        """Adapter names (no versions, no base) of the running batch and of the queue, for
+        the gateway's ``lora_requests_info`` gauge; safe to call from any thread (the running
+        names are the snapshot the engine thread published after its last step)."""
         with self._lock:
             waiting = [item.request.adapter.name for item in self._waiting.items()
                        if item.request.adapter is not None]
-        return running, waiting
+        return list(self._running_adapters), waiting
 
     def submit(self, request: GenerationRequest, stream: RequestStream) -> None:
         """Queue a request; raises :class:`OverloadedError` when the queue is full."""
@@ -230,6 +221,8 @@ class ContinuousBatchScheduler:
         if self._running:
             self._decode()
         self._waiting_for_slot = stuck
+        self._running_adapters = tuple(seq.request.adapter.name for seq in self._running.values()
+                                       if seq.request.adapter is not None)
         self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:

@@ -51,3 +51,19 @@ def projection_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
         "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
     }
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Token ids that end a generation: the tokenizer's EOS and the generation config's.
+
+    The engine stops on these, and the training profile's reference generations stop on
+    the same ones, so their output lengths measure the same thing.
+    """
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

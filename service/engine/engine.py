@@ -11,6 +11,7 @@ import torch
 
 from adapters.compatibility import check_head
 from adapters.lora_format import LoraAdapterWeights
+from adapters.model_families import stop_token_ids
 from service.engine.classify import ClassificationRequest, ClassificationStream
 from service.engine.detokenizer import Tokenizer
 from service.engine.engine_thread import EngineThread
@@ -44,18 +45,6 @@ class EngineConfig:
     max_prefill_tokens: int = 2048
     max_queue: int = 256
     max_queue_per_tenant: int | None = None
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """Token ids that end a generation: the tokenizer's EOS and the generation config's."""
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
 
 
 class LoraEngine:

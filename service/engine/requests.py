@@ -35,7 +35,13 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationEvent:
-    """New output of one request; the last event has ``finished=True``."""
+    """New output of one request; the last event has ``finished=True``.
+
+    The last event also carries the drift hooks of the whole sequence (see
+    ``docs/drift.md``): ``token_logprobs``, the log-probability of every generated token
+    under the model's own distribution (:func:`service.engine.sampling.chosen_logprobs`),
+    and ``embedding``, the prompt's mean-pooled final-normed hidden state from its prefill.
+    """
 
     text: str
     token_ids: tuple[int, ...]
@@ -44,6 +50,15 @@ class GenerationEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: LoraswapError | None = None
+    token_logprobs: tuple[float, ...] = field(default=(), repr=False)
+    embedding: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean natural-log probability of the generated tokens (None: none generated)."""
+        if not self.token_logprobs:
+            return None
+        return sum(self.token_logprobs) / len(self.token_logprobs)
 
 
 class RequestStream:
@@ -88,5 +103,6 @@ class RequestStream:
         return GenerationEvent(
             text="".join(texts), token_ids=tuple(tokens), finished=True,
             finish_reason=last.finish_reason, prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
+            completion_tokens=last.completion_tokens, token_logprobs=last.token_logprobs,
+            embedding=last.embedding,
         )

@@ -133,6 +133,19 @@ def projection_groups(shape: ModelShape) -> list[ProjectionGroup]:
     ]
 
 
+@dataclass(frozen=True)
+class Prefilled:
+    """What a prefill step gives back: the last token's logits and the drift hook.
+
+    ``pooled``: each prompt's final-normed hidden states averaged over its tokens, the
+    vector ``training/profile.py`` stores as ``embedding_served`` (adapter applied, as
+    served), from this same forward pass: one norm and one mean more, no extra pass.
+    """
+
+    logits: torch.Tensor
+    pooled: list[list[float]]
+
+
 class LlamaRunner:
     """Runs prefill and decode steps over rows of the KV cache, with LoRA slots per row.
 
@@ -183,8 +196,9 @@ class LlamaRunner:
         return tokens, positions, mask, lengths
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int]) -> torch.Tensor:
-        """Run whole prompts into cache ``rows``; float32 logits of each last token."""
+    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int]) -> Prefilled:
+        """Run whole prompts into cache ``rows``; float32 logits of each last token and
+        each prompt's mean-pooled final-normed hidden state."""
         tokens, positions, mask, lengths = self._padded(prompts)
         width = tokens.shape[1]
         row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -197,8 +211,12 @@ class LlamaRunner:
         row_slots = torch.tensor(slots, dtype=torch.long).repeat_interleave(width)
         with self._timed("prefill", sum(len(p) for p in prompts)):
             hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
-            last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
-            return self._logits(last)
+            normed = self._norm(hidden)
+            last = normed[torch.arange(len(prompts), device=self.device), lengths - 1]
+            logits: torch.Tensor = self._head(last).float()
+            real = (positions < lengths[:, None]).unsqueeze(-1)
+            pooled = (normed.float() * real).sum(1) / lengths[:, None].float()
+            return Prefilled(logits, pooled.cpu().tolist())
 
     @torch.inference_mode()
     def encode(self, prompts: list[list[int]], slots: list[int],

@@ -3,6 +3,11 @@
 One row's trouble stays in its row: :func:`sample_rows` reports a row whose logits are not
 finite, or whose sampling fails, as that row's error, so the scheduler fails that request
 alone and every other request of the batch goes on.
+
+:func:`chosen_logprobs` gives each chosen token's log-probability (a drift signal, see
+``docs/drift.md``): the natural log of its probability under the model's own distribution,
+``log_softmax`` of the raw logits row (temperature 1, no top-p), whatever the request's
+sampling parameters. One ``logsumexp`` per row per step, over logits the step already has.
 """
 
 from __future__ import annotations
@@ -18,8 +23,6 @@ from service.errors import RowFailedError
 GREEDY_BELOW = 1e-4
 """Temperatures below this are greedy decoding: dividing logits by a tiny positive
 temperature overflows float32, and the distribution it asks for is argmax anyway."""
-
-
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -115,3 +118,19 @@ def _sample_one(sampler: TokenSampler, logits: torch.Tensor) -> int | LoraswapEr
         return sampler.sample(logits)
     except (RuntimeError, ValueError) as exc:  # torch raises these for invalid distributions
         return RowFailedError(f"sampling failed for this request: {exc}")
+
+
+def chosen_logprobs(logits: torch.Tensor, tokens: list[int | LoraswapError]) -> list[float]:
+    """``log_softmax(logits[row])[token]`` for each row (NaN for rows without a token).
+
+    A monitoring figure, never a reason to fail a request: if computing it fails, every
+    row gets NaN and the tokens stand.
+    """
+    index = [t if isinstance(t, int) and t >= 0 else -1 for t in tokens]
+    try:
+        rows = torch.tensor(index, dtype=torch.long, device=logits.device)
+        picked = logits.gather(1, rows.clamp(min=0)[:, None])[:, 0].float()
+        values: list[float] = (picked - torch.logsumexp(logits.float(), dim=-1)).tolist()
+    except (RuntimeError, ValueError):
+        return [float("nan")] * len(tokens)
+    return [v if i >= 0 else float("nan") for v, i in zip(values, index, strict=True)]

@@ -37,7 +37,7 @@ from service.engine.observer import EngineObserver
 from service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from service.engine.residency import LoraSlotManager
 from service.engine.runner import LlamaRunner
-from service.engine.sampling import TokenSampler, sample_rows
+from service.engine.sampling import TokenSampler, chosen_logprobs, sample_rows
 from service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class _Sequence:
     slot: int = 0
     row: int = -1
     output_ids: list[int] = field(default_factory=list)
+    # Drift hooks: each output token's log-probability, the prompt's pooled hidden state.
+    logprobs: list[float] = field(default_factory=list)
+    embedding: list[float] | None = None
     last_token_at: float = 0.0
     done: bool = False
 
@@ -297,16 +300,18 @@ class ContinuousBatchScheduler:
         return True
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
-        logits = self._runner.prefill(
+        out = self._runner.prefill(
             [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs]
         )
-        tokens = sample_rows(logits, [s.sampler for s in seqs])
-        for seq, token in zip(seqs, tokens, strict=True):
+        tokens = sample_rows(out.logits, [s.sampler for s in seqs])
+        logprobs = chosen_logprobs(out.logits, tokens)
+        for seq, token, logprob, pooled in zip(seqs, tokens, logprobs, out.pooled, strict=True):
             self._running[seq.row] = seq
             now = time.perf_counter()
             self._observer.first_token(seq.request.adapter_label, now - seq.request.arrived_at)
             seq.last_token_at = now
-            self._accept_or_fail(seq, token)
+            seq.embedding = pooled
+            self._accept_or_fail(seq, token, logprob)
 
     def _decode(self) -> None:
         width = max(self._running) + 1
@@ -321,13 +326,15 @@ class ContinuousBatchScheduler:
             samplers[row] = seq.sampler
         logits = self._runner.decode(tokens, positions, slots)
         chosen = sample_rows(logits, samplers)
+        logprobs = chosen_logprobs(logits, chosen)
         now = time.perf_counter()
         for row, seq in list(self._running.items()):
             self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
             seq.last_token_at = now
-            self._accept_or_fail(seq, chosen[row])
+            self._accept_or_fail(seq, chosen[row], logprobs[row])
 
-    def _accept_or_fail(self, seq: _Sequence, token: int | LoraswapError) -> None:
+    def _accept_or_fail(self, seq: _Sequence, token: int | LoraswapError,
+                        logprob: float) -> None:
         """Take a row's token; a row error, or any failure handling the token (decoding its
         text, matching stop strings), ends this request alone."""
         if isinstance(token, LoraswapError):
@@ -335,6 +342,7 @@ class ContinuousBatchScheduler:
             self._finish(seq, "error", token)
             return
         try:
+            seq.logprobs.append(logprob)
             self._accept(seq, token)
         except Exception:
             logger.exception("request %s failed after its token", seq.request.request_id)
@@ -380,7 +388,8 @@ class ContinuousBatchScheduler:
         seq.stream.push(GenerationEvent(
             text=last.text if last else "", token_ids=last.token_ids if last else (),
             finished=True, finish_reason=reason, prompt_tokens=prompt_tokens,
-            completion_tokens=completion, error=error,
+            completion_tokens=completion, error=error, token_logprobs=tuple(seq.logprobs),
+            embedding=seq.embedding,
         ))
         self._observer.request_finished(seq.request.adapter_label, reason, completion)
 

@@ -19,6 +19,7 @@ from service.engine.engine import EngineConfig, LoraEngine
 from service.engine.observer import NullObserver
 from service.engine.requests import GenerationRequest
 from service.engine.residency import AdapterKey
+from service.engine.runner import Prefilled
 from service.engine.sampling import SamplingParams, TokenSampler, sample_rows
 from service.errors import OverloadedError, RowFailedError
 from tests.conftest import AdapterFactory
@@ -95,7 +96,7 @@ async def test_a_prefill_that_raises_fails_only_the_request_that_breaks_it(
     real_prefill = engine.runner.prefill
     poison = [9, 9, 9, 9]
 
-    def prefill(prompts: list[list[int]], rows: list[int], slots: list[int]) -> torch.Tensor:
+    def prefill(prompts: list[list[int]], rows: list[int], slots: list[int]) -> Prefilled:
         if poison in prompts:
             raise RuntimeError("kernel fault")
         return real_prefill(prompts, rows, slots)

@@ -86,7 +86,7 @@ async def test_nf4_base_with_adapters_matches_peft_on_the_same_base(
     weights = read_lora_adapter(folder)
     engine.table.load(1, weights)
     prompt = [5, 6, 7, 8, 9, 10]
-    ours = engine.runner.prefill([prompt, prompt], [0, 1], [1, 0])
+    ours = engine.runner.prefill([prompt, prompt], [0, 1], [1, 0]).logits
     reference_base = load_base_model(wide_logits_base_dir, Quantization.NF4, "cpu").model
     peft_model = PeftModel.from_pretrained(reference_base, folder).eval()
     with torch.inference_mode():
@@ -107,7 +107,7 @@ async def test_bf16_mixed_batch_logits_match_peft_within_tolerance(
     for slot, folder in enumerate(folders, start=1):
         engine.table.load(slot, read_lora_adapter(folder))
     prompt = [11, 12, 13, 14]
-    ours = engine.runner.prefill([prompt] * 3, [0, 1, 2], [1, 2, 0])
+    ours = engine.runner.prefill([prompt] * 3, [0, 1, 2], [1, 2, 0]).logits
     model = LlamaForCausalLM.from_pretrained(wide_logits_base_dir, dtype=torch.bfloat16).eval()
     with torch.inference_mode():
         base = model(torch.tensor([prompt])).logits[0, -1].float()

@@ -1,12 +1,18 @@
 """``profile.json``: what the training data looked like, for drift monitoring.
 
-Holds the input-length distribution (tokens), the training label distribution, the
-validation confidence distribution, and an embedding profile of the inputs taken from the
-*base* model (adapter disabled): mean and per-dimension std of the mean-pooled last hidden
-state, a PCA basis and a small reference sample projected on it. ``embedding_served`` is
-the same profile with the adapter applied and the adapter's own attention mask: the
-hidden state the service's forward pass computes for each request, which the live
-embedding drift score compares against (see ``docs/drift.md``). Kept well under 1 MB.
+Holds the input-length distribution (tokens; causal-lm: of the prompts), the training
+label distribution, and an embedding profile of the inputs taken from the *base* model
+(adapter disabled): mean and per-dimension std of the mean-pooled last hidden state, a PCA
+basis and a small reference sample projected on it. ``embedding_served`` is the same
+profile with the adapter applied and the adapter's own attention mask: the hidden state the
+service's forward pass computes for each request, which the live embedding drift score
+compares against (see ``docs/drift.md``). Kept well under 1 MB.
+
+Classifiers also get the trained adapter's own behaviour on a *reference sample* (the
+held-out inputs first, then training inputs, at most :data:`REFERENCE_SAMPLE`): the
+distribution of its predicted labels (word tags for token-cls) and of its confidence,
+which is what the service's live predictions are compared with. Causal-lm adapters get
+reference generations instead (:mod:`training.profile_generation`).
 """
 
 from __future__ import annotations
@@ -14,15 +20,26 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from adapters.package import TaskKind
-from training.tasks import Encoded, TaskModel, collate, model_inputs, set_inference
+from training.evaluate import forward_logits, ordered_batches
+from training.profile_generation import (
+    REFERENCE_NEW_TOKENS,
+    REFERENCE_PROMPTS,
+    generation_profile,
+)
+from training.tasks import IGNORE, Encoded, TaskModel, collate, model_inputs, set_inference
 
-PROFILE_VERSION = 1
+# 2: predicted_label_distribution and generation sections; confidence from the reference
+# sample (was: the validation split).
+PROFILE_VERSION = 2
+# Classifiers: inputs the trained adapter predicts for the reference (held-out first).
+REFERENCE_SAMPLE = 512
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
@@ -119,25 +136,108 @@ def embedding_profile(task_model: TaskModel, data: Sequence[Encoded], pad_id: in
     }
 
 
-def build_profile(task: TaskKind, task_model: TaskModel, train: Sequence[Encoded],
-                  labels: list[str] | None, confidences: Sequence[float], pad_id: int,
-                  batch_size: int, seed: int) -> dict[str, Any]:
-    """The whole ``profile.json`` document."""
-    # For SFT the caller passes prompts only: what live traffic will send.
-    lengths = [float(len(e.input_ids)) for e in train]
+def prompts_only(data: Sequence[Encoded]) -> list[Encoded]:
+    """For SFT examples: the prompt part of each (what live traffic sends). An example
+    without a labelled (assistant) token is a prompt already and stays whole."""
+    out = []
+    for e in data:
+        labels = list(e.labels)  # type: ignore[arg-type]
+        cut = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+        out.append(replace(e, input_ids=e.input_ids[:max(cut, 1)], labels=labels[:max(cut, 1)]))
+    return out
+
+
+def reference_sample(held_out: Sequence[Encoded], train: Sequence[Encoded], seed: int,
+                     size: int = REFERENCE_SAMPLE) -> tuple[list[Encoded], dict[str, int]]:
+    """Held-out inputs first, topped up with training inputs, ``size`` at most; and how
+    many of each. Predictions on training inputs are a little more confident than on
+    unseen ones, so held-out inputs are preferred; a validation split alone is often too
+    small (< 100) for a histogram."""
+    rng = random.Random(seed)
+    picked = rng.sample(list(held_out), min(size, len(held_out)))
+    extra = rng.sample(list(train), min(size - len(picked), len(train)))
+    return picked + extra, {"held_out": len(picked), "train": len(extra)}
+
+
+@torch.no_grad()
+def predictions(task_model: TaskModel, task: TaskKind, data: Sequence[Encoded],
+                labels: list[str], batch_size: int, pad_id: int,
+                ) -> tuple[Counter[str], list[float]]:
+    """Predicted label counts (seq-cls: one per input; token-cls: the tag of each word's
+    first token) and each input's confidence (the top probability; token-cls: its mean
+    over the words), as the service computes them live."""
+    counts: Counter[str] = Counter()
+    confidences: list[float] = []
+    set_inference(task_model.model, True)
+    try:
+        for chunk in ordered_batches(data, batch_size):
+            probs = forward_logits(task_model, collate(chunk, pad_id)).float().softmax(-1)
+            for row, example in enumerate(chunk):
+                if task is TaskKind.SEQ_CLS:
+                    top, arg = probs[row].max(-1)
+                    counts[labels[int(arg)]] += 1
+                    confidences.append(float(top))
+                elif example.word_starts:
+                    top, args = probs[row, torch.tensor(example.word_starts)].max(-1)
+                    counts.update(labels[int(i)] for i in args)
+                    confidences.append(float(top.mean()))
+    finally:
+        set_inference(task_model.model, False)
+    return counts, confidences
+
+
+def _classifier_sections(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded],
+                         held_out: Sequence[Encoded], labels: list[str], pad_id: int,
+                         batch_size: int, seed: int) -> dict[str, Any]:
+    """``predicted_label_distribution`` and ``confidence`` on the reference sample."""
+    sample, sources = reference_sample(held_out, data, seed)
+    counts, confidences = predictions(task_model, task, sample, labels, batch_size, pad_id)
+    total = sum(counts.values()) or 1
+    unit = "word" if task is TaskKind.TOKEN_CLS else "input"
     return {
+        "predicted_label_distribution": {
+            "unit": unit, "sample": sources,
+            "counts": {name: counts[name] for name in labels},
+            "shares": {name: round(counts[name] / total, 6) for name in labels}},
+        "confidence": {
+            "measure": "max softmax probability" + (" (mean over words)"
+                                                    if task is TaskKind.TOKEN_CLS else ""),
+            "split": "reference sample", "sample": sources,
+            **distribution(confidences, bins=20, low=0.0, high=1.0)},
+    }
+
+
+def build_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded],
+                  labels: list[str] | None, pad_id: int, batch_size: int, seed: int, *,
+                  stop_ids: Collection[int], held_out: Sequence[Encoded] = (),
+                  generation_prompts: int = REFERENCE_PROMPTS,
+                  max_new_tokens: int = REFERENCE_NEW_TOKENS) -> dict[str, Any]:
+    """The whole ``profile.json`` document of a trained adapter.
+
+    ``data``: the training examples as encoded for training (causal-lm: whole
+    conversations; their prompts are profiled). ``held_out``: validation examples, the
+    first part of a classifier's reference sample. ``stop_ids``: the tokens that end a
+    generation (:func:`adapters.model_families.stop_token_ids`). ``generation_prompts`` and
+    ``max_new_tokens`` bound the causal-lm reference generations (two per prompt).
+    """
+    if task is TaskKind.CAUSAL_LM:
+        data = prompts_only(data)
+    lengths = [float(len(e.input_ids)) for e in data]
+    profile: dict[str, Any] = {
         "profile_version": PROFILE_VERSION,
         "task": str(task),
         "input_length_tokens": distribution(lengths, bins=20, low=0.0),
-        "label_distribution": label_distribution(task, train, labels),
-        "confidence": {
-            "measure": ("mean probability of the reference tokens" if task is TaskKind.CAUSAL_LM
-                        else "max softmax probability" + (" (mean over words)"
-                                                          if task is TaskKind.TOKEN_CLS else "")),
-            "split": "validation",
-            **distribution(list(confidences), bins=20, low=0.0, high=1.0),
-        },
-        "embedding": embedding_profile(task_model, train, pad_id, batch_size, seed),
-        "embedding_served": embedding_profile(task_model, train, pad_id, batch_size, seed,
+        "label_distribution": label_distribution(task, data, labels),
+        "confidence": None,
+        "embedding": embedding_profile(task_model, data, pad_id, batch_size, seed),
+        "embedding_served": embedding_profile(task_model, data, pad_id, batch_size, seed,
                                               served=True),
     }
+    if task is TaskKind.CAUSAL_LM:
+        profile["generation"] = generation_profile(
+            task_model, [e.input_ids for e in data], pad_id, stop_ids, seed, distribution,
+            sample_size=generation_prompts, max_new_tokens=max_new_tokens)
+    elif labels is not None:
+        profile.update(_classifier_sections(task, task_model, data, held_out, labels, pad_id,
+                                            batch_size, seed))
+    return profile

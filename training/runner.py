@@ -6,7 +6,7 @@ import importlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,8 @@ import torch
 
 from adapters.base_model import LoadedBaseModel, Quantization, load_base_model
 from adapters.errors import QuantizationUnavailableError
-from adapters.package import AdapterManifest, TaskKind
+from adapters.model_families import stop_token_ids
+from adapters.package import AdapterManifest
 from adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
 from training.config import TrainConfig
 from training.data import Example, label_names, load_examples, split_examples, subsample
@@ -22,7 +23,7 @@ from training.evaluate import evaluate
 from training.loop import StepCallback, train_loop
 from training.package_writer import prepare_output, write_package
 from training.profile import build_profile
-from training.tasks import IGNORE, Encoded, TaskModel, build_task_model, encode_all
+from training.tasks import Encoded, TaskModel, build_task_model, encode_all
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +99,6 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
-def _prompt_only(data: list[Encoded]) -> list[Encoded]:
-    """For SFT profiles: the prompt part of each example (what live traffic sends)."""
-    out = []
-    for e in data:
-        labels = list(e.labels)  # type: ignore[arg-type]
-        cut = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
-        out.append(replace(e, input_ids=e.input_ids[:max(cut, 1)], labels=labels[:max(cut, 1)]))
-    return out
-
-
 def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> TrainOutcome:
     """Train per ``cfg`` and write the package to ``cfg.output``."""
     started = time.perf_counter()
@@ -143,9 +134,8 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
     metrics.update(final.metrics)
     if test:
         metrics.update(_prefixed("test_", _eval(cfg, task_model, test, labels, pad_id)))
-    profile = build_profile(
-        cfg.task, task_model, _prompt_only(train) if cfg.task is TaskKind.CAUSAL_LM else train,
-        labels, final.confidences, pad_id, cfg.batch, cfg.seed)
+    profile = build_profile(cfg.task, task_model, train, labels, pad_id, cfg.batch, cfg.seed,
+                            stop_ids=stop_token_ids(loaded.model, tokenizer), held_out=val)
     training = _training_record(cfg, loaded, result.steps, result.epochs, result.stopped_early,
                                 len(train), len(val), len(test), splits.val_source,
                                 train_seconds, result.history)

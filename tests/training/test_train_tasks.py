@@ -75,14 +75,31 @@ def test_package_is_complete_and_readable(
     profile = json.loads(profile_bytes)
     assert profile["input_length_tokens"]["count"] > 0
     assert "0.5" in profile["input_length_tokens"]["quantiles"]
-    assert sum(profile["confidence"]["histogram"]["counts"]) == profile["confidence"]["count"]
     embedding = profile["embedding"]
     assert embedding["dim"] == 64 and len(embedding["mean"]) == 64 and len(embedding["std"]) == 64
     assert len(embedding["pca"]["components"][0]) == 64
     if labels is None:
-        assert profile["label_distribution"] is None
+        assert profile["label_distribution"] is None and profile["confidence"] is None
+        generation = profile["generation"]
+        # 24 SFT rows, 2 held out for validation: every training prompt, decoded twice.
+        assert generation["prompts"] == 22 and generation["max_new_tokens"] == 64
+        for decoding in ("greedy", "sampled"):
+            lengths = generation["decodings"][decoding]["output_length_tokens"]
+            assert lengths["count"] == 22 and 1 <= lengths["min"] <= lengths["max"] <= 64
+            logprob = generation["decodings"][decoding]["token_logprob"]
+            assert logprob["count"] == 22 and logprob["max"] <= 0
     else:
         assert set(profile["label_distribution"]["counts"]) == set(labels)
+        # The adapter's own predictions on every validation and training input.
+        predicted = profile["predicted_label_distribution"]
+        assert set(predicted["shares"]) == set(labels)
+        assert predicted["sample"]["held_out"] > 0 and predicted["sample"]["train"] > 0
+        confidence = profile["confidence"]
+        assert confidence["count"] == sum(predicted["sample"].values())
+        assert sum(confidence["histogram"]["counts"]) == confidence["count"]
+        words = sum(predicted["counts"].values())
+        assert words == (6 * confidence["count"] if task == "token-cls"
+                         else confidence["count"])
 
 
 def test_seq_cls_learns_a_separable_task(make_config: ConfigFactory, csv_data: Path,

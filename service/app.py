@@ -94,7 +94,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
     return ServingComponents(
         info=loaded.info, engine=engine, resolver=resolver, prompts=prompts, pipeline=pipeline,
         predict=PredictService(pipeline, prompts, sink=drift),
-        openai=OpenAIServing(pipeline, prompts, loaded.info.name),
+        openai=OpenAIServing(pipeline, prompts, loaded.info.name, sink=drift),
         admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
                            watcher),
         watcher=watcher, drift=drift, retrain=build_retrain(

@@ -10,7 +10,9 @@ training sentences were, and the token offsets are mapped back onto the text as 
 
 token-cls answers entities: each token's most probable tag, BIO tags merged into spans
 the way seqeval's default (lenient) mode does, with character offsets from the fast
-tokenizer's offset mapping.
+tokenizer's offset mapping. For drift it also reads one tag per *word* (the tag of the
+word's first token, as training evaluates and profiles a tagger): a word is a run of
+characters between spaces of the text as tokenized (after the word split, if any).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from adapters.errors import ConfigurationError, InvalidRequestError
 from adapters.words import SplitText
 from service.api.prompts import PromptLimits
 from service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
+from service.drift.records import WordPredictions
 from service.errors import InputTooLongError
 
 
@@ -32,6 +35,21 @@ class EncodedInput:
     text: str
     ids: list[int]
     offsets: list[tuple[int, int]] | None = None
+    word_starts: list[int] | None = None  # token-cls: the first token of each word
+
+
+def word_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
+    """Positions of the tokens that begin a word of ``text`` (the text as tokenized): their
+    first non-space character is the text's first or follows a space. Special tokens
+    (empty spans) and spaces alone begin none."""
+    starts = []
+    for position, (start, end) in enumerate(spans):
+        first = start
+        while first < end and text[first].isspace():
+            first += 1
+        if first < end and (first == 0 or text[first - 1].isspace()):
+            starts.append(position)
+    return starts
 
 
 def encode_input(tokenizer: Any, text: str, limits: PromptLimits, *, offsets: bool,
@@ -55,9 +73,10 @@ def encode_input(tokenizer: Any, text: str, limits: PromptLimits, *, offsets: bo
             f"the input has {len(ids)} tokens, more than the limit of {limit} "
             "(LORASWAP_MAX_INPUT_TOKENS)")
     spans = [(int(s), int(e)) for s, e in encoded["offset_mapping"]] if offsets else None
+    starts = None if spans is None else word_starts(split.joined if split else text, spans)
     if spans is not None and split is not None:
         spans = [split.original_span(s, e) for s, e in spans]
-    return EncodedInput(text=text, ids=ids, offsets=spans)
+    return EncodedInput(text=text, ids=ids, offsets=spans, word_starts=starts)
 
 
 def sequence_output(probs: list[float], labels: list[str]) -> SequenceClassOutput:
@@ -165,3 +184,14 @@ def token_output(encoded: EncodedInput, probs: list[list[float]], labels: list[s
     return TokenClassOutput(entities=merge_entities(
         encoded.text, encoded.offsets, [labels[i] for i in best],
         [row[i] for row, i in zip(probs, best, strict=True)]))
+
+
+def word_predictions(encoded: EncodedInput, probs: list[list[float]], labels: list[str],
+                     ) -> WordPredictions:
+    """Drift signals of one token-cls input: each word's tag (its first token's most
+    probable tag) and the mean over words of that tag's probability."""
+    rows = [probs[i] for i in encoded.word_starts or [] if i < len(probs)]
+    best = [max(range(len(row)), key=row.__getitem__) for row in rows]
+    confidence = (sum(row[i] for row, i in zip(rows, best, strict=True)) / len(rows)
+                  if rows else None)
+    return WordPredictions(tuple(labels[i] for i in best), confidence)

@@ -1,14 +1,18 @@
 """OpenAI-compatible completions, chat completions and model list over the shared pipeline.
 
 Adapters are models: ``model`` names an adapter, or the base model (its id, or ``"base"``).
+Answers of a registered adapter go to the drift/capture sink exactly as ``/v1/predict``'s
+do, under the OpenAI answer's ``id`` (so ``POST /v1/feedback`` takes that id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -47,7 +51,9 @@ from service.api.protocol_openai import (
     SamplingFields,
 )
 from service.auth import Tenant
+from service.drift.records import PredictionSink, submit_generations
 from service.engine.requests import GenerationEvent
+from service.engine.sampling import SamplingParams
 from service.targets import BASE_TARGET, ServingTarget
 
 GENERATIVE: ModelTask = "causal-lm"
@@ -63,10 +69,25 @@ class PreparedOpenAI:
     batch: SubmittedBatch
     include_usage: bool
     created: int
+    # Drift/capture seam (service/drift): the served version, the inputs as text, where
+    # answers are recorded and each prompt's sampling.
+    target: ServingTarget = field(default_factory=ServingTarget.base)
+    texts: list[str] = field(default_factory=list)
+    sink: PredictionSink | None = None
+    params: list[SamplingParams] = field(default_factory=list)
+
+    def _record(self, results: list[GenerationEvent]) -> None:
+        """Records of the answered choices (in index order), as /v1/predict sends them."""
+        outputs: list[dict[str, object]] = [
+            {"text": r.text, "tokens": r.completion_tokens, "finish_reason": finish_reason(r)}
+            for r in results]
+        submit_generations(self.sink, self.request_id, self.target.adapter,
+                           self.target.version, self.texts, outputs, results, self.params)
 
     async def collect(self) -> CompletionResponse | ChatCompletionResponse:
         """Wait for every choice and answer in OpenAI's shape."""
         results = await self.batch.collect()
+        self._record(results)  # drift/capture seam
         if self.chat:
             return ChatCompletionResponse(
                 id=self.request_id, created=self.created, model=self.model,
@@ -103,14 +124,16 @@ class PreparedOpenAI:
 
     async def sse(self) -> AsyncIterator[str]:
         """``data: {chunk}`` events, an optional usage chunk, then ``data: [DONE]``."""
-        finals: list[GenerationEvent] = []
+        finals: dict[int, GenerationEvent] = {}
+        texts = ["" for _ in self.batch.streams]
         try:
             if self.chat:  # the first chat chunk announces the role
                 for index in range(len(self.batch.streams)):
                     yield self._data(self._chunk(index, "", role=True))
             async for index, event in self.batch.events():
+                texts[index] += event.text
                 if event.finished:
-                    finals.append(event)
+                    finals[index] = dataclasses.replace(event, text=texts[index])
                     text = event.text or (None if self.chat else "")
                     yield self._data(self._chunk(index, text, finish=finish_reason(event)))
                 elif event.text:
@@ -120,8 +143,11 @@ class PreparedOpenAI:
             yield sse_data(error_body(ErrorFormat.OPENAI, status_for(exc), exc.code,
                                       exc.message))
         else:
+            done = [finals[i] for i in sorted(finals)]
+            if len(done) == len(self.batch.streams):
+                self._record(done)  # drift/capture seam
             if self.include_usage:
-                yield sse_data(self._usage_chunk(usage_of(finals)))
+                yield sse_data(self._usage_chunk(usage_of(done)))
         finally:
             self.batch.cancel()  # a client gone before events() started must stop the engine
         yield SSE_DONE
@@ -139,6 +165,8 @@ class OpenAIPlan:
     tokenize: Callable[[], list[list[int]]]
     prompts: PromptBuilder
     inputs: int
+    texts: list[str]  # each prompt as text, for drift capture
+    sink: PredictionSink | None = None
 
     @property
     def stream(self) -> bool:
@@ -171,18 +199,22 @@ class OpenAIPlan:
                                   tenant=tenant)
         return PreparedOpenAI(chat=self.chat, request_id=request_id, model=self.model,
                               batch=batch, include_usage=body.include_usage,
-                              created=int(time.time()))
+                              created=int(time.time()), target=target,
+                              texts=self.texts if self.sink is not None else [],
+                              sink=self.sink, params=params)
 
 
 class OpenAIServing:
     """The OpenAI API over the shared pipeline: ``model`` names an adapter or the base."""
 
     def __init__(self, pipeline: ServingPipeline, prompts: PromptBuilder,
-                 base_model: str) -> None:
+                 base_model: str, sink: PredictionSink | None = None) -> None:
+        """``sink``: where answers are recorded for drift and capture (None: drift off)."""
         self._pipeline = pipeline
         self._prompts = prompts
         self.base_model = base_model
         self.created = int(time.time())
+        self._sink = sink
 
     def _adapter(self, model: str) -> str | None:
         """The adapter ``model`` names; None for the base model (its id or "base")."""
@@ -235,7 +267,7 @@ class OpenAIServing:
             chat=False,
             max_tokens=self._max_tokens(body.max_tokens, "max_tokens"),
             tokenize=lambda: [self._prompts.from_text(t, raw=True) for t in texts],
-            prompts=self._prompts, inputs=len(texts))
+            prompts=self._prompts, inputs=len(texts), texts=list(texts), sink=self._sink)
         return await self._pipeline.answer(request, tenant, plan)
 
     async def chat(self, body: ChatCompletionRequest, request: Request,
@@ -248,5 +280,5 @@ class OpenAIServing:
             chat=True,
             max_tokens=self._max_tokens(body.max_completion_tokens or body.max_tokens, field),
             tokenize=lambda: [self._prompts.from_messages(messages)],
-            prompts=self._prompts, inputs=1)
+            prompts=self._prompts, inputs=1, texts=[json.dumps(messages)], sink=self._sink)
         return await self._pipeline.answer(request, tenant, plan)

@@ -26,7 +26,13 @@ from service.api.answers import (
     usage_of,
 )
 from service.api.batches import ClassificationBatch, SubmittedBatch
-from service.api.classification import EncodedInput, encode_input, sequence_output, token_output
+from service.api.classification import (
+    EncodedInput,
+    encode_input,
+    sequence_output,
+    token_output,
+    word_predictions,
+)
 from service.api.pipeline import Prepared, ServingPipeline
 from service.api.prompts import PromptBuilder
 from service.api.protocol import (
@@ -40,6 +46,7 @@ from service.auth import Tenant
 from service.drift.records import PredictionSink, submit_answer
 from service.engine.classify import ClassificationResult
 from service.engine.requests import GenerationEvent
+from service.engine.sampling import SamplingParams
 from service.targets import ServingTarget
 
 
@@ -54,9 +61,11 @@ class PreparedPredict:
     request_id: str
     target: ServingTarget
     batch: SubmittedBatch
-    # Drift/capture seam (service/drift): the input texts and where answers are recorded.
+    # Drift/capture seam (service/drift): the input texts, where answers are recorded,
+    # and each prompt's sampling (which reference its generation compares with).
     texts: list[str] = field(default_factory=list)
     sink: PredictionSink | None = None
+    params: list[SamplingParams] = field(default_factory=list)
 
     def response(self, results: list[GenerationEvent]) -> PredictResponse:
         """The JSON answer for finished results."""
@@ -72,7 +81,8 @@ class PreparedPredict:
         """Wait for every output."""
         results = await self.batch.collect()
         response = self.response(results)
-        submit_answer(self.sink, response, self.texts, results)  # drift/capture seam
+        submit_answer(self.sink, response, self.texts, results,  # drift/capture seam
+                      params=self.params)
         return response
 
     async def sse(self) -> AsyncIterator[str]:
@@ -88,13 +98,15 @@ class PreparedPredict:
                     finals[index] = GenerationEvent(
                         text=texts[index], token_ids=(), finished=True,
                         finish_reason=event.finish_reason, prompt_tokens=event.prompt_tokens,
-                        completion_tokens=event.completion_tokens)
+                        completion_tokens=event.completion_tokens,
+                        token_logprobs=event.token_logprobs, embedding=event.embedding)
         except LoraswapError as exc:
             yield _error_event(exc)
             return
         done = [f for f in finals if f is not None]
         response = self.response(done)
-        submit_answer(self.sink, response, self.texts, done)  # drift/capture seam
+        submit_answer(self.sink, response, self.texts, done,  # drift/capture seam
+                      params=self.params)
         yield sse_event("done", response)
 
 
@@ -127,7 +139,14 @@ class PreparedClassification:
         """Wait for every input's result."""
         results = await self.batch.collect()
         response = self.response(results)
-        submit_answer(self.sink, response, [i.text for i in self.inputs], results)  # drift
+        if self.sink is not None:  # drift/capture seam
+            words = None
+            if self.target.task is TaskKind.TOKEN_CLS:
+                labels = self.target.class_names()
+                words = [word_predictions(encoded, r.probs, labels)
+                         for encoded, r in zip(self.inputs, results, strict=True)]
+            submit_answer(self.sink, response, [i.text for i in self.inputs], results,
+                          words=words)
         return response
 
     async def sse(self) -> AsyncIterator[str]:
@@ -233,7 +252,8 @@ class PredictPlan:
         request_id = new_request_id("pred")
         texts = input_texts(self.body) if self.sink is not None else []  # drift only
         return PreparedPredict(request_id, target, pipeline.generate(
-            target, prompts, params, request_id=request_id, tenant=tenant), texts, self.sink)
+            target, prompts, params, request_id=request_id, tenant=tenant), texts, self.sink,
+            params)
 
     async def _classify(self, target: ServingTarget, pipeline: ServingPipeline,
                         tenant: Tenant | None) -> PreparedClassification:

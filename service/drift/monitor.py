@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,9 @@ from service.drift.reference import (
     CONFIDENCE,
     EMBEDDING,
     INPUT_LENGTH,
+    OUTPUT_LENGTH,
     PREDICTED_LABEL,
+    TOKEN_LOGPROB,
     ReferenceProfile,
 )
 from service.drift.scores import bin_counts, js_distance, mmd_rbf, psi
@@ -183,6 +186,8 @@ class DriftMonitor:
             "scores": ({f"{s}/{m}": round(v, 6) for s, m, v in
                         scores_of(window, self.config.min_samples)} if enough else {}),
             "absent_signals": dict(window.reference.missing),
+            "label_reference": window.reference.label_source,
+            "comparable_generations": len(window.generations),
         }
 
 
@@ -200,11 +205,29 @@ def scores_of(window: VersionWindow, min_samples: int) -> list[tuple[str, str, f
     if reference.labels is not None and len(window.labels) >= min_samples:
         names = list(reference.labels)
         expected = [reference.labels[n] for n in names]
-        seen = [sum(1 for label in window.labels if label == n) for n in names]
+        counts = window.label_counts()
+        seen = [counts[n] for n in names]
         out.append((PREDICTED_LABEL, "psi", psi(expected, seen)))
         out.append((PREDICTED_LABEL, "js", js_distance(expected, seen)))
     embedding = reference.embedding
     if embedding is not None and len(window.embeddings) >= min_samples:
         out.append((EMBEDDING, "mmd", mmd_rbf(embedding.sample, window.embedding_matrix(),
                                               embedding.bandwidth)))
+    return out + generation_scores(window, min_samples)
+
+
+def generation_scores(window: VersionWindow, min_samples: int) -> list[tuple[str, str, float]]:
+    """Output length and token log-probability PSI of the window's comparable generations,
+    each against its reference mixed in the window's own proportions of decodings."""
+    reference = window.reference.generation
+    live = list(window.generations)
+    if reference is None or len(live) < min_samples:
+        return []
+    decodings = Counter(g.decoding for g in live)
+    out = []
+    for signal, mixture, values in (
+            (OUTPUT_LENGTH, reference.output_length, [g.length for g in live]),
+            (TOKEN_LOGPROB, reference.token_logprob, [g.logprob for g in live])):
+        out.append((signal, "psi", psi(mixture.expected(decodings),
+                                       bin_counts(values, mixture.edges))))
     return out

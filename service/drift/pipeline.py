@@ -11,7 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.errors import NotFoundError
+from adapters.errors import LoraswapError, NotFoundError
+from adapters.package import read_manifest
 from adapters.registry import AdapterRegistry
 from adapters.retrain_runs import RunStore
 from adapters.tenants import TenantDirectory
@@ -52,12 +53,22 @@ class CapturePolicies:
 
 
 def registry_references(registry: AdapterRegistry) -> Any:
-    """A reference loader reading ``profile.json`` of a version's local copy."""
+    """A reference loader reading ``profile.json`` of a version's local copy (the
+    manifest's task says which signals apply)."""
     def load(ref: AdapterVersionRef) -> ReferenceProfile:
         folder = registry.local_folder(ref.tenant, ref.adapter, int(ref.version))
         path = folder / "profile.json"
-        return parse_profile(json.loads(path.read_text("utf-8")) if path.is_file() else None)
+        return parse_profile(json.loads(path.read_text("utf-8")) if path.is_file() else None,
+                             task=manifest_task(folder))
     return load
+
+
+def manifest_task(folder: Path) -> str | None:
+    """The task in a package's ``loraswap.json`` (None: no readable manifest)."""
+    try:
+        return str(read_manifest(folder).task)
+    except (LoraswapError, OSError):
+        return None
 
 
 def registry_active(registry: AdapterRegistry) -> Any:

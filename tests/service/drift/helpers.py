@@ -72,15 +72,17 @@ class FakeClock:
 
 
 def monitor(active: dict[tuple[str, str], str] | None = None, *, min_samples: int = 50,
-            window: int = 200) -> tuple[DriftMonitor, CollectorRegistry, FakeClock]:
-    """A monitor (not started: tests call process/score_all) on its own registry."""
+            window: int = 200, document: dict[str, Any] | None = None,
+            ) -> tuple[DriftMonitor, CollectorRegistry, FakeClock]:
+    """A monitor (not started: tests call process/score_all) on its own registry, with
+    ``document`` (default :func:`profile`) as every version's profile.json."""
     registry = CollectorRegistry()
     clock = FakeClock()
     versions = active if active is not None else {("acme", "sentiment"): "1"}
     mon = DriftMonitor(
         DriftConfig(window_size=window, min_samples=min_samples, score_interval=1,
                     retire_interval=1),
-        DriftMetrics(registry), lambda ref: parse_profile(profile()),
+        DriftMetrics(registry), lambda ref: parse_profile(document or profile()),
         lambda tenant, adapter: versions.get((tenant, adapter)), clock=clock)
     return mon, registry, clock
 
@@ -91,3 +93,101 @@ def score(registry: CollectorRegistry, signal: str, method: str,
     return registry.get_sample_value("loraswap_drift_score", {
         "tenant": ref.tenant, "adapter": ref.adapter, "version": ref.version,
         "signal": signal, "method": method})
+
+
+# --- causal-lm and token-cls profiles and records -------------------------------------
+
+GREEDY_LENGTH, SAMPLED_LENGTH = (24.0, 5.0), (40.0, 10.0)  # mean, std of output tokens
+GREEDY_LOGPROB, SAMPLED_LOGPROB = (-0.4, 0.1), (-1.5, 0.3)  # mean, std of mean log-prob
+CAP = 64
+
+
+def generation_profile(n: int = 500, seed: int = 0,
+                       decodings: tuple[str, ...] = ("greedy", "sampled")) -> dict[str, Any]:
+    """A causal-lm profile.json like training/profile.py writes: prompt lengths, and per
+    decoding ``n`` reference generations (lengths capped at 64, logprobs on shared bins)."""
+    rng = np.random.default_rng(seed)
+    specs = {"greedy": (GREEDY_LENGTH, GREEDY_LOGPROB),
+             "sampled": (SAMPLED_LENGTH, SAMPLED_LOGPROB)}
+    drawn = {d: (rng.normal(*specs[d][0], n).round().clip(1, CAP),
+                 rng.normal(*specs[d][1], n).clip(max=0)) for d in decodings}
+    low = min(float(v[1].min()) for v in drawn.values())
+    high = max(float(v[1].max()) for v in drawn.values())
+    lengths = rng.normal(10, 3, 2000).clip(1)
+    return {
+        "profile_version": 2, "task": "causal-lm",
+        "input_length_tokens": histogram(lengths, 20, 0.0, float(lengths.max())),
+        "generation": {"prompts": n, "max_new_tokens": CAP, "decodings": {
+            d: {"output_length_tokens": histogram(out, 20, 0.5, CAP + 0.5),
+                "token_logprob": histogram(logp, 20, low, high)}
+            for d, (out, logp) in drawn.items()}},
+    }
+
+
+def generations(n: int, decoding: str, *, shift: float = 0.0, seed: int = 1,
+                       max_new_tokens: int = CAP, ref: AdapterVersionRef = REF,
+                       ) -> list[PredictionRecord]:
+    """``n`` generations decoded like ``decoding`` (``greedy``: temperature 0; ``sampled``:
+    temperature 1; ``other``: 0.7); ``shift`` makes them longer and less probable."""
+    from service.drift.records import GenerationSignals, decoding_of
+    from service.engine.sampling import SamplingParams
+
+    rng = np.random.default_rng(seed)
+    spec = {"greedy": (GREEDY_LENGTH, GREEDY_LOGPROB, 0.0), "other": (
+        GREEDY_LENGTH, GREEDY_LOGPROB, 0.7), "sampled": (SAMPLED_LENGTH, SAMPLED_LOGPROB, 1.0)}
+    (length_mean, length_std), (logp_mean, logp_std), temperature = spec[decoding]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    out = []
+    for i in range(n):
+        length = int(np.clip(round(rng.normal(length_mean + 20 * shift, length_std)), 1,
+                             max_new_tokens))
+        mean = min(0.0, rng.normal(logp_mean - shift, logp_std))
+        logprobs = tuple(float(v) for v in np.full(length, mean))
+        out.append(PredictionRecord(
+            prediction_id=f"cmpl-{seed}x{i}", index=0, ref=ref, task="causal-lm",
+            input_text=f"prompt {i}", input_tokens=int(max(1, rng.normal(10, 3))),
+            output={"text": "…"}, output_tokens=length, mean_logprob=mean,
+            generation=GenerationSignals(logprobs, decoding_of(params), max_new_tokens)))
+    return out
+
+
+TAGS = ("O", "B-Disease", "I-Disease")
+
+
+def token_profile() -> dict[str, Any]:
+    """A token-cls profile: word tags 80/10/10 predicted on the reference sample."""
+    document = profile()
+    document["task"] = "token-cls"
+    shares = {"O": 0.8, "B-Disease": 0.1, "I-Disease": 0.1}
+    document["label_distribution"] = {"shares": {"O": 0.5, "B-Disease": 0.25,
+                                                 "I-Disease": 0.25}}
+    document["predicted_label_distribution"] = {"unit": "word", "shares": shares}
+    return document
+
+
+def token_records(n: int, *, shift: float = 0.0, seed: int = 1) -> list[PredictionRecord]:
+    """Inputs of 10 words tagged like the profile's predictions (``shift``: more entities,
+    lower confidence)."""
+    from service.drift.records import WordPredictions
+
+    rng = np.random.default_rng(seed)
+    entity = 0.2 + 0.6 * min(shift, 1)
+    out = []
+    for i in range(n):
+        tags = tuple("O" if rng.random() > entity else rng.choice(TAGS[1:]) for _ in range(10))
+        words = WordPredictions(tags, float(rng.uniform(0.6 - 0.5 * min(shift, 1), 1.0)))
+        out.append(PredictionRecord(
+            prediction_id=f"pred-{seed}x{i}", index=0, ref=REF, task="token-cls",
+            input_text=f"text {i}", input_tokens=int(max(1, rng.normal(10, 3))),
+            output={"entities": []}, confidence=words.confidence, word_tags=words.tags,
+            embedding=rng.normal(shift * 1.5, 1, DIM)))
+    return out
+
+
+def psi_against(mixture: Any, values: list[float]) -> float:
+    """PSI of ``values`` against a generation reference with its decodings mixed equally
+    (what comparing them with that reference, whatever their decoding, would score)."""
+    from service.drift.scores import bin_counts, psi
+
+    return psi(mixture.expected({d: 1 for d in mixture.counts}),
+               bin_counts(values, mixture.edges))

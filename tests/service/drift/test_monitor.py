@@ -75,8 +75,10 @@ def test_a_profile_without_served_embeddings_exports_no_embedding_score() -> Non
     del document["embedding_served"]
     reference = parse_profile(document)
     assert reference.embedding is None and "embedding" in reference.missing
-    assert parse_profile(None).missing.keys() == {"input_length", "confidence",
-                                                  "predicted_label", "embedding"}
+    assert parse_profile(None, task="seq-cls").missing.keys() == {
+        "input_length", "confidence", "predicted_label", "embedding"}
+    # Without a manifest to say the task, every signal is named.
+    assert len(parse_profile(None).missing) == 6
 
 
 def test_versions_beyond_the_bound_are_not_tracked() -> None:

@@ -39,7 +39,9 @@ SAMPLED = "sampled"
 # Bounds of the reference generations: 2 x 64 prompts of at most 64 new tokens each.
 REFERENCE_PROMPTS = 64
 REFERENCE_NEW_TOKENS = 64
-GENERATION_BATCH = 16
+# Prompts decoded together (sorted by length, so little padding): on a 2-core CPU with
+# SmolLM2-135M, 64 prompts in batches of 16 took 84 s for both decodings, in one batch 50 s.
+GENERATION_BATCH = 32
 
 
 # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns, then goes).
@@ -71,17 +73,21 @@ def _no_checkpointing(task_model: TaskModel) -> Any:
 def generate(task_model: TaskModel, prompts: Sequence[list[int]], pad_id: int,
              stop_ids: Collection[int], *, greedy: bool, max_new_tokens: int, seed: int,
              batch_size: int = GENERATION_BATCH) -> list[tuple[int, float]]:
-    """``(output tokens, mean natural-log probability)`` of each prompt's generation."""
+    """``(output tokens, mean natural-log probability)`` of each prompt's generation, in
+    the order of ``prompts`` (decoded in batches of similar length)."""
     generator = torch.Generator().manual_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long)
     checkpointed = _no_checkpointing(task_model)
     set_inference(task_model.model, True)
     try:
-        out: list[tuple[int, float]] = []
-        for start in range(0, len(prompts), batch_size):
-            out += _generate_batch(task_model.model, prompts[start:start + batch_size], pad_id,
-                                   stops, greedy, max_new_tokens, generator)
-        return out
+        out: dict[int, tuple[int, float]] = {}
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            results = _generate_batch(task_model.model, [prompts[i] for i in batch], pad_id,
+                                      stops, greedy, max_new_tokens, generator)
+            out.update(zip(batch, results, strict=True))
+        return [out[i] for i in range(len(prompts))]
     finally:
         set_inference(task_model.model, False)
         if checkpointed is not None:
@@ -99,7 +105,9 @@ def _generate_batch(model: Any, prompts: Sequence[list[int]], pad_id: int,
         ids[row, width - len(prompt):] = torch.tensor(prompt)
         mask[row, width - len(prompt):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # Logits of the last position only: all of them would be [rows, width, vocab].
+    output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1)
     following = positions[:, -1] + 1
     total = torch.zeros(rows, dtype=torch.float64)
     count = torch.zeros(rows, dtype=torch.long)

@@ -81,7 +81,7 @@ class DriftPipeline:
         """Hand the records of one answer to the drift and capture threads (non-blocking)."""
         for record in records:
             self.monitor.submit(record)
-            self.capture.submit(record)
+        self.capture.submit(records)
 
     def start(self) -> None:
         """Start the drift and capture threads."""

@@ -44,6 +44,7 @@ class DriftConfig:
     retire_interval: float = 10.0
     max_versions: int = 256
     queue_size: int = 10_000
+    reference_refresh: float = 30.0
 
 
 class DriftMonitor:
@@ -64,6 +65,7 @@ class DriftMonitor:
         self._lock = threading.Lock()  # guards _windows (drift thread vs admin reads)
         self._thread: threading.Thread | None = None
         self._last_retire = clock()
+        self._last_refresh = clock()
         # Set after each processed batch of records and each scoring pass (tests wait on it).
         self.scored = threading.Event()
 
@@ -173,6 +175,8 @@ class DriftMonitor:
         if self._clock() - self._last_retire >= self.config.retire_interval:
             self._last_retire = self._clock()
             self.retire_inactive()
+        if self._clock() - self._last_refresh >= self.config.reference_refresh:
+            self._last_refresh = self._clock()
             self.refresh_references()
         for ref, window in list(self._windows.items()):
             if window.dirty:

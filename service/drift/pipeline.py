@@ -134,7 +134,8 @@ def build_drift(settings: Settings, registry: AdapterRegistry, tenants: TenantDi
         window_size=settings.drift_window_size, min_samples=settings.drift_min_samples,
         score_interval=settings.drift_score_interval_seconds,
         retire_interval=max(1.0, 2 * settings.registry_refresh_seconds),
-        max_versions=settings.drift_max_versions)
+        max_versions=settings.drift_max_versions,
+        reference_refresh=settings.drift_reference_refresh_seconds)
     feedback_min = settings.drift_min_feedback
     capture = CaptureWriter(registry.store, CapturePolicies(
         tenants, settings.registry_refresh_seconds),

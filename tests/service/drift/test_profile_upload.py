@@ -36,6 +36,7 @@ def server(live_server: ServerFactory) -> LiveServer:
     return live_server(admin_token=ADMIN, dev_mode=False, drift_enabled=True,
                        drift_min_samples=4, drift_window_size=50,
                        drift_score_interval_seconds=0.1, drift_capture_flush_seconds=600,
+                       drift_reference_refresh_seconds=0.5,
                        max_upload_bytes=1 << 19)
 
 

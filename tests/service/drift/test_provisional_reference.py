@@ -49,7 +49,8 @@ def test_a_profile_that_appears_later_is_used_without_retracking() -> None:
         return found[0]
 
     monitor = DriftMonitor(
-        DriftConfig(window_size=200, min_samples=50, score_interval=1, retire_interval=1),
+        DriftConfig(window_size=200, min_samples=50, score_interval=1, retire_interval=1,
+                    reference_refresh=1),
         DriftMetrics(registry), references, lambda tenant, adapter: "1", clock=clock)
     for record in records(60):
         monitor.process(record)
@@ -63,7 +64,7 @@ def test_a_profile_that_appears_later_is_used_without_retracking() -> None:
     found[0] = parse_profile(profile())  # the job stored a profile
     clock.now += 2
     monitor.score_all()
-    assert len(loads) == 3  # tracked once, re-read at each retire interval until found
+    assert len(loads) == 3  # tracked once, re-read at each refresh interval until found
     for signal, method in (("input_length", "psi"), ("predicted_label", "js"),
                            ("confidence", "psi")):
         assert score(registry, signal, method) is not None, signal

@@ -5,6 +5,7 @@ Pure functions over the measured round trips, so the arithmetic is tested withou
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -17,12 +18,14 @@ class ArmRounds:
     latencies: list[float] = field(default_factory=list)
     round_seconds: list[float] = field(default_factory=list)
     round_p50s: list[float] = field(default_factory=list)
+    round_rps: list[float] = field(default_factory=list)
 
     def add_round(self, latencies: list[float], seconds: float) -> None:
         """Record one round (its requests' latencies, in seconds, and its wall time)."""
         self.latencies.extend(latencies)
         self.round_seconds.append(seconds)
         self.round_p50s.append(statistics.median(latencies))
+        self.round_rps.append(len(latencies) / seconds)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class ArmSummary:
     p99_ratio: float
     throughput_ratio: float
     paired_p50_ratio: float  # median over rounds of (this arm's p50 / off's p50)
+    # Throughput against off's in the same round: geometric mean over rounds and its 95 %
+    # confidence interval (what machine noise leaves undecided).
+    paired_rps_ratio: float
+    paired_rps_low: float
+    paired_rps_high: float
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -66,22 +74,46 @@ def summarize(arms: list[ArmRounds], baseline: str = "off") -> list[ArmSummary]:
         rps = len(arm.latencies) / sum(arm.round_seconds)
         paired = statistics.median(mine / theirs for mine, theirs in
                                    zip(arm.round_p50s, base.round_p50s, strict=True))
+        ratio, low, high = paired_ratio(arm.round_rps, base.round_rps)
         out.append(ArmSummary(arm.name, len(arm.latencies), round(1000 * p50, 1),
                               round(1000 * p99, 1), round(rps, 3), round(p50 / base_p50, 4),
                               round(p99 / base_p99, 4), round(rps / base_rps, 4),
-                              round(paired, 4)))
+                              round(paired, 4), round(ratio, 4), round(low, 4),
+                              round(high, 4)))
     return out
+
+
+def paired_ratio(mine: list[float], theirs: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of ``mine[i] / theirs[i]`` and its 95 % confidence interval (Student's
+    t on the log ratios; the interval is the point itself with a single round)."""
+    logs = [math.log(a / b) for a, b in zip(mine, theirs, strict=True)]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.exp(mean), math.exp(mean)
+    half = t_quantile(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def t_quantile(freedom: int) -> float:
+    """Student's t 0.975 quantile (Cornish-Fisher expansion: within 1 % from 5 degrees of
+    freedom, 4 % at 3)."""
+    z = statistics.NormalDist().inv_cdf(0.975)
+    return (z + (z**3 + z) / (4 * freedom)
+            + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * freedom**2))
 
 
 def markdown_table(summaries: list[ArmSummary]) -> str:
     """The figures as the Markdown table docs/drift.md records."""
     lines = ["| arm | requests | p50 ms | p99 ms | req/s | p50 vs off | p99 vs off "
-             "| req/s vs off | p50 vs off, median of rounds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| req/s vs off | per round: p50 vs off (median) | per round: req/s vs off "
+             "(95 % CI) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         lines.append(f"| {s.name} | {s.requests} | {s.p50_ms:,.1f} | {s.p99_ms:,.1f} "
                      f"| {s.throughput_rps:.2f} | {signed(s.p50_ratio)} | {signed(s.p99_ratio)} "
-                     f"| {signed(s.throughput_ratio)} | {signed(s.paired_p50_ratio)} |")
+                     f"| {signed(s.throughput_ratio)} | {signed(s.paired_p50_ratio)} "
+                     f"| {signed(s.paired_rps_ratio)} ({signed(s.paired_rps_low)} .. "
+                     f"{signed(s.paired_rps_high)}) |")
     return "\n".join(lines)
 
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from adapters.store import ObjectStore
 from service.drift.capture_index import CapturedPrediction, CaptureIndex
-from service.drift.handoff import Handoff
+from service.drift.handoff import POLL_SECONDS, Handoff
 from service.drift.records import PredictionRecord
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ class CaptureWriter:
 
     def __init__(self, store: ObjectStore, policy: CapturePolicy, *, batch_rows: int = 256,
                  flush_seconds: float = 5.0, rng: random.Random | None = None,
-                 poll_seconds: float = 0.25, index: CaptureIndex | None = None) -> None:
+                 poll_seconds: float = POLL_SECONDS, index: CaptureIndex | None = None,
+                 ) -> None:
         self.store = store
         self.index = index or CaptureIndex(store)
         self._policy = policy

@@ -19,8 +19,8 @@ receives feedback derive the same bucket from the id alone:
   feedback.
 
 What a replica read or wrote stays in a bounded cache (whole buckets, least recently used
-first, at most ``max_entries`` entries), so feedback on recent predictions is answered
-without store reads on the replica that captured them.
+evicted first, at most ``max_bytes`` of entries), so feedback on recent predictions is
+answered without store reads on the replica that captured them.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ INDEX_PREFIX = "capture-index/"
 LEGACY_INDEX_PREFIX = "captures/index/"
 ID_TIME_DIGITS = 8  # hex digits of the UNIX second at the start of an answer id
 HASH_BUCKETS = 64
+CACHE_BYTES = 32 << 20  # entries held in memory, counted by their text (inputs can be long)
+ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its texts (ids, names, the objects)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class CapturedPrediction:
     def key(self) -> str:
         """``{prediction_id}-{index}``, as feedback names it."""
         return f"{self.prediction_id}-{self.index}"
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes this entry holds in memory."""
+        return ENTRY_OVERHEAD + len(self.input_text) + len(self.output_text or "")
 
 
 def index_bucket(prediction_id: str) -> str:
@@ -99,6 +106,7 @@ class _Bucket:
 
     objects: set[str] = field(default_factory=set)
     entries: dict[str, CapturedPrediction] = field(default_factory=dict)
+    size: int = 0
 
 
 class CaptureIndex:
@@ -109,9 +117,9 @@ class CaptureIndex:
     means "its entries are in the cache": a lookup never skips an entry it has not seen.
     """
 
-    def __init__(self, store: ObjectStore, max_entries: int = 50_000) -> None:
+    def __init__(self, store: ObjectStore, max_bytes: int = CACHE_BYTES) -> None:
         self.store = store
-        self._max_entries = max_entries
+        self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._size = 0
@@ -136,12 +144,14 @@ class CaptureIndex:
         with self._lock:
             known = set(self._buckets[bucket].objects) if bucket in self._buckets else set()
         for name in self.store.list(f"{INDEX_PREFIX}{bucket}/"):
-            if name not in known and name.endswith(".jsonl"):
-                try:
-                    self._remember(bucket, name, from_jsonl(self.store.get(name)))
-                except StoreKeyMissing:  # removed by an operator meanwhile
-                    continue
-        found = self._cached(bucket, key)
+            if name in known or not name.endswith(".jsonl"):
+                continue
+            try:
+                entries = from_jsonl(self.store.get(name))
+            except StoreKeyMissing:  # removed by an operator meanwhile
+                continue
+            self._remember(bucket, name, entries)
+            found = found or next((e for e in entries if e.key == key), None)
         return found if found is not None else self._legacy(key)
 
     def _cached(self, bucket: str, key: str) -> CapturedPrediction | None:
@@ -159,12 +169,16 @@ class CaptureIndex:
             if name in known.objects:
                 return
             known.objects.add(name)
-            before = len(known.entries)
-            known.entries.update((e.key, e) for e in entries)
-            self._size += len(known.entries) - before
-            while self._size > self._max_entries and len(self._buckets) > 1:
+            for entry in entries:
+                if entry.key not in known.entries:
+                    known.entries[entry.key] = entry
+                    known.size += entry.size
+                    self._size += entry.size
+            # Whole buckets go (their objects with their entries), the oldest first; even
+            # the current one when it alone is over the budget: it is then read again.
+            while self._size > self._max_bytes and self._buckets:
                 _, evicted = self._buckets.popitem(last=False)
-                self._size -= len(evicted.entries)
+                self._size -= evicted.size
 
     def _legacy(self, key: str) -> CapturedPrediction | None:
         try:
@@ -173,7 +187,7 @@ class CaptureIndex:
             return None
         return CapturedPrediction(**json.loads(raw))
 
-    def cached_entries(self) -> int:
-        """Entries held in memory (for tests and diagnostics)."""
+    def cached_bytes(self) -> int:
+        """Approximate bytes of the entries held in memory (tests, diagnostics)."""
         with self._lock:
             return self._size

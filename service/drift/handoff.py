@@ -17,6 +17,9 @@ from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+# How often a worker drains its hand-off: drift scores every few seconds and capture
+# batches every few seconds, so half a second of delay changes nothing they report.
+POLL_SECONDS = 0.5
 
 
 class Handoff(Generic[T]):

@@ -1,19 +1,21 @@
-"""The drift thread: takes prediction records off a queue, keeps windows, exports scores.
+"""The drift thread: takes prediction records off a hand-off, keeps windows, exports scores.
 
 All scoring runs here, never on the event loop nor on the engine thread, and uses numpy
 only (a second thread running torch ops slows the engine's steps, see README). The
-request path only does a ``put_nowait``; a full queue drops the record and counts it.
+request path only appends to a :class:`~service.drift.handoff.Handoff` (no lock, no
+wake-up: the thread drains it every ``POLL_SECONDS``); a full hand-off drops the record
+and counts it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.drift.handoff import POLL_SECONDS, Handoff
 from service.drift.metrics import DriftMetrics
 from service.drift.records import AdapterVersionRef, PredictionRecord
 from service.drift.reference import (
@@ -60,7 +62,8 @@ class DriftMonitor:
         self._active_version = active_version
         self._on_retire = on_retire
         self._clock = clock
-        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(config.queue_size)
+        self._queue: Handoff[PredictionRecord] = Handoff(config.queue_size, POLL_SECONDS)
+        self._stopping = threading.Event()
         self._windows: dict[AdapterVersionRef, VersionWindow] = {}
         self._lock = threading.Lock()  # guards _windows (drift thread vs admin reads)
         self._thread: threading.Thread | None = None
@@ -72,43 +75,39 @@ class DriftMonitor:
     # ----------------------------------------------------------- request path
     def submit(self, record: PredictionRecord) -> None:
         """Queue one record; never blocks (a full queue drops it)."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if not self._queue.put(record):
             self._metrics.dropped.labels("queue_full").inc()
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start the drift thread."""
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="loraswap-drift", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the drift thread (records still queued are discarded)."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._stopping.set()
+            self._queue.wake()
             self._thread.join(timeout=10)
             self._thread = None
 
     def _run(self) -> None:
         next_score = self._clock() + self.config.score_interval
-        while True:
-            timeout = max(0.0, next_score - self._clock())
-            try:
-                record = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                record = None
-            else:
-                if record is None:
-                    return
-            try:
-                if record is not None:
+        while not self._stopping.is_set():
+            self._queue.wait(next_score - self._clock())
+            for record in self._queue.drain():
+                try:
                     self.process(record)
-                if self._clock() >= next_score:
+                except Exception:  # a bad profile or record must not stop drift monitoring
+                    logger.exception("drift monitoring failed on a record")
+            if self._clock() >= next_score:
+                try:
                     self.score_all()
-                    next_score = self._clock() + self.config.score_interval
-            except Exception:  # a bad profile or record must not stop drift monitoring
-                logger.exception("drift monitoring failed on a record")
+                except Exception:
+                    logger.exception("drift monitoring failed while scoring")
+                next_score = self._clock() + self.config.score_interval
 
     # --------------------------------------------------------- drift thread
     def process(self, record: PredictionRecord) -> None:

@@ -143,17 +143,23 @@ def test_a_lookup_reads_only_the_bucket_of_its_id(tmp_path: Path) -> None:
 
 
 def test_the_cache_is_bounded_and_an_evicted_bucket_is_read_again(tmp_path: Path) -> None:
-    store = FileSystemStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     base = int(time.time()) - 3600
-    writer_index = CaptureIndex(store, max_entries=120)
-    for bucket in range(5):
-        writer_index.write([entry(stamped_id(base + 60 * bucket, serial))
-                            for serial in range(50)])
-        assert writer_index.cached_entries() <= 120 + 50
-    for bucket in range(5):  # evicted buckets are read back from the store
+    one = entry(stamped_id(base, 0)).size
+    index = CaptureIndex(store, max_bytes=120 * one)
+    for bucket in range(5):  # 5 buckets of 50 entries, room for 120 entries
+        index.write([entry(stamped_id(base + 60 * bucket, serial)) for serial in range(50)])
+        assert index.cached_bytes() <= 120 * one
+    store.calls.clear()
+    for bucket in range(5):  # evicted buckets are read back from the store, all found
         prediction_id = stamped_id(base + 60 * bucket, 49)
-        assert writer_index.find(f"{prediction_id}-0", prediction_id) is not None
-        assert writer_index.cached_entries() <= 120 + 50
+        assert index.find(f"{prediction_id}-0", prediction_id) is not None
+        assert index.cached_bytes() <= 120 * one
+    assert store.calls["get", "capture-index"] >= 3  # at least the 3 evicted buckets
+    huge = CaptureIndex(store, max_bytes=10 * one)  # smaller than one bucket: still found
+    prediction_id = stamped_id(base + 120, 20)
+    assert huge.find(f"{prediction_id}-0", prediction_id) is not None
+    assert huge.cached_bytes() == 0
 
 
 def test_predictions_captured_by_the_one_object_per_input_layout_are_still_found(

@@ -4,7 +4,10 @@ Three ``loraswap serve`` processes share one store, so each cost is measured apa
 
 * ``off``: drift off;
 * ``on``: drift on, the tenant's capture policy off (windows and scores only);
-* ``on-capture``: drift on, capture of every prediction (plus the capture writer).
+* ``on-capture``: drift on, capture of every prediction (plus the capture writer);
+* with ``--control``, ``off-b``: a second drift-off server. Two identical processes differ
+  by a few per cent (memory layout, which core the scheduler gives them), so its ratio to
+  ``off`` is the noise floor the other ratios must be read against.
 
 The same requests go to every arm in rounds whose order rotates (off, on, on-capture;
 on, on-capture, off; ...), so load from other users of a shared machine hits all alike.
@@ -14,7 +17,7 @@ run is bounded: ``--rounds`` x ``--per-round`` requests per arm, and no round st
 still waiting) and the store is checked: every request of ``on-capture`` captured, none of
 the others.
 
-Usage: loraswap bench drift --package PKG [--rounds 8] [--per-round 50] [--json OUT]
+Usage: loraswap bench drift --package PKG [--rounds 8] [--per-round 50] [--control] [--json OUT]
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Arm:
 
 
 ARMS = (Arm("off", False, "quiet"), Arm("on", True, "quiet"), Arm("on-capture", True, "acme"))
+CONTROL = Arm("off-b", False, "quiet")
 TENANT_CAPTURE = {"quiet": "off", "acme": "all"}
 
 
@@ -222,6 +226,8 @@ def main(
     threads: Annotated[int, typer.Option(min=1, help="torch threads of each server.")] = 1,
     max_seconds: Annotated[float, typer.Option(
         help="No new round starts after this many seconds of measuring.")] = 900.0,
+    control: Annotated[bool, typer.Option(
+        help="Add a second drift-off server (off-b): the noise floor.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Save the figures.")] = None,
 ) -> None:
     """Drift off / on / on with capture of every prediction, side by side on one store."""
@@ -232,7 +238,7 @@ def main(
     work = Path(tempfile.mkdtemp(prefix="drift-bench-"))
     servers: list[Server] = []
     try:
-        for arm in ARMS:
+        for arm in (*ARMS, CONTROL) if control else ARMS:
             servers.append(serve(arm, work, threads))
         keys = setup(servers[0].url, package)
         time.sleep(3)  # every replica sees the tenants and adapters (registry refresh)

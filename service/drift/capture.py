@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,9 +53,12 @@ FEEDBACK_PREFIX = "feedback/"
 RECENT_IDS = 100_000
 # Answers waiting for the writer thread beyond this many are not captured (logged).
 QUEUE_ANSWERS = 10_000
+# Batches kept in memory per destination while the store fails (then the oldest go).
+MAX_PENDING_BATCHES = 100
 
 # The owning tenant's capture share (0 = off, 1 = all); may do I/O (cached by the caller).
 CapturePolicy = Callable[[str], float]
+T = TypeVar("T")
 
 __all__ = ["CAPTURE_PREFIX", "FEEDBACK_PREFIX", "CaptureWriter", "CapturedPrediction"]
 
@@ -109,11 +112,14 @@ class CaptureWriter:
         self._handoff: Handoff[tuple[str, Any] | None] = Handoff(QUEUE_ANSWERS, poll_seconds)
         self._pending: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self._entries: list[CapturedPrediction] = []  # index entries not written yet
+        self._retry_at = 0.0  # after a failed write, size-triggered writes wait until then
         self._recent: OrderedDict[str, str] = OrderedDict()  # uncaptured id -> tenant
         self._recent_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._flushed = threading.Condition()
-        self._generation = 0
+        self._requested = 0  # flush tickets handed out (under _flushed)
+        self._written = 0  # the last ticket whose write finished (under _flushed)
+        self._failed = 0  # the last ticket whose write failed (under _flushed)
 
     # ------------------------------------------------------------- request path
     def submit(self, records: list[PredictionRecord]) -> None:
@@ -145,44 +151,51 @@ class CaptureWriter:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything queued before this call is written (not on the loop)."""
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything queued before this call is written (not on the loop);
+        False when that write failed or did not finish within ``timeout``."""
         with self._flushed:
-            target = self._generation + 1
-            self._handoff.put(("flush", None), force=True)
+            self._requested += 1
+            ticket = self._requested
+            self._handoff.put(("flush", ticket), force=True)
             self._handoff.wake()
-            self._flushed.wait_for(lambda: self._generation >= target, timeout=timeout)
+            done = self._flushed.wait_for(lambda: self._written >= ticket, timeout=timeout)
+            return done and self._failed < ticket
 
     def _run(self) -> None:
         deadline = time.monotonic() + self._flush_seconds
         stopping = False
         while not stopping:
             self._handoff.wait(deadline - time.monotonic())
-            flushes = 0
+            ticket = 0  # the last flush ticket of this drain (tickets come in order)
             for item in self._handoff.drain():
                 if item is None:
                     stopping = True
                 elif item[0] == "flush":
-                    flushes += 1
+                    ticket = item[1]
                 else:
                     self._guarded(self._handle, item)
-            if flushes or stopping or time.monotonic() >= deadline:
-                self._guarded(self._write_all)
+            if ticket or stopping or time.monotonic() >= deadline:
+                written = self._guarded(self._write_all)
                 deadline = time.monotonic() + self._flush_seconds
-            self._notify_flushed(flushes)
+                if ticket:
+                    self._notify_flushed(ticket, written)
 
     @staticmethod
-    def _guarded(step: Callable[..., None], *args: Any) -> None:
+    def _guarded(step: Callable[..., None], *args: Any) -> bool:
         try:
             step(*args)
         except Exception:  # the store failing must not stop capture for good
             logger.exception("capture writer failed")
+            return False
+        return True
 
-    def _notify_flushed(self, flushes: int) -> None:
-        if flushes:
-            with self._flushed:
-                self._generation += flushes
-                self._flushed.notify_all()
+    def _notify_flushed(self, ticket: int, written: bool) -> None:
+        with self._flushed:
+            self._written = ticket
+            if not written:
+                self._failed = ticket
+            self._flushed.notify_all()
 
     def _handle(self, item: tuple[str, Any]) -> None:
         kind, payload = item
@@ -206,30 +219,60 @@ class CaptureWriter:
         for record in records:
             self._entries.append(index_entry(record))
             self._append((CAPTURE_PREFIX, tenant, record.ref.adapter), capture_row(record))
-        if len(self._entries) >= self._batch_rows:
+        if len(self._entries) >= self._batch_rows and time.monotonic() >= self._retry_at:
             self._write_index()
 
     def _append(self, key: tuple[str, str, str], row: dict[str, Any]) -> None:
         rows = self._pending.setdefault(key, [])
         rows.append(row)
-        if len(rows) >= self._batch_rows:
+        if len(rows) >= self._batch_rows and time.monotonic() >= self._retry_at:
             self._write(key)
 
     def _write_all(self) -> None:
+        """Write every pending batch and the index; raise the last failure after trying
+        them all (what failed stays pending for the next write)."""
+        failure: Exception | None = None
         for key in list(self._pending):
-            self._write(key)
-        self._write_index()
+            try:
+                self._write(key)
+            except Exception as exc:
+                failure = exc
+        try:
+            self._write_index()
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            raise failure
 
     def _write(self, key: tuple[str, str, str]) -> None:
         rows = self._pending.pop(key, [])
         if rows:
             prefix, tenant, adapter = key
-            self.store.put(batch_key(prefix, tenant, adapter), to_parquet(rows))
+            try:
+                self.store.put(batch_key(prefix, tenant, adapter), to_parquet(rows))
+            except Exception:
+                self._pending[key] = self._kept(rows + self._pending.get(key, []), key[0])
+                raise
 
     def _write_index(self) -> None:
         entries, self._entries = self._entries, []
         if entries:
-            self.index.write(entries)
+            try:
+                self.index.write(entries)
+            except Exception:
+                self._entries = self._kept(entries + self._entries, "capture index")
+                raise
+
+    def _kept(self, rows: list[T], what: str) -> list[T]:
+        """What a failed write keeps for the next one: at most ``MAX_PENDING_BATCHES``
+        batches (the oldest rows go first), so a store down for long costs bounded memory.
+        Size-triggered writes then wait for the next timed write instead of retrying at
+        every row."""
+        self._retry_at = time.monotonic() + self._flush_seconds
+        limit = MAX_PENDING_BATCHES * self._batch_rows
+        if len(rows) > limit:
+            logger.error("store unavailable: %d %s rows dropped", len(rows) - limit, what)
+        return rows[-limit:]
 
     # ------------------------------------------------------------------- reads
     def captured(self, key: str) -> CapturedPrediction | None:

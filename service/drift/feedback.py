@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adapters.errors import ConflictError, InvalidRequestError, NotFoundError
+from adapters.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
 from service.drift.capture import CapturedPrediction, CaptureWriter
 from service.drift.metrics import DriftMetrics
 from service.drift.records import AdapterVersionRef
@@ -97,7 +97,9 @@ class FeedbackService:
         }
         self._capture.add_feedback(row, entry.tenant, entry.adapter)
         # Written before it is acknowledged: a crash after the 200 must not lose it.
-        self._capture.flush()
+        if not self._capture.flush():
+            raise StoreError("the feedback could not be written to the store yet (it is "
+                             "retried with the next batch); try again later")
         self._metrics.feedback.labels(*ref.labels).inc()
         if correct is not None:
             self._count(ref, correct)

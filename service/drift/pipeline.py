@@ -166,7 +166,8 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
             found = snapshot.get("scores")
             return dict(found) if isinstance(found, dict) else {}
 
-        flush = capture.flush
+        def flush() -> None:
+            capture.flush()  # a failed write leaves the latest feedback to the next run
     return RetrainService(RunStore(registry.store), launcher,
                           cooldown_seconds=settings.retrain_cooldown_seconds,
                           flush_feedback=flush, drift_scores=scores,

@@ -87,10 +87,10 @@ def test_one_tiny_run_of_the_three_servers(tiny_base_dir: Path, tmp_path: Path,
     out = tmp_path / "drift.json"
     result = CliRunner().invoke(app, [
         "--package", str(package), "--data", str(data), "--rounds", "2", "--per-round", "5",
-        "--concurrency", "2", "--warmup", "2", "--json", str(out)])
+        "--concurrency", "2", "--warmup", "2", "--control", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert [a["name"] for a in report["arms"]] == ["off", "on", "on-capture"]
+    assert [a["name"] for a in report["arms"]] == ["off", "on", "on-capture", "off-b"]
     assert all(a["requests"] == 10 for a in report["arms"])
     # Every on-capture request captured (warm-up included), nothing of the others.
     assert report["capture"]["acme_rows"] == report["expected_captured_rows"] == 12

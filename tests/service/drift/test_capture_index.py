@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.errors import StoreError
 from adapters.store import ObjectStore, open_store
 from adapters.store.filesystem import FileSystemStore
 from adapters.training_data import read_parquet_batches
@@ -223,6 +224,57 @@ def test_the_request_path_never_waits_for_the_store(tmp_path: Path) -> None:
     store.release.set()
     capture.stop()
     assert len(read_parquet_batches(store, "captures/acme/sentiment/")) == 2000
+
+
+class FailingStore(FileSystemStore):
+    """A store whose writes fail until ``healthy`` is set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.healthy = threading.Event()
+
+    def put(self, key: str, data: bytes) -> None:
+        if not self.healthy.is_set():
+            raise StoreError(f"{self.uri}: put {key!r} failed: the store is down")
+        super().put(key, data)
+
+
+def test_a_store_outage_loses_nothing_and_flush_says_so(tmp_path: Path) -> None:
+    store = FailingStore(tmp_path / "store")
+    capture = writer(store)
+    ids = [new_request_id("pred") for _ in range(100)]  # more than a batch of 64
+    for prediction_id in ids:
+        capture.submit(answer(prediction_id))
+    capture.add_feedback({"prediction_id": "pred-1", "label": "pos"}, "acme", "sentiment")
+    assert capture.flush() is False  # the feedback batch is not in the store
+    store.healthy.set()
+    assert capture.flush() is True  # kept and written by the next write
+    assert [r["label"] for r in read_parquet_batches(store, "feedback/acme/sentiment/")] == [
+        "pos"]
+    assert len(read_parquet_batches(store, "captures/acme/sentiment/")) == 100
+    fresh = CaptureIndex(open_store(store.uri))
+    assert all(fresh.find(f"{i}-0", i) is not None for i in ids)
+    capture.stop()
+
+
+def test_concurrent_flushes_each_wait_for_their_own_rows(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "store")
+    capture = writer(store)
+    seen: list[int] = []
+
+    def send(serial: int) -> None:
+        capture.add_feedback({"prediction_id": f"pred-{serial}", "label": "pos"}, "acme",
+                             f"a{serial}")
+        assert capture.flush()
+        seen.append(len(read_parquet_batches(store, f"feedback/acme/a{serial}/")))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    capture.stop()
+    assert seen == [1] * 20  # every caller found its own row written when flush returned
 
 
 def test_handoff_is_bounded_but_forced_items_always_go_in() -> None:

@@ -187,10 +187,10 @@ def capture_check(store_dir: Path) -> dict[str, int]:
     from adapters.training_data import read_parquet_batches
 
     store = open_store(store_dir.as_uri())
-    keys = store.list("captures/")
     return {"acme_rows": len(read_parquet_batches(store, f"captures/acme/{ADAPTER}/")),
             "quiet_rows": len(read_parquet_batches(store, f"captures/quiet/{ADAPTER}/")),
-            "capture_objects": len(keys)}
+            "batch_objects": len(store.list("captures/")),
+            "index_objects": len(store.list("capture-index/"))}
 
 
 def measure(servers: list[Server], keys: dict[str, str], texts: list[str], *, rounds: int,
@@ -288,8 +288,9 @@ def render(report: dict[str, Any], summaries: Any) -> str:
         markdown_table(summaries), "",
         f"Captured rows: {report['capture']['acme_rows']} of "
         f"{report['expected_captured_rows']} on-capture requests (uncaptured tenant: "
-        f"{report['capture']['quiet_rows']}); store objects under captures/: "
-        f"{report['capture']['capture_objects']}.",
+        f"{report['capture']['quiet_rows']}); store objects written by capture: "
+        f"{report['capture']['batch_objects']} Parquet batches, "
+        f"{report['capture']['index_objects']} index objects.",
         "Drift series: " + json.dumps(report["drift_series"]),
     ])
 

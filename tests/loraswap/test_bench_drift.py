@@ -95,4 +95,7 @@ def test_one_tiny_run_of_the_three_servers(tiny_base_dir: Path, tmp_path: Path,
     # Every on-capture request captured (warm-up included), nothing of the others.
     assert report["capture"]["acme_rows"] == report["expected_captured_rows"] == 12
     assert report["capture"]["quiet_rows"] == 0
+    # Batches, not one object per captured input (12 inputs, written every few seconds).
+    assert 1 <= report["capture"]["index_objects"] <= report["capture"]["batch_objects"] + 1
+    assert report["capture"]["batch_objects"] < 12
     assert "| on-capture | 10 |" in result.output and "torch capability" in result.output

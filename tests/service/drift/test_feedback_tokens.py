@@ -3,20 +3,20 @@ input's words and the adapter version's labels, stored beside the capture."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from adapters.errors import InvalidRequestError
-from adapters.store import FileSystemStore
+from adapters.store import open_store
 from adapters.training_data import read_parquet_batches
-from service.drift.capture import CaptureWriter
+from service.drift.capture import CapturedPrediction
 from service.drift.feedback import FeedbackRequest, FeedbackService
 from service.drift.metrics import DriftMetrics
-from service.drift.records import AdapterVersionRef, PredictionRecord
+from service.drift.records import AdapterVersionRef
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import ServerFactory, upload_files
 
@@ -26,30 +26,44 @@ TAGS = ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]
 REF = AdapterVersionRef("acme", "ner", "1")
 
 
+class FakeCapture:
+    """The capture side of one captured token-cls prediction; keeps the feedback rows."""
+
+    def __init__(self) -> None:
+        self.entry = CapturedPrediction("pred-abc", 0, *REF.labels, "token-cls", TEXT, None,
+                                        None)
+        self.rows: list[dict[str, Any]] = []
+
+    def captured(self, key: str) -> CapturedPrediction | None:
+        return self.entry if key == "pred-abc-0" else None
+
+    def was_uncaptured(self, key: str) -> str | None:
+        return None
+
+    def flush(self, timeout: float = 30.0) -> None:
+        pass
+
+    def add_feedback(self, row: dict[str, Any], tenant: str, adapter: str) -> None:
+        self.rows.append({"tenant": tenant, "adapter": adapter, **row})
+
+
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[FeedbackService, FileSystemStore]]:
-    """A feedback service over a started capture writer (capture: all) with one
-    token-cls prediction captured."""
-    store = FileSystemStore(tmp_path / "store")
-    capture = CaptureWriter(store, lambda tenant: 1.0, flush_seconds=600)
-    capture.start()
-    capture.submit(PredictionRecord(prediction_id="pred-abc", index=0, ref=REF,
-                                    task="token-cls", input_text=TEXT, input_tokens=9,
-                                    output={"entities": []}))
+def service() -> tuple[FeedbackService, FakeCapture]:
+    """A feedback service that knows the adapter's labels, over one captured prediction."""
+    capture = FakeCapture()
     labels = {REF.labels: NER_LABELS}
-    feedback = FeedbackService(capture, DriftMetrics(CollectorRegistry()), 2,
+    feedback = FeedbackService(capture, DriftMetrics(CollectorRegistry()), 2,  # type: ignore
                                lambda t, a, v: labels.get((t, a, v)))
-    yield feedback, store
-    capture.stop()
+    return feedback, capture
 
 
 def test_word_tags_are_stored_beside_the_capture(
-        service: tuple[FeedbackService, FileSystemStore]) -> None:
-    feedback, store = service
+        service: tuple[FeedbackService, FakeCapture]) -> None:
+    feedback, capture = service
     answer = feedback.record(FeedbackRequest(prediction_id="pred-abc", labels=TAGS), "acme")
     assert answer.correct is None and answer.adapter == "acme/ner"
-    rows = read_parquet_batches(store, "feedback/acme/ner/")
-    assert [(r["input"], r["labels"], r["task"]) for r in rows] == [(TEXT, TAGS, "token-cls")]
+    assert [(r["adapter"], r["input"], r["labels"], r["task"]) for r in capture.rows] == [
+        ("ner", TEXT, TAGS, "token-cls")]
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -61,14 +75,14 @@ def test_word_tags_are_stored_beside_the_capture(
     ({"text": "Ada"}, "send 'labels'"),
 ])
 def test_tags_that_do_not_fit_are_refused_naming_the_problem(
-        service: tuple[FeedbackService, FileSystemStore], body: dict[str, object],
+        service: tuple[FeedbackService, FakeCapture], body: dict[str, object],
         message: str) -> None:
-    feedback, store = service
+    feedback, capture = service
     with pytest.raises(InvalidRequestError) as caught:
         feedback.record(FeedbackRequest.model_validate({"prediction_id": "pred-abc", **body}),
                         "acme")
     assert message in caught.value.message
-    assert not read_parquet_batches(store, "feedback/")  # nothing stored
+    assert not capture.rows  # nothing stored
 
 
 def test_exactly_one_kind_of_ground_truth_is_accepted() -> None:
@@ -104,3 +118,5 @@ def test_token_feedback_over_http_checks_the_served_versions_labels(
     assert send(TAGS)[0] == 200
     status, text = send(["B-DATE", *TAGS[1:]])
     assert status == 400 and "B-DATE" in text and "B-LOC" in text
+    rows = read_parquet_batches(open_store(server.settings.store_uri), "feedback/acme/ner/")
+    assert [r["labels"] for r in rows] == [TAGS]  # written before the 200, once

@@ -175,7 +175,9 @@ def _decide(run: RunRecord, registry: AdapterRegistry, task: TaskKind, candidate
     registered = registry.register(run.tenant, run.adapter, candidate, activate=promote)
     run.candidate_version = registered.version
     run.decision = "promoted" if promote else "kept"
-    run.reason = (f"{comparison} on {data.heldout_size} held-out examples: version "
+    # Examples the encoder skipped (an answer truncated away) count on neither side.
+    evaluated = int(run.evaluations["candidate"].get("examples", data.heldout_size))
+    run.reason = (f"{comparison} on {evaluated} held-out examples: version "
                   f"{registered.version} " + ("promoted" if promote else "registered inactive"))
     logger.info("retrain run %s: %s", run.id, run.reason)
 

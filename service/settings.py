@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     drift_capture_flush_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="Longest time a captured prediction or "
         "feedback record waits before its Parquet batch is written.")
+    drift_reference_refresh_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="How often a tracked version without a "
+        "profile re-reads its reference, so a profile computed from an uploaded reference "
+        "file is used within this time.")
     retrain_launcher: Literal["local", "kubernetes"] = Field(
         default="local", description="Where retraining runs: a low-priority local process "
         "or a Kubernetes Job.")

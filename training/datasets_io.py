@@ -4,39 +4,19 @@ Used by retraining, where the original training data (copied to the store by
 ``loraswap train --push``) and the labelled feedback batches (Parquet) are concatenated
 without hand-written readers. Only local files are read: nothing comes from the Hub
 (``HF_DATASETS_OFFLINE`` is set for the run process, and only packaged builders are used).
+The file reader itself, :func:`load_table`, lives in ``adapters/data_tables.py``: the
+service checks an uploaded reference dataset with it too.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
+from adapters.data_tables import load_table
 from adapters.errors import ConfigurationError
 
-_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",
-             ".ndjson": "json", ".parquet": "parquet"}
-
-
-def load_table(path: Path, cache_dir: Path) -> Any:
-    """A ``datasets.Dataset`` of a CSV/TSV/JSON/JSONL/Parquet file or a saved folder."""
-    import datasets
-
-    if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            return loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-        return loaded
-    builder = _BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise ConfigurationError(f"cannot read {path} with datasets: use CSV, TSV, JSON, "
-                                 "JSONL, Parquet or a save_to_disk folder")
-    options: dict[str, Any] = {}
-    if path.suffix.lower() == ".tsv":
-        # Corpora like SST-2 hold bare quotes inside fields: no CSV quoting for TSV.
-        options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
-    return datasets.load_dataset(builder, data_files=str(path), split="train",
-                                 cache_dir=str(cache_dir), **options)
+__all__ = ["concatenate", "from_rows", "load_table", "select_as", "text_label_table"]
 
 
 def text_label_table(path: Path, text_column: str, label_column: str, cache_dir: Path) -> Any:

@@ -44,6 +44,7 @@ class DriftConfig:
     retire_interval: float = 10.0
     max_versions: int = 256
     queue_size: int = 10_000
+    reference_refresh: float = 30.0
 
 
 class DriftMonitor:
@@ -64,6 +65,7 @@ class DriftMonitor:
         self._lock = threading.Lock()  # guards _windows (drift thread vs admin reads)
         self._thread: threading.Thread | None = None
         self._last_retire = clock()
+        self._last_refresh = clock()
         # Set after each processed batch of records and each scoring pass (tests wait on it).
         self.scored = threading.Event()
 
@@ -149,11 +151,33 @@ class DriftMonitor:
             if active != ref.version:
                 self.retire(ref)
 
+    def refresh_references(self) -> None:
+        """Re-read the reference of each window that has no profile yet (provisional), so
+        a profile computed later from an uploaded reference file is used without a restart
+        (and the absent signals' reason follows its job: queued, running, failed)."""
+        for ref, window in list(self._windows.items()):
+            if not window.reference.provisional:
+                continue
+            try:
+                reference = self._references(ref)
+            except Exception:  # the store failed, or the version is being deleted
+                logger.warning("drift: re-reading the reference of %s/%s version %s failed",
+                               *ref.labels, exc_info=True)
+                continue
+            if reference.provisional:
+                window.reference = reference  # a newer reason; nothing to score yet
+            else:
+                window.use_reference(reference)
+                logger.info("drift: %s/%s version %s has a profile now", *ref.labels)
+
     def score_all(self) -> None:
         """Recompute the scores of every window that changed; retire stale ones."""
         if self._clock() - self._last_retire >= self.config.retire_interval:
             self._last_retire = self._clock()
             self.retire_inactive()
+        if self._clock() - self._last_refresh >= self.config.reference_refresh:
+            self._last_refresh = self._clock()
+            self.refresh_references()
         for ref, window in list(self._windows.items()):
             if window.dirty:
                 window.dirty = False

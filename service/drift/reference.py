@@ -61,6 +61,9 @@ class ReferenceProfile:
     labels: dict[str, float] | None = None
     embedding: EmbeddingReference | None = None
     missing: dict[str, str] = field(default_factory=dict)
+    # No profile at all yet (a version registered without profile.json whose reference
+    # upload has not been profiled): the drift monitor re-reads it until one appears.
+    provisional: bool = False
 
 
 # Each PSI bin holds at least this share of the reference (so at most 10 bins). PSI of two

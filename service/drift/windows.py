@@ -48,6 +48,14 @@ class VersionWindow:
             self.embeddings.append(embedding.project(record.embedding[None, :])[0])
         self.dirty = True
 
+    def use_reference(self, reference: ReferenceProfile) -> None:
+        """Score against ``reference`` from now on (a profile that appeared after the
+        window was opened). Lengths, labels and confidences are kept; embeddings were
+        projected on the old reference's basis, so they start again."""
+        self.reference = reference
+        self.embeddings.clear()
+        self.dirty = True
+
     def embedding_matrix(self) -> FloatArray:
         """The window's projected embeddings as one ``[n, components]`` array."""
         return np.stack(list(self.embeddings)) if self.embeddings else np.zeros((0, 0))

@@ -68,7 +68,7 @@ class FeedbackService:
 
     def __init__(self, capture: CaptureWriter, metrics: DriftMetrics, min_feedback: int,
                  labels_of: LabelLookup = lambda tenant, adapter, version: None) -> None:
-        """``labels_of`` gives a version's labels, to check token-cls tags against."""
+        """``labels_of`` gives a version's labels, to check labels and tags against."""
         self._capture = capture
         self._labels_of = labels_of
         self._metrics = metrics
@@ -81,8 +81,9 @@ class FeedbackService:
 
         ``caller`` is the caller's tenant (None when auth is off). Unknown ids and ids of
         another tenant are 404 (alike, so ids of others are not disclosed); an answered
-        but uncaptured prediction is 409; ground truth of the wrong kind for the task, and
-        token-cls tags that do not fit the input's words or the adapter's labels, are 400.
+        but uncaptured prediction is 409; ground truth of the wrong kind for the task, a
+        label the adapter does not have, and token-cls tags that do not fit the input's
+        words or the adapter's labels, are 400.
         """
         if not PREDICTION_ID.fullmatch(body.prediction_id):
             raise InvalidRequestError(f"prediction_id {body.prediction_id!r} is not an id "
@@ -137,6 +138,11 @@ class FeedbackService:
                                       "supported yet")
         if body.label is None:
             raise InvalidRequestError("this prediction is a classification: send 'label'")
+        known = self._labels_of(entry.tenant, entry.adapter, entry.version)
+        if known is not None and body.label not in known:
+            raise InvalidRequestError(
+                f"'label' {body.label!r} is not a class of {entry.tenant}/{entry.adapter} "
+                f"version {entry.version}; its labels: {_shown(known)}")
         return body.label == entry.predicted_label
 
     def _check_tags(self, entry: CapturedPrediction, tags: list[str] | None) -> None:

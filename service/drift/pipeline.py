@@ -99,6 +99,16 @@ def registry_active(registry: AdapterRegistry) -> Any:
     return active
 
 
+def registry_labels(registry: AdapterRegistry) -> Any:
+    """The labels of an adapter version (None when it is gone), for feedback checks."""
+    def labels(tenant: str, adapter: str, version: str) -> list[str] | None:
+        try:
+            return registry.version(tenant, adapter, int(version)).manifest.labels
+        except NotFoundError:
+            return None
+    return labels
+
+
 class DriftPipeline:
     """The prediction sink of the request path: drift windows, capture and feedback."""
 
@@ -140,7 +150,7 @@ def build_drift(settings: Settings, registry: AdapterRegistry, tenants: TenantDi
     capture = CaptureWriter(registry.store, CapturePolicies(
         tenants, settings.registry_refresh_seconds),
         flush_seconds=settings.drift_capture_flush_seconds)
-    feedback = FeedbackService(capture, metrics, feedback_min)
+    feedback = FeedbackService(capture, metrics, feedback_min, registry_labels(registry))
     monitor = DriftMonitor(config, metrics, registry_references(registry),
                            registry_active(registry), on_retire=feedback.forget)
     return DriftPipeline(monitor, capture, feedback, metrics)

@@ -138,6 +138,10 @@ def test_drift_capture_feedback_and_retirement_over_http(
     assert uncaptured.status_code == 409 and "not captured" in uncaptured.text
     assert feedback(server, acme, prediction_id=answer["id"],
                     text="a text").status_code == 400
+    not_a_class = feedback(server, acme, prediction_id=answer["id"], label="furious")
+    assert not_a_class.status_code == 400
+    message = not_a_class.json()["error"]["message"]
+    assert "'furious' is not a class" in message and '"neutral"' in message
 
     # Captured inputs and feedback are Parquet batches in the store.
     store = open_store(server.settings.store_uri)

@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
     max_queue_per_tenant: int = Field(
-        default=64, ge=1, description="Waiting requests one tenant may have before its own 429.")
+        default=64, ge=1,
+        description="Requests one tenant may have waiting or being tokenized before its own 429.")
     max_inputs_per_request: int = Field(
         default=64, ge=1, description="Inputs (prompts, texts) one request may carry.")
     max_request_bytes: int = Field(

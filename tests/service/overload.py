@@ -211,8 +211,10 @@ def verdict(figures: dict[str, object], rss_budget_mib: int) -> list[str]:
         if bad:
             problems.append(f"{tenant}: answers other than 200/429: {bad}")
         if tally["sent"] != tally["answered"]:
+            # Lost (a transport error) or still unanswered when the generator stopped (the
+            # drain deadline: 30 s after the last scheduled send).
             problems.append(f"{tenant}: {tally['sent'] - tally['answered']} requests sent "
-                            "were never answered")
+                            "were not answered")
         if tally["no_retry_after"]:
             problems.append(f"{tenant}: 429 without Retry-After")
         if tally["incomplete"]:

@@ -150,10 +150,12 @@ class ContinuousBatchScheduler:
             raise NotReadyError("server is shutting down")
         full = self._waiting.size + places > self.config.max_queue
         held = self._waiting.held(key)
-        if check_share and held + places > self.config.queue_share:
-            raise self._queue_full() if full else OverloadedError(
+        share = self.config.queue_share
+        if check_share and held + places > share:
+            # A share that is the whole queue is not worth naming.
+            raise self._queue_full() if full or share >= self.config.max_queue else OverloadedError(
                 f"this caller already has {held} requests queued, its share of the queue is "
-                f"{self.config.queue_share}; retry later", retry_after=1)
+                f"{share}; retry later", retry_after=1)
         victims = self._waiting.room_for(key, places, self.config.max_queue)
         if victims is None:
             raise self._queue_full()

@@ -1,8 +1,8 @@
 """Overload run (issue 13): ``python -m tests.service.overload [--seconds 60]``.
 
-Not part of the test suite (it saturates the CPU for about two minutes; needs ``wrk``:
-``apt-get install wrk``). Starts ``loraswap serve`` on a tiny random model on loopback with
-two tenants, measures capacity with a closed loop of ``wrk`` connections, then sends
+Not part of the test suite (it saturates the CPU for about two minutes; needs ``wrk``,
+installed with apt-get when missing). Starts ``loraswap serve`` on a tiny random model on
+loopback with two tenants, measures capacity with a closed loop of ``wrk`` connections, then sends
 open-loop load at twice that rate from the "flood" tenant (``wrk``, see
 :mod:`tests.service.wrk_load`) for ``--seconds``, while the "calm" tenant sends a tenth of
 capacity from a light Python client that times each request. With ``--server-cpus`` and

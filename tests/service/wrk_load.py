@@ -2,10 +2,10 @@
 
 A Python load generator on the server's own two cores could not send at twice the server's
 capacity (the 60 s of load took 541 s to send), so the flood tenant's open loop and the
-capacity measurement use ``wrk`` (C, one thread, a few percent of a core at these rates).
-Install it with ``apt-get install wrk``. The Lua script keeps an open-loop schedule, checks
-every answer (status, ``Retry-After`` on a 429, the token count of a 200) and prints its
-tallies as one JSON line, parsed here.
+capacity measurement use ``wrk`` (C, one thread, a few percent of a core at these rates),
+installed with apt-get on first use when it is missing. The Lua script keeps an open-loop
+schedule, checks every answer (status, ``Retry-After`` on a 429, the token count of a 200)
+and prints its tallies as one JSON line, parsed here.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +47,27 @@ class WrkPlan:
 
     def command(self) -> list[str]:
         """The wrk command line."""
-        wrk = shutil.which("wrk")
-        if wrk is None:
-            raise RuntimeError("wrk is not installed (apt-get install wrk)")
+        wrk = ensure_wrk()
         duration = self.seconds + (self.drain_seconds if self.planned else 0)
         prefix = ["taskset", "-c", self.cpus] if self.cpus else []
         return [*prefix, wrk, "-t1", f"-c{self.connections}", f"-d{max(1, round(duration))}s",
                 "--timeout", "300s", "-s", str(SCRIPT), f"{self.url}/v1/predict", "--",
                 f"{self.rate:.3f}", str(self.planned), self.key, self.body, self.marker]
+
+
+def ensure_wrk() -> str:
+    """The path of ``wrk``, installed with apt-get first when it is missing (as root)."""
+    found = shutil.which("wrk")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for step in (["update", "-q"], ["install", "-y", "-q", "--no-install-recommends",
+                                        "wrk"]):
+            subprocess.run(["apt-get", *step], env=env, capture_output=True, timeout=600,
+                           check=False)
+        found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError("wrk is not installed and could not be: apt-get install wrk")
+    return found
 
 
 def parse_result(output: str) -> dict[str, object]:

@@ -2,8 +2,9 @@
 
 Keys:
 
-* ``retrain/runs/{id}.json``: the run record (trigger, drift scores, data sizes, both
-  evaluations, decision); rewritten by its one writer at each stage;
+* ``retrain/runs/{id}.json``: the run record (trigger, drift scores, task, data sizes,
+  gate metric and its direction, both evaluations, decision); rewritten by its one writer
+  at each stage;
 * ``retrain/seen/{sha256(fingerprint|startsAt)}``: an alert already handled (created with
   ``create_exclusive``, so two replicas receiving one notification start one run);
 * ``retrain/busy/{tenant}/{adapter}``: the run holding the adapter (one at a time);
@@ -64,10 +65,13 @@ class RunRecord(BaseModel):
     created_at: str = Field(default_factory=now_iso)
     started_at: str | None = None
     finished_at: str | None = None
+    task: str | None = Field(default=None, description="The active version's task kind.")
     base_version: int | None = None
     candidate_version: int | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     gate_metric: str | None = None
+    gate_direction: Literal["higher", "lower"] | None = Field(
+        default=None, description="Which way the gate metric is better.")
     evaluations: dict[str, dict[str, float]] = Field(default_factory=dict)
     decision: Decision | None = None
     reason: str | None = None

@@ -49,3 +49,9 @@ class SplitText:
             anchor = next((o for o in self.origin[start:] if o >= 0), len(self.original))
             return anchor, anchor
         return inside[0], inside[-1] + 1
+
+
+def split_words(text: str) -> list[str]:
+    """The words of ``text`` as :class:`SplitText` splits it: what a token-cls feedback's
+    ``labels`` align with, one tag per word, and what retraining trains them as."""
+    return WORD_PIECE.findall(text)

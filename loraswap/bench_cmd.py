@@ -1,5 +1,6 @@
 """``loraswap bench``: the project's benchmarks as subcommands (``engine``, ``train-step``,
-``quantization``, ``quality``); ``engine`` measures the engine against PEFT serving in one run.
+``quantization``, ``quality``, ``drift``, ``drift-separation``); ``engine`` measures the
+engine against PEFT serving in one run.
 
 ``engine`` is also runnable without the main CLI as ``python -m loraswap.bench_cmd [OPTIONS]``.
 """
@@ -335,6 +336,7 @@ def choose_precisions(spec: str) -> list[PrecisionChoice]:
 def bench_app() -> typer.Typer:
     """``loraswap bench``: every benchmark of the project, one subcommand each."""
     from loraswap.bench.drift_overhead import main as drift
+    from loraswap.bench.drift_separation import main as drift_separation
     from loraswap.bench.quality import main as quality
     from loraswap.bench.quantization import quantization
 
@@ -348,6 +350,8 @@ def bench_app() -> typer.Typer:
     app.command(name="quality", help="Quality runs on real data (docs/quality.md).")(quality)
     app.command(name="drift", help="Drift monitoring on vs off over HTTP, side by side "
                 "(docs/drift.md).")(drift)
+    app.command(name="drift-separation", help="Drift scores of in-distribution traffic vs "
+                "other datasets, through a real server (docs/drift.md).")(drift_separation)
     return app
 
 

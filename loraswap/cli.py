@@ -9,6 +9,7 @@ import typer
 from loraswap.adapters_cmd import adapters_app
 from loraswap.bench_cmd import bench_app
 from loraswap.model_cmd import model_app
+from loraswap.profile_cmd import profile_app
 from loraswap.retrain_cmd import retrain_app
 from loraswap.train_cmd import train
 
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.add_typer(model_app, name="model")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(retrain_app, name="retrain")
+app.add_typer(profile_app, name="profile")
 app.add_typer(bench_app(), name="bench")
 app.command(name="train", help="Train a LoRA adapter package (see docs/quality.md).")(train)
 

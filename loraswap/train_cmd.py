@@ -116,8 +116,8 @@ def train(
             data_files = {"train": cfg.data, **({"test": cfg.test_data} if cfg.test_data
                                                 else {})}
             keys = upload_via_service(push, token, cfg.tenant, cfg.name, data_files)
-            record_data_store(outcome.output, keys, cfg.text_column or "text",
-                              cfg.label_column or "label")
+            # How to read them (format, columns) is in the training config already.
+            record_data_store(outcome.output, keys)
             typer.echo(f"training data copied to the store: {', '.join(keys.values())}")
             reply = push_package(outcome.output, PushTarget(
                 server=push, admin_token=token, tenant=cfg.tenant, name=cfg.name))

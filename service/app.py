@@ -27,7 +27,7 @@ from service.api.serving_admin import AdminService
 from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import TenantAuthenticator, log_auth_mode
-from service.drift.pipeline import build_drift, build_retrain
+from service.drift.pipeline import build_drift, build_profiles, build_retrain
 from service.drift.routes import admin_router as drift_admin_router
 from service.drift.routes import router as drift_router
 from service.drift.routes import upload_router as training_data_router
@@ -99,6 +99,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
                            watcher),
         watcher=watcher, drift=drift, retrain=build_retrain(
             settings, registry, drift, state.metrics.registry),
+        profiles=build_profiles(settings, registry),
     )
 
 
@@ -195,6 +196,7 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
     app.include_router(admin_router)
     app.include_router(drift_router)  # /v1/feedback (service/drift)
     app.include_router(drift_admin_router)  # /admin/retrain, /admin/drift (service/drift)
-    app.include_router(training_data_router)  # /admin/training-data (service/drift)
+    # /admin/training-data and /admin/adapters/…/reference/{file} (service/drift)
+    app.include_router(training_data_router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     return app

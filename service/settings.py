@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     )
     fault_pause_before_publish: str | None = Field(
         default=None,
-        description="Test only (crash-safety tests): a compare-and-swap write to the folder "
-        "store of a key ending with this pauses forever before it is published.",
+        description="Test only (crash-safety tests): a write to the folder store of a key "
+        "ending with this (or matching it, when it has a *) pauses forever before it is "
+        "published.",
     )
     max_upload_bytes: int = Field(
         default=1 << 30, ge=1024, description="Largest adapter upload (all files together)."
@@ -98,7 +99,8 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
     max_queue_per_tenant: int = Field(
-        default=64, ge=1, description="Waiting requests one tenant may have before its own 429.")
+        default=64, ge=1,
+        description="Requests one tenant may have waiting or being tokenized before its own 429.")
     max_inputs_per_request: int = Field(
         default=64, ge=1, description="Inputs (prompts, texts) one request may carry.")
     max_request_bytes: int = Field(
@@ -145,6 +147,10 @@ class Settings(BaseSettings):
     drift_capture_flush_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="Longest time a captured prediction or "
         "feedback record waits before its Parquet batch is written.")
+    drift_reference_refresh_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="How often a tracked version without a "
+        "profile re-reads its reference, so a profile computed from an uploaded reference "
+        "file is used within this time.")
     retrain_launcher: Literal["local", "kubernetes"] = Field(
         default="local", description="Where retraining runs: a low-priority local process "
         "or a Kubernetes Job.")

@@ -17,6 +17,7 @@ from service.api.serving_openai import OpenAIServing
 from service.api.serving_predict import PredictService
 from service.auth import Authenticator
 from service.drift.pipeline import DriftPipeline
+from service.drift.profiles import ProfileService
 from service.drift.retrain import RetrainService
 from service.engine.engine import LoraEngine
 from service.errors import NotReadyError
@@ -41,6 +42,7 @@ class ServingComponents:
     watcher: RegistryWatcher
     drift: DriftPipeline | None = None  # LORASWAP_DRIFT_ENABLED (service/drift)
     retrain: RetrainService | None = None  # /admin/retrain (service/drift)
+    profiles: ProfileService | None = None  # reference uploads (service/drift/profiles.py)
 
 
 @dataclass

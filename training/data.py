@@ -128,7 +128,9 @@ def _column(row: dict[str, Any], column: str, path: Path, index: int) -> Any:
     return row[column]
 
 
-def _chat_from_row(row: dict[str, Any], path: Path, index: int) -> ChatExample:
+def chat_from_row(row: dict[str, Any], path: Path, index: int) -> ChatExample:
+    """A chat (``messages``) or instruction (``instruction``/``input``/``output``) record as
+    a conversation; ``path`` and ``index`` name the record in errors."""
     if "messages" in row:
         messages = row["messages"]
         if not (isinstance(messages, list) and messages
@@ -169,7 +171,7 @@ def load_examples(path: Path, task: TaskKind, fmt: str = "auto",
     dropped = 0
     for index, row in enumerate(rows):
         if task is TaskKind.CAUSAL_LM:
-            examples.append(_chat_from_row(row, path, index))
+            examples.append(chat_from_row(row, path, index))
         elif task is TaskKind.TOKEN_CLS:
             tokens = _column(row, text_column or "tokens", path, index)
             tags = _column(row, label_column or "tags", path, index)

@@ -4,56 +4,28 @@ Used by retraining, where the original training data (copied to the store by
 ``loraswap train --push``) and the labelled feedback batches (Parquet) are concatenated
 without hand-written readers. Only local files are read: nothing comes from the Hub
 (``HF_DATASETS_OFFLINE`` is set for the run process, and only packaged builders are used).
+The file reader itself, :func:`load_table`, lives in ``adapters/data_tables.py``: the
+service checks an uploaded reference dataset with it too.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
+from adapters.data_tables import load_table
 from adapters.errors import ConfigurationError
 
-_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",
-             ".ndjson": "json", ".parquet": "parquet"}
-
-
-def load_table(path: Path, cache_dir: Path) -> Any:
-    """A ``datasets.Dataset`` of a CSV/TSV/JSON/JSONL/Parquet file or a saved folder."""
-    import datasets
-
-    if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            return loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-        return loaded
-    builder = _BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise ConfigurationError(f"cannot read {path} with datasets: use CSV, TSV, JSON, "
-                                 "JSONL, Parquet or a save_to_disk folder")
-    options: dict[str, Any] = {}
-    if path.suffix.lower() == ".tsv":
-        # Corpora like SST-2 hold bare quotes inside fields: no CSV quoting for TSV.
-        options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
-    return datasets.load_dataset(builder, data_files=str(path), split="train",
-                                 cache_dir=str(cache_dir), **options)
+__all__ = ["concatenate", "from_rows", "load_table", "select_as", "text_label_table"]
 
 
 def text_label_table(path: Path, text_column: str, label_column: str, cache_dir: Path) -> Any:
     """Only the text and label columns, both as strings, named ``text`` and ``label``."""
-    table = load_table(path, cache_dir)
-    missing = {text_column, label_column} - set(table.column_names)
-    if missing:
-        raise ConfigurationError(f"{path} has no column(s) {sorted(missing)}")
     import datasets
 
-    table = table.select_columns([text_column, label_column])
-    renames = {old: new for old, new in ((text_column, "text"), (label_column, "label"))
-               if old != new}
-    if renames:
-        table = table.rename_columns(renames)
-    return table.cast(datasets.Features({"text": datasets.Value("string"),
-                                         "label": datasets.Value("string")}))
+    return select_as(load_table(path, cache_dir), {text_column: "text", label_column: "label"},
+                     datasets.Features({"text": datasets.Value("string"),
+                                        "label": datasets.Value("string")}), path)
 
 
 def concatenate(tables: list[Any]) -> Any:
@@ -63,10 +35,26 @@ def concatenate(tables: list[Any]) -> Any:
     return datasets.concatenate_datasets(tables)
 
 
-def from_rows(rows: list[dict[str, str]]) -> Any:
-    """A table of ``text``/``label`` rows (feedback)."""
+def from_rows(rows: list[dict[str, Any]], features: Any = None) -> Any:
+    """A table of ``rows`` (feedback) with ``features`` (default: ``text``/``label``
+    strings), so it concatenates with a table read from a file."""
     import datasets
 
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.Value("string")})
+    if features is None:
+        features = datasets.Features({"text": datasets.Value("string"),
+                                      "label": datasets.Value("string")})
     return datasets.Dataset.from_list(rows, features=features)
+
+
+def select_as(table: Any, columns: dict[str, str], features: Any, path: Path) -> Any:
+    """Only ``columns`` (``{column in the file: name in the result}``) of ``table``, renamed
+    and cast to ``features``; :class:`ConfigurationError` naming missing columns."""
+    missing = set(columns) - set(table.column_names)
+    if missing:
+        raise ConfigurationError(f"{path} has no column(s) {sorted(missing)} (columns: "
+                                 f"{', '.join(table.column_names)})")
+    table = table.select_columns(list(columns))
+    renames = {old: new for old, new in columns.items() if old != new}
+    if renames:
+        table = table.rename_columns(renames)
+    return table.cast(features)

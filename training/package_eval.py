@@ -25,12 +25,13 @@ from training.tasks import build_task_model, encode_all
 
 def evaluate_package(folder: Path, data: Path, base_model: Path, batch_size: int = 16,
                      quantization: Quantization = Quantization.BF16) -> dict[str, float]:
-    """Metrics of the package in ``folder`` on ``data`` (JSONL ``text``/``label``)."""
+    """Metrics of the package in ``folder`` on ``data``: JSONL with the task's default
+    columns (``text``/``label``, ``tokens``/``tags``, or chat/instruction records)."""
     from peft import set_peft_model_state_dict
 
     manifest = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))
     task = TaskKind(manifest["task"])
-    labels: list[str] = manifest["labels"]
+    labels: list[str] | None = manifest.get("labels")
     lora = manifest["lora"]
     cfg = TrainConfig(
         task=task, data=data, output=folder, base_model=base_model, labels=labels,
@@ -46,7 +47,7 @@ def evaluate_package(folder: Path, data: Path, base_model: Path, batch_size: int
     tokenizer.padding_side = "right"
     task_model = build_task_model(cfg, loaded, labels)
     set_peft_model_state_dict(task_model.model, load_file(str(folder / WEIGHTS_FILE)))
-    examples = load_examples(data, task, "jsonl", "text", "label")
+    examples = load_examples(data, task, "jsonl")
     encoded = encode_all(task, tokenizer, examples, labels, cfg.length)
     with torch.no_grad():
         result = evaluate(task_model, task, encoded, labels, batch_size, pad_id)

@@ -210,15 +210,19 @@ def _classifier_sections(task: TaskKind, task_model: TaskModel, data: Sequence[E
 def build_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded],
                   labels: list[str] | None, pad_id: int, batch_size: int, seed: int, *,
                   stop_ids: Collection[int], held_out: Sequence[Encoded] = (),
+                  answer_confidences: Sequence[float] = (),
                   generation_prompts: int = REFERENCE_PROMPTS,
                   max_new_tokens: int = REFERENCE_NEW_TOKENS) -> dict[str, Any]:
     """The whole ``profile.json`` document of a trained adapter.
 
-    ``data``: the training examples as encoded for training (causal-lm: whole
-    conversations; their prompts are profiled). ``held_out``: validation examples, the
-    first part of a classifier's reference sample. ``stop_ids``: the tokens that end a
-    generation (:func:`adapters.model_families.stop_token_ids`). ``generation_prompts`` and
-    ``max_new_tokens`` bound the causal-lm reference generations (two per prompt).
+    ``data``: the training (or reference) examples as encoded for training (causal-lm:
+    whole conversations, or prompts alone; their prompts are profiled). ``held_out``:
+    validation examples, the first part of a classifier's reference sample. ``stop_ids``:
+    the tokens that end a generation (:func:`adapters.model_families.stop_token_ids`).
+    ``answer_confidences`` (causal-lm): the mean probability of each expected answer's
+    tokens, stored as ``confidence`` for information (the service has no live
+    counterpart). ``generation_prompts`` and ``max_new_tokens`` bound the causal-lm
+    reference generations (two per prompt).
     """
     if task is TaskKind.CAUSAL_LM:
         data = prompts_only(data)
@@ -234,6 +238,10 @@ def build_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded]
                                               served=True),
     }
     if task is TaskKind.CAUSAL_LM:
+        if answer_confidences:
+            profile["confidence"] = {"measure": "mean probability of the reference tokens",
+                                     **distribution(list(answer_confidences), bins=20,
+                                                    low=0.0, high=1.0)}
         profile["generation"] = generation_profile(
             task_model, [e.input_ids for e in data], pad_id, stop_ids, seed, distribution,
             sample_size=generation_prompts, max_new_tokens=max_new_tokens)

@@ -4,15 +4,18 @@ Reads the run record, trains a candidate from the active version's training data
 copy ``loraswap train --push`` put in the store) plus the labelled feedback, evaluates the
 candidate and the active version on the same held-out set (the original test split plus a
 held-out share of the feedback), and promotes the candidate only if it is at least as
-good on the gate metric; otherwise it registers it inactive with the reason. Everything
-goes into the run record. Imports ``adapters`` and ``training`` only, never ``service``.
+good on the task's gate metric, in the metric's direction (accuracy and entity F1: higher
+is better; a causal LM's eval loss: lower is better); otherwise it registers it inactive
+with the reason. Every task goes through the same steps; what differs (the table, how a
+feedback row becomes a training row) is in :mod:`training.retrain_data`. Everything goes
+into the run record. Imports ``adapters`` and ``training`` only, never ``service``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,13 +31,15 @@ from adapters.store import ObjectStore, open_store
 from adapters.training_data import read_parquet_batches, upload_to_store
 from adapters.validation import BaseModelFingerprint, ValidationLimits
 from training.config import TrainConfig
-from training.datasets_io import concatenate, from_rows, text_label_table
+from training.datasets_io import concatenate
 from training.metrics import SELECTION_METRIC
 from training.package_eval import evaluate_package
+from training.retrain_data import FEEDBACK_PREFIX, TASK_DATA, DataReading, TaskData
 from training.runner import run_training
 
 logger = logging.getLogger(__name__)
-FEEDBACK_PREFIX = "feedback/"
+# The settings of the active version's training that say how its data files are read.
+READING_KEYS = ("data_format", "text_column", "label_column", "max_train_samples")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,15 @@ class RetrainSettings:
     cache_dir: Path
     feedback_holdout: float = 0.3
     seed: int = 42
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The candidate's training file and the held-out file both versions are judged on."""
+
+    train: Path
+    heldout: Path
+    heldout_size: int
 
 
 def execute_run(run_id: str, settings: RetrainSettings) -> RunRecord:
@@ -83,11 +97,8 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
              runs: RunStore) -> None:
     registry = _registry(store, settings)
     active = registry.active(run.tenant, run.adapter)
-    run.base_version = active.version
     manifest = active.manifest
-    if manifest.task is not TaskKind.SEQ_CLS or not manifest.labels:
-        raise ConfigurationError(f"retraining supports seq-cls adapters so far, not "
-                                 f"{manifest.task}")
+    run.base_version, run.task = active.version, manifest.task.value
     training = manifest.training or {}
     data_store: dict[str, str] = training.get("data_store") or {}
     if "train" not in data_store:
@@ -95,60 +106,96 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
             "the active version records no training data in the store (train it with "
             "`loraswap train --push`, which uploads a copy beside the package)")
     config: dict[str, Any] = dict(training.get("config") or {})
-    text_col, label_col = config.get("text_column") or "text", config.get("label_column") or \
-        "label"
+    labels = list(manifest.labels or [])
+    data = _prepare_data(TASK_DATA[manifest.task], store, run, data_store, config, labels,
+                         settings, work)
+    runs.save(run)
+
+    outcome = run_training(_candidate_config(config, run, manifest.task, data.train,
+                                             work / "candidate", manifest.labels, settings))
+    # The candidate reads the same original files the next time (all feedback to date is
+    # added again then); what it was trained on is kept for the record.
+    trained_on = upload_to_store(store, run.tenant, run.adapter, data.train,
+                                 f"retrain-{run.id}.jsonl")
+    record_data_store(outcome.output, {**data_store, "trained_on": trained_on},
+                      {key: config.get(key) for key in READING_KEYS})
+    _decide(run, registry, manifest.task, outcome.output, data, settings)
+
+
+def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
+                  data_store: dict[str, str], config: dict[str, Any], labels: list[str],
+                  settings: RetrainSettings, work: Path) -> RunData:
+    """Original data plus feedback (training) and test split plus feedback (held out),
+    written as JSONL; sizes go into ``run.data``."""
     hf_cache = work / "hf-cache"
-    files = {role: _download(store, key, work / "data") for role, key in data_store.items()}
-    labels = list(manifest.labels)
-    original = text_label_table(files["train"], text_col, label_col, hf_cache)
+    reading = DataReading.of(config)
+    files = {role: _download(store, key, work / "data") for role, key in data_store.items()
+             if role in ("train", "test")}
+    original = task_data.original(files["train"], reading, hf_cache)
     limit = config.get("max_train_samples")
     if limit and len(original) > limit:
         original = original.shuffle(seed=settings.seed).select(range(int(limit)))
-    feedback_train, feedback_holdout, dropped = _feedback(store, run, labels, settings)
-    train_table = concatenate([original, from_rows(feedback_train)]) if feedback_train else \
-        original
-    held_tables = [from_rows(feedback_holdout)] if feedback_holdout else []
-    if "test" in files:
-        held_tables.insert(0, text_label_table(files["test"], text_col, label_col, hf_cache))
-    if not held_tables:
+    rows = read_parquet_batches(store, f"{FEEDBACK_PREFIX}{run.tenant}/{run.adapter}/")
+    feedback = task_data.split_feedback(rows, labels, settings.feedback_holdout,
+                                        settings.seed)
+    train = concatenate([original, task_data.table(feedback.train)]) if feedback.train \
+        else original
+    held = [task_data.original(files["test"], reading, hf_cache)] if "test" in files else []
+    if feedback.heldout:
+        held.append(task_data.table(feedback.heldout))
+    if not held:
         raise ConfigurationError("no held-out data: the package has no test split and no "
                                  "feedback could be held out")
-    heldout = concatenate(held_tables) if len(held_tables) > 1 else held_tables[0]
-    train_path, heldout_path = work / "train.jsonl", work / "heldout.jsonl"
-    train_table.to_json(str(train_path), lines=True)
-    heldout.to_json(str(heldout_path), lines=True)
+    heldout = concatenate(held) if len(held) > 1 else held[0]
+    data = RunData(work / "train.jsonl", work / "heldout.jsonl", len(heldout))
+    train.to_json(str(data.train), lines=True)
+    heldout.to_json(str(data.heldout), lines=True)
     run.data = {
-        "original_train": len(original), "feedback_train": len(feedback_train),
-        "feedback_holdout": len(feedback_holdout), "feedback_dropped_unknown_label": dropped,
-        "heldout_total": len(heldout), "train_total": len(train_table),
+        "original_train": len(original), "feedback_train": len(feedback.train),
+        "feedback_holdout": len(feedback.heldout), "feedback_dropped": feedback.dropped,
+        "heldout_total": len(heldout), "train_total": len(train),
         "original_source": data_store,
     }
-    runs.save(run)
+    return data
 
-    cfg = _candidate_config(config, run, train_path, work / "candidate", labels, settings)
-    outcome = run_training(cfg)
-    data_key = upload_to_store(store, run.tenant, run.adapter, train_path, "train.jsonl")
-    record_data_store(outcome.output, {"train": data_key, **(
-        {"test": data_store["test"]} if "test" in data_store else {})}, "text", "label")
 
-    metric, higher = SELECTION_METRIC[manifest.task]
-    run.gate_metric = metric
-    active_folder = registry.local_folder(run.tenant, run.adapter, active.version)
+def _decide(run: RunRecord, registry: AdapterRegistry, task: TaskKind, candidate: Path,
+            data: RunData, settings: RetrainSettings) -> None:
+    """Evaluate both versions on the held-out file, register the candidate, decide."""
+    metric, higher = SELECTION_METRIC[task]
+    run.gate_metric, run.gate_direction = metric, "higher" if higher else "lower"
+    assert run.base_version is not None
+    active_folder = registry.local_folder(run.tenant, run.adapter, run.base_version)
     run.evaluations = {
-        "active": evaluate_package(active_folder, heldout_path, settings.base_model),
-        "candidate": evaluate_package(outcome.output, heldout_path, settings.base_model),
+        "active": evaluate_package(active_folder, data.heldout, settings.base_model),
+        "candidate": evaluate_package(candidate, data.heldout, settings.base_model),
     }
-    candidate, current = run.evaluations["candidate"][metric], run.evaluations["active"][metric]
-    promote = candidate >= current if higher else candidate <= current
-    registered = registry.register(run.tenant, run.adapter, outcome.output, activate=promote)
+    promote, comparison = gate(metric, higher, run.evaluations["candidate"][metric],
+                               run.evaluations["active"][metric])
+    registered = registry.register(run.tenant, run.adapter, candidate, activate=promote)
     run.candidate_version = registered.version
     run.decision = "promoted" if promote else "kept"
-    comparison = ">=" if promote == higher else "<"
-    run.reason = (f"candidate {metric} {candidate:.4f} {comparison} active {current:.4f} on "
-                  f"{len(heldout)} held-out examples: "
-                  + (f"version {registered.version} promoted" if promote else
-                     f"version {registered.version} registered inactive"))
+    # Examples the encoder skipped (an answer truncated away) count on neither side.
+    evaluated = int(run.evaluations["candidate"].get("examples", data.heldout_size))
+    run.reason = (f"{comparison} on {evaluated} held-out examples: version "
+                  f"{registered.version} " + ("promoted" if promote else "registered inactive"))
     logger.info("retrain run %s: %s", run.id, run.reason)
+
+
+def gate(metric: str, higher_is_better: bool, candidate: float,
+         active: float) -> tuple[bool, str]:
+    """Whether the candidate is at least as good as the active version, and why, e.g.
+    ``candidate eval_loss 1.2000 <= active 1.3000 (lower is better)``. A value that is
+    not a number never wins."""
+    direction = "higher" if higher_is_better else "lower"
+    if math.isnan(candidate) or math.isnan(active):
+        return False, (f"candidate {metric} {candidate} vs active {active}: not a number, "
+                       "kept")
+    promote = candidate >= active if higher_is_better else candidate <= active
+    sign = {(True, True): ">=", (True, False): "<", (False, True): "<=",
+            (False, False): ">"}[(higher_is_better, promote)]
+    return promote, (f"candidate {metric} {candidate:.4f} {sign} active {active:.4f} "
+                     f"({direction} is better)")
 
 
 def _download(store: ObjectStore, key: str, folder: Path) -> Path:
@@ -158,46 +205,31 @@ def _download(store: ObjectStore, key: str, folder: Path) -> Path:
     return target
 
 
-def _feedback(store: ObjectStore, run: RunRecord, labels: list[str],
-              settings: RetrainSettings) -> tuple[list[dict[str, str]], list[dict[str, str]],
-                                                  int]:
-    """Labelled feedback of the adapter (latest per input), split train / held out."""
-    rows = read_parquet_batches(store, f"{FEEDBACK_PREFIX}{run.tenant}/{run.adapter}/")
-    latest: dict[tuple[str, int], dict[str, str]] = {}
-    dropped = 0
-    for row in rows:
-        label = row.get("label")
-        if label is None:
-            continue
-        if label not in labels:
-            dropped += 1
-            continue
-        latest[(row["prediction_id"], int(row.get("index") or 0))] = {
-            "text": str(row["input"]), "label": str(label)}
-    items = list(latest.values())
-    random.Random(settings.seed).shuffle(items)
-    cut = round(len(items) * settings.feedback_holdout)
-    return items[cut:], items[:cut], dropped
-
-
-def _candidate_config(config: dict[str, Any], run: RunRecord, data: Path, output: Path,
-                      labels: list[str], settings: RetrainSettings) -> TrainConfig:
+def _candidate_config(config: dict[str, Any], run: RunRecord, task: TaskKind, data: Path,
+                      output: Path, labels: list[str] | None,
+                      settings: RetrainSettings) -> TrainConfig:
+    """The active version's settings, on the run's JSONL table (default columns)."""
     values = {k: v for k, v in config.items() if k in TrainConfig.model_fields}
-    values.update(task="seq-cls", data=data, data_format="jsonl", text_column="text",
-                  label_column="label", eval_data=None, test_data=None, output=output,
+    values.update(task=task.value, data=data, data_format="jsonl", text_column=None,
+                  label_column=None, eval_data=None, test_data=None, output=output,
                   base_model=settings.base_model, labels=labels, progress=False,
                   max_train_samples=None, tenant=run.tenant, name=run.adapter,
                   baseline=False, resume=False, checkpoint_dir=None)
     return TrainConfig.model_validate(values)
 
 
-def record_data_store(package: Path, data_store: dict[str, str], text_column: str,
-                      label_column: str) -> None:
-    """Write where the training data lies into the package manifest's ``training``."""
+def record_data_store(package: Path, data_store: dict[str, str],
+                      reading: dict[str, Any] | None = None) -> None:
+    """Write where the training data lies into the package manifest's ``training``.
+
+    ``reading`` (format, columns, sample limit) replaces those settings in
+    ``training.config`` when the package was trained on other files than the ones
+    recorded (a retraining candidate); ``loraswap train --push`` leaves its own.
+    """
     path = package / MANIFEST_FILE
     manifest = json.loads(path.read_text("utf-8"))
     training = manifest.setdefault("training", {})
     training["data_store"] = data_store
-    config = training.setdefault("config", {})
-    config["text_column"], config["label_column"] = text_column, label_column
+    if reading:
+        training.setdefault("config", {}).update(reading)
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

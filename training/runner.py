@@ -15,7 +15,7 @@ import torch
 from adapters.base_model import LoadedBaseModel, Quantization, load_base_model
 from adapters.errors import QuantizationUnavailableError
 from adapters.model_families import stop_token_ids
-from adapters.package import AdapterManifest
+from adapters.package import AdapterManifest, TaskKind
 from adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
 from training.config import TrainConfig
 from training.data import Example, label_names, load_examples, split_examples, subsample
@@ -134,8 +134,10 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
     metrics.update(final.metrics)
     if test:
         metrics.update(_prefixed("test_", _eval(cfg, task_model, test, labels, pad_id)))
-    profile = build_profile(cfg.task, task_model, train, labels, pad_id, cfg.batch, cfg.seed,
-                            stop_ids=stop_token_ids(loaded.model, tokenizer), held_out=val)
+    profile = build_profile(
+        cfg.task, task_model, train, labels, pad_id, cfg.batch, cfg.seed,
+        stop_ids=stop_token_ids(loaded.model, tokenizer), held_out=val,
+        answer_confidences=final.confidences if cfg.task is TaskKind.CAUSAL_LM else ())
     training = _training_record(cfg, loaded, result.steps, result.epochs, result.stopped_early,
                                 len(train), len(val), len(test), splits.val_source,
                                 train_seconds, result.history)

@@ -13,12 +13,13 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from adapters.base_model import LoadedBaseModel
+from adapters.base_model import LoadedBaseModel, Quantization
 from adapters.errors import ConfigurationError
 from adapters.package import TaskKind
 from adapters.words import SplitText
@@ -260,6 +261,26 @@ def build_task_model(cfg: TrainConfig, loaded: LoadedBaseModel,
     peft_model.train()
     return TaskModel(peft_model, loaded.model.model, quantized=cfg.qlora,
                      bidirectional=cfg.bidirectional)
+
+
+def load_task_model(loaded: LoadedBaseModel, task: TaskKind, labels: list[str] | None,
+                    folder: Path, *, bidirectional: bool = False) -> TaskModel:
+    """A saved adapter over the loaded base, for inference, exactly as PEFT loads it.
+
+    The adapter's own ``adapter_config.json`` decides rank, scaling (``use_rslora``) and
+    targets, so a plain PEFT import (trained elsewhere) is applied as its trainer saved it;
+    a classifier's head comes from the adapter's ``modules_to_save``.
+    """
+    from peft import PeftModel
+
+    model = loaded.model if task is TaskKind.CAUSAL_LM else _head_model(
+        loaded, task, labels or [])
+    peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    if task is not TaskKind.CAUSAL_LM:
+        peft_model.base_model.model.score.register_forward_pre_hook(_cast_to_head)
+    return TaskModel(peft_model, loaded.model.model,
+                     quantized=loaded.info.quantization is Quantization.NF4,
+                     bidirectional=bidirectional)
 
 
 def set_inference(model: nn.Module, inference: bool) -> None:

@@ -50,7 +50,7 @@ class FileSystemStore:
             raise StoreError(f"filesystem store root {str(root)!r} must be an absolute path")
         self.root = root
         self.uri = root.as_uri()
-        # Test-only fault hook (crash-safety tests): called with the key after a
+        # Test-only fault hook (crash-safety tests): called with the key after a put or a
         # compare-and-swap has written its temporary file and before it is published.
         self.before_publish: Callable[[str], None] | None = None
 
@@ -129,7 +129,10 @@ class FileSystemStore:
         """Write atomically (temporary file + fsync + ``os.replace``)."""
         target = self._path(key)
         try:
-            self._publish(self._write_bytes(target, data), target)
+            tmp = self._write_bytes(target, data)
+            if self.before_publish is not None:
+                self.before_publish(key)
+            self._publish(tmp, target)
         except OSError as exc:
             raise self._fail("put", key, exc) from exc
 

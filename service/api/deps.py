@@ -2,11 +2,14 @@
 
 Callers are authenticated by the gate (:mod:`service.api.gate`) before the body is read;
 these dependencies hand its result to the routes and declare the bearer schemes for the
-OpenAPI documentation.
+OpenAPI documentation. They are coroutines: FastAPI runs a plain ``def`` dependency on its
+thread pool, a thread hop per dependency per request, which under load waits for the GIL
+behind the engine thread (measured in docs/reliability.md, "Overload").
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -28,32 +31,32 @@ _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
 _UNCHECKED = object()
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     """The app's state object."""
     state: ServiceState = request.app.state.loraswap
     return state
 
 
-def get_components(state: Annotated[ServiceState, Depends(get_state)]) -> ServingComponents:
+async def get_components(state: Annotated[ServiceState, Depends(get_state)]) -> ServingComponents:
     """The serving components; 503 while the model loads."""
     return state.ready()
 
 
-def get_predict_service(
+async def get_predict_service(
     components: Annotated[ServingComponents, Depends(get_components)],
 ) -> PredictService:
     """The native predict service."""
     return components.predict
 
 
-def get_openai_serving(
+async def get_openai_serving(
     components: Annotated[ServingComponents, Depends(get_components)],
 ) -> OpenAIServing:
     """The OpenAI-compatible serving class."""
     return components.openai
 
 
-def get_tenant(
+async def get_tenant(
     request: Request,
     state: Annotated[ServiceState, Depends(get_state)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -62,10 +65,12 @@ def get_tenant(
     tenant: object = getattr(request.state, "tenant", _UNCHECKED)  # the gate's result
     if tenant is None or isinstance(tenant, Tenant):
         return tenant
-    return state.authenticator.authenticate(credentials.credentials if credentials else None)
+    # Not gated (a route outside the gated route classes): a tenant lookup may read the store.
+    return await asyncio.to_thread(state.authenticator.authenticate,
+                                   credentials.credentials if credentials else None)
 
 
-def require_admin(
+async def require_admin(
     state: Annotated[ServiceState, Depends(get_state)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
 ) -> None:
@@ -78,7 +83,7 @@ def require_admin(
                       credentials.credentials if credentials else None)
 
 
-def get_admin_service(state: Annotated[ServiceState, Depends(get_state)]) -> AdminService:
+async def get_admin_service(state: Annotated[ServiceState, Depends(get_state)]) -> AdminService:
     """The admin service; 503 until the base model (and so the registry) is ready."""
     return state.ready().admin
 

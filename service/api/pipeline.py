@@ -5,8 +5,9 @@ Every inference request, native or OpenAI, goes the same way:
 1. **authenticate** — :mod:`service.api.gate`, before the body is read;
 2. **resolve** — the adapter name becomes a :class:`ServingTarget`, exactly once;
 3. **check** — the API's rules for that target (task, parameters), before any cost;
-4. **admit** — a lease on the tenant's rate and concurrency limits, counted per input;
-5. **submit** — tokenized off the event loop, weights decoded, queued in the engine;
+4. **admit** — a lease on the tenant's rate and concurrency limits, counted per input, and
+   the request's places in the engine's queue (its tenant's share), before any work;
+5. **submit** — tokenized off the event loop, weights decoded, queued in those places;
 6. **render** — the whole answer or a stream, and the lease given back when it ends.
 
 The API modules (:mod:`service.api.serving_predict`, :mod:`service.api.serving_openai`)
@@ -31,6 +32,7 @@ from service.api.batches import ClassificationBatch, SubmittedBatch, until_disco
 from service.auth import Tenant, check_access, fairness_key
 from service.engine.classify import ClassificationRequest, ClassificationStream
 from service.engine.engine import LoraEngine
+from service.engine.fair_queue import QueuePlaces
 from service.engine.requests import GenerationRequest, RequestStream
 from service.engine.sampling import SamplingParams
 from service.limits import Lease, TenantLimiter
@@ -75,8 +77,8 @@ class RequestPlan(Protocol):
         ...
 
     async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
-                     tenant: Tenant | None) -> Prepared:
-        """Tokenize, load and queue the work (the lease is held)."""
+                     tenant: Tenant | None, places: QueuePlaces) -> Prepared:
+        """Tokenize, load and queue the work in ``places`` (the lease is held)."""
         ...
 
 
@@ -112,8 +114,11 @@ class ServingPipeline:
         target = await self.resolve(tenant, plan.adapter)
         request.state.adapter = target.name  # a metrics label: only resolved names
         plan.check(target)
-        with self.admit(tenant, plan.inputs) as lease:
-            prepared = await plan.submit(target, self, tenant)
+        with (self.admit(tenant, plan.inputs) as lease,
+              self.engine.reserve(fairness_key(tenant, target.name), plan.inputs) as places):
+            # The places are taken before tokenizing: a caller over its share of the queue
+            # is a 429 now, without queueing for the tokenizer thread behind everyone else.
+            prepared = await plan.submit(target, self, tenant, places)
             if plan.stream:
                 return StreamingResponse(lease.hand_to(prepared.sse()),
                                          media_type="text/event-stream")
@@ -153,7 +158,7 @@ class ServingPipeline:
 
     def generate(self, target: ServingTarget, prompts: list[list[int]],
                  params: list[SamplingParams], *, request_id: str, tenant: Tenant | None,
-                 ) -> SubmittedBatch:
+                 places: QueuePlaces | None = None) -> SubmittedBatch:
         """Queue every prompt; if the queue refuses one, the ones before it are dropped."""
         streams: list[RequestStream] = []
         batch = SubmittedBatch(self.engine, streams)
@@ -162,7 +167,8 @@ class ServingPipeline:
             for index, (prompt, sampling) in enumerate(zip(prompts, params, strict=True)):
                 streams.append(self.engine.submit(GenerationRequest(
                     request_id=f"{request_id}-{index}", prompt_ids=prompt, params=sampling,
-                    adapter=target.key, adapter_weights=target.weights, fairness_key=key)))
+                    adapter=target.key, adapter_weights=target.weights, fairness_key=key),
+                    places))
                 self._metrics.prompt_tokens.labels(target.name).inc(len(prompt))
         except BaseException:
             batch.cancel()
@@ -170,7 +176,8 @@ class ServingPipeline:
         return batch
 
     def classify(self, target: ServingTarget, prompts: list[list[int]], *, request_id: str,
-                 tenant: Tenant | None) -> ClassificationBatch:
+                 tenant: Tenant | None, places: QueuePlaces | None = None,
+                 ) -> ClassificationBatch:
         """Queue every input of a seq-cls / token-cls request; all or none stay queued."""
         if target.key is None or target.weights is None or not target.task.has_labels:
             raise InvalidRequestError(f"{target.name!r} is not a classification adapter")
@@ -182,7 +189,7 @@ class ServingPipeline:
                 streams.append(self.engine.classify(ClassificationRequest(
                     request_id=f"{request_id}-{index}", prompt_ids=prompt, task=target.task,
                     adapter=target.key, adapter_weights=target.weights, fairness_key=key,
-                    attention=target.traits.attention)))
+                    attention=target.traits.attention), places))
                 self._metrics.prompt_tokens.labels(target.name).inc(len(prompt))
         except BaseException:
             batch.cancel()

@@ -52,6 +52,7 @@ from service.api.protocol_openai import (
 )
 from service.auth import Tenant
 from service.drift.records import PredictionSink, submit_generations
+from service.engine.fair_queue import QueuePlaces
 from service.engine.requests import GenerationEvent
 from service.engine.sampling import SamplingParams
 from service.targets import BASE_TARGET, ServingTarget
@@ -181,7 +182,7 @@ class OpenAIPlan:
                 "text; use POST /v1/predict")
 
     async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
-                     tenant: Tenant | None) -> PreparedOpenAI:
+                     tenant: Tenant | None, places: QueuePlaces) -> PreparedOpenAI:
         """Tokenize, load and queue the prompts."""
         body = self.body
         prompts = await pipeline.tokenize(self.tokenize)
@@ -196,7 +197,7 @@ class OpenAIPlan:
         target = await pipeline.load(target)
         request_id = new_request_id("chatcmpl" if self.chat else "cmpl")
         batch = pipeline.generate(target, prompts, params, request_id=request_id,
-                                  tenant=tenant)
+                                  tenant=tenant, places=places)
         return PreparedOpenAI(chat=self.chat, request_id=request_id, model=self.model,
                               batch=batch, include_usage=body.include_usage,
                               created=int(time.time()), target=target,

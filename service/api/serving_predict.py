@@ -45,6 +45,7 @@ from service.api.protocol import (
 from service.auth import Tenant
 from service.drift.records import PredictionSink, submit_answer
 from service.engine.classify import ClassificationResult
+from service.engine.fair_queue import QueuePlaces
 from service.engine.requests import GenerationEvent
 from service.engine.sampling import SamplingParams
 from service.targets import ServingTarget
@@ -221,11 +222,11 @@ class PredictPlan:
             check_classification_body(self.body, target)
 
     async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
-                     tenant: Tenant | None) -> Prepared:
+                     tenant: Tenant | None, places: QueuePlaces) -> Prepared:
         """Tokenize, load and queue the inputs for the target's task."""
         if target.task.has_labels:
-            return await self._classify(target, pipeline, tenant)
-        return await self._generate(target, pipeline, tenant)
+            return await self._classify(target, pipeline, tenant, places)
+        return await self._generate(target, pipeline, tenant, places)
 
     def _texts(self) -> list[str]:
         inputs = self.body.inputs
@@ -239,7 +240,7 @@ class PredictPlan:
         return [self.prompts.from_messages(messages)]
 
     async def _generate(self, target: ServingTarget, pipeline: ServingPipeline,
-                        tenant: Tenant | None) -> PreparedPredict:
+                        tenant: Tenant | None, places: QueuePlaces) -> PreparedPredict:
         prompts = await pipeline.tokenize(self._tokenize_generation)
         p = self.body.parameters
         params = [
@@ -252,11 +253,11 @@ class PredictPlan:
         request_id = new_request_id("pred")
         texts = input_texts(self.body) if self.sink is not None else []  # drift only
         return PreparedPredict(request_id, target, pipeline.generate(
-            target, prompts, params, request_id=request_id, tenant=tenant), texts, self.sink,
-            params)
+            target, prompts, params, request_id=request_id, tenant=tenant, places=places),
+            texts, self.sink, params)
 
     async def _classify(self, target: ServingTarget, pipeline: ServingPipeline,
-                        tenant: Tenant | None) -> PreparedClassification:
+                        tenant: Tenant | None, places: QueuePlaces) -> PreparedClassification:
         tokenizer = self.prompts.tokenizer
         offsets = target.task is TaskKind.TOKEN_CLS
         words = target.traits.text_split is TextSplit.WORDS
@@ -268,7 +269,8 @@ class PredictPlan:
         target.class_names()  # a head that does not match its labels: 422 before queueing
         request_id = new_request_id("pred")
         return PreparedClassification(request_id, target, inputs, pipeline.classify(
-            target, [i.ids for i in inputs], request_id=request_id, tenant=tenant), self.sink)
+            target, [i.ids for i in inputs], request_id=request_id, tenant=tenant,
+            places=places), self.sink)
 
 
 class PredictService:

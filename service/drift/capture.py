@@ -1,19 +1,26 @@
-"""Captured predictions and feedback in the object store, as append-only Parquet batches.
+"""Captured predictions and feedback in the object store, as append-only batches.
 
 Layout (keys under the registry's store):
 
 * ``captures/{tenant}/{adapter}/batch-{utc}-{random}.parquet``: captured inputs and outputs
   (one row per input: prediction id, version, task, input, output JSON, predicted label,
   confidence, time);
-* ``captures/index/{prediction_id}-{index}.json``: which tenant/adapter/version a captured
-  prediction belongs to, with its input and predicted label, so feedback is checked and
-  joined without scanning batches;
+* ``capture-index/{YYYYmmddTHHMM}/{utc}-{random}.jsonl``: which tenant/adapter/version a
+  captured prediction belongs to, with its input and predicted label, so feedback is
+  checked and joined without scanning batches. One JSON line per captured input, one
+  object per write and minute bucket (the minute is read from the prediction id), so a
+  lookup reads one bucket: see :mod:`service.drift.capture_index`. Objects of the earlier
+  one-per-input layout (``captures/index/{id}-{index}.json``) are still found;
 * ``feedback/{tenant}/{adapter}/batch-{utc}-{random}.parquet``: ground truth beside the
   capture (prediction id, version, input, label or text, predicted label, time).
 
-Batches are written by one writer thread (never the event loop), when ``batch_rows`` rows
-wait or ``flush_seconds`` passed; nothing is ever rewritten. Whether a prediction is
-captured is the owning tenant's ``capture`` policy (off, a share, or all).
+Everything is written by one writer thread (never the event loop, which only appends each
+answer's records to a :class:`~service.drift.handoff.Handoff`): a tenant/adapter batch
+when ``batch_rows`` rows wait, the index when ``batch_rows`` entries wait, and everything
+every ``flush_seconds``, on :meth:`CaptureWriter.flush` and at shutdown. So capture costs
+O(inputs / batch_rows + flushes) store writes, never one per input; nothing is rewritten.
+Whether a prediction is captured is the owning tenant's ``capture`` policy (off, a share,
+or all). Measured cost: docs/drift.md "Drift on vs off".
 """
 
 from __future__ import annotations
@@ -21,49 +28,39 @@ from __future__ import annotations
 import io
 import json
 import logging
-import queue
 import random
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adapters.store import ObjectStore
-from adapters.store.base import StoreKeyMissing
+from service.drift.capture_index import CapturedPrediction, CaptureIndex
+from service.drift.handoff import POLL_SECONDS, Handoff
 from service.drift.records import PredictionRecord
 
 logger = logging.getLogger(__name__)
 
 CAPTURE_PREFIX = "captures/"
-INDEX_PREFIX = "captures/index/"
 FEEDBACK_PREFIX = "feedback/"
 # Uncaptured prediction ids remembered (ids only) to tell "not captured" from "unknown".
 RECENT_IDS = 100_000
+# Answers waiting for the writer thread beyond this many are not captured (logged).
+QUEUE_ANSWERS = 10_000
+# Batches kept in memory per destination while the store fails (then the oldest go).
+MAX_PENDING_BATCHES = 100
 
 # The owning tenant's capture share (0 = off, 1 = all); may do I/O (cached by the caller).
 CapturePolicy = Callable[[str], float]
+T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class CapturedPrediction:
-    """The index entry of one captured prediction."""
-
-    prediction_id: str
-    index: int
-    tenant: str
-    adapter: str
-    version: str
-    task: str
-    input_text: str
-    predicted_label: str | None
-    output_text: str | None
+__all__ = ["CAPTURE_PREFIX", "FEEDBACK_PREFIX", "CaptureWriter", "CapturedPrediction"]
 
 
 def batch_key(prefix: str, tenant: str, adapter: str) -> str:
@@ -79,36 +76,61 @@ def to_parquet(rows: list[dict[str, Any]]) -> bytes:
     return sink.getvalue()
 
 
+def capture_row(record: PredictionRecord) -> dict[str, Any]:
+    """The Parquet row of one captured input."""
+    return {
+        "prediction_id": record.prediction_id, "index": record.index,
+        "version": record.ref.version, "task": record.task, "input": record.input_text,
+        "output": json.dumps(record.output, ensure_ascii=False),
+        "predicted_label": record.predicted_label, "confidence": record.confidence,
+        "input_tokens": record.input_tokens, "created_at": record.created_at,
+    }
+
+
+def index_entry(record: PredictionRecord) -> CapturedPrediction:
+    """The index entry of one captured input."""
+    ref = record.ref
+    return CapturedPrediction(
+        record.prediction_id, record.index, ref.tenant, ref.adapter, ref.version, record.task,
+        record.input_text, record.predicted_label, record.output.get("text"))
+
+
 class CaptureWriter:
-    """Decides what to capture and writes capture and feedback batches from one thread."""
+    """Decides what to capture and writes capture, index and feedback batches from one
+    thread."""
 
     def __init__(self, store: ObjectStore, policy: CapturePolicy, *, batch_rows: int = 256,
-                 flush_seconds: float = 5.0, rng: random.Random | None = None) -> None:
+                 flush_seconds: float = 5.0, rng: random.Random | None = None,
+                 poll_seconds: float = POLL_SECONDS, index: CaptureIndex | None = None,
+                 ) -> None:
         self.store = store
+        self.index = index or CaptureIndex(store)
         self._policy = policy
         self._batch_rows = batch_rows
         self._flush_seconds = flush_seconds
         self._rng = rng or random.Random()
-        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(10_000)
+        self._handoff: Handoff[tuple[str, Any] | None] = Handoff(QUEUE_ANSWERS, poll_seconds)
         self._pending: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self._entries: list[CapturedPrediction] = []  # index entries not written yet
+        self._retry_at = 0.0  # after a failed write, size-triggered writes wait until then
         self._recent: OrderedDict[str, str] = OrderedDict()  # uncaptured id -> tenant
         self._recent_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._flushed = threading.Condition()
-        self._generation = 0
+        self._requested = 0  # flush tickets handed out (under _flushed)
+        self._written = 0  # the last ticket whose write finished (under _flushed)
+        self._failed = 0  # the last ticket whose write failed (under _flushed)
 
     # ------------------------------------------------------------- request path
-    def submit(self, record: PredictionRecord) -> None:
-        """Queue a record for the capture decision (never blocks; drops when full)."""
-        try:
-            self._queue.put_nowait(("prediction", record))
-        except queue.Full:
+    def submit(self, records: list[PredictionRecord]) -> None:
+        """Hand one answer's records to the writer thread (never blocks, never wakes it)."""
+        if records and not self._handoff.put(("answer", records)):
             logger.warning("capture queue full: prediction %s not captured",
-                           record.prediction_id)
+                           records[0].prediction_id)
 
     def add_feedback(self, row: dict[str, Any], tenant: str, adapter: str) -> None:
         """Queue one feedback row for the next feedback batch of ``tenant/adapter``."""
-        self._queue.put(("feedback", (tenant, adapter, row)))
+        self._handoff.put(("feedback", (tenant, adapter, row)), force=True)
 
     def was_uncaptured(self, key: str) -> str | None:
         """The tenant of a recent input (``{id}-{index}``) answered but not captured."""
@@ -124,91 +146,135 @@ class CaptureWriter:
     def stop(self) -> None:
         """Write what waits and stop the thread."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._handoff.put(None, force=True)
+            self._handoff.wake()
             self._thread.join(timeout=30)
             self._thread = None
 
-    def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything queued before this call is written (not on the loop)."""
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything queued before this call is written (not on the loop);
+        False when that write failed or did not finish within ``timeout``."""
         with self._flushed:
-            target = self._generation + 1
-            self._queue.put(("flush", None))
-            self._flushed.wait_for(lambda: self._generation >= target, timeout=timeout)
+            self._requested += 1
+            ticket = self._requested
+            self._handoff.put(("flush", ticket), force=True)
+            self._handoff.wake()
+            done = self._flushed.wait_for(lambda: self._written >= ticket, timeout=timeout)
+            return done and self._failed < ticket
 
     def _run(self) -> None:
         deadline = time.monotonic() + self._flush_seconds
-        while True:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                item = ("tick", None)
-            if item is None:
-                self._write_all()
-                return
-            try:
-                self._handle(item)
-                if item[0] in ("flush", "tick") or time.monotonic() >= deadline:
-                    self._write_all()
-                    deadline = time.monotonic() + self._flush_seconds
-            except Exception:  # the store failing must not stop capture for good
-                logger.exception("capture writer failed")
-            if item[0] == "flush":
-                with self._flushed:
-                    self._generation += 1
-                    self._flushed.notify_all()
+        stopping = False
+        while not stopping:
+            self._handoff.wait(deadline - time.monotonic())
+            ticket = 0  # the last flush ticket of this drain (tickets come in order)
+            for item in self._handoff.drain():
+                if item is None:
+                    stopping = True
+                elif item[0] == "flush":
+                    ticket = item[1]
+                else:
+                    self._guarded(self._handle, item)
+            if ticket or stopping or time.monotonic() >= deadline:
+                written = self._guarded(self._write_all)
+                deadline = time.monotonic() + self._flush_seconds
+                if ticket:
+                    self._notify_flushed(ticket, written)
+
+    @staticmethod
+    def _guarded(step: Callable[..., None], *args: Any) -> bool:
+        try:
+            step(*args)
+        except Exception:  # the store failing must not stop capture for good
+            logger.exception("capture writer failed")
+            return False
+        return True
+
+    def _notify_flushed(self, ticket: int, written: bool) -> None:
+        with self._flushed:
+            self._written = ticket
+            if not written:
+                self._failed = ticket
+            self._flushed.notify_all()
 
     def _handle(self, item: tuple[str, Any]) -> None:
         kind, payload = item
-        if kind == "prediction":
+        if kind == "answer":
             self._capture(payload)
         elif kind == "feedback":
             tenant, adapter, row = payload
             self._append((FEEDBACK_PREFIX, tenant, adapter), row)
 
-    def _capture(self, record: PredictionRecord) -> None:
-        ref = record.ref
-        share = self._policy(ref.tenant)
+    def _capture(self, records: list[PredictionRecord]) -> None:
+        """One answer's records: every input captured or none (one decision per answer)."""
+        tenant = records[0].ref.tenant
+        share = self._policy(tenant)
         if share <= 0 or (share < 1 and self._rng.random() >= share):
             with self._recent_lock:
-                self._recent[record.key] = ref.tenant
+                for record in records:
+                    self._recent[record.key] = tenant
                 while len(self._recent) > RECENT_IDS:
                     self._recent.popitem(last=False)
             return
-        entry = CapturedPrediction(
-            record.prediction_id, record.index, ref.tenant, ref.adapter, ref.version, record.task,
-            record.input_text, record.predicted_label, record.output.get("text"))
-        self.store.put(f"{INDEX_PREFIX}{record.key}.json",
-                       json.dumps(entry.__dict__).encode())
-        self._append((CAPTURE_PREFIX, ref.tenant, ref.adapter), {
-            "prediction_id": record.prediction_id, "index": record.index,
-            "version": ref.version,
-            "task": record.task, "input": record.input_text,
-            "output": json.dumps(record.output, ensure_ascii=False),
-            "predicted_label": record.predicted_label, "confidence": record.confidence,
-            "input_tokens": record.input_tokens, "created_at": record.created_at,
-        })
+        for record in records:
+            self._entries.append(index_entry(record))
+            self._append((CAPTURE_PREFIX, tenant, record.ref.adapter), capture_row(record))
+        if len(self._entries) >= self._batch_rows and time.monotonic() >= self._retry_at:
+            self._write_index()
 
     def _append(self, key: tuple[str, str, str], row: dict[str, Any]) -> None:
         rows = self._pending.setdefault(key, [])
         rows.append(row)
-        if len(rows) >= self._batch_rows:
+        if len(rows) >= self._batch_rows and time.monotonic() >= self._retry_at:
             self._write(key)
 
     def _write_all(self) -> None:
+        """Write every pending batch and the index; raise the last failure after trying
+        them all (what failed stays pending for the next write)."""
+        failure: Exception | None = None
         for key in list(self._pending):
-            self._write(key)
+            try:
+                self._write(key)
+            except Exception as exc:
+                failure = exc
+        try:
+            self._write_index()
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            raise failure
 
     def _write(self, key: tuple[str, str, str]) -> None:
         rows = self._pending.pop(key, [])
         if rows:
             prefix, tenant, adapter = key
-            self.store.put(batch_key(prefix, tenant, adapter), to_parquet(rows))
+            try:
+                self.store.put(batch_key(prefix, tenant, adapter), to_parquet(rows))
+            except Exception:
+                self._pending[key] = self._kept(rows + self._pending.get(key, []), key[0])
+                raise
+
+    def _write_index(self) -> None:
+        entries, self._entries = self._entries, []
+        if entries:
+            try:
+                self.index.write(entries)
+            except Exception:
+                self._entries = self._kept(entries + self._entries, "capture index")
+                raise
+
+    def _kept(self, rows: list[T], what: str) -> list[T]:
+        """What a failed write keeps for the next one: at most ``MAX_PENDING_BATCHES``
+        batches (the oldest rows go first), so a store down for long costs bounded memory.
+        Size-triggered writes then wait for the next timed write instead of retrying at
+        every row."""
+        self._retry_at = time.monotonic() + self._flush_seconds
+        limit = MAX_PENDING_BATCHES * self._batch_rows
+        if len(rows) > limit:
+            logger.error("store unavailable: %d %s rows dropped", len(rows) - limit, what)
+        return rows[-limit:]
 
     # ------------------------------------------------------------------- reads
     def captured(self, key: str) -> CapturedPrediction | None:
         """The index entry of a captured input ``{id}-{index}`` (store I/O: off the loop)."""
-        try:
-            raw = self.store.get(f"{INDEX_PREFIX}{key}.json")
-        except StoreKeyMissing:
-            return None
-        return CapturedPrediction(**json.loads(raw))
+        return self.index.find(key, key.rpartition("-")[0])

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adapters.errors import ConflictError, InvalidRequestError, NotFoundError
+from adapters.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
+from adapters.words import split_words
 from service.drift.capture import CapturedPrediction, CaptureWriter
 from service.drift.metrics import DriftMetrics
 from service.drift.records import AdapterVersionRef
 
 PREDICTION_ID = re.compile(r"^(pred|cmpl|chatcmpl)-[A-Za-z0-9]{1,64}$")
+# Words of one token-cls feedback at most (an input longer than this is not trainable
+# at the default 256-token training length anyway).
+MAX_WORDS = 4096
+# The labels of an adapter version (None: unknown, e.g. deleted since the prediction).
+LabelLookup = Callable[[str, str, str], list[str] | None]
+Tag = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class FeedbackRequest(BaseModel):
-    """A label (classification) or a reference text (generation) for one prediction."""
+    """The ground truth of one prediction: a label (seq-cls), word tags (token-cls) or a
+    reference text (causal-lm)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,12 +39,17 @@ class FeedbackRequest(BaseModel):
                               description="The true class (seq-cls adapters).")
     text: str | None = Field(default=None, max_length=65_536,
                              description="The expected answer (causal-lm adapters).")
+    labels: list[Tag] | None = Field(
+        default=None, min_length=1, max_length=MAX_WORDS,
+        description="The true tag of each word of the input (token-cls adapters), words "
+                    "split as the service splits them: runs of letters and digits, and "
+                    "every other visible character alone.")
 
     @model_validator(mode="after")
     def _one_of(self) -> FeedbackRequest:
-        if (self.label is None) == (self.text is None):
-            raise ValueError("send exactly one of 'label' (classification) or 'text' "
-                             "(generation)")
+        if sum(v is not None for v in (self.label, self.text, self.labels)) != 1:
+            raise ValueError("send exactly one of 'label' (seq-cls), 'labels' (token-cls: "
+                             "one tag per word) or 'text' (generation)")
         return self
 
 
@@ -51,8 +66,11 @@ class FeedbackResponse(BaseModel):
 class FeedbackService:
     """Checks feedback against the capture index, queues it, keeps live accuracy."""
 
-    def __init__(self, capture: CaptureWriter, metrics: DriftMetrics, min_feedback: int) -> None:
+    def __init__(self, capture: CaptureWriter, metrics: DriftMetrics, min_feedback: int,
+                 labels_of: LabelLookup = lambda tenant, adapter, version: None) -> None:
+        """``labels_of`` gives a version's labels, to check labels and tags against."""
         self._capture = capture
+        self._labels_of = labels_of
         self._metrics = metrics
         self._min_feedback = min_feedback
         self._lock = threading.Lock()
@@ -63,8 +81,9 @@ class FeedbackService:
 
         ``caller`` is the caller's tenant (None when auth is off). Unknown ids and ids of
         another tenant are 404 (alike, so ids of others are not disclosed); an answered
-        but uncaptured prediction is 409; a label for a generation (or text for a
-        classification) is 400.
+        but uncaptured prediction is 409; ground truth of the wrong kind for the task, a
+        label the adapter does not have, and token-cls tags that do not fit the input's
+        words or the adapter's labels, are 400.
         """
         if not PREDICTION_ID.fullmatch(body.prediction_id):
             raise InvalidRequestError(f"prediction_id {body.prediction_id!r} is not an id "
@@ -92,12 +111,14 @@ class FeedbackService:
         row: dict[str, Any] = {
             "prediction_id": entry.prediction_id, "index": entry.index,
             "version": entry.version, "task": entry.task, "input": entry.input_text,
-            "label": body.label, "text": body.text, "predicted_label": entry.predicted_label,
-            "received_at": time.time(),
+            "label": body.label, "text": body.text, "labels": body.labels,
+            "predicted_label": entry.predicted_label, "received_at": time.time(),
         }
         self._capture.add_feedback(row, entry.tenant, entry.adapter)
         # Written before it is acknowledged: a crash after the 200 must not lose it.
-        self._capture.flush()
+        if not self._capture.flush():
+            raise StoreError("the feedback could not be written to the store yet (it is "
+                             "retried with the next batch); try again later")
         self._metrics.feedback.labels(*ref.labels).inc()
         if correct is not None:
             self._count(ref, correct)
@@ -105,18 +126,44 @@ class FeedbackService:
                                 adapter=f"{entry.tenant}/{entry.adapter}",
                                 version=entry.version, correct=correct)
 
-    @staticmethod
-    def _check(entry: CapturedPrediction, body: FeedbackRequest) -> bool | None:
+    def _check(self, entry: CapturedPrediction, body: FeedbackRequest) -> bool | None:
+        """Whether the prediction was right (None: not judged); 400 for the wrong kind."""
         if entry.task == "causal-lm":
             if body.text is None:
                 raise InvalidRequestError("this prediction is a generation: send 'text'")
+            return None
+        if entry.task == "token-cls":
+            self._check_tags(entry, body.labels)
             return None
         if entry.task != "seq-cls":
             raise InvalidRequestError(f"feedback for {entry.task} predictions is not "
                                       "supported yet")
         if body.label is None:
             raise InvalidRequestError("this prediction is a classification: send 'label'")
+        known = self._labels_of(entry.tenant, entry.adapter, entry.version)
+        if known is not None and body.label not in known:
+            raise InvalidRequestError(
+                f"'label' {body.label!r} is not a class of {entry.tenant}/{entry.adapter} "
+                f"version {entry.version}; its labels: {_shown(known)}")
         return body.label == entry.predicted_label
+
+    def _check_tags(self, entry: CapturedPrediction, tags: list[str] | None) -> None:
+        """One tag per word of the input, each a label of the adapter version."""
+        words = split_words(entry.input_text)
+        if tags is None:
+            raise InvalidRequestError(
+                f"this prediction tags words: send 'labels', one tag per word of the input "
+                f"({len(words)} words: {_shown(words)})")
+        if len(tags) != len(words):
+            raise InvalidRequestError(
+                f"'labels' has {len(tags)} tags but the input has {len(words)} words "
+                f"({_shown(words)}); send one tag per word")
+        known = self._labels_of(entry.tenant, entry.adapter, entry.version)
+        unknown = sorted({t for t in tags if t not in known}) if known is not None else []
+        if unknown:
+            raise InvalidRequestError(
+                f"'labels' holds tags {_shown(unknown)} that {entry.tenant}/{entry.adapter} "
+                f"version {entry.version} does not know; its labels: {_shown(known or [])}")
 
     def _count(self, ref: AdapterVersionRef, correct: bool) -> None:
         with self._lock:
@@ -131,3 +178,9 @@ class FeedbackService:
         """Drop the accuracy counts of a version that no longer serves."""
         with self._lock:
             self._counts.pop(ref, None)
+
+
+def _shown(items: list[str], limit: int = 40) -> str:
+    """Items for an error message, JSON-quoted, the first ``limit`` of them."""
+    head = json.dumps(items[:limit], ensure_ascii=False)
+    return head if len(items) <= limit else f"{head[:-1]}, … {len(items) - limit} more]"

@@ -1,7 +1,10 @@
-"""Where a retraining run executes: a low-priority local process, or a Kubernetes Job.
+"""Where a retraining run or a profiling job executes: a low-priority local process, or a
+Kubernetes Job.
 
-Both run ``loraswap retrain run --run-id ID``, which reads the run record from the store,
-trains, evaluates and decides (``training/retrain.py``); never the engine thread.
+A run is ``loraswap retrain run --run-id ID``, which reads the run record from the store,
+trains, evaluates and decides (``training/retrain.py``); a profiling job is
+``loraswap profile run --tenant T --adapter A --version V --job-id ID``
+(``training/profile_job.py``). Never the engine thread.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +22,7 @@ import httpx
 import yaml
 
 from adapters.errors import ConfigurationError, StoreError
+from adapters.profile_jobs import ProfileJob
 from adapters.retrain_runs import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -36,8 +41,24 @@ class Launcher(Protocol):
         ...
 
 
+class ProfileLauncher(Protocol):
+    """Starts the process of a queued profiling job."""
+
+    name: str
+
+    def launch_profile(self, job: ProfileJob) -> str:
+        """Start it; a description of where it runs (pid, Job name)."""
+        ...
+
+
+def profile_args(job: ProfileJob) -> list[str]:
+    """The arguments of ``loraswap`` for a profiling job."""
+    return ["profile", "run", "--tenant", job.tenant, "--adapter", job.adapter,
+            "--version", str(job.version), "--job-id", job.id]
+
+
 class LocalLauncher:
-    """A separate ``nice 19`` process on this host; its environment names the store."""
+    """Separate ``nice 19`` processes on this host; their environment names the store."""
 
     name = "local"
 
@@ -52,38 +73,73 @@ class LocalLauncher:
 
     def launch(self, run: RunRecord) -> str:
         """Start the run's process at the lowest CPU priority; its output goes to a log."""
+        return self._start(self.command(run), f"retrain-{run.id}", f"retrain run {run.id}")
+
+    def profile_command(self, job: ProfileJob) -> list[str]:
+        """The command line of a profiling job."""
+        return [sys.executable, "-m", "loraswap.cli", *profile_args(job)]
+
+    def launch_profile(self, job: ProfileJob) -> str:
+        """Start a profiling job's process, like a run's."""
+        return self._start(self.profile_command(job), f"profile-{job.id}",
+                           f"profiling job {job.id}")
+
+    def _start(self, command: list[str], log_name: str, what: str) -> str:
         self._reap()
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self._log_dir / f"retrain-{run.id}.log").open("ab")
+        log = (self._log_dir / f"{log_name}.log").open("ab")
         child = subprocess.Popen(
-            self.command(run), env={**os.environ, **self._env}, stdout=log,
+            command, env={**os.environ, **self._env}, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=lambda: os.nice(19), start_new_session=True)
         log.close()
         self._children.append(child)
-        logger.info("retrain run %s started as pid %d (nice 19)", run.id, child.pid)
+        logger.info("%s started as pid %d (nice 19)", what, child.pid)
         return f"pid {child.pid}"
 
     def _reap(self) -> None:
         self._children = [c for c in self._children if c.poll() is None]
 
     def wait_all(self, timeout: float) -> None:
-        """Wait for the runs this launcher started (tests, shutdown)."""
+        """Wait for the processes this launcher started (tests, shutdown)."""
         for child in self._children:
             child.wait(timeout=timeout)
 
 
 def render_job(template: dict[str, Any], run: RunRecord) -> dict[str, Any]:
     """The Job for ``run`` from the contract's template (``k8s`` ConfigMap
-    ``loraswap-retrain-job-template``, key ``job.yaml``)."""
+    ``loraswap-retrain-job-template``, key ``job.yaml``): ``--run-id ID`` appended to the
+    ``retrain`` container's args."""
+    def set_args(container: dict[str, Any]) -> None:
+        container["args"] = [*container.get("args", []), "--run-id", run.id]
+
+    return _render(template, f"loraswap-retrain-{run.id}", {
+        "loraswap.io/tenant": run.tenant, "loraswap.io/adapter": run.adapter,
+        "loraswap.io/run-id": run.id}, set_args)
+
+
+def render_profile_job(template: dict[str, Any], job: ProfileJob) -> dict[str, Any]:
+    """The Job of a profiling job from the same template (same image, settings, store
+    credentials and resources): the ``retrain`` container runs ``loraswap profile run``."""
+    def set_command(container: dict[str, Any]) -> None:
+        container["command"] = ["loraswap"]
+        container["args"] = profile_args(job)
+
+    return _render(template, f"loraswap-profile-{job.id}", {
+        "loraswap.io/tenant": job.tenant, "loraswap.io/adapter": job.adapter,
+        "loraswap.io/profile-job": job.id}, set_command)
+
+
+def _render(template: dict[str, Any], name: str, labels: dict[str, str],
+            adapt: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """A copy of the template named ``name``, with ``labels`` on the Job and its pod, and
+    ``adapt`` applied to the ``retrain`` container."""
     if template.get("apiVersion") != "batch/v1" or template.get("kind") != "Job":
         raise ConfigurationError("the retrain Job template must be a batch/v1 Job")
     job = copy.deepcopy(template)
     metadata = job.setdefault("metadata", {})
-    metadata["name"] = f"loraswap-retrain-{run.id}"
+    metadata["name"] = name
     metadata.pop("generateName", None)
-    labels = {"loraswap.io/tenant": run.tenant, "loraswap.io/adapter": run.adapter,
-              "loraswap.io/run-id": run.id}
     metadata.setdefault("labels", {}).update(labels)
     pod = job.setdefault("spec", {}).setdefault("template", {})
     pod.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
@@ -92,7 +148,7 @@ def render_job(template: dict[str, Any], run: RunRecord) -> dict[str, Any]:
     if not target:
         raise ConfigurationError(f"the retrain Job template has no container named "
                                  f"{CONTAINER!r}")
-    target[0]["args"] = [*target[0].get("args", []), "--run-id", run.id]
+    adapt(target[0])
     return job
 
 
@@ -117,13 +173,22 @@ class KubernetesLauncher:
         return (SERVICE_ACCOUNT / name).read_text().strip()
 
     def launch(self, run: RunRecord) -> str:
-        """POST the rendered Job to the API server; the Job's name."""
+        """POST the run's Job to the API server; the Job's name."""
+        return self._create(render_job(self._template(), run))
+
+    def launch_profile(self, job: ProfileJob) -> str:
+        """POST a profiling job's Job (same template) to the API server; its name."""
+        return self._create(render_profile_job(self._template(), job))
+
+    def _template(self) -> dict[str, Any]:
         try:
-            template = yaml.safe_load(self._template_path.read_text("utf-8"))
+            template: dict[str, Any] = yaml.safe_load(self._template_path.read_text("utf-8"))
         except OSError as exc:
             raise ConfigurationError(f"cannot read the retrain Job template "
                                      f"{self._template_path}: {exc}") from exc
-        job = render_job(template, run)
+        return template
+
+    def _create(self, job: dict[str, Any]) -> str:
         namespace = self._namespace or job["metadata"].get("namespace") or self._read(
             "namespace")
         token = self._token or self._read("token")

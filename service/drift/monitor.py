@@ -1,20 +1,22 @@
-"""The drift thread: takes prediction records off a queue, keeps windows, exports scores.
+"""The drift thread: takes prediction records off a hand-off, keeps windows, exports scores.
 
 All scoring runs here, never on the event loop nor on the engine thread, and uses numpy
 only (a second thread running torch ops slows the engine's steps, see README). The
-request path only does a ``put_nowait``; a full queue drops the record and counts it.
+request path only appends to a :class:`~service.drift.handoff.Handoff` (no lock, no
+wake-up: the thread drains it every ``POLL_SECONDS``); a full hand-off drops the record
+and counts it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.drift.handoff import POLL_SECONDS, Handoff
 from service.drift.metrics import DriftMetrics
 from service.drift.records import AdapterVersionRef, PredictionRecord
 from service.drift.reference import (
@@ -47,6 +49,7 @@ class DriftConfig:
     retire_interval: float = 10.0
     max_versions: int = 256
     queue_size: int = 10_000
+    reference_refresh: float = 30.0
 
 
 class DriftMonitor:
@@ -62,54 +65,52 @@ class DriftMonitor:
         self._active_version = active_version
         self._on_retire = on_retire
         self._clock = clock
-        self._queue: queue.Queue[PredictionRecord | None] = queue.Queue(config.queue_size)
+        self._queue: Handoff[PredictionRecord] = Handoff(config.queue_size, POLL_SECONDS)
+        self._stopping = threading.Event()
         self._windows: dict[AdapterVersionRef, VersionWindow] = {}
         self._lock = threading.Lock()  # guards _windows (drift thread vs admin reads)
         self._thread: threading.Thread | None = None
         self._last_retire = clock()
+        self._last_refresh = clock()
         # Set after each processed batch of records and each scoring pass (tests wait on it).
         self.scored = threading.Event()
 
     # ----------------------------------------------------------- request path
     def submit(self, record: PredictionRecord) -> None:
         """Queue one record; never blocks (a full queue drops it)."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if not self._queue.put(record):
             self._metrics.dropped.labels("queue_full").inc()
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start the drift thread."""
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="loraswap-drift", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the drift thread (records still queued are discarded)."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._stopping.set()
+            self._queue.wake()
             self._thread.join(timeout=10)
             self._thread = None
 
     def _run(self) -> None:
         next_score = self._clock() + self.config.score_interval
-        while True:
-            timeout = max(0.0, next_score - self._clock())
-            try:
-                record = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                record = None
-            else:
-                if record is None:
-                    return
-            try:
-                if record is not None:
+        while not self._stopping.is_set():
+            self._queue.wait(next_score - self._clock())
+            for record in self._queue.drain():
+                try:
                     self.process(record)
-                if self._clock() >= next_score:
+                except Exception:  # a bad profile or record must not stop drift monitoring
+                    logger.exception("drift monitoring failed on a record")
+            if self._clock() >= next_score:
+                try:
                     self.score_all()
-                    next_score = self._clock() + self.config.score_interval
-            except Exception:  # a bad profile or record must not stop drift monitoring
-                logger.exception("drift monitoring failed on a record")
+                except Exception:
+                    logger.exception("drift monitoring failed while scoring")
+                next_score = self._clock() + self.config.score_interval
 
     # --------------------------------------------------------- drift thread
     def process(self, record: PredictionRecord) -> None:
@@ -152,11 +153,33 @@ class DriftMonitor:
             if active != ref.version:
                 self.retire(ref)
 
+    def refresh_references(self) -> None:
+        """Re-read the reference of each window that has no profile yet (provisional), so
+        a profile computed later from an uploaded reference file is used without a restart
+        (and the absent signals' reason follows its job: queued, running, failed)."""
+        for ref, window in list(self._windows.items()):
+            if not window.reference.provisional:
+                continue
+            try:
+                reference = self._references(ref)
+            except Exception:  # the store failed, or the version is being deleted
+                logger.warning("drift: re-reading the reference of %s/%s version %s failed",
+                               *ref.labels, exc_info=True)
+                continue
+            if reference.provisional:
+                window.reference = reference  # a newer reason; nothing to score yet
+            else:
+                window.use_reference(reference)
+                logger.info("drift: %s/%s version %s has a profile now", *ref.labels)
+
     def score_all(self) -> None:
         """Recompute the scores of every window that changed; retire stale ones."""
         if self._clock() - self._last_retire >= self.config.retire_interval:
             self._last_retire = self._clock()
             self.retire_inactive()
+        if self._clock() - self._last_refresh >= self.config.reference_refresh:
+            self._last_refresh = self._clock()
+            self.refresh_references()
         for ref, window in list(self._windows.items()):
             if window.dirty:
                 window.dirty = False

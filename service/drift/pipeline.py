@@ -6,13 +6,15 @@ import json
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.errors import LoraswapError, NotFoundError
-from adapters.package import read_manifest
+from adapters.errors import NotFoundError
+from adapters.package import PROFILE_FILE
+from adapters.profile_jobs import ProfileJob, ProfileJobs
 from adapters.registry import AdapterRegistry
 from adapters.retrain_runs import RunStore
 from adapters.tenants import TenantDirectory
@@ -21,6 +23,7 @@ from service.drift.feedback import FeedbackService
 from service.drift.launchers import KubernetesLauncher, Launcher, LocalLauncher
 from service.drift.metrics import DriftMetrics
 from service.drift.monitor import DriftConfig, DriftMonitor
+from service.drift.profiles import ProfileService
 from service.drift.records import AdapterVersionRef, PredictionRecord
 from service.drift.reference import ReferenceProfile, parse_profile
 from service.drift.retrain import DriftScores, FlushFeedback, RetrainService
@@ -53,22 +56,43 @@ class CapturePolicies:
 
 
 def registry_references(registry: AdapterRegistry) -> Any:
-    """A reference loader reading ``profile.json`` of a version's local copy (the
-    manifest's task says which signals apply)."""
+    """A reference loader: the package's ``profile.json`` (from the version's local copy)
+    when it has one, else the profile computed from an uploaded reference file; without
+    either, a provisional reference saying how to get one (re-read until one appears)."""
+    jobs = ProfileJobs(registry.store)
+
     def load(ref: AdapterVersionRef) -> ReferenceProfile:
-        folder = registry.local_folder(ref.tenant, ref.adapter, int(ref.version))
-        path = folder / "profile.json"
-        return parse_profile(json.loads(path.read_text("utf-8")) if path.is_file() else None,
-                             task=manifest_task(folder))
+        version = int(ref.version)
+        manifest = registry.version(ref.tenant, ref.adapter, version).manifest
+        task = str(manifest.task)  # which signals apply
+        if PROFILE_FILE in manifest.files:
+            folder = registry.local_folder(ref.tenant, ref.adapter, version)
+            return parse_profile(json.loads((folder / PROFILE_FILE).read_text("utf-8")),
+                                 task=task)
+        uploaded = jobs.read_profile(ref.tenant, ref.adapter, version)
+        if uploaded is not None:
+            return parse_profile(uploaded, task=task)
+        return no_profile(ref, jobs.get(ref.tenant, ref.adapter, version), task)
     return load
 
 
-def manifest_task(folder: Path) -> str | None:
-    """The task in a package's ``loraswap.json`` (None: no readable manifest)."""
-    try:
-        return str(read_manifest(folder).task)
-    except (LoraswapError, OSError):
-        return None
+def no_profile(ref: AdapterVersionRef, job: ProfileJob | None,
+               task: str | None = None) -> ReferenceProfile:
+    """The reference of a version without any profile: every signal absent, the reason
+    naming the admin call that computes one and the state of its latest job."""
+    upload = (f"PUT /admin/adapters/{ref.tenant}/{ref.adapter}/versions/{ref.version}/"
+              "reference/{file}")
+    if job is None or job.status == "done":
+        reason = f"no profile.json: upload a reference dataset with {upload}"
+    elif job.status == "failed":
+        reason = (f"no profile.json: profiling job {job.id} failed ({job.reason}); upload a "
+                  f"corrected reference dataset with {upload}")
+    else:
+        reason = (f"no profile.json yet: profiling job {job.id} is {job.status} (GET "
+                  f"/admin/adapters/{ref.tenant}/{ref.adapter}/versions/{ref.version}/profile)")
+    empty = parse_profile(None, task=task)
+    return replace(empty, missing={signal: reason for signal in empty.missing},
+                   provisional=True)
 
 
 def registry_active(registry: AdapterRegistry) -> Any:
@@ -76,6 +100,16 @@ def registry_active(registry: AdapterRegistry) -> Any:
     def active(tenant: str, adapter: str) -> str | None:
         return str(registry.active(tenant, adapter).version)
     return active
+
+
+def registry_labels(registry: AdapterRegistry) -> Any:
+    """The labels of an adapter version (None when it is gone), for feedback checks."""
+    def labels(tenant: str, adapter: str, version: str) -> list[str] | None:
+        try:
+            return registry.version(tenant, adapter, int(version)).manifest.labels
+        except NotFoundError:
+            return None
+    return labels
 
 
 class DriftPipeline:
@@ -92,7 +126,7 @@ class DriftPipeline:
         """Hand the records of one answer to the drift and capture threads (non-blocking)."""
         for record in records:
             self.monitor.submit(record)
-            self.capture.submit(record)
+        self.capture.submit(records)
 
     def start(self) -> None:
         """Start the drift and capture threads."""
@@ -113,12 +147,13 @@ def build_drift(settings: Settings, registry: AdapterRegistry, tenants: TenantDi
         window_size=settings.drift_window_size, min_samples=settings.drift_min_samples,
         score_interval=settings.drift_score_interval_seconds,
         retire_interval=max(1.0, 2 * settings.registry_refresh_seconds),
-        max_versions=settings.drift_max_versions)
+        max_versions=settings.drift_max_versions,
+        reference_refresh=settings.drift_reference_refresh_seconds)
     feedback_min = settings.drift_min_feedback
     capture = CaptureWriter(registry.store, CapturePolicies(
         tenants, settings.registry_refresh_seconds),
         flush_seconds=settings.drift_capture_flush_seconds)
-    feedback = FeedbackService(capture, metrics, feedback_min)
+    feedback = FeedbackService(capture, metrics, feedback_min, registry_labels(registry))
     monitor = DriftMonitor(config, metrics, registry_references(registry),
                            registry_active(registry), on_retire=feedback.forget)
     return DriftPipeline(monitor, capture, feedback, metrics)
@@ -144,11 +179,24 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
             found = snapshot.get("scores")
             return dict(found) if isinstance(found, dict) else {}
 
-        flush = capture.flush
+        def flush() -> None:
+            capture.flush()  # a failed write leaves the latest feedback to the next run
     return RetrainService(RunStore(registry.store), launcher,
                           cooldown_seconds=settings.retrain_cooldown_seconds,
                           flush_feedback=flush, drift_scores=scores,
                           count=lambda t, a, o: metrics.retrain_runs.labels(t, a, o).inc())
+
+
+def build_profiles(settings: Settings, registry: AdapterRegistry) -> ProfileService:
+    """The profiling service, launching jobs where retraining runs do
+    (``LORASWAP_RETRAIN_LAUNCHER``)."""
+    if settings.retrain_launcher == "kubernetes":
+        return ProfileService(registry, KubernetesLauncher(settings.retrain_job_template))
+    env = run_environment(settings)
+    if settings.quantization is not None:  # the job profiles in the served precision
+        env["LORASWAP_QUANTIZATION"] = settings.quantization.value
+    return ProfileService(registry, LocalLauncher(
+        env, Path(tempfile.gettempdir()) / "loraswap-profile"))
 
 
 def run_environment(settings: Settings) -> dict[str, str]:

@@ -123,6 +123,9 @@ class ReferenceProfile:
     labels: dict[str, float] | None = None
     embedding: EmbeddingReference | None = None
     missing: dict[str, str] = field(default_factory=dict)
+    # No profile at all yet (a version registered without profile.json whose reference
+    # upload has not been profiled): the drift monitor re-reads it until one appears.
+    provisional: bool = False
     generation: GenerationReference | None = None
     label_source: str | None = None
 
@@ -277,4 +280,5 @@ def parse_profile(profile: dict[str, Any] | None, task: str | None = None) -> Re
             reason = ("profile.json has no reference generations (generation) of at least "
                       f"{MIN_GENERATION_COUNT} prompts; retrain or re-profile the adapter")
             missing[OUTPUT_LENGTH] = missing[TOKEN_LOGPROB] = reason
-    return ReferenceProfile(length, confidence, labels, embedding, missing, generation, source)
+    return ReferenceProfile(length, confidence, labels, embedding, missing,
+                            generation=generation, label_source=source)

@@ -1,25 +1,32 @@
-"""Thin routers of drift: ``POST /v1/feedback`` and the ``/admin/retrain`` routes."""
+"""Thin routers of drift: ``POST /v1/feedback``, the ``/admin/retrain`` routes, uploads
+of training data and reference datasets, and the drift and profile views."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from adapters.errors import PayloadTooLargeError
+from adapters.reference_data import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_TEXT_COLUMN,
+    ReferenceColumns,
+)
 from adapters.training_data import store_bytes
 from service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
 from service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
 from service.api.protocol import ErrorResponse
 from service.drift.feedback import FeedbackRequest, FeedbackResponse
 from service.drift.pipeline import DriftPipeline
+from service.drift.profiles import ProfileService
 from service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from service.errors import FeatureDisabledError, NotReadyError
 from service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)
 }
 
 router = APIRouter(responses=ERRORS, route_class=NativeRoute)
@@ -65,6 +72,16 @@ def get_retrain(components: ComponentsDep) -> RetrainService:
 RetrainDep = Annotated[RetrainService, Depends(get_retrain)]
 
 
+def get_profiles(components: ComponentsDep) -> ProfileService:
+    """The profiling service."""
+    if components.profiles is None:  # pragma: no cover - the app factory always builds it
+        raise NotReadyError("profiling is not configured")
+    return components.profiles
+
+
+ProfilesDep = Annotated[ProfileService, Depends(get_profiles)]
+
+
 @admin_router.post("/retrain", response_model=WebhookAnswer)
 async def retrain_webhook(body: AlertmanagerWebhook, retrain: RetrainDep) -> WebhookAnswer:
     """Alertmanager's webhook (payload version 4): each new firing alert naming a
@@ -97,23 +114,58 @@ upload_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
                           dependencies=[Depends(require_admin)], route_class=AdminUploadRoute)
 
 
-@upload_router.put("/training-data/{tenant}/{name}/{filename}")
-async def upload_training_data(tenant: str, name: str, filename: str, request: Request,
-                               state: StateDep) -> dict[str, str]:
-    """Store a copy of an adapter's training data (``loraswap train --push`` sends it);
-    the answer's ``key`` goes into the package manifest (``training.data_store``)."""
-    limit = state.settings.max_upload_bytes
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, streamed in; 413 naming ``what`` once it passes ``limit``."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLargeError(f"training data over {limit} bytes "
-                                       "(LORASWAP_MAX_UPLOAD_BYTES)")
+            raise PayloadTooLargeError(f"{what} over {limit} bytes (LORASWAP_MAX_UPLOAD_BYTES)")
         chunks.append(chunk)
-    key = await asyncio.to_thread(store_bytes, state.store, tenant, name, filename,
-                                  b"".join(chunks))
+    return b"".join(chunks)
+
+
+@upload_router.put("/training-data/{tenant}/{name}/{filename}")
+async def upload_training_data(tenant: str, name: str, filename: str, request: Request,
+                               state: StateDep) -> dict[str, str]:
+    """Store a copy of an adapter's training data (``loraswap train --push`` sends it);
+    the answer's ``key`` goes into the package manifest (``training.data_store``)."""
+    data = await read_body(request, state.settings.max_upload_bytes, "training data")
+    key = await asyncio.to_thread(store_bytes, state.store, tenant, name, filename, data)
     return {"key": key}
+
+
+@upload_router.put("/adapters/{tenant}/{name}/versions/{version}/reference/{filename}",
+                   status_code=202)
+async def upload_reference(
+    tenant: str, name: str, version: int, filename: str, request: Request, state: StateDep,
+    profiles: ProfilesDep,
+    text_column: Annotated[str, Query(min_length=1, max_length=200, description=(
+        "Column of the inputs (token-cls: a list of words, or a text)."))] = (
+        DEFAULT_TEXT_COLUMN),
+    label_column: Annotated[str | None, Query(min_length=1, max_length=200, description=(
+        "Column of the labels (token-cls: tag lists; causal-lm: expected answers); "
+        "default: 'label' when present, else the adapter's predictions."))] = None,
+    max_rows: Annotated[int, Query(ge=1, le=100_000, description=(
+        "Rows profiled (a larger file is sampled, seeded)."))] = DEFAULT_MAX_ROWS,
+) -> dict[str, Any]:
+    """Upload a reference dataset (CSV, TSV, JSON, JSONL or Parquet) for a version
+    registered without ``profile.json`` and start the job that computes its profile;
+    ``GET …/versions/{version}/profile`` shows the job."""
+    data = await read_body(request, state.settings.max_upload_bytes, "reference dataset")
+    columns = ReferenceColumns(text=text_column, label=label_column, max_rows=max_rows)
+    job = await asyncio.to_thread(profiles.submit, tenant, name, version, filename, data,
+                                  columns)
+    return job.model_dump(mode="json")
+
+
+@admin_router.get("/adapters/{tenant}/{name}/versions/{version}/profile")
+async def profile_status(tenant: str, name: str, version: int,
+                         profiles: ProfilesDep) -> dict[str, Any]:
+    """Where the version's drift reference comes from (``package``, ``uploaded`` or
+    none) and its latest profiling job (queued, running, done, failed with the reason)."""
+    return await asyncio.to_thread(profiles.status, tenant, name, version)
 
 
 @admin_router.get("/drift/{tenant}/{name}")

@@ -86,6 +86,16 @@ class VersionWindow:
             counts.update(labels)
         return counts
 
+    def use_reference(self, reference: ReferenceProfile) -> None:
+        """Score against ``reference`` from now on (a profile that appeared after the
+        window was opened). Lengths, labels and confidences are kept; embeddings were
+        projected on the old reference's basis, and generations were kept only if the old
+        reference could compare them, so both start again."""
+        self.reference = reference
+        self.embeddings.clear()
+        self.generations.clear()
+        self.dirty = True
+
     def embedding_matrix(self) -> FloatArray:
         """The window's projected embeddings as one ``[n, components]`` array."""
         return np.stack(list(self.embeddings)) if self.embeddings else np.zeros((0, 0))

@@ -15,12 +15,14 @@ from adapters.model_families import stop_token_ids
 from service.engine.classify import ClassificationRequest, ClassificationStream
 from service.engine.detokenizer import Tokenizer
 from service.engine.engine_thread import EngineThread
+from service.engine.fair_queue import QueuePlaces
 from service.engine.lora_slots import LoraSlotTable
 from service.engine.observer import EngineObserver
 from service.engine.requests import GenerationRequest, RequestStream
 from service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
 from service.engine.runner import KvCache, LlamaRunner, model_shape, projection_groups
-from service.engine.scheduler import ContinuousBatchScheduler, SchedulerConfig
+from service.engine.scheduler import ContinuousBatchScheduler
+from service.engine.sequences import SchedulerConfig
 
 T = TypeVar("T")
 
@@ -145,16 +147,24 @@ class LoraEngine:
         """Requests one fairness key (tenant) may have waiting."""
         return self.scheduler.config.queue_share
 
-    def submit(self, request: GenerationRequest) -> RequestStream:
-        """Queue ``request``; its events arrive on the returned stream."""
+    def reserve(self, key: str, places: int) -> QueuePlaces:
+        """Hold ``places`` in the queue for fairness key ``key`` before its requests are
+        prepared; :class:`OverloadedError` (429) at once when they do not fit."""
+        return self.scheduler.reserve(key, places)
+
+    def submit(self, request: GenerationRequest,
+               places: QueuePlaces | None = None) -> RequestStream:
+        """Queue ``request`` (in one of ``places``, if given); its events arrive on the
+        returned stream."""
         stream = RequestStream(asyncio.get_running_loop())
-        self.scheduler.submit(request, stream)
+        self.scheduler.submit(request, stream, places)
         return stream
 
-    def classify(self, request: ClassificationRequest) -> ClassificationStream:
+    def classify(self, request: ClassificationRequest,
+                 places: QueuePlaces | None = None) -> ClassificationStream:
         """Queue a classification request; its result arrives on the returned stream."""
         stream = ClassificationStream(asyncio.get_running_loop())
-        self.scheduler.submit_classification(request, stream)
+        self.scheduler.submit_classification(request, stream, places)
         return stream
 
     def cancel(self, stream: RequestStream | ClassificationStream) -> None:

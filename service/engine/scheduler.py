@@ -9,7 +9,8 @@ Classification requests (seq-cls, token-cls adapters) wait in the same queue and
 admitted by the same rules, but need no cache row: the ones admitted in a step run
 together in one forward pass (:class:`BatchClassifier`) and finish in that step.
 
-Fairness: see :class:`FairQueue` (round-robin across tenants, FIFO within one).
+Fairness: see :class:`FairQueue` (round-robin across tenants, FIFO within one; places
+reserved before tokenizing; a full queue makes room for a caller holding less).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -32,61 +32,21 @@ from service.engine.classify import (
     PendingClassification,
 )
 from service.engine.detokenizer import IncrementalText, Tokenizer
-from service.engine.fair_queue import FairQueue
+from service.engine.fair_queue import FairQueue, QueuePlaces
 from service.engine.observer import EngineObserver
 from service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from service.engine.residency import LoraSlotManager
 from service.engine.runner import LlamaRunner
 from service.engine.sampling import TokenSampler, chosen_logprobs, sample_rows
+from service.engine.sequences import GenerationSequence, SchedulerConfig
 from service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Limits of the running batch and the waiting queue."""
-
-    max_batch_size: int
-    max_model_len: int
-    max_prefill_tokens: int
-    max_queue: int
-    stop_token_ids: frozenset[int]
-    # Most requests one fairness key (tenant) may have waiting: one tenant's burst leaves
-    # the rest of the queue to the others.
-    max_queue_per_key: int | None = None
-
-    @property
-    def queue_share(self) -> int:
-        """Waiting requests allowed per fairness key."""
-        share = self.max_queue if self.max_queue_per_key is None else self.max_queue_per_key
-        return min(share, self.max_queue)
-
-
-@dataclass
-class _Sequence:
-    request: GenerationRequest
-    stream: RequestStream
-    sampler: TokenSampler
-    text: IncrementalText
-    slot: int = 0
-    row: int = -1
-    output_ids: list[int] = field(default_factory=list)
-    # Drift hooks: each output token's log-probability, the prompt's pooled hidden state.
-    logprobs: list[float] = field(default_factory=list)
-    embedding: list[float] | None = None
-    last_token_at: float = 0.0
-    done: bool = False
-
-    @property
-    def next_position(self) -> int:
-        """Cache position of the token fed at the next decode step."""
-        return len(self.request.prompt_ids) + len(self.output_ids) - 1
-
-
 # What waits in the queue: a generation sequence or a classification request.
-_Queued = _Sequence | PendingClassification
-Q = TypeVar("Q", _Sequence, PendingClassification)
+_Queued = GenerationSequence | PendingClassification
+Q = TypeVar("Q", GenerationSequence, PendingClassification)
 
 
 class ContinuousBatchScheduler:
@@ -108,7 +68,7 @@ class ContinuousBatchScheduler:
         self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
         # Classifications in the queue: with every cache row busy, only they can be admitted.
         self._classify_waiting = 0
-        self._running: dict[int, _Sequence] = {}  # cache row -> sequence
+        self._running: dict[int, GenerationSequence] = {}  # cache row -> sequence
         self._free_rows = list(range(config.max_batch_size))
         self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
         self._closed = False
@@ -116,7 +76,7 @@ class ContinuousBatchScheduler:
         self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
         # Names of the running batch's adapters, replaced after each step (read elsewhere).
         self._running_adapters: tuple[str, ...] = ()
-        self._admitting: list[_Sequence] = []  # taken from the queue, not yet running
+        self._admitting: list[GenerationSequence] = []  # taken from the queue, not yet running
         self._classifying: list[PendingClassification] = []  # admitted in this step
         self._wake = wake
 
@@ -139,37 +99,85 @@ class ContinuousBatchScheduler:
                        if item.request.adapter is not None]
         return list(self._running_adapters), waiting
 
-    def submit(self, request: GenerationRequest, stream: RequestStream) -> None:
-        """Queue a request; raises :class:`OverloadedError` when the queue is full."""
-        seq = _Sequence(
+    def submit(self, request: GenerationRequest, stream: RequestStream,
+               places: QueuePlaces | None = None) -> None:
+        """Queue a request (in one of ``places`` reserved for it, if any are left); raises
+        :class:`OverloadedError` when the queue has no room for it."""
+        seq = GenerationSequence(
             request=request, stream=stream, sampler=TokenSampler(request.params),
             text=IncrementalText(self._tokenizer, request.params.stop),
         )
-        self._enqueue(seq)
+        self._enqueue(seq, places)
 
     def submit_classification(self, request: ClassificationRequest,
-                              stream: ClassificationStream) -> None:
-        """Queue a classification request; :class:`OverloadedError` when the queue is full."""
-        self._enqueue(PendingClassification(request, stream))
+                              stream: ClassificationStream,
+                              places: QueuePlaces | None = None) -> None:
+        """Queue a classification request, as :meth:`submit` does."""
+        self._enqueue(PendingClassification(request, stream), places)
 
-    def _enqueue(self, item: _Queued) -> None:
-        key = item.request.fairness_key
+    def reserve(self, key: str, places: int) -> QueuePlaces:
+        """Hold ``places`` of ``key``'s share for its next engine requests, before they are
+        tokenized: a caller over its share, or a full queue that no heavier caller can make
+        room in, is refused (:class:`OverloadedError`) before any work is spent on it."""
         with self._lock:
-            if self._closed:
-                raise NotReadyError("server is shutting down")
-            if self._waiting.size >= self.config.max_queue:
-                raise OverloadedError(
-                    f"request queue is full ({self.config.max_queue} waiting); retry later",
-                    retry_after=1,
-                )
-            if self._waiting.count(key) >= self.config.queue_share:
-                raise OverloadedError(
-                    f"this caller already has {self.config.queue_share} requests waiting, its "
-                    "share of the queue; retry later", retry_after=1)
+            self._make_room(key, places, check_share=True, dry_run=True)
+            self._waiting.reserve(key, places)
+        return QueuePlaces(key, places, self._unreserve)
+
+    def _unreserve(self, key: str, places: int) -> None:
+        with self._lock:
+            self._waiting.unreserve(key, places)
+
+    def _enqueue(self, item: _Queued, places: QueuePlaces | None) -> None:
+        key = item.request.fairness_key
+        reserved = places is not None and places.key == key and places.take()
+        with self._lock:
+            if reserved:
+                self._waiting.unreserve(key, 1)  # its share was checked at the reservation
+            pushed_out = self._make_room(key, 1, check_share=not reserved)
             self._waiting.push(item)
             self._queued[id(item.stream)] = item
             self._classify_waiting += isinstance(item, PendingClassification)
+        self._shed(pushed_out)
         self.kick()
+
+    def _make_room(self, key: str, places: int, *, check_share: bool,
+                   dry_run: bool = False) -> list[_Queued]:
+        """Check that ``places`` more items of ``key`` fit (its share, the queue) and make
+        room in a full queue (:meth:`FairQueue.room_for`); the items pushed out (none on a
+        dry run). Called with the lock held."""
+        if self._closed:
+            raise NotReadyError("server is shutting down")
+        full = self._waiting.size + places > self.config.max_queue
+        held = self._waiting.held(key)
+        share = self.config.queue_share
+        if check_share and held + places > share:
+            # A share that is the whole queue is not worth naming.
+            raise self._queue_full() if full or share >= self.config.max_queue else OverloadedError(
+                f"this caller already has {held} requests queued, its share of the queue is "
+                f"{share}; retry later", retry_after=1)
+        victims = self._waiting.room_for(key, places, self.config.max_queue)
+        if victims is None:
+            raise self._queue_full()
+        if dry_run:
+            return []
+        pushed_out = self._waiting.push_out(victims)
+        for item in pushed_out:
+            self._queued.pop(id(item.stream), None)
+            self._classify_waiting -= isinstance(item, PendingClassification)
+        return pushed_out
+
+    def _shed(self, pushed_out: list[_Queued]) -> None:
+        """End the requests pushed out of a full queue with a 429."""
+        for item in pushed_out:
+            self._drop(item, "shed", OverloadedError(
+                f"request queue is full ({self.config.max_queue} waiting) and this caller "
+                "holds the most of it; retry later", retry_after=1))
+
+    def _queue_full(self) -> OverloadedError:
+        return OverloadedError(
+            f"request queue is full ({self.config.max_queue} waiting); retry later",
+            retry_after=1)
 
     def withdraw(self, stream: RequestStream | ClassificationStream) -> None:
         """Take a cancelled request out of the queue now, so it frees its place at once
@@ -247,10 +255,10 @@ class ContinuousBatchScheduler:
             if seq.stream.cancelled:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
-    def _admit(self) -> tuple[list[_Sequence], list[PendingClassification]]:
+    def _admit(self) -> tuple[list[GenerationSequence], list[PendingClassification]]:
         """Waiting requests to run this step: generations (each takes a cache row) and
         classifications (no row), within one prompt-token budget."""
-        admitted: list[_Sequence] = []
+        admitted: list[GenerationSequence] = []
         classify: list[PendingClassification] = []
         budget = self.config.max_prefill_tokens
         with self._lock:
@@ -265,7 +273,7 @@ class ContinuousBatchScheduler:
                         self._pop(key)
                         self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
                         continue
-                    if isinstance(item, _Sequence) and not self._free_rows:
+                    if isinstance(item, GenerationSequence) and not self._free_rows:
                         continue  # waits for a cache row; classifications of other keys go on
                     need = len(item.request.prompt_ids)
                     if (admitted or classify) and need > budget:
@@ -275,7 +283,7 @@ class ContinuousBatchScheduler:
                     self._pop(key)
                     budget -= need
                     progress = True
-                    if isinstance(item, _Sequence):
+                    if isinstance(item, GenerationSequence):
                         item.row = heapq.heappop(self._free_rows)
                         admitted.append(item)
                     else:
@@ -299,7 +307,7 @@ class ContinuousBatchScheduler:
         item.slot = slot
         return True
 
-    def _prefill(self, seqs: list[_Sequence]) -> None:
+    def _prefill(self, seqs: list[GenerationSequence]) -> None:
         out = self._runner.prefill(
             [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs]
         )
@@ -333,7 +341,7 @@ class ContinuousBatchScheduler:
             seq.last_token_at = now
             self._accept_or_fail(seq, chosen[row], logprobs[row])
 
-    def _accept_or_fail(self, seq: _Sequence, token: int | LoraswapError,
+    def _accept_or_fail(self, seq: GenerationSequence, token: int | LoraswapError,
                         logprob: float) -> None:
         """Take a row's token; a row error, or any failure handling the token (decoding its
         text, matching stop strings), ends this request alone."""
@@ -348,7 +356,7 @@ class ContinuousBatchScheduler:
             logger.exception("request %s failed after its token", seq.request.request_id)
             self._finish(seq, "error", LoraswapError("the engine failed this request"))
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
+    def _accept(self, seq: GenerationSequence, token: int) -> None:
         seq.output_ids.append(token)
         params = seq.request.params
         reason: str | None = None
@@ -367,12 +375,12 @@ class ContinuousBatchScheduler:
 
     def _drop(self, item: _Queued, reason: str, error: LoraswapError) -> None:
         """End a request of either kind with ``error`` (cancelled, failed, shutting down)."""
-        if isinstance(item, _Sequence):
+        if isinstance(item, GenerationSequence):
             self._finish(item, reason, error)
         else:
             self._classifier.finish(item, error, reason)
 
-    def _finish(self, seq: _Sequence, reason: str, error: LoraswapError | None,
+    def _finish(self, seq: GenerationSequence, reason: str, error: LoraswapError | None,
                 last: GenerationEvent | None = None) -> None:
         if seq.done:
             return

@@ -1,4 +1,4 @@
-"""kill -9 in the middle of a promotion and of a key rotation (issue 13, crash safety).
+"""kill -9 in the middle of a promotion, a key rotation and feedback writes (issue 13).
 
 The server runs with the test-only hook ``LORASWAP_FAULT_PAUSE_BEFORE_PUBLISH``: the
 compare-and-swap write of the chosen key pauses after its temporary file is written and
@@ -9,16 +9,21 @@ that nothing acknowledged before the crash was lost."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
+from adapters.store import open_store
+from adapters.training_data import read_parquet_batches
 from service.fault_hooks import PAUSED_MESSAGE
 from tests.service.conftest import PackageFactory, upload_files
+from tests.service.drift.test_capture_feedback_api import TEXTS, classifier_package
 from tests.service.processes import ServiceProcess
 from tests.service.test_replicas import ADMIN_HEADERS, replica
 
@@ -122,3 +127,99 @@ def test_kill_9_mid_write_loses_nothing_acknowledged_and_leaves_nothing_half_wri
         assert _works(restarted, rotated.json()["api_key"])
     finally:
         restarted.stop()
+
+
+# ------------------------------------------------------------------------ feedback writes
+FEEDBACK_ENV = {"LORASWAP_DRIFT_ENABLED": "true", "LORASWAP_DRIFT_MIN_FEEDBACK": "2",
+                "LORASWAP_DRIFT_MIN_SAMPLES": "4",
+                # Long: batches are written by feedback itself (written before the 200).
+                "LORASWAP_DRIFT_CAPTURE_FLUSH_SECONDS": "600"}
+
+
+def _feedback(server: ServiceProcess, key: str, prediction_id: str, index: int,
+              label: str) -> int:
+    """The status of one feedback, -1 when the connection died first."""
+    try:
+        return httpx.post(f"{server.url}/v1/feedback", headers=_bearer(key), timeout=60,
+                          json={"prediction_id": prediction_id, "index": index,
+                                "label": label}).status_code
+    except httpx.HTTPError:
+        return -1
+
+
+def _batches_whole(store_dir: Path, prefix: str) -> list[dict[str, object]]:
+    """Every row of every batch under ``prefix``; each visible batch must be whole
+    Parquet (a half-written one raises here)."""
+    store = open_store(store_dir.as_uri())
+    for key in store.list(prefix):
+        assert key.endswith(".parquet"), key
+        pq.read_table(io.BytesIO(store.get(key)))
+    return read_parquet_batches(store, prefix)
+
+
+def _acknowledged_in_store(store_dir: Path, prediction_id: str) -> set[tuple[int, str]]:
+    return {(int(str(r["index"])), str(r["label"]))
+            for r in _batches_whole(store_dir, "feedback/")
+            if r["prediction_id"] == prediction_id}
+
+
+def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
+        tiny_base_dir: Path, tmp_path: Path) -> None:
+    """Feedback is acknowledged only once its batch is published: a server killed right
+    after three 200s, and another killed while a fourth feedback's batch is written (its
+    temporary file fsynced, not yet published), leave every acknowledged row in the store,
+    no visible half-written batch, and a restarted server that takes feedback and serves
+    live accuracy again."""
+    store_dir = tmp_path / "store"
+    env = {"LORASWAP_STORE_URI": store_dir.as_uri(), **FEEDBACK_ENV}
+    first = replica(tiny_base_dir, env, tmp_path, "first").start()
+    try:
+        created = httpx.post(f"{first.url}/admin/tenants", headers=ADMIN_HEADERS,
+                             json={"name": "acme", "policy": {"capture": "all"}})
+        key = created.json()["api_key"]
+        package = classifier_package(tiny_base_dir, tmp_path / "pkg", seed=3)
+        uploaded = httpx.post(f"{first.url}/admin/adapters/acme/sentiment/versions",
+                              headers=ADMIN_HEADERS, files=upload_files(package),
+                              data={"activate": "true"}, timeout=60)
+        assert uploaded.status_code in (200, 201), uploaded.text
+        answer = httpx.post(f"{first.url}/v1/predict", headers=_bearer(key), timeout=60,
+                            json={"adapter": "acme/sentiment", "inputs": TEXTS}).json()
+        pid, labels = answer["id"], [o["label"] for o in answer["outputs"]]
+        acknowledged = {(i, labels[i]) for i in range(3)
+                        if _feedback(first, key, pid, i, labels[i]) == 200}
+        assert len(acknowledged) == 3
+    finally:
+        first.kill()  # right after the 200s: no shutdown hook writes anything more
+    assert _acknowledged_in_store(store_dir, pid) == acknowledged, \
+        "feedback acknowledged just before kill -9 was lost"
+
+    paused = replica(tiny_base_dir, {**env, "LORASWAP_FAULT_PAUSE_BEFORE_PUBLISH":
+                                     "feedback/*"}, tmp_path, "paused").start()
+    try:
+        answers: list[int] = []
+        sender = threading.Thread(target=lambda: answers.append(
+            _feedback(paused, key, pid, 3, labels[3])))
+        sender.start()
+        _wait_for_pause(paused, "feedback/acme/sentiment/batch-")
+        assert list((store_dir / "feedback").rglob(".*.tmp-*")), "no temporary batch"
+        paused.kill()
+        sender.join(timeout=60)
+        assert answers == [-1], "feedback whose batch was not published was acknowledged"
+    finally:
+        paused.kill()
+
+    assert _acknowledged_in_store(store_dir, pid) == acknowledged, \
+        "the interrupted feedback is visible, or acknowledged feedback was lost"
+    _batches_whole(store_dir, "captures/acme/")
+
+    restarted = replica(tiny_base_dir, env, tmp_path, "restarted").start()
+    try:
+        for index in (4, 5):  # captured before both crashes: still takes feedback
+            assert _feedback(restarted, key, pid, index, labels[index]) == 200
+        accuracy = [line for line in httpx.get(f"{restarted.url}/metrics").text.splitlines()
+                    if line.startswith("loraswap_live_accuracy{") and "sentiment" in line]
+        assert len(accuracy) == 1 and accuracy[0].endswith(" 1.0"), accuracy
+    finally:
+        restarted.kill()
+    rows = _batches_whole(store_dir, "feedback/")
+    assert {r["index"] for r in rows} == {0, 1, 2, 4, 5}

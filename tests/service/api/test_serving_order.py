@@ -90,6 +90,85 @@ def test_one_tenants_flood_does_not_delay_another_over_http(
     assert finished.index("B") <= 1, finished
 
 
+def _predict(client: httpx.AsyncClient, headers: dict[str, str]) -> Any:
+    body = {"inputs": "hi", "parameters": {"max_new_tokens": 2, "ignore_eos": True}}
+    return client.post("/v1/predict", headers=headers, json=body)
+
+
+@contextmanager
+def held_tokenizer(server: LiveServer) -> Iterator[None]:
+    """Keep the one tokenizer thread busy for the duration."""
+    release = threading.Event()
+    pipeline = server.app.state.loraswap.components.pipeline
+    pipeline._tokenizer_thread.submit(release.wait, 120)  # its one thread, kept busy
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def test_a_request_over_its_tenants_queue_share_is_refused_before_tokenizing(
+        live_server: ServerFactory) -> None:
+    """The tokenizer thread is busy (as under a flood): a tenant's third request with a
+    queue share of two is a 429 at once, without waiting its turn at the tokenizer (it used
+    to queue there behind every tenant's requests, delaying them all, to be refused after);
+    another tenant's request is not refused, and the admitted ones complete."""
+    server = live_server(admin_token=ADMIN, dev_mode=False, max_queue_per_tenant=2)
+    flood, calm = _tenant(server, "flood"), _tenant(server, "calm")
+
+    async def scenario() -> tuple[list[int], int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            with held_tokenizer(server):
+                sent = [asyncio.create_task(_predict(client, flood)) for _ in range(3)]
+                done, _ = await asyncio.wait(sent, timeout=20,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                assert len(done) == 1, "nothing was answered while the tokenizer was busy"
+                refused = done.pop().result()
+                assert refused.status_code == 429, refused.text
+                assert "share of the queue" in refused.json()["error"]["message"]
+                assert "retry-after" in refused.headers
+                other = asyncio.create_task(_predict(client, calm))
+                await asyncio.sleep(0.3)
+                assert not other.done(), "the other tenant was refused"
+            answers = await asyncio.gather(*sent, other)
+        return sorted(a.status_code for a in answers[:3]), answers[3].status_code
+
+    assert asyncio.run(scenario()) == ([200, 200, 429], 200)
+
+
+def test_a_full_queue_makes_room_for_another_tenant_over_http(
+        live_server: ServerFactory) -> None:
+    """LORASWAP_MAX_QUEUE=2 and a share of 2 (the shares add up to more than the queue):
+    tenant A fills the queue; tenant B's request still gets in, and A's newest waiting
+    request is the one refused (429 with Retry-After)."""
+    server = live_server(admin_token=ADMIN, dev_mode=False, max_batch_size=1, max_queue=2,
+                         max_queue_per_tenant=2)
+    flood, calm = _tenant(server, "flood"), _tenant(server, "calm")
+
+    answers: list[httpx.Response] = []
+
+    async def scenario(engine: Any) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            first = asyncio.create_task(_predict(client, flood))
+            await asyncio.to_thread(_wait_until, lambda: engine.scheduler.num_waiting == 1)
+            newest = asyncio.create_task(_predict(client, flood))
+            await asyncio.to_thread(_wait_until, lambda: engine.scheduler.num_waiting == 2)
+            other = asyncio.create_task(_predict(client, calm))
+            pushed_out = await asyncio.wait_for(newest, 20)  # answered while the engine waits
+            release_engine.set()
+            answers.extend([await first, pushed_out, await other])
+
+    release_engine = threading.Event()
+    with held_engine(server) as engine:
+        runner = threading.Thread(target=lambda: asyncio.run(scenario(engine)))
+        runner.start()
+        assert release_engine.wait(120), "the queue never filled"
+    runner.join(120)
+    assert [a.status_code for a in answers] == [200, 429, 200], [a.text for a in answers]
+    assert "holds the most" in answers[1].json()["error"]["message"]
+    assert "retry-after" in answers[1].headers
+
+
 def _stream_in_background(server: LiveServer, headers: dict[str, str], body: dict[str, Any],
                           events: list[tuple[str, dict[str, Any]]],
                           first_token: threading.Event) -> threading.Thread:

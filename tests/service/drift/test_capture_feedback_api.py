@@ -138,6 +138,10 @@ def test_drift_capture_feedback_and_retirement_over_http(
     assert uncaptured.status_code == 409 and "not captured" in uncaptured.text
     assert feedback(server, acme, prediction_id=answer["id"],
                     text="a text").status_code == 400
+    not_a_class = feedback(server, acme, prediction_id=answer["id"], label="furious")
+    assert not_a_class.status_code == 400
+    message = not_a_class.json()["error"]["message"]
+    assert "'furious' is not a class" in message and '"neutral"' in message
 
     # Captured inputs and feedback are Parquet batches in the store.
     store = open_store(server.settings.store_uri)
@@ -190,3 +194,39 @@ def test_generations_are_captured_and_take_text_feedback(
     assert wait_for(lambda: metric_lines(server, "loraswap_drift_window_samples"))
     assert not [line for line in metric_lines(server, "loraswap_drift_score")
                 if 'adapter="writer"' in line]
+
+
+def test_feedback_finds_a_prediction_captured_by_another_replica(
+        live_server: ServerFactory, tiny_base_dir: Path, tmp_path: Path) -> None:
+    """Two replicas on one store: the one that answered writes the batched index (within
+    its flush interval); the other, which never saw the answer, finds it by the id alone."""
+    settings = {"admin_token": ADMIN, "dev_mode": False, "drift_enabled": True,
+                "drift_capture_flush_seconds": 0.2}
+    first = live_server(**settings)
+    second = live_server(**settings, adapter_cache_dir=tmp_path / "cache-2")
+    acme = create_tenant(first, "acme", "all")
+    other = create_tenant(first, "other", "off")
+    register(first, "acme", "sentiment", classifier_package(tiny_base_dir,
+                                                            tmp_path / "p1", seed=1))
+    answer = predict(first, acme, "acme/sentiment")
+    label = answer["outputs"][2]["label"]
+
+    def accepted() -> dict[str, Any] | None:
+        response = feedback(second, acme, prediction_id=answer["id"], index=2, label=label)
+        return dict(response.json()) if response.status_code == 200 else None
+
+    assert wait_for(accepted, timeout=30) == {"prediction_id": answer["id"], "index": 2,
+                         "adapter": "acme/sentiment", "version": "1", "correct": True}
+    # Still 404 for an input the answer did not have, another tenant and an unknown id.
+    assert feedback(second, acme, prediction_id=answer["id"], index=len(TEXTS),
+                    label=label).status_code == 404
+    assert feedback(second, other, prediction_id=answer["id"], index=2,
+                    label=label).status_code == 404
+    assert feedback(second, acme, prediction_id="pred-" + "0" * 24,
+                    label=label).status_code == 404
+    store = open_store(first.settings.store_uri)
+    rows = wait_for(lambda: read_parquet_batches(store, "feedback/acme/sentiment/"))
+    assert [(r["prediction_id"], r["index"], r["input"]) for r in rows] == [
+        (answer["id"], 2, TEXTS[2])]
+    # One index object for the whole answer, not one per input.
+    assert len(store.list("capture-index/")) == 1

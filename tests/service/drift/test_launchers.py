@@ -1,4 +1,5 @@
-"""The Kubernetes launcher renders the contract's Job template and creates it."""
+"""The Kubernetes launcher renders the contract's Job template (a run, or a profiling job)
+and creates it; local runs and jobs are separate processes at the lowest priority."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ import pytest
 import yaml
 
 from adapters.errors import ConfigurationError
+from adapters.profile_jobs import ProfileJob
 from adapters.retrain_runs import RunRecord, RunTrigger
-from service.drift.launchers import KubernetesLauncher, LocalLauncher, render_job
+from service.drift.launchers import (
+    KubernetesLauncher,
+    LocalLauncher,
+    render_job,
+    render_profile_job,
+)
 
 # The shape the deploy helper ships as ConfigMap loraswap-retrain-job-template/job.yaml.
 TEMPLATE = """
@@ -89,3 +96,26 @@ def test_the_local_run_is_a_separate_process_at_the_lowest_priority(tmp_path: Pa
     launcher.wait_all(timeout=60)
     log = (tmp_path / "logs" / f"retrain-{RUN.id}.log").read_text()
     assert "nice 19" in log
+
+
+PROFILE_JOB = ProfileJob(id="20261201101010-def456", tenant="acme", adapter="mood", version=3,
+                         filename="r.csv", reference_key="k", text_column="text",
+                         max_rows=2000)
+PROFILE_ARGS = ["profile", "run", "--tenant", "acme", "--adapter", "mood", "--version", "3",
+                "--job-id", PROFILE_JOB.id]
+
+
+def test_a_profiling_job_runs_the_retrain_container_as_loraswap_profile_run() -> None:
+    job = render_profile_job(yaml.safe_load(TEMPLATE), PROFILE_JOB)
+    assert job["metadata"]["name"] == f"loraswap-profile-{PROFILE_JOB.id}"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["loraswap.io/profile-job"] == PROFILE_JOB.id
+    assert labels["loraswap.io/tenant"] == "acme" and labels["loraswap.io/adapter"] == "mood"
+    retrain, sidecar = job["spec"]["template"]["spec"]["containers"]
+    assert retrain["command"] == ["loraswap"] and retrain["args"] == PROFILE_ARGS
+    assert retrain["image"] == "loraswap:latest" and "args" not in sidecar
+
+
+def test_the_local_profiling_job_runs_loraswap_profile_run() -> None:
+    launcher = LocalLauncher({}, Path("/nonexistent"))
+    assert launcher.profile_command(PROFILE_JOB)[1:] == ["-m", "loraswap.cli", *PROFILE_ARGS]

@@ -152,6 +152,33 @@ def test_one_caller_cannot_fill_the_whole_queue(tiny_base_dir: Path) -> None:
     assert engine.scheduler.num_waiting == 3
 
 
+async def test_a_full_queue_makes_room_for_a_caller_holding_less(tiny_base_dir: Path) -> None:
+    """Shares can add up to more than the queue (here one caller's share is all of it, as
+    with LORASWAP_MAX_QUEUE=64 and the default share of 64): a flood that filled the queue
+    gives up its newest place to a caller holding fewer, who is not refused; the request
+    pushed out ends with a 429 (OverloadedError with a retry delay)."""
+    engine = make_engine(tiny_base_dir, max_batch_size=1, max_queue=4)
+    flood = [engine.submit(gen(f"f{i}", key="flood")) for i in range(4)]
+    calm = [engine.submit(gen("c0", key="calm"))]  # was: OverloadedError, queue is full
+    with pytest.raises(OverloadedError, match="holds the most") as shed:
+        await flood[3].collect()
+    assert shed.value.retry_after >= 1
+    calm.append(engine.submit(gen("c1", key="calm")))  # flood 3 places, calm 1: room again
+    with pytest.raises(OverloadedError, match="queue is full"):
+        engine.submit(gen("f4", key="flood"))  # 2 and 2 now: nobody holds more
+    with pytest.raises(OverloadedError, match="queue is full"):
+        engine.submit(gen("c2", key="calm"))
+    assert engine.scheduler.num_waiting == 4
+    with pytest.raises(OverloadedError):
+        await flood[2].collect()
+    engine.start()
+    try:
+        for stream in [*flood[:2], *calm]:
+            assert len((await stream.collect()).token_ids) == 6
+    finally:
+        engine.stop()
+
+
 async def test_a_cancelled_request_leaves_the_queue_at_once(tiny_base_dir: Path) -> None:
     """With the engine not stepping at all, cancelling a waiting request frees its place."""
     engine = make_engine(tiny_base_dir, max_batch_size=1, max_queue=2)

@@ -1,0 +1,193 @@
+"""Where feedback finds a captured prediction: batched index objects, bucketed by the minute
+of the prediction id.
+
+An answer id starts with the second it was minted (``pred-<8 hex seconds><16 hex>``, see
+:func:`service.api.answers.new_request_id`), so both the writer and any replica that later
+receives feedback derive the same bucket from the id alone:
+
+* ``capture-index/{YYYYmmddTHHMM}/{utc}-{random}.jsonl``: one JSON line per captured input
+  (:class:`CapturedPrediction`), one object per bucket per write of the capture thread
+  (at most ``batch_rows`` lines), so capture costs O(batches) store writes, not one per
+  input. Objects are never rewritten.
+* A lookup reads only the objects of one bucket that it has not read yet (listing the
+  bucket, then reading the new objects), so its cost is bounded by the writes of one
+  minute, whatever the store holds; an unknown id lists one bucket (usually empty).
+* Ids whose first 8 characters are not hex (never minted by this service) are bucketed by
+  a hash of the id, so writer and reader still agree.
+* ``captures/index/{id}-{index}.json``: the one-object-per-input layout of earlier
+  versions, still read on a miss so predictions captured before the upgrade keep taking
+  feedback.
+
+What a replica read or wrote stays in a bounded cache (whole buckets, least recently used
+evicted first, at most ``max_bytes`` of entries), so feedback on recent predictions is
+answered without store reads on the replica that captured them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from adapters.store import ObjectStore
+from adapters.store.base import StoreKeyMissing
+
+INDEX_PREFIX = "capture-index/"
+LEGACY_INDEX_PREFIX = "captures/index/"
+ID_TIME_DIGITS = 8  # hex digits of the UNIX second at the start of an answer id
+HASH_BUCKETS = 64
+CACHE_BYTES = 32 << 20  # entries held in memory, counted by their text (inputs can be long)
+ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its texts (ids, names, the objects)
+
+
+@dataclass(frozen=True)
+class CapturedPrediction:
+    """The index entry of one captured prediction."""
+
+    prediction_id: str
+    index: int
+    tenant: str
+    adapter: str
+    version: str
+    task: str
+    input_text: str
+    predicted_label: str | None
+    output_text: str | None
+
+    @property
+    def key(self) -> str:
+        """``{prediction_id}-{index}``, as feedback names it."""
+        return f"{self.prediction_id}-{self.index}"
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes this entry holds in memory."""
+        return ENTRY_OVERHEAD + len(self.input_text) + len(self.output_text or "")
+
+
+def index_bucket(prediction_id: str) -> str:
+    """The bucket of an answer id: the UTC minute it was minted (or a hash shard)."""
+    head = prediction_id.rpartition("-")[2][:ID_TIME_DIGITS]
+    try:
+        seconds = int(head, 16) if len(head) == ID_TIME_DIGITS else None
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        return f"h{zlib.crc32(prediction_id.encode()) % HASH_BUCKETS:02d}"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y%m%dT%H%M")
+
+
+def index_object_key(bucket: str) -> str:
+    """A new, unique index object key in ``bucket`` (time-ordered)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    return f"{INDEX_PREFIX}{bucket}/{stamp}-{secrets.token_hex(4)}.jsonl"
+
+
+def to_jsonl(entries: Iterable[CapturedPrediction]) -> bytes:
+    """Entries as JSON lines."""
+    return "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n"
+                   for e in entries).encode("utf-8")
+
+
+def from_jsonl(data: bytes) -> list[CapturedPrediction]:
+    """The entries of one index object."""
+    return [CapturedPrediction(**json.loads(line))
+            for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+@dataclass
+class _Bucket:
+    """What this replica knows of one bucket: the objects read (or written) and entries."""
+
+    objects: set[str] = field(default_factory=set)
+    entries: dict[str, CapturedPrediction] = field(default_factory=dict)
+    size: int = 0
+
+
+class CaptureIndex:
+    """Writes index objects (capture thread) and finds entries by id (any thread).
+
+    Store I/O happens outside the lock; the cache is updated under it. An object's entries
+    are added together with its name, and buckets are evicted whole, so "object read" always
+    means "its entries are in the cache": a lookup never skips an entry it has not seen.
+    """
+
+    def __init__(self, store: ObjectStore, max_bytes: int = CACHE_BYTES) -> None:
+        self.store = store
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._size = 0
+
+    def write(self, entries: list[CapturedPrediction]) -> int:
+        """Write ``entries`` as one object per bucket; returns the objects written."""
+        grouped: dict[str, list[CapturedPrediction]] = {}
+        for entry in entries:
+            grouped.setdefault(index_bucket(entry.prediction_id), []).append(entry)
+        for bucket, group in grouped.items():
+            key = index_object_key(bucket)
+            self.store.put(key, to_jsonl(group))
+            self._remember(bucket, key, group)
+        return len(grouped)
+
+    def find(self, key: str, prediction_id: str) -> CapturedPrediction | None:
+        """The entry of input ``key`` (``{id}-{index}``) of ``prediction_id``, or None."""
+        bucket = index_bucket(prediction_id)
+        found = self._cached(bucket, key)
+        if found is not None:
+            return found
+        with self._lock:
+            known = set(self._buckets[bucket].objects) if bucket in self._buckets else set()
+        for name in self.store.list(f"{INDEX_PREFIX}{bucket}/"):
+            if name in known or not name.endswith(".jsonl"):
+                continue
+            try:
+                entries = from_jsonl(self.store.get(name))
+            except StoreKeyMissing:  # removed by an operator meanwhile
+                continue
+            self._remember(bucket, name, entries)
+            found = found or next((e for e in entries if e.key == key), None)
+        return found if found is not None else self._legacy(key)
+
+    def _cached(self, bucket: str, key: str) -> CapturedPrediction | None:
+        with self._lock:
+            known = self._buckets.get(bucket)
+            if known is None:
+                return None
+            self._buckets.move_to_end(bucket)
+            return known.entries.get(key)
+
+    def _remember(self, bucket: str, name: str, entries: list[CapturedPrediction]) -> None:
+        with self._lock:
+            known = self._buckets.setdefault(bucket, _Bucket())
+            self._buckets.move_to_end(bucket)
+            if name in known.objects:
+                return
+            known.objects.add(name)
+            for entry in entries:
+                if entry.key not in known.entries:
+                    known.entries[entry.key] = entry
+                    known.size += entry.size
+                    self._size += entry.size
+            # Whole buckets go (their objects with their entries), the oldest first; even
+            # the current one when it alone is over the budget: it is then read again.
+            while self._size > self._max_bytes and self._buckets:
+                _, evicted = self._buckets.popitem(last=False)
+                self._size -= evicted.size
+
+    def _legacy(self, key: str) -> CapturedPrediction | None:
+        try:
+            raw = self.store.get(f"{LEGACY_INDEX_PREFIX}{key}.json")
+        except StoreKeyMissing:
+            return None
+        return CapturedPrediction(**json.loads(raw))
+
+    def cached_bytes(self) -> int:
+        """Approximate bytes of the entries held in memory (tests, diagnostics)."""
+        with self._lock:
+            return self._size

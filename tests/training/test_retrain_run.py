@@ -1,0 +1,215 @@
+"""Retraining runs of causal-lm and token-cls adapters on the tiny model, end to end.
+
+An active version is trained and registered with its data in the store, feedback rows
+are written where the service writes them, and ``execute_run`` trains a candidate,
+evaluates both versions on the same held-out set and decides. Which side wins is forced,
+so the decision is checked in both directions of each gate metric: the active version's
+weights are spoiled (the candidate must be promoted), then the next candidate's are
+(it must be kept back, with the reason).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from adapters.lora_format import WEIGHTS_FILE
+from adapters.package import package_file_digests, read_manifest, write_manifest
+from adapters.registry import AdapterRegistry
+from adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from adapters.store import FileSystemStore
+from adapters.training_data import upload_to_store
+from adapters.validation import BaseModelFingerprint, ValidationLimits
+from training import retrain
+from training.config import build_config
+from training.runner import TrainOutcome, run_training
+
+TENANT = "acme"
+NER_SENTENCE = "the\tO\nzzqxv\tB-Disease\ndisease\tI-Disease\nof\tO\nthe\tO\ndog\tO\n\n"
+
+
+@dataclass
+class Setup:
+    """A store holding one active version of ``adapter`` with its data, and feedback."""
+
+    root: Path
+    store: FileSystemStore
+    adapter: str
+    base: Path
+
+    def registry(self) -> AdapterRegistry:
+        return AdapterRegistry(self.store, BaseModelFingerprint.from_folder(self.base),
+                               ValidationLimits(), self.root / "registry-cache",
+                               refresh_seconds=0.0)
+
+    def run(self) -> RunRecord:
+        """One run to its decision, the way ``loraswap retrain run`` does it."""
+        runs = RunStore(self.store)
+        run_id = new_run_id()
+        assert runs.claim(TENANT, self.adapter, run_id) is None
+        runs.save(RunRecord(id=run_id, tenant=TENANT, adapter=self.adapter,
+                            trigger=RunTrigger(kind="manual")))
+        return retrain.execute_run(run_id, retrain.RetrainSettings(
+            store_uri=f"file://{self.root / 'store'}", base_model=self.base,
+            cache_dir=self.root / "run-cache", feedback_holdout=0.5))
+
+
+def spoil(package: Path) -> None:
+    """Make a package answer badly: noise in its LoRA B factors; a classification head
+    that says ``O`` (tag 0) for every token. Its manifest's digests follow."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = load_file(str(package / WEIGHTS_FILE))
+    for name, tensor in tensors.items():
+        if "lora_B" in name:
+            tensors[name] = torch.randn(tensor.shape, generator=generator) * 2.0
+        elif "score" in name:
+            tensors[name] = torch.zeros_like(tensor)
+            if name.endswith("bias"):
+                tensors[name][0] = 10.0
+    save_file(tensors, str(package / WEIGHTS_FILE))
+    manifest = read_manifest(package)
+    write_manifest(package, manifest.model_copy(update={"files": package_file_digests(package)}))
+
+
+def put_feedback(store: FileSystemStore, adapter: str, rows: list[dict[str, Any]]) -> None:
+    """Feedback rows, as one Parquet batch where the service writes them."""
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    store.put(f"feedback/{TENANT}/{adapter}/batch-20260101T000000000000-0001.parquet",
+              sink.getvalue())
+
+
+def feedback_row(i: int, task: str, text_input: str, **truth: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"label": None, "text": None, "labels": None, **truth}
+    return {"prediction_id": f"pred-{i}", "index": 0, "version": "1", "task": task,
+            "input": text_input, "predicted_label": None, "received_at": float(i), **values}
+
+
+def make_setup(root: Path, base: Path, task: str, adapter: str, train: Path,
+               test: Path | None, steps: int) -> Setup:
+    """Train the first version (then spoil it), put its data in the store, register it."""
+    store = FileSystemStore(root / "store")
+    keys = {"train": upload_to_store(store, TENANT, adapter, train)}
+    if test is not None:
+        keys["test"] = upload_to_store(store, TENANT, adapter, test)
+    outcome = run_training(build_config({}, {
+        "task": task, "data": train, "test_data": test, "output": root / "v1",
+        "base_model": base, "max_steps": steps, "batch_size": 8, "progress": False,
+        "learning_rate": 1e-2, "precision": "fp32", "val_fraction": 0.2}))
+    retrain.record_data_store(outcome.output, keys)
+    spoil(outcome.output)
+    setup = Setup(root, store, adapter, base)
+    setup.registry().register(TENANT, adapter, outcome.output, activate=True)
+    return setup
+
+
+def spoiling_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault seam: the next candidate comes out of training spoiled."""
+    def train_then_spoil(cfg: Any, on_step: Callable[..., None] | None = None) -> TrainOutcome:
+        outcome = run_training(cfg, on_step)
+        spoil(outcome.output)
+        return outcome
+
+    monkeypatch.setattr(retrain, "run_training", train_then_spoil)
+
+
+def check_same_heldout(run: RunRecord) -> None:
+    assert run.status == "finished", run.reason
+    examples = {side: e["examples"] for side, e in run.evaluations.items()}
+    assert examples == {"active": run.data["heldout_total"],
+                        "candidate": run.data["heldout_total"]}
+
+
+@pytest.fixture
+def sft_files(tmp_path: Path) -> tuple[Path, Path]:
+    train = tmp_path / "sft.jsonl"
+    train.write_text("".join(json.dumps({"instruction": "name three primary colors",
+                                         "input": "", "output": "red, yellow and blue"}) + "\n"
+                             for _ in range(16)))
+    test = tmp_path / "sft-test.jsonl"
+    test.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "name three primary colors"},
+        {"role": "assistant", "content": "red, yellow and blue"}]}) + "\n")
+    return train, test
+
+
+def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
+        tiny_base_dir: Path, tmp_path: Path, sft_files: tuple[Path, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    setup = make_setup(tmp_path, tiny_base_dir, "causal-lm", "writer", *sft_files, steps=12)
+    chat = json.dumps([{"role": "user", "content": "name three primary colors"}])
+    put_feedback(setup.store, "writer", [
+        *(feedback_row(i, "causal-lm", "what is the capital of france?",
+                       text="paris is the capital of france.") for i in range(8)),
+        *(feedback_row(10 + i, "causal-lm", chat, text="red, yellow and blue")
+          for i in range(4)),
+        feedback_row(20, "causal-lm", "say nothing", text=" ")])
+
+    first = setup.run()
+    check_same_heldout(first)
+    assert (first.task, first.gate_metric, first.gate_direction) == (
+        "causal-lm", "eval_loss", "lower")
+    assert first.data["original_train"] == 16 and first.data["feedback_dropped"] == 1
+    assert first.data["feedback_train"] + first.data["feedback_holdout"] == 12
+    # The held-out set: the test split plus the held-out feedback.
+    assert first.data["heldout_total"] == 1 + first.data["feedback_holdout"]
+    active, candidate = (first.evaluations[s]["eval_loss"] for s in ("active", "candidate"))
+    assert candidate < active  # the active version was spoiled
+    assert first.decision == "promoted" and "<=" in (first.reason or "")
+    assert setup.registry().active(TENANT, "writer").version == first.candidate_version == 2
+    data_store = setup.registry().active(TENANT, "writer").manifest.training["data_store"]
+    assert setup.store.exists(data_store["trained_on"])
+
+    spoiling_training(monkeypatch)
+    second = setup.run()  # starts from version 2's record of the original data
+    check_same_heldout(second)
+    assert second.data["original_train"] == 16
+    assert second.evaluations["candidate"]["eval_loss"] > \
+        second.evaluations["active"]["eval_loss"]
+    assert second.decision == "kept"
+    assert "eval_loss" in (second.reason or "") and "> active" in (second.reason or "")
+    assert "version 3 registered inactive" in (second.reason or "")
+    assert setup.registry().active(TENANT, "writer").version == 2
+    assert RunStore(setup.store).claim(TENANT, "writer", "after") is None  # released
+
+
+def test_a_token_cls_run_promotes_on_higher_f1_and_keeps_a_worse_candidate(
+        tiny_base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, test = tmp_path / "ner.conll", tmp_path / "ner-test.conll"
+    train.write_text(NER_SENTENCE * 24)
+    test.write_text(NER_SENTENCE * 2)
+    setup = make_setup(tmp_path, tiny_base_dir, "token-cls", "ner", train, test, steps=30)
+    tags = ["O", "B-Disease", "I-Disease", "I-Disease", "O", "O", "O", "O"]
+    put_feedback(setup.store, "ner", [
+        *(feedback_row(i, "token-cls", "the zzqxv-disease of the dog.", labels=tags)
+          for i in range(8)),
+        feedback_row(20, "token-cls", "the dog", labels=["O"])])  # not one tag per word
+
+    first = setup.run()
+    check_same_heldout(first)
+    assert (first.task, first.gate_metric, first.gate_direction) == ("token-cls", "f1",
+                                                                     "higher")
+    assert first.data["feedback_dropped"] == 1
+    assert first.data["feedback_train"] + first.data["feedback_holdout"] == 8
+    assert first.data["heldout_total"] == 2 + first.data["feedback_holdout"]
+    assert first.evaluations["active"]["f1"] == 0.0  # spoiled: every word tagged O
+    assert first.evaluations["candidate"]["f1"] > 0.5
+    assert first.decision == "promoted" and ">=" in (first.reason or "")
+    assert setup.registry().active(TENANT, "ner").version == 2
+
+    spoiling_training(monkeypatch)
+    second = setup.run()
+    check_same_heldout(second)
+    assert second.evaluations["candidate"]["f1"] == 0.0
+    assert second.decision == "kept" and "< active" in (second.reason or "")
+    assert setup.registry().active(TENANT, "ner").version == 2

@@ -11,8 +11,8 @@ training sentences were, and the token offsets are mapped back onto the text as 
 token-cls answers entities: each token's most probable tag, BIO tags merged into spans
 the way seqeval's default (lenient) mode does, with character offsets from the fast
 tokenizer's offset mapping. For drift it also reads one tag per *word* (the tag of the
-word's first token, as training evaluates and profiles a tagger): a word is a run of
-characters between spaces of the text as tokenized (after the word split, if any).
+word's first token, as training evaluates and profiles a tagger): a word is a piece of
+the word split (:func:`adapters.words.split_words`), the words token-cls feedback tags.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.errors import ConfigurationError, InvalidRequestError
-from adapters.words import SplitText
+from adapters.words import WORD_PIECE, SplitText
 from service.api.prompts import PromptLimits
 from service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
 from service.drift.records import WordPredictions
@@ -39,15 +39,17 @@ class EncodedInput:
 
 
 def word_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
-    """Positions of the tokens that begin a word of ``text`` (the text as tokenized): their
-    first non-space character is the text's first or follows a space. Special tokens
-    (empty spans) and spaces alone begin none."""
+    """Positions of the tokens that begin a word of ``text`` (the text as tokenized): a
+    token whose first non-space character opens a piece of the word split (runs of letters
+    and digits, every other visible character alone; :mod:`adapters.words`). Special
+    tokens (empty spans) and spaces alone begin none."""
+    openings = {match.start() for match in WORD_PIECE.finditer(text)}
     starts = []
     for position, (start, end) in enumerate(spans):
         first = start
         while first < end and text[first].isspace():
             first += 1
-        if first < end and (first == 0 or text[first - 1].isspace()):
+        if first < end and first in openings:
             starts.append(position)
     return starts
 

@@ -4,10 +4,17 @@ confidence, and the predicted-label reference: parsing, windows and scores."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from service.api.classification import EncodedInput, word_predictions, word_starts
+from adapters.words import split_words
+from service.api.classification import (
+    EncodedInput,
+    encode_input,
+    word_predictions,
+    word_starts,
+)
 from service.drift.monitor import scores_of
 from service.drift.records import (
     GREEDY,
@@ -187,11 +194,13 @@ def test_token_cls_word_tags_and_confidence_are_scored() -> None:
 
 # --- token-cls words on the request path --------------------------------------------------
 
-def test_words_start_after_a_space_whatever_the_tokens_carry() -> None:
-    text = "coli (APC) gene"
-    # Tokens as a byte-level BPE cuts it: " (" carries its space, "APC)" follows "(".
-    spans = [(0, 0), (0, 4), (4, 6), (6, 9), (9, 10), (10, 15)]
-    assert word_starts(text, spans) == [1, 2, 5]
+def test_words_are_the_pieces_feedback_tags_whatever_the_tokens_carry() -> None:
+    text = "coli (APC) gene-x"
+    # Tokens as a byte-level BPE cuts it: " (" carries its space, "ene" continues "g".
+    spans = [(0, 0), (0, 4), (4, 6), (6, 9), (9, 10), (10, 12), (12, 15), (15, 16),
+             (16, 17)]
+    assert word_starts(text, spans) == [1, 2, 3, 4, 5, 7, 8]
+    assert len(word_starts(text, spans)) == len(split_words(text))
 
 
 def test_word_predictions_read_each_words_first_token() -> None:
@@ -212,3 +221,22 @@ def test_the_window_counts_every_word_of_every_input() -> None:
     counts = window.label_counts()
     assert sum(counts.values()) == 500
     assert counts["O"] / 500 == pytest.approx(0.8, abs=0.05)
+
+
+@pytest.mark.parametrize("words", [True, False])
+def test_served_words_are_the_words_training_tags(tiny_base_dir: Path, words: bool) -> None:
+    """Live word starts on the base's real tokenizer are the training encoder's."""
+    from transformers import AutoTokenizer
+
+    from service.api.prompts import PromptLimits
+    from training.data import TokenExample
+    from training.tasks import encode_words
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
+    text = "the zzqxv disease ( of ) the dog ."
+    served = encode_input(tokenizer, text, PromptLimits(128, 256, 16), offsets=True,
+                          words=words)
+    pieces = split_words(text)
+    trained = encode_words(tokenizer, TokenExample(pieces, ["O"] * len(pieces)), {"O": 0}, 128)
+    assert served.word_starts == trained.word_starts
+    assert len(trained.word_starts) == len(pieces) == 9

@@ -129,12 +129,17 @@ class FileSystemStore:
         """Write atomically (temporary file + fsync + ``os.replace``)."""
         target = self._path(key)
         try:
-            tmp = self._write_bytes(target, data)
-            if self.before_publish is not None:
-                self.before_publish(key)
-            self._publish(tmp, target)
+            self._write_and_publish(key, target, data)
         except OSError as exc:
             raise self._fail("put", key, exc) from exc
+
+    def _write_and_publish(self, key: str, target: Path, data: bytes) -> None:
+        """Write ``data`` beside ``target`` (fsynced), run the test-only publish hook, then
+        publish it under ``target`` (one path for plain and conditional writes)."""
+        tmp = self._write_bytes(target, data)
+        if self.before_publish is not None:
+            self.before_publish(key)
+        self._publish(tmp, target)
 
     def put_file(self, key: str, path: Path) -> None:
         """Copy ``path`` into the store atomically."""
@@ -274,10 +279,7 @@ class FileSystemStore:
             with self._locked(target):
                 if self._current_tag(target) != expected:
                     return False
-                tmp = self._write_bytes(target, data)
-                if self.before_publish is not None:
-                    self.before_publish(key)
-                self._publish(tmp, target)
+                self._write_and_publish(key, target, data)
         except OSError as exc:
             raise self._fail("put_if_match", key, exc) from exc
         return True

@@ -11,7 +11,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,19 @@ def held_engine(server: LiveServer) -> Iterator[Any]:
         release.set()
 
 
+def run_while_held(server: LiveServer,
+                   scenario: Callable[[Any, threading.Event], Awaitable[None]],
+                   never_released: str) -> None:
+    """Run ``scenario(engine, release)`` on its own event loop while the engine thread is
+    held; the scenario sets ``release`` once its requests are queued as it wants them."""
+    release = threading.Event()
+    with held_engine(server) as engine:
+        runner = threading.Thread(target=lambda: asyncio.run(scenario(engine, release)))
+        runner.start()
+        assert release.wait(120), never_released
+    runner.join(120)
+
+
 def _tenant(server: LiveServer, name: str) -> dict[str, str]:
     response = server.client.post("/admin/tenants", headers=ADMIN_HEADERS, json={"name": name})
     assert response.status_code == 201, response.text
@@ -71,7 +84,7 @@ def test_one_tenants_flood_does_not_delay_another_over_http(
         assert response.status_code == 200, response.text
         finished.append(who)
 
-    async def scenario(engine: Any) -> None:
+    async def scenario(engine: Any, release_engine: threading.Event) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             tasks = [asyncio.create_task(send(client, f"A{i}", flood)) for i in range(6)]
             await asyncio.to_thread(_wait_until, lambda: engine.scheduler.num_waiting == 6)
@@ -80,12 +93,7 @@ def test_one_tenants_flood_does_not_delay_another_over_http(
             release_engine.set()
             await asyncio.gather(*tasks)
 
-    release_engine = threading.Event()
-    with held_engine(server) as engine:
-        runner = threading.Thread(target=lambda: asyncio.run(scenario(engine)))
-        runner.start()
-        assert release_engine.wait(120), "requests never queued"
-    runner.join(120)
+    run_while_held(server, scenario, "requests never queued")
     assert len(finished) == 7, finished
     assert finished.index("B") <= 1, finished
 
@@ -147,7 +155,7 @@ def test_a_full_queue_makes_room_for_another_tenant_over_http(
 
     answers: list[httpx.Response] = []
 
-    async def scenario(engine: Any) -> None:
+    async def scenario(engine: Any, release_engine: threading.Event) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             first = asyncio.create_task(_predict(client, flood))
             await asyncio.to_thread(_wait_until, lambda: engine.scheduler.num_waiting == 1)
@@ -158,12 +166,7 @@ def test_a_full_queue_makes_room_for_another_tenant_over_http(
             release_engine.set()
             answers.extend([await first, pushed_out, await other])
 
-    release_engine = threading.Event()
-    with held_engine(server) as engine:
-        runner = threading.Thread(target=lambda: asyncio.run(scenario(engine)))
-        runner.start()
-        assert release_engine.wait(120), "the queue never filled"
-    runner.join(120)
+    run_while_held(server, scenario, "the queue never filled")
     assert [a.status_code for a in answers] == [200, 429, 200], [a.text for a in answers]
     assert "holds the most" in answers[1].json()["error"]["message"]
     assert "retry-after" in answers[1].headers

@@ -232,9 +232,13 @@ class ContinuousBatchScheduler:
         if self._running:
             self._decode()
         self._waiting_for_slot = stuck
+        self._publish_running()
+        self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
+
+    def _publish_running(self) -> None:
+        """Replace the immutable snapshot of running adapters that other threads read."""
         self._running_adapters = tuple(seq.request.adapter.name for seq in self._running.values()
                                        if seq.request.adapter is not None)
-        self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:
         """``run(items)``; if it raises, run each item alone and fail only those that raise."""
@@ -387,6 +391,9 @@ class ContinuousBatchScheduler:
         seq.done = True
         if self._running.get(seq.row) is seq:
             del self._running[seq.row]
+            # Before the final event: whoever sees the request end sees it gone from the
+            # running adapters (gateway metrics), not one step later.
+            self._publish_running()
         if seq.row >= 0:  # holds a cache row and a slot reference: give both back once
             heapq.heappush(self._free_rows, seq.row)
             self._slots.release(seq.slot)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from adapters.errors import (
+from loraswap.adapters.errors import (
     AdapterValidationError,
     ConfigurationError,
     InvalidRequestError,
@@ -33,9 +33,9 @@ from adapters.errors import (
     PermissionDeniedError,
     StoreError,
 )
-from adapters.package import MANIFEST_FILE, sha256_file
-from adapters.store import FileSystemStore, ObjectStore, SizedStore, open_store
-from adapters.validation import ALLOWED_FILES, ValidationLimits
+from loraswap.adapters.package import MANIFEST_FILE, sha256_file
+from loraswap.adapters.store import FileSystemStore, ObjectStore, SizedStore, open_store
+from loraswap.adapters.validation import ALLOWED_FILES, ValidationLimits
 
 _CHUNK = 1 << 20
 # One plain file name of a package (see validation.ALLOWED_FILES for which are accepted).
@@ -283,7 +283,7 @@ def extract_upload(archive: Path | BinaryIO, dest: Path, limits: ValidationLimit
     ``archive`` is a path or a seekable binary file (an upload as the server spooled it,
     read where it lies rather than copied first). The format is recognised from the
     content, not the name. Returns ``dest``, which then holds the package files flat, ready
-    for :func:`adapters.validation.validate_package`.
+    for :func:`loraswap.adapters.validation.validate_package`.
     """
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(archive.open("rb")) if isinstance(archive, Path) \

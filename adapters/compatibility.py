@@ -1,6 +1,6 @@
 """The checks that decide whether decoded adapter weights fit a served base and engine.
 
-One function per check, shared by registration (:mod:`adapters.validation`), the engine
+One function per check, shared by registration (:mod:`loraswap.adapters.validation`), the engine
 (slot table, classification heads) and the request path, so a rule and its message exist
 once: the rank limit (:func:`check_rank`) and the classification head
 (:func:`check_head`).
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adapters.errors import AdapterIncompatibleError, AdapterValidationError
-from adapters.lora_format import LoraAdapterWeights
-from adapters.package import TaskKind
+from loraswap.adapters.errors import AdapterIncompatibleError, AdapterValidationError
+from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.adapters.package import TaskKind
 
 RANK_SETTING = "LORASWAP_MAX_LORA_RANK"
 

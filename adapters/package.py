@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adapters.errors import AdapterValidationError, describe_problems
-from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
+from loraswap.adapters.errors import AdapterValidationError, describe_problems
+from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
 
 MANIFEST_FILE = "loraswap.json"
 PROFILE_FILE = "profile.json"
@@ -88,8 +88,8 @@ class TextSplit(StrEnum):
     """How a token-cls adapter's input text is rendered before tokenization.
 
     ``none``: tokenized as sent. ``words``: split into words and punctuation marks and
-    joined with single spaces (:mod:`adapters.words`), as the adapter's training corpus was;
-    entity offsets still refer to the text as sent.
+    joined with single spaces (:mod:`loraswap.adapters.words`), as the adapter's training
+    corpus was; entity offsets still refer to the text as sent.
     """
 
     NONE = "none"

@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.errors import AdapterIncompatibleError, AdapterValidationError
-from adapters.lora_format import CONFIG_FILE
-from adapters.package import (
+from loraswap.adapters.errors import AdapterIncompatibleError, AdapterValidationError
+from loraswap.adapters.lora_format import CONFIG_FILE
+from loraswap.adapters.package import (
     AdapterManifest,
     TaskKind,
     package_file_digests,
     parse_manifest,
 )
-from adapters.peft_config import base_name_key
+from loraswap.adapters.peft_config import base_name_key
 
 if TYPE_CHECKING:
-    from adapters.validation import BaseModelFingerprint
+    from loraswap.adapters.validation import BaseModelFingerprint
 
 
 @dataclass(frozen=True)

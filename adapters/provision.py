@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from adapters.base_model import MANIFEST_NAME, read_manifest, weights_sha256
-from adapters.errors import ModelLoadError, ProvisioningError, RegistryUnreachableError
+from loraswap.adapters.base_model import MANIFEST_NAME, read_manifest, weights_sha256
+from loraswap.adapters.errors import ModelLoadError, ProvisioningError, RegistryUnreachableError
 
 logger = logging.getLogger(__name__)
 

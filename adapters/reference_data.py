@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.data_tables import TABLE_BUILDERS, TABLE_KINDS, load_table
-from adapters.errors import InvalidRequestError
-from adapters.package import TaskKind
-from adapters.words import WORD_PIECE
+from loraswap.adapters.data_tables import TABLE_BUILDERS, TABLE_KINDS, load_table
+from loraswap.adapters.errors import InvalidRequestError
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.words import WORD_PIECE
 
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"

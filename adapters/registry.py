@@ -28,23 +28,23 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.archive import download_verified, is_complete_copy, stage_from_uri
-from adapters.errors import (
+from loraswap.adapters.archive import download_verified, is_complete_copy, stage_from_uri
+from loraswap.adapters.errors import (
     AdapterNotFoundError,
     ConflictError,
     InvalidRequestError,
     StoreError,
 )
-from adapters.package import (
+from loraswap.adapters.package import (
     MANIFEST_FILE,
     SAFE_NAME,
     AdapterManifest,
     check_safe_name,
     parse_manifest,
 )
-from adapters.store import ObjectStore, ObservedStore, StoreObserver, update_object
-from adapters.store.base import StoreKeyMissing
-from adapters.validation import (
+from loraswap.adapters.store import ObjectStore, ObservedStore, StoreObserver, update_object
+from loraswap.adapters.store.base import StoreKeyMissing
+from loraswap.adapters.validation import (
     BaseModelFingerprint,
     ManifestDefaults,
     ValidationLimits,

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.errors import NotFoundError
-from adapters.store.base import ObjectStore, StoreKeyMissing
+from loraswap.adapters.errors import NotFoundError
+from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing
 
 RUNS_PREFIX = "retrain/runs/"
 RunStatus = Literal["queued", "running", "finished", "failed"]

@@ -1,7 +1,7 @@
 """Deciding whether an adapter package may be registered for the served base model.
 
 :func:`validate_package` reads a staged package folder and either returns its (possibly
-synthesized) :class:`~adapters.package.AdapterManifest` or raises, naming the problem:
+synthesized) :class:`~loraswap.adapters.package.AdapterManifest` or raises, naming the problem:
 :class:`PayloadTooLargeError` for size and count limits, :class:`AdapterIncompatibleError`
 when the package is well-formed but does not fit this base model or engine, and
 :class:`AdapterValidationError` for anything malformed or unsafe. Nothing is written.
@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.base_model import BaseModelInfo, weights_sha256
-from adapters.base_model import read_manifest as read_base_manifest
-from adapters.compatibility import check_head, check_rank
-from adapters.errors import (
+from loraswap.adapters.base_model import BaseModelInfo, weights_sha256
+from loraswap.adapters.base_model import read_manifest as read_base_manifest
+from loraswap.adapters.compatibility import check_head, check_rank
+from loraswap.adapters.errors import (
     AdapterIncompatibleError,
     AdapterValidationError,
     ConfigurationError,
     PayloadTooLargeError,
 )
-from adapters.lora_format import (
+from loraswap.adapters.lora_format import (
     CONFIG_FILE,
     PICKLE_FILES,
     WEIGHTS_FILE,
@@ -36,8 +36,8 @@ from adapters.lora_format import (
     declared_factor_shapes,
     read_lora_adapter,
 )
-from adapters.model_families import projection_shapes
-from adapters.package import (
+from loraswap.adapters.model_families import projection_shapes
+from loraswap.adapters.package import (
     MANIFEST_FILE,
     PACKAGE_FILES,
     AdapterManifest,
@@ -45,9 +45,9 @@ from adapters.package import (
     parse_manifest,
     sha256_file,
 )
-from adapters.peft_config import check_peft_options
-from adapters.plain_peft import ManifestDefaults as ManifestDefaults  # re-exported
-from adapters.plain_peft import check_defaults_agree, synthesize_manifest, task_of_peft
+from loraswap.adapters.peft_config import check_peft_options
+from loraswap.adapters.plain_peft import ManifestDefaults as ManifestDefaults  # re-exported
+from loraswap.adapters.plain_peft import check_defaults_agree, synthesize_manifest, task_of_peft
 
 MIB = 2**20
 ALLOWED_FILES = frozenset((*PACKAGE_FILES, MANIFEST_FILE))

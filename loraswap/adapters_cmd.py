@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from adapters.package import TaskKind
+from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
+from loraswap.adapters.package import TaskKind
 
 adapters_app = typer.Typer(help="Work with LoRA adapters.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def demo(
     base_model: Annotated[Path, typer.Option(help="Base model folder.")] = DEFAULT_BASE_MODEL_DIR,
 ) -> None:
     """Write two random (untrained) demo adapters for the base model, to try the service."""
-    from adapters.demo import write_random_adapter
+    from loraswap.adapters.demo import write_random_adapter
 
     for name, (rank, targets, seed) in DEMO_ADAPTERS.items():
         folder = dest / name
@@ -69,8 +69,8 @@ def push(
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from adapters.errors import LoraswapError
-    from adapters.push import PlainPeftHints, PushTarget, push_package
+    from loraswap.adapters.errors import LoraswapError
+    from loraswap.adapters.push import PlainPeftHints, PushTarget, push_package
 
     target = PushTarget(server=server, admin_token=admin_token, tenant=tenant, name=name,
                         activate=activate)

@@ -17,8 +17,8 @@ from typing import Any
 
 import typer
 
-from adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
+from loraswap.adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
 from loraswap.bench.outcome import BenchOptions, BenchOutcome, render_report
 
 ENGINE_SCENARIOS: dict[str, int] = {"base": 0, "lora1": 1, "lora4": 4, "lora16": 16,
@@ -94,7 +94,7 @@ def _prepare(opts: BenchOptions, precision: str) -> _Run:
         load_base,
         parse_targets,
     )
-    from service.engine.engine_thread import EngineThread
+    from loraswap.service.engine.engine_thread import EngineThread
 
     # All torch work on one thread, as in the service (a second thread running torch ops
     # slows the first one down measurably on this CPU).

@@ -37,13 +37,13 @@ def serve(
     # Heavy imports only for this command, so `loraswap --help` stays fast.
     from pydantic import ValidationError
 
-    from adapters.errors import LoraswapError, describe_problems
-    from service.app import create_app
-    from service.health import build_metrics_app
-    from service.lifecycle import Listeners
-    from service.lifecycle import serve as serve_until_drained
-    from service.logging_setup import configure_logging
-    from service.settings import Settings
+    from loraswap.adapters.errors import LoraswapError, describe_problems
+    from loraswap.service.app import create_app
+    from loraswap.service.health import build_metrics_app
+    from loraswap.service.lifecycle import Listeners
+    from loraswap.service.lifecycle import serve as serve_until_drained
+    from loraswap.service.logging_setup import configure_logging
+    from loraswap.service.settings import Settings
 
     # Options are passed to Settings, not set on it afterwards, so they are validated the
     # same way as the LORASWAP_* variables they override (a port out of range is refused).

@@ -27,8 +27,8 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only, never the Hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the package's base name is not fetched
-    from service.settings import Settings
-    from training.profile_job import ProfileJobSettings, cpu_precision, execute_job
+    from loraswap.service.settings import Settings
+    from loraswap.training.profile_job import ProfileJobSettings, cpu_precision, execute_job
 
     settings = Settings()
     logging.info("profiling %s/%s version %d, job %s, at nice %d", tenant, adapter, version,

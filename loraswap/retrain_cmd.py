@@ -17,8 +17,8 @@ def run(run_id: Annotated[str, typer.Option("--run-id", help="The run to execute
     """Train, evaluate and decide one run recorded in the store (LORASWAP_* settings)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only, never the Hub
-    from service.settings import Settings
-    from training.retrain import RetrainSettings, execute_run
+    from loraswap.service.settings import Settings
+    from loraswap.training.retrain import RetrainSettings, execute_run
 
     settings = Settings()
     record = execute_run(run_id, RetrainSettings(

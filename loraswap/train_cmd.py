@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from adapters.errors import LoraswapError
-from adapters.package import TaskKind
+from loraswap.adapters.errors import LoraswapError
+from loraswap.adapters.package import TaskKind
 
 ADMIN_TOKEN_ENV = "LORASWAP_ADMIN_TOKEN"
 
@@ -93,8 +93,8 @@ def train(
     }
     token = admin_token or os.environ.get(ADMIN_TOKEN_ENV)
     try:
-        from training.config import build_config, read_config_file
-        from training.runner import run_training
+        from loraswap.training.config import build_config, read_config_file
+        from loraswap.training.runner import run_training
 
         file_values = read_config_file(config) if config is not None else {}
         cfg = build_config(file_values, overrides)
@@ -105,13 +105,13 @@ def train(
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in outcome.manifest.metrics.items())
         typer.echo(f"wrote {outcome.output} in {outcome.seconds:.0f}s ({metrics})")
         if push is not None:
-            from adapters.push import PushTarget, push_package
+            from loraswap.adapters.push import PushTarget, push_package
 
             assert cfg.tenant and cfg.name and token
             # A copy of the training data goes to the store first, recorded in the
             # manifest, so retraining (docs/drift.md) finds what this version learnt from.
-            from adapters.training_data import upload_via_service
-            from training.retrain import record_data_store
+            from loraswap.adapters.training_data import upload_via_service
+            from loraswap.training.retrain import record_data_store
 
             data_files = {"train": cfg.data, **({"test": cfg.test_data} if cfg.test_data
                                                 else {})}
@@ -129,6 +129,6 @@ def train(
 
 def raise_usage(message: str) -> None:
     """Stop with a configuration error naming what is missing."""
-    from adapters.errors import ConfigurationError
+    from loraswap.adapters.errors import ConfigurationError
 
     raise ConfigurationError(message)

@@ -14,12 +14,16 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from adapters.errors import AdapterNotFoundError, AdapterValidationError, InvalidRequestError
-from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, read_lora_adapter
-from adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, read_manifest
-from adapters.registry import AdapterRegistry
-from service.engine.residency import AdapterKey
-from service.targets import AdapterTraits, ServingTarget
+from loraswap.adapters.errors import (
+    AdapterNotFoundError,
+    AdapterValidationError,
+    InvalidRequestError,
+)
+from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, read_lora_adapter
+from loraswap.adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, read_manifest
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.targets import AdapterTraits, ServingTarget
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -9,37 +9,37 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from adapters.base_model import LoadedBaseModel, load_base_model
-from adapters.registry import AdapterRegistry
-from adapters.store import ObjectStore, ObservedStore, open_store
-from adapters.tenants import TenantDirectory
-from adapters.validation import BaseModelFingerprint, ValidationLimits
-from service.adapter_source import LocalAdapterDirectory, RegistryAdapterSource
-from service.api.errors import install_error_handlers
-from service.api.gate import RequestGate, dev_hosts
-from service.api.metrics_middleware import RequestMetrics
-from service.api.pipeline import RequestLimits, ServingPipeline
-from service.api.prompts import PromptBuilder, PromptLimits
-from service.api.routes import predict_router, router
-from service.api.routes_admin import router as admin_router
-from service.api.routes_openai import router as openai_router
-from service.api.serving_admin import AdminService
-from service.api.serving_openai import OpenAIServing
-from service.api.serving_predict import PredictService
-from service.auth import TenantAuthenticator, log_auth_mode
-from service.drift.pipeline import build_drift, build_profiles, build_retrain
-from service.drift.routes import admin_router as drift_admin_router
-from service.drift.routes import router as drift_router
-from service.drift.routes import upload_router as training_data_router
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.engine_thread import EngineThread
-from service.fault_hooks import arm_fault_hook
-from service.health import install_lifecycle
-from service.limits import TenantLimiter
-from service.metrics import ServiceMetrics
-from service.registry_sync import RegistryWatcher
-from service.settings import Settings
-from service.state import ServiceState, ServingComponents
+from loraswap.adapters.base_model import LoadedBaseModel, load_base_model
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.store import ObjectStore, ObservedStore, open_store
+from loraswap.adapters.tenants import TenantDirectory
+from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.service.adapter_source import LocalAdapterDirectory, RegistryAdapterSource
+from loraswap.service.api.errors import install_error_handlers
+from loraswap.service.api.gate import RequestGate, dev_hosts
+from loraswap.service.api.metrics_middleware import RequestMetrics
+from loraswap.service.api.pipeline import RequestLimits, ServingPipeline
+from loraswap.service.api.prompts import PromptBuilder, PromptLimits
+from loraswap.service.api.routes import predict_router, router
+from loraswap.service.api.routes_admin import router as admin_router
+from loraswap.service.api.routes_openai import router as openai_router
+from loraswap.service.api.serving_admin import AdminService
+from loraswap.service.api.serving_openai import OpenAIServing
+from loraswap.service.api.serving_predict import PredictService
+from loraswap.service.auth import TenantAuthenticator, log_auth_mode
+from loraswap.service.drift.pipeline import build_drift, build_profiles, build_retrain
+from loraswap.service.drift.routes import admin_router as drift_admin_router
+from loraswap.service.drift.routes import router as drift_router
+from loraswap.service.drift.routes import upload_router as training_data_router
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.engine_thread import EngineThread
+from loraswap.service.fault_hooks import arm_fault_hook
+from loraswap.service.health import install_lifecycle
+from loraswap.service.limits import TenantLimiter
+from loraswap.service.metrics import ServiceMetrics
+from loraswap.service.registry_sync import RegistryWatcher
+from loraswap.service.settings import Settings
+from loraswap.service.state import ServiceState, ServingComponents
 
 logger = logging.getLogger(__name__)
 

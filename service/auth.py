@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from adapters.errors import AdapterNotFoundError, PermissionDeniedError
-from adapters.tenants import TenantDirectory
-from service.adapter_source import check_adapter_ref
-from service.errors import AuthenticationError
+from loraswap.adapters.errors import AdapterNotFoundError, PermissionDeniedError
+from loraswap.adapters.tenants import TenantDirectory
+from loraswap.service.adapter_source import check_adapter_ref
+from loraswap.service.errors import AuthenticationError
 
 logger = logging.getLogger(__name__)
 

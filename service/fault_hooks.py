@@ -14,8 +14,8 @@ import fnmatch
 import logging
 import threading
 
-from adapters.store import FileSystemStore, ObjectStore
-from service.settings import Settings
+from loraswap.adapters.store import FileSystemStore, ObjectStore
+from loraswap.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

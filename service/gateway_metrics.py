@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from service.engine.engine import LoraEngine
+from loraswap.service.engine.engine import LoraEngine
 
 # The names the gateway overlay's endpoint-picker configuration refers to.
 WAITING = "loraswap_num_requests_waiting"

@@ -15,12 +15,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from service.api.deps import StateDep, require_admin
-from service.api.gate import AdminRoute
-from service.gateway_metrics import GatewayCollector
-from service.lifecycle import DrainGate, Lifecycle
-from service.settings import Settings
-from service.state import ServiceState
+from loraswap.service.api.deps import StateDep, require_admin
+from loraswap.service.api.gate import AdminRoute
+from loraswap.service.gateway_metrics import GatewayCollector
+from loraswap.service.lifecycle import DrainGate, Lifecycle
+from loraswap.service.settings import Settings
+from loraswap.service.state import ServiceState
 
 # Model facts safe to show anyone: no path (it names the operator's file system).
 PUBLIC_MODEL_FIELDS = ("name", "quantization", "weight_format", "compute_dtype", "device")

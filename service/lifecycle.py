@@ -30,9 +30,9 @@ import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters.errors import ConflictError
-from service.api.errors import error_body, error_format_for
-from service.state import ServiceState
+from loraswap.adapters.errors import ConflictError
+from loraswap.service.api.errors import error_body, error_format_for
+from loraswap.service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from adapters.errors import InvalidRequestError
-from service.auth import Tenant
-from service.errors import RateLimitedError
+from loraswap.adapters.errors import InvalidRequestError
+from loraswap.service.auth import Tenant
+from loraswap.service.errors import RateLimitedError
 
 
 @dataclass

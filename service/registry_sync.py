@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from adapters.errors import LoraswapError
-from adapters.registry import AdapterRecord, AdapterRegistry
-from service.adapter_source import AdapterResolver
-from service.engine.engine import LoraEngine
-from service.metrics import ServiceMetrics
+from loraswap.adapters.errors import LoraswapError
+from loraswap.adapters.registry import AdapterRecord, AdapterRegistry
+from loraswap.service.adapter_source import AdapterResolver
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 

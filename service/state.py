@@ -5,26 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from adapters.base_model import BaseModelInfo
-from adapters.store import ObjectStore
-from adapters.tenants import TenantDirectory
-from service.adapter_source import AdapterResolver
-from service.api.gate import RequestGate
-from service.api.pipeline import ServingPipeline
-from service.api.prompts import PromptBuilder
-from service.api.serving_admin import AdminService
-from service.api.serving_openai import OpenAIServing
-from service.api.serving_predict import PredictService
-from service.auth import Authenticator
-from service.drift.pipeline import DriftPipeline
-from service.drift.profiles import ProfileService
-from service.drift.retrain import RetrainService
-from service.engine.engine import LoraEngine
-from service.errors import NotReadyError
-from service.limits import TenantLimiter
-from service.metrics import ServiceMetrics
-from service.registry_sync import RegistryWatcher
-from service.settings import Settings
+from loraswap.adapters.base_model import BaseModelInfo
+from loraswap.adapters.store import ObjectStore
+from loraswap.adapters.tenants import TenantDirectory
+from loraswap.service.adapter_source import AdapterResolver
+from loraswap.service.api.gate import RequestGate
+from loraswap.service.api.pipeline import ServingPipeline
+from loraswap.service.api.prompts import PromptBuilder
+from loraswap.service.api.serving_admin import AdminService
+from loraswap.service.api.serving_openai import OpenAIServing
+from loraswap.service.api.serving_predict import PredictService
+from loraswap.service.auth import Authenticator
+from loraswap.service.drift.pipeline import DriftPipeline
+from loraswap.service.drift.profiles import ProfileService
+from loraswap.service.drift.retrain import RetrainService
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.errors import NotReadyError
+from loraswap.service.limits import TenantLimiter
+from loraswap.service.metrics import ServiceMetrics
+from loraswap.service.registry_sync import RegistryWatcher
+from loraswap.service.settings import Settings
 
 
 @dataclass

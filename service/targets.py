@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.compatibility import check_head
-from adapters.errors import AdapterValidationError
-from adapters.lora_format import LoraAdapterWeights
-from adapters.package import AdapterManifest, AttentionMode, TaskKind, TextSplit
-from service.engine.residency import AdapterKey
+from loraswap.adapters.compatibility import check_head
+from loraswap.adapters.errors import AdapterValidationError
+from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.adapters.package import AdapterManifest, AttentionMode, TaskKind, TextSplit
+from loraswap.service.engine.residency import AdapterKey
 
 BASE_TARGET = "base"
 """The reserved name of the base model (in metrics, logs and the OpenAI ``model`` field)."""

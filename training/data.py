@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapters.errors import ConfigurationError
-from adapters.package import TaskKind
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.adapters.package import TaskKind
 
 logger = logging.getLogger(__name__)
 

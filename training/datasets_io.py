@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adapters.data_tables import load_table
-from adapters.errors import ConfigurationError
+from loraswap.adapters.data_tables import load_table
+from loraswap.adapters.errors import ConfigurationError
 
 __all__ = ["concatenate", "from_rows", "load_table", "select_as", "text_label_table"]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
 
-from adapters.package import TaskKind
-from training.metrics import classification_metrics, entity_metrics, lm_metrics
-from training.tasks import IGNORE, Encoded, TaskModel, collate, model_inputs, set_inference
+from loraswap.adapters.package import TaskKind
+from loraswap.training.metrics import classification_metrics, entity_metrics, lm_metrics
+from loraswap.training.tasks import IGNORE, Encoded, TaskModel, collate, model_inputs, set_inference
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The training loop: AdamW, linear warmup/decay, gradient accumulation, early stopping.
 
 Written by hand (not ``transformers.Trainer``) so that checkpoints are safetensors + JSON
-(see :mod:`training.checkpoint`) and resuming is exact: batch order is a pure function of
+(see :mod:`loraswap.training.checkpoint`) and resuming is exact: batch order is a pure function of
 (seed, epoch), and the RNG state that drives dropout is saved with each checkpoint.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from adapters.package import TaskKind
-from training.checkpoint import (
+from loraswap.adapters.package import TaskKind
+from loraswap.training.checkpoint import (
     TrainState,
     has_checkpoint,
     load_checkpoint,
@@ -25,10 +25,10 @@ from training.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from training.config import TrainConfig
-from training.evaluate import evaluate, forward_logits, task_loss
-from training.metrics import SELECTION_METRIC, is_better
-from training.tasks import Encoded, TaskModel, collate
+from loraswap.training.config import TrainConfig
+from loraswap.training.evaluate import evaluate, forward_logits, task_loss
+from loraswap.training.metrics import SELECTION_METRIC, is_better
+from loraswap.training.tasks import Encoded, TaskModel, collate
 
 logger = logging.getLogger(__name__)
 

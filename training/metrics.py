@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from adapters.package import TaskKind
+from loraswap.adapters.package import TaskKind
 
 # The validation metric that early stopping and "best checkpoint" follow, per task.
 SELECTION_METRIC: dict[TaskKind, tuple[str, bool]] = {

@@ -3,7 +3,7 @@
 Retraining evaluates the candidate and the active version through this one function, on
 the same held-out file, so neither side gets a different code path: a fresh base model,
 the package's LoRA settings and attention, its weights loaded into PEFT, then
-:func:`training.evaluate.evaluate`.
+:func:`loraswap.training.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from adapters.base_model import Quantization, load_base_model
-from adapters.lora_format import WEIGHTS_FILE
-from adapters.package import MANIFEST_FILE, TaskKind
-from training.config import LoraSettings, TrainConfig
-from training.data import load_examples
-from training.evaluate import evaluate
-from training.tasks import build_task_model, encode_all
+from loraswap.adapters.base_model import Quantization, load_base_model
+from loraswap.adapters.lora_format import WEIGHTS_FILE
+from loraswap.adapters.package import MANIFEST_FILE, TaskKind
+from loraswap.training.config import LoraSettings, TrainConfig
+from loraswap.training.data import load_examples
+from loraswap.training.evaluate import evaluate
+from loraswap.training.tasks import build_task_model, encode_all
 
 
 def evaluate_package(folder: Path, data: Path, base_model: Path, batch_size: int = 16,

@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adapters.base_model import BaseModelInfo
-from adapters.errors import ConfigurationError
-from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
-from adapters.package import (
+from loraswap.adapters.base_model import BaseModelInfo
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
+from loraswap.adapters.package import (
     MANIFEST_FILE,
     PACKAGE_FILES,
     PROFILE_FILE,
@@ -24,7 +24,7 @@ from adapters.package import (
     package_file_digests,
     write_manifest,
 )
-from training.config import TrainConfig
+from loraswap.training.config import TrainConfig
 
 
 def prepare_output(folder: Path) -> None:

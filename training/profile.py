@@ -12,7 +12,7 @@ Classifiers also get the trained adapter's own behaviour on a *reference sample*
 held-out inputs first, then training inputs, at most :data:`REFERENCE_SAMPLE`): the
 distribution of its predicted labels (word tags for token-cls) and of its confidence,
 which is what the service's live predictions are compared with. Causal-lm adapters get
-reference generations instead (:mod:`training.profile_generation`).
+reference generations instead (:mod:`loraswap.training.profile_generation`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
-from adapters.package import TaskKind
-from training.evaluate import forward_logits, ordered_batches
-from training.profile_generation import (
+from loraswap.adapters.package import TaskKind
+from loraswap.training.evaluate import forward_logits, ordered_batches
+from loraswap.training.profile_generation import (
     REFERENCE_NEW_TOKENS,
     REFERENCE_PROMPTS,
     generation_profile,
 )
-from training.tasks import IGNORE, Encoded, TaskModel, collate, model_inputs, set_inference
+from loraswap.training.tasks import IGNORE, Encoded, TaskModel, collate, model_inputs, set_inference
 
 # 2: predicted_label_distribution and generation sections; confidence from the reference
 # sample (was: the validation split).
@@ -218,7 +218,7 @@ def build_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded]
     ``data``: the training (or reference) examples as encoded for training (causal-lm:
     whole conversations, or prompts alone; their prompts are profiled). ``held_out``:
     validation examples, the first part of a classifier's reference sample. ``stop_ids``:
-    the tokens that end a generation (:func:`adapters.model_families.stop_token_ids`).
+    the tokens that end a generation (:func:`loraswap.adapters.model_families.stop_token_ids`).
     ``answer_confidences`` (causal-lm): the mean probability of each expected answer's
     tokens, stored as ``confidence`` for information (the service has no live
     counterpart). ``generation_prompts`` and ``max_new_tokens`` bound the causal-lm

@@ -19,7 +19,7 @@ would report every sampled request as drift. The service compares each live gene
 with the reference of its own decoding (``service/drift/reference.py``).
 
 Generation stops at the same stop tokens as the engine
-(:func:`adapters.model_families.stop_token_ids`) or after ``max_new_tokens``; the service
+(:func:`loraswap.adapters.model_families.stop_token_ids`) or after ``max_new_tokens``; the service
 compares only the first ``max_new_tokens`` tokens of a live generation.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from training.tasks import TaskModel, set_inference
+from loraswap.training.tasks import TaskModel, set_inference
 
 GREEDY = "greedy"
 SAMPLED = "sampled"

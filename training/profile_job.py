@@ -16,17 +16,21 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.base_model import Quantization, load_base_model
-from adapters.package import AttentionMode
-from adapters.profile_jobs import ProfileJob, ProfileJobs
-from adapters.reference_data import ReferenceColumns, read_reference
-from adapters.registry import AdapterRegistry
-from adapters.retrain_runs import now_iso
-from adapters.store import ObjectStore, open_store
-from adapters.validation import BaseModelFingerprint, ValidationLimits
-from training.config import TASK_DEFAULTS
-from training.reference_profile import MAX_REFERENCE_TOKENS, ComputedProfile, profile_reference
-from training.tasks import load_task_model
+from loraswap.adapters.base_model import Quantization, load_base_model
+from loraswap.adapters.package import AttentionMode
+from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs
+from loraswap.adapters.reference_data import ReferenceColumns, read_reference
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.retrain_runs import now_iso
+from loraswap.adapters.store import ObjectStore, open_store
+from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.training.config import TASK_DEFAULTS
+from loraswap.training.reference_profile import (
+    MAX_REFERENCE_TOKENS,
+    ComputedProfile,
+    profile_reference,
+)
+from loraswap.training.tasks import load_task_model
 
 logger = logging.getLogger(__name__)
 

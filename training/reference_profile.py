@@ -8,7 +8,7 @@ of the adapter over the inputs gives each classifier input's predicted label and
 confidence (top-class probability, as the service reports it); the label distribution is
 the file's labels when it has them, else those predictions. A causal-lm adapter's
 confidence reference (mean probability of the expected answer's tokens) needs the answer
-column. The document itself comes from :func:`training.profile.build_profile`, called in
+column. The document itself comes from :func:`loraswap.training.profile.build_profile`, called in
 one place, :func:`compute_profile`.
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from adapters.model_families import stop_token_ids
-from adapters.package import TaskKind
-from adapters.reference_data import ReferenceRows
-from training.data import ChatExample, TextExample, TokenExample
-from training.evaluate import evaluate, forward_logits
-from training.profile import build_profile
-from training.tasks import (
+from loraswap.adapters.model_families import stop_token_ids
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.reference_data import ReferenceRows
+from loraswap.training.data import ChatExample, TextExample, TokenExample
+from loraswap.training.evaluate import evaluate, forward_logits
+from loraswap.training.profile import build_profile
+from loraswap.training.tasks import (
     IGNORE,
     Encoded,
     TaskModel,

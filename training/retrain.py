@@ -7,7 +7,7 @@ held-out share of the feedback), and promotes the candidate only if it is at lea
 good on the task's gate metric, in the metric's direction (accuracy and entity F1: higher
 is better; a causal LM's eval loss: lower is better); otherwise it registers it inactive
 with the reason. Every task goes through the same steps; what differs (the table, how a
-feedback row becomes a training row) is in :mod:`training.retrain_data`. Everything goes
+feedback row becomes a training row) is in :mod:`loraswap.training.retrain_data`. Everything goes
 into the run record. Imports ``adapters`` and ``training`` only, never ``service``.
 """
 
@@ -22,20 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.base_model import Quantization, load_base_model
-from adapters.errors import ConfigurationError
-from adapters.package import MANIFEST_FILE, TaskKind
-from adapters.registry import AdapterRegistry
-from adapters.retrain_runs import RunRecord, RunStore, now_iso
-from adapters.store import ObjectStore, open_store
-from adapters.training_data import read_parquet_batches, upload_to_store
-from adapters.validation import BaseModelFingerprint, ValidationLimits
-from training.config import TrainConfig
-from training.datasets_io import concatenate
-from training.metrics import SELECTION_METRIC
-from training.package_eval import evaluate_package
-from training.retrain_data import FEEDBACK_PREFIX, TASK_DATA, DataReading, TaskData
-from training.runner import run_training
+from loraswap.adapters.base_model import Quantization, load_base_model
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.adapters.package import MANIFEST_FILE, TaskKind
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.retrain_runs import RunRecord, RunStore, now_iso
+from loraswap.adapters.store import ObjectStore, open_store
+from loraswap.adapters.training_data import read_parquet_batches, upload_to_store
+from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.training.config import TrainConfig
+from loraswap.training.datasets_io import concatenate
+from loraswap.training.metrics import SELECTION_METRIC
+from loraswap.training.package_eval import evaluate_package
+from loraswap.training.retrain_data import FEEDBACK_PREFIX, TASK_DATA, DataReading, TaskData
+from loraswap.training.runner import run_training
 
 logger = logging.getLogger(__name__)
 # The settings of the active version's training that say how its data files are read.

@@ -4,7 +4,7 @@ One :class:`TaskData` per task turns the two sources into rows of one table:
 
 * the original data (the files ``loraswap train --push`` copied to the store), read
   through ``datasets`` (CSV/TSV/JSON/JSONL/Parquet; CoNLL, which ``datasets`` has no
-  packaged builder for, through :func:`training.data.read_conll`);
+  packaged builder for, through :func:`loraswap.training.data.read_conll`);
 * the labelled feedback rows (``service/drift/feedback.py`` writes them beside the
   capture: the input as the service received it, and ``label`` / ``text`` / ``labels``).
 
@@ -14,7 +14,7 @@ One :class:`TaskData` per task turns the two sources into rows of one table:
 | token-cls | ``tokens``, ``tags`` | ``labels``: one tag per word of the input | entity F1, higher |
 | causal-lm | ``messages`` | ``text``: the answer the prompt should get | eval loss, lower |
 
-The tables are written as JSONL with the column names :func:`training.data.load_examples`
+The tables are written as JSONL with the column names :func:`loraswap.training.data.load_examples`
 reads by default, so the candidate trains, and both versions are evaluated, through the
 ordinary training code.
 """
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adapters.package import TaskKind
-from adapters.words import split_words
-from training.data import chat_from_row, detect_format, read_conll
-from training.datasets_io import from_rows, load_table, select_as, text_label_table
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.words import split_words
+from loraswap.training.data import chat_from_row, detect_format, read_conll
+from loraswap.training.datasets_io import from_rows, load_table, select_as, text_label_table
 
 FEEDBACK_PREFIX = "feedback/"
 CHAT_ROLES = ("system", "user", "assistant")
@@ -141,7 +141,7 @@ class SeqClsData(TaskData):
 class TokenClsData(TaskData):
     """Sentences as words with one tag each.
 
-    Feedback ``labels`` tag the words of the input as :func:`adapters.words.split_words`
+    Feedback ``labels`` tag the words of the input as :func:`loraswap.adapters.words.split_words`
     splits it, the split training and serving (``text_split: words``) share.
     """
 

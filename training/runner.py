@@ -12,18 +12,18 @@ from typing import Any
 
 import torch
 
-from adapters.base_model import LoadedBaseModel, Quantization, load_base_model
-from adapters.errors import QuantizationUnavailableError
-from adapters.model_families import stop_token_ids
-from adapters.package import AdapterManifest, TaskKind
-from adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
-from training.config import TrainConfig
-from training.data import Example, label_names, load_examples, split_examples, subsample
-from training.evaluate import evaluate
-from training.loop import StepCallback, train_loop
-from training.package_writer import prepare_output, write_package
-from training.profile import build_profile
-from training.tasks import Encoded, TaskModel, build_task_model, encode_all
+from loraswap.adapters.base_model import LoadedBaseModel, Quantization, load_base_model
+from loraswap.adapters.errors import QuantizationUnavailableError
+from loraswap.adapters.model_families import stop_token_ids
+from loraswap.adapters.package import AdapterManifest, TaskKind
+from loraswap.adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.training.config import TrainConfig
+from loraswap.training.data import Example, label_names, load_examples, split_examples, subsample
+from loraswap.training.evaluate import evaluate
+from loraswap.training.loop import StepCallback, train_loop
+from loraswap.training.package_writer import prepare_output, write_package
+from loraswap.training.profile import build_profile
+from loraswap.training.tasks import Encoded, TaskModel, build_task_model, encode_all
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def read_splits(cfg: TrainConfig) -> Splits:
 
 def base_quantization(cfg: TrainConfig, cpu: CpuFeatures | None = None) -> PrecisionChoice:
     """The base model's quantization for ``cfg`` and why (``--precision auto``: from the CPU,
-    see :mod:`adapters.precision`; ``cpu`` defaults to this machine's features)."""
+    see :mod:`loraswap.adapters.precision`; ``cpu`` defaults to this machine's features)."""
     if cfg.qlora:
         return PrecisionChoice(Quantization.NF4.value, "nf4: --qlora")
     return choose_cpu_precision(cfg.precision, cpu or CpuFeatures.detect(),

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapters.base_model import LoadedBaseModel, Quantization
-from adapters.errors import ConfigurationError
-from adapters.package import TaskKind
-from adapters.words import SplitText
-from training.config import TrainConfig
-from training.data import ChatExample, Example, TextExample, TokenExample
+from loraswap.adapters.base_model import LoadedBaseModel, Quantization
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.words import SplitText
+from loraswap.training.config import TrainConfig
+from loraswap.training.data import ChatExample, Example, TextExample, TokenExample
 
 logger = logging.getLogger(__name__)
 

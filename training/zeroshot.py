@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from training.data import TextExample
-from training.metrics import classification_metrics
+from loraswap.training.data import TextExample
+from loraswap.training.metrics import classification_metrics
 
 
 def _rows(tokenizer: Any, example: TextExample, instruction: str,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from adapters.errors import ConfigurationError, StoreError
-from adapters.store.base import (
+from loraswap.adapters.errors import ConfigurationError, StoreError
+from loraswap.adapters.store.base import (
     ObjectStore,
     ObservedStore,
     SizedStore,
@@ -16,8 +16,8 @@ from adapters.store.base import (
     check_prefix,
     update_object,
 )
-from adapters.store.filesystem import FileSystemStore
-from adapters.store.s3 import S3Store
+from loraswap.adapters.store.filesystem import FileSystemStore
+from loraswap.adapters.store.s3 import S3Store
 
 __all__ = [
     "FileSystemStore",

@@ -23,8 +23,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from adapters.errors import StoreError
-from adapters.store.base import StoreKeyMissing, check_key, check_prefix
+from loraswap.adapters.errors import StoreError
+from loraswap.adapters.store.base import StoreKeyMissing, check_key, check_prefix
 
 logger = logging.getLogger(__name__)
 

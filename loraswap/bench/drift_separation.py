@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from adapters.precision import CpuFeatures
+from loraswap.adapters.precision import CpuFeatures
 from loraswap.bench.drift_overhead import ADMIN, HEADERS, REPO, free_port
 
 TENANT, ADAPTER = "acme", "classifier"

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.lora_format import LoraAdapterWeights, read_lora_adapter
+from loraswap.adapters.lora_format import LoraAdapterWeights, read_lora_adapter
 from loraswap.bench.report import LoadLatencyResult, RequestTiming, ScenarioResult
 from loraswap.bench.roofline import StepTotals
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.engine_thread import EngineThread
-from service.engine.observer import EngineObserver, NullObserver
-from service.engine.requests import GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.engine_thread import EngineThread
+from loraswap.service.engine.observer import EngineObserver, NullObserver
+from loraswap.service.engine.requests import GenerationRequest
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.engine.sampling import SamplingParams
 
 Adapter = tuple[AdapterKey, LoraAdapterWeights]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.precision import CpuFeatures
+from loraswap.adapters.precision import CpuFeatures
 
 
 @dataclass(frozen=True)

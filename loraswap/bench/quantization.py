@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from adapters.base_model import DEFAULT_BASE_MODEL_DIR
+from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
 
 MODES = ("fp32", "bf16", "int8", "nf4")
 PROMPTS = (
@@ -65,7 +65,7 @@ def _worker(mode: str, model_dir: Path, threads: int) -> dict[str, Any]:
     # difference is the model. bitsandbytes only where it would be used.
     import transformers  # noqa: F401
 
-    from adapters.base_model import Quantization, load_base_model
+    from loraswap.adapters.base_model import Quantization, load_base_model
 
     if mode in ("int8", "nf4"):
         import bitsandbytes  # noqa: F401
@@ -78,10 +78,10 @@ def _worker(mode: str, model_dir: Path, threads: int) -> dict[str, Any]:
     # at a time, so the figures are what a lone client sees.
     import asyncio
 
-    from service.engine.engine import EngineConfig, LoraEngine
-    from service.engine.observer import NullObserver
-    from service.engine.requests import GenerationRequest
-    from service.engine.sampling import SamplingParams
+    from loraswap.service.engine.engine import EngineConfig, LoraEngine
+    from loraswap.service.engine.observer import NullObserver
+    from loraswap.service.engine.requests import GenerationRequest
+    from loraswap.service.engine.sampling import SamplingParams
 
     engine = LoraEngine(model, tokenizer, EngineConfig(max_loras=1, max_batch_size=1,
                                                        max_model_len=512), NullObserver())

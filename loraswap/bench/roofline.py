@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from service.engine.observer import NullObserver, StepKind
+from loraswap.service.engine.observer import NullObserver, StepKind
 
 PEAK_GEMM_SIZE = 2048
 PEAK_REPEATS = 3

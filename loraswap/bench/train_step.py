@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from training.config import build_config
-from training.runner import load_base
-from training.tasks import build_task_model
+from loraswap.training.config import build_config
+from loraswap.training.runner import load_base
+from loraswap.training.tasks import build_task_model
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.demo import DEFAULT_TARGETS, write_random_adapter
-from adapters.lora_format import CONFIG_FILE, LLAMA_PROJECTIONS, WEIGHTS_FILE
+from loraswap.adapters.demo import DEFAULT_TARGETS, write_random_adapter
+from loraswap.adapters.lora_format import CONFIG_FILE, LLAMA_PROJECTIONS, WEIGHTS_FILE
 
 SENTENCES: tuple[str, ...] = (
     "The old lighthouse keeper climbed the spiral stairs every evening at dusk.",
@@ -111,7 +111,7 @@ def ensure_adapters(root: Path, base_dir: Path, count: int, spec: AdapterSpec) -
 def load_base(path: Path, device: str = "cpu", precision: str = "bf16") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) in ``precision`` (bf16 or fp32): the one place the
     benchmark loads it."""
-    from adapters.base_model import Quantization, load_base_model
+    from loraswap.adapters.base_model import Quantization, load_base_model
 
     loaded = load_base_model(path, Quantization(precision), device)
     return loaded.model, loaded.tokenizer

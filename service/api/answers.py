@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from service.api.protocol import Usage
-from service.api.protocol_openai import FinishReason
-from service.engine.requests import GenerationEvent
+from loraswap.service.api.protocol import Usage
+from loraswap.service.api.protocol_openai import FinishReason
+from loraswap.service.engine.requests import GenerationEvent
 
 
 def new_request_id(prefix: str) -> str:
@@ -19,7 +19,7 @@ def new_request_id(prefix: str) -> str:
 
     The first 8 hex digits are the UNIX second the id was minted, the other 16 are random:
     feedback finds a captured prediction's index entry in the bucket of that minute
-    without any other lookup (:mod:`service.drift.capture_index`).
+    without any other lookup (:mod:`loraswap.service.drift.capture_index`).
     """
     return f"{prefix}-{int(time.time()) & 0xFFFFFFFF:08x}{secrets.token_hex(8)}"
 

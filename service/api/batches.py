@@ -16,10 +16,10 @@ from typing import Generic, TypeVar
 
 from fastapi import Request
 
-from service.engine.classify import ClassificationResult, ClassificationStream
-from service.engine.engine import LoraEngine
-from service.engine.requests import GenerationEvent, RequestStream
-from service.errors import RequestCancelledError
+from loraswap.service.engine.classify import ClassificationResult, ClassificationStream
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.engine.requests import GenerationEvent, RequestStream
+from loraswap.service.errors import RequestCancelledError
 
 T = TypeVar("T")
 S = TypeVar("S", RequestStream, ClassificationStream)

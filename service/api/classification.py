@@ -5,14 +5,14 @@ the tokenizer's own ``add_special_tokens`` default and *no* chat template, becau
 trainer tokenizes its training texts the same way (``tokenizer(text)``); any other
 rendering would feed the head token sequences it never saw. The one exception is a
 token-cls adapter with ``text_split: words``: its text is first split into words and
-punctuation and joined with single spaces (:class:`adapters.words.SplitText`), as its
+punctuation and joined with single spaces (:class:`loraswap.adapters.words.SplitText`), as its
 training sentences were, and the token offsets are mapped back onto the text as sent.
 
 token-cls answers entities: each token's most probable tag, BIO tags merged into spans
 the way seqeval's default (lenient) mode does, with character offsets from the fast
 tokenizer's offset mapping. For drift it also reads one tag per *word* (the tag of the
 word's first token, as training evaluates and profiles a tagger): a word is a piece of
-the word split (:func:`adapters.words.split_words`), the words token-cls feedback tags.
+the word split (:func:`loraswap.adapters.words.split_words`), the words token-cls feedback tags.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.errors import ConfigurationError, InvalidRequestError
-from adapters.words import WORD_PIECE, SplitText
-from service.api.prompts import PromptLimits
-from service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
-from service.drift.records import WordPredictions
-from service.errors import InputTooLongError
+from loraswap.adapters.errors import ConfigurationError, InvalidRequestError
+from loraswap.adapters.words import WORD_PIECE, SplitText
+from loraswap.service.api.prompts import PromptLimits
+from loraswap.service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
+from loraswap.service.drift.records import WordPredictions
+from loraswap.service.errors import InputTooLongError
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class EncodedInput:
 def word_starts(text: str, spans: list[tuple[int, int]]) -> list[int]:
     """Positions of the tokens that begin a word of ``text`` (the text as tokenized): a
     token whose first non-space character opens a piece of the word split (runs of letters
-    and digits, every other visible character alone; :mod:`adapters.words`). Special
+    and digits, every other visible character alone; :mod:`loraswap.adapters.words`). Special
     tokens (empty spans) and spaces alone begin none."""
     openings = {match.start() for match in WORD_PIECE.finditer(text)}
     starts = []

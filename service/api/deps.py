@@ -1,6 +1,6 @@
 """FastAPI dependencies as ``Annotated`` aliases, so routes stay one-liners.
 
-Callers are authenticated by the gate (:mod:`service.api.gate`) before the body is read;
+Callers are authenticated by the gate (:mod:`loraswap.service.api.gate`) before the body is read;
 these dependencies hand its result to the routes and declare the bearer schemes for the
 OpenAPI documentation. They are coroutines: FastAPI runs a plain ``def`` dependency on its
 thread pool, a thread hop per dependency per request, which under load waits for the GIL
@@ -15,11 +15,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.serving_admin import AdminService
-from service.api.serving_openai import OpenAIServing
-from service.api.serving_predict import PredictService
-from service.auth import Tenant, check_admin_token
-from service.state import ServiceState, ServingComponents
+from loraswap.service.api.serving_admin import AdminService
+from loraswap.service.api.serving_openai import OpenAIServing
+from loraswap.service.api.serving_predict import PredictService
+from loraswap.service.auth import Tenant, check_admin_token
+from loraswap.service.state import ServiceState, ServingComponents
 
 # auto_error=False: a missing key is our AuthenticationError (401, right body), not FastAPI's.
 _bearer = HTTPBearer(auto_error=False,

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from adapters.errors import (
+from loraswap.adapters.errors import (
     AdapterValidationError,
     ConflictError,
     InvalidRequestError,
@@ -30,7 +30,7 @@ from adapters.errors import (
     PermissionDeniedError,
     StoreError,
 )
-from service.errors import (
+from loraswap.service.errors import (
     AuthenticationError,
     InputTooLongError,
     NotReadyError,

@@ -25,9 +25,9 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
-from adapters.errors import PermissionDeniedError
-from service.api.errors import ErrorFormat
-from service.auth import Authenticator, check_admin_token
+from loraswap.adapters.errors import PermissionDeniedError
+from loraswap.service.api.errors import ErrorFormat
+from loraswap.service.auth import Authenticator, check_admin_token
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MULTIPART_OVERHEAD = 1 << 20

@@ -7,7 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import ServiceMetrics
+from loraswap.service.metrics import ServiceMetrics
 
 NO_ADAPTER = "-"
 """The label of requests that resolved no adapter (refused, unknown, not inference)."""

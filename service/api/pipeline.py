@@ -2,7 +2,7 @@
 
 Every inference request, native or OpenAI, goes the same way:
 
-1. **authenticate** — :mod:`service.api.gate`, before the body is read;
+1. **authenticate** — :mod:`loraswap.service.api.gate`, before the body is read;
 2. **resolve** — the adapter name becomes a :class:`ServingTarget`, exactly once;
 3. **check** — the API's rules for that target (task, parameters), before any cost;
 4. **admit** — a lease on the tenant's rate and concurrency limits, counted per input, and
@@ -10,8 +10,9 @@ Every inference request, native or OpenAI, goes the same way:
 5. **submit** — tokenized off the event loop, weights decoded, queued in those places;
 6. **render** — the whole answer or a stream, and the lease given back when it ends.
 
-The API modules (:mod:`service.api.serving_predict`, :mod:`service.api.serving_openai`)
-only translate their protocol into a :class:`RequestPlan` and the engine's results back.
+The API modules (:mod:`loraswap.service.api.serving_predict`,
+:mod:`loraswap.service.api.serving_openai`) only translate their protocol into a
+:class:`RequestPlan` and the engine's results back.
 """
 
 from __future__ import annotations
@@ -26,18 +27,18 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from adapters.errors import InvalidRequestError
-from service.adapter_source import AdapterResolver
-from service.api.batches import ClassificationBatch, SubmittedBatch, until_disconnect
-from service.auth import Tenant, check_access, fairness_key
-from service.engine.classify import ClassificationRequest, ClassificationStream
-from service.engine.engine import LoraEngine
-from service.engine.fair_queue import QueuePlaces
-from service.engine.requests import GenerationRequest, RequestStream
-from service.engine.sampling import SamplingParams
-from service.limits import Lease, TenantLimiter
-from service.metrics import ServiceMetrics
-from service.targets import ServingTarget
+from loraswap.adapters.errors import InvalidRequestError
+from loraswap.service.adapter_source import AdapterResolver
+from loraswap.service.api.batches import ClassificationBatch, SubmittedBatch, until_disconnect
+from loraswap.service.auth import Tenant, check_access, fairness_key
+from loraswap.service.engine.classify import ClassificationRequest, ClassificationStream
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.requests import GenerationRequest, RequestStream
+from loraswap.service.engine.sampling import SamplingParams
+from loraswap.service.limits import Lease, TenantLimiter
+from loraswap.service.metrics import ServiceMetrics
+from loraswap.service.targets import ServingTarget
 
 T = TypeVar("T")
 

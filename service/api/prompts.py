@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.errors import InvalidRequestError
-from service.engine.sampling import SamplingParams
-from service.errors import InputTooLongError
+from loraswap.adapters.errors import InvalidRequestError
+from loraswap.service.engine.sampling import SamplingParams
+from loraswap.service.errors import InputTooLongError
 
 MAX_CHARS_PER_TOKEN = 32
 """A text longer than this many characters per allowed token is refused before any work:

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from adapters.package import TaskKind
-from service.engine.detokenizer import MAX_STOP_CHARS
+from loraswap.adapters.package import TaskKind
+from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
 
 # Sampling seeds feed a 64-bit generator (torch.Generator.manual_seed); larger ones overflow.
 SEED_MAX = 2**64 - 1

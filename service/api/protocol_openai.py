@@ -19,8 +19,8 @@ from pydantic import (
     model_serializer,
 )
 
-from service.api.protocol import Seed, UnicodeText, Usage
-from service.engine.detokenizer import MAX_STOP_CHARS
+from loraswap.service.api.protocol import Seed, UnicodeText, Usage
+from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
 
 ModelTask = str
 """What a model does: "causal-lm", "seq-cls" or "token-cls" (``adapters.package.TaskKind``)."""

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from service.api.deps import PredictServiceDep, StateDep, TenantDep
-from service.api.gate import NativeRoute
-from service.api.protocol import ErrorResponse, PredictRequest, PredictResponse
+from loraswap.service.api.deps import PredictServiceDep, StateDep, TenantDep
+from loraswap.service.api.gate import NativeRoute
+from loraswap.service.api.protocol import ErrorResponse, PredictRequest, PredictResponse
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422, 429, 503)

@@ -6,12 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
-from adapters.package import TaskKind
-from adapters.validation import ManifestDefaults
-from service.api.deps import AdminServiceDep, require_admin
-from service.api.gate import AdminRoute
-from service.api.protocol import ErrorResponse
-from service.api.protocol_admin import (
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.validation import ManifestDefaults
+from loraswap.service.api.deps import AdminServiceDep, require_admin
+from loraswap.service.api.gate import AdminRoute
+from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
     CreateTenantRequest,

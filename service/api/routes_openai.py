@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from service.api.deps import OpenAIServingDep, TenantDep
-from service.api.gate import OpenAIRoute
-from service.api.protocol_openai import (
+from loraswap.service.api.deps import OpenAIServingDep, TenantDep
+from loraswap.service.api.gate import OpenAIRoute
+from loraswap.service.api.protocol_openai import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,

@@ -13,17 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from adapters.archive import extract_upload, write_uploaded_files
-from adapters.errors import (
+from loraswap.adapters.archive import extract_upload, write_uploaded_files
+from loraswap.adapters.errors import (
     AdapterValidationError,
     ConflictError,
     InvalidRequestError,
     PayloadTooLargeError,
 )
-from adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
-from adapters.tenants import TenantDirectory, TenantPolicy, TenantRecord
-from adapters.validation import ManifestDefaults, ValidationLimits
-from service.api.protocol_admin import (
+from loraswap.adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
+from loraswap.adapters.tenants import TenantDirectory, TenantPolicy, TenantRecord
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
+from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
     CreateTenantRequest,
@@ -33,9 +33,9 @@ from service.api.protocol_admin import (
     TenantKey,
     TenantPolicyBody,
 )
-from service.engine.engine import LoraEngine
-from service.metrics import ServiceMetrics
-from service.registry_sync import RegistryWatcher
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.metrics import ServiceMetrics
+from loraswap.service.registry_sync import RegistryWatcher
 
 logger = logging.getLogger(__name__)
 

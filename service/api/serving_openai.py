@@ -18,21 +18,21 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from adapters.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
-from adapters.package import TaskKind
-from service.api.answers import (
+from loraswap.adapters.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
+from loraswap.adapters.package import TaskKind
+from loraswap.service.api.answers import (
     SSE_DONE,
     finish_reason,
     new_request_id,
     sse_data,
     usage_of,
 )
-from service.api.batches import SubmittedBatch
-from service.api.errors import ErrorFormat, error_body, status_for
-from service.api.pipeline import ServingPipeline
-from service.api.prompts import PromptBuilder
-from service.api.protocol import Usage
-from service.api.protocol_openai import (
+from loraswap.service.api.batches import SubmittedBatch
+from loraswap.service.api.errors import ErrorFormat, error_body, status_for
+from loraswap.service.api.pipeline import ServingPipeline
+from loraswap.service.api.prompts import PromptBuilder
+from loraswap.service.api.protocol import Usage
+from loraswap.service.api.protocol_openai import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -50,12 +50,12 @@ from service.api.protocol_openai import (
     ModelTask,
     SamplingFields,
 )
-from service.auth import Tenant
-from service.drift.records import PredictionSink, submit_generations
-from service.engine.fair_queue import QueuePlaces
-from service.engine.requests import GenerationEvent
-from service.engine.sampling import SamplingParams
-from service.targets import BASE_TARGET, ServingTarget
+from loraswap.service.auth import Tenant
+from loraswap.service.drift.records import PredictionSink, submit_generations
+from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.requests import GenerationEvent
+from loraswap.service.engine.sampling import SamplingParams
+from loraswap.service.targets import BASE_TARGET, ServingTarget
 
 GENERATIVE: ModelTask = "causal-lm"
 

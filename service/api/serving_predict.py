@@ -3,7 +3,7 @@
 The adapter's task decides what a request does: a causal-lm adapter (or the base model)
 generates text; a seq-cls adapter classifies each input; a token-cls adapter labels the
 entities of each input. Classification takes raw texts only (no chat template, see
-:mod:`service.api.classification`) and refuses generation parameters and ``stream``.
+:mod:`loraswap.service.api.classification`) and refuses generation parameters and ``stream``.
 """
 
 from __future__ import annotations
@@ -16,39 +16,39 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from adapters.errors import InvalidRequestError, LoraswapError
-from adapters.package import TaskKind, TextSplit
-from service.api.answers import (
+from loraswap.adapters.errors import InvalidRequestError, LoraswapError
+from loraswap.adapters.package import TaskKind, TextSplit
+from loraswap.service.api.answers import (
     finish_reason,
     new_request_id,
     prompt_usage,
     sse_event,
     usage_of,
 )
-from service.api.batches import ClassificationBatch, SubmittedBatch
-from service.api.classification import (
+from loraswap.service.api.batches import ClassificationBatch, SubmittedBatch
+from loraswap.service.api.classification import (
     EncodedInput,
     encode_input,
     sequence_output,
     token_output,
     word_predictions,
 )
-from service.api.pipeline import Prepared, ServingPipeline
-from service.api.prompts import PromptBuilder
-from service.api.protocol import (
+from loraswap.service.api.pipeline import Prepared, ServingPipeline
+from loraswap.service.api.prompts import PromptBuilder
+from loraswap.service.api.protocol import (
     PredictOutput,
     PredictRequest,
     PredictResponse,
     SequenceClassOutput,
     TokenClassOutput,
 )
-from service.auth import Tenant
-from service.drift.records import PredictionSink, submit_answer
-from service.engine.classify import ClassificationResult
-from service.engine.fair_queue import QueuePlaces
-from service.engine.requests import GenerationEvent
-from service.engine.sampling import SamplingParams
-from service.targets import ServingTarget
+from loraswap.service.auth import Tenant
+from loraswap.service.drift.records import PredictionSink, submit_answer
+from loraswap.service.engine.classify import ClassificationResult
+from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.requests import GenerationEvent
+from loraswap.service.engine.sampling import SamplingParams
+from loraswap.service.targets import ServingTarget
 
 
 def _error_event(exc: LoraswapError) -> str:

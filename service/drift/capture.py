@@ -9,13 +9,13 @@ Layout (keys under the registry's store):
   captured prediction belongs to, with its input and predicted label, so feedback is
   checked and joined without scanning batches. One JSON line per captured input, one
   object per write and minute bucket (the minute is read from the prediction id), so a
-  lookup reads one bucket: see :mod:`service.drift.capture_index`. Objects of the earlier
+  lookup reads one bucket: see :mod:`loraswap.service.drift.capture_index`. Objects of the earlier
   one-per-input layout (``captures/index/{id}-{index}.json``) are still found;
 * ``feedback/{tenant}/{adapter}/batch-{utc}-{random}.parquet``: ground truth beside the
   capture (prediction id, version, input, label or text, predicted label, time).
 
 Everything is written by one writer thread (never the event loop, which only appends each
-answer's records to a :class:`~service.drift.handoff.Handoff`): a tenant/adapter batch
+answer's records to a :class:`~loraswap.service.drift.handoff.Handoff`): a tenant/adapter batch
 when ``batch_rows`` rows wait, the index when ``batch_rows`` entries wait, and everything
 every ``flush_seconds``, on :meth:`CaptureWriter.flush` and at shutdown. So capture costs
 O(inputs / batch_rows + flushes) store writes, never one per input; nothing is rewritten.
@@ -40,10 +40,10 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adapters.store import ObjectStore
-from service.drift.capture_index import CapturedPrediction, CaptureIndex
-from service.drift.handoff import POLL_SECONDS, Handoff
-from service.drift.records import PredictionRecord
+from loraswap.adapters.store import ObjectStore
+from loraswap.service.drift.capture_index import CapturedPrediction, CaptureIndex
+from loraswap.service.drift.handoff import POLL_SECONDS, Handoff
+from loraswap.service.drift.records import PredictionRecord
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 of the prediction id.
 
 An answer id starts with the second it was minted (``pred-<8 hex seconds><16 hex>``, see
-:func:`service.api.answers.new_request_id`), so both the writer and any replica that later
+:func:`loraswap.service.api.answers.new_request_id`), so both the writer and any replica that later
 receives feedback derive the same bucket from the id alone:
 
 * ``capture-index/{YYYYmmddTHHMM}/{utc}-{random}.jsonl``: one JSON line per captured input
@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from adapters.store import ObjectStore
-from adapters.store.base import StoreKeyMissing
+from loraswap.adapters.store import ObjectStore
+from loraswap.adapters.store.base import StoreKeyMissing
 
 INDEX_PREFIX = "capture-index/"
 LEGACY_INDEX_PREFIX = "captures/index/"

@@ -11,11 +11,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adapters.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
-from adapters.words import split_words
-from service.drift.capture import CapturedPrediction, CaptureWriter
-from service.drift.metrics import DriftMetrics
-from service.drift.records import AdapterVersionRef
+from loraswap.adapters.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
+from loraswap.adapters.words import split_words
+from loraswap.service.drift.capture import CapturedPrediction, CaptureWriter
+from loraswap.service.drift.metrics import DriftMetrics
+from loraswap.service.drift.records import AdapterVersionRef
 
 PREDICTION_ID = re.compile(r"^(pred|cmpl|chatcmpl)-[A-Za-z0-9]{1,64}$")
 # Words of one token-cls feedback at most (an input longer than this is not trainable

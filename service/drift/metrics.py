@@ -15,7 +15,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from service.drift.records import AdapterVersionRef
+from loraswap.service.drift.records import AdapterVersionRef
 
 VERSION_LABELS = ("tenant", "adapter", "version")
 

@@ -2,7 +2,7 @@
 
 All scoring runs here, never on the event loop nor on the engine thread, and uses numpy
 only (a second thread running torch ops slows the engine's steps, see README). The
-request path only appends to a :class:`~service.drift.handoff.Handoff` (no lock, no
+request path only appends to a :class:`~loraswap.service.drift.handoff.Handoff` (no lock, no
 wake-up: the thread drains it every ``POLL_SECONDS``); a full hand-off drops the record
 and counts it.
 """
@@ -16,10 +16,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.drift.handoff import POLL_SECONDS, Handoff
-from service.drift.metrics import DriftMetrics
-from service.drift.records import AdapterVersionRef, PredictionRecord
-from service.drift.reference import (
+from loraswap.service.drift.handoff import POLL_SECONDS, Handoff
+from loraswap.service.drift.metrics import DriftMetrics
+from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.reference import (
     CONFIDENCE,
     EMBEDDING,
     INPUT_LENGTH,
@@ -28,8 +28,8 @@ from service.drift.reference import (
     TOKEN_LOGPROB,
     ReferenceProfile,
 )
-from service.drift.scores import bin_counts, js_distance, mmd_rbf, psi
-from service.drift.windows import VersionWindow
+from loraswap.service.drift.scores import bin_counts, js_distance, mmd_rbf, psi
+from loraswap.service.drift.windows import VersionWindow
 
 logger = logging.getLogger(__name__)
 

@@ -12,22 +12,22 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.errors import NotFoundError
-from adapters.package import PROFILE_FILE
-from adapters.profile_jobs import ProfileJob, ProfileJobs
-from adapters.registry import AdapterRegistry
-from adapters.retrain_runs import RunStore
-from adapters.tenants import TenantDirectory
-from service.drift.capture import CaptureWriter
-from service.drift.feedback import FeedbackService
-from service.drift.launchers import KubernetesLauncher, Launcher, LocalLauncher
-from service.drift.metrics import DriftMetrics
-from service.drift.monitor import DriftConfig, DriftMonitor
-from service.drift.profiles import ProfileService
-from service.drift.records import AdapterVersionRef, PredictionRecord
-from service.drift.reference import ReferenceProfile, parse_profile
-from service.drift.retrain import DriftScores, FlushFeedback, RetrainService
-from service.settings import Settings
+from loraswap.adapters.errors import NotFoundError
+from loraswap.adapters.package import PROFILE_FILE
+from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.retrain_runs import RunStore
+from loraswap.adapters.tenants import TenantDirectory
+from loraswap.service.drift.capture import CaptureWriter
+from loraswap.service.drift.feedback import FeedbackService
+from loraswap.service.drift.launchers import KubernetesLauncher, Launcher, LocalLauncher
+from loraswap.service.drift.metrics import DriftMetrics
+from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
+from loraswap.service.drift.profiles import ProfileService
+from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.reference import ReferenceProfile, parse_profile
+from loraswap.service.drift.retrain import DriftScores, FlushFeedback, RetrainService
+from loraswap.service.settings import Settings
 
 
 class CapturePolicies:

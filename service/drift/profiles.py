@@ -18,18 +18,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import ConflictError
-from adapters.package import PROFILE_FILE, AdapterManifest
-from adapters.profile_jobs import ProfileJob, ProfileJobs, reference_key
-from adapters.reference_data import (
+from loraswap.adapters.errors import ConflictError
+from loraswap.adapters.package import PROFILE_FILE, AdapterManifest
+from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs, reference_key
+from loraswap.adapters.reference_data import (
     ReferenceColumns,
     ReferenceRows,
     check_file_name,
     read_reference,
 )
-from adapters.registry import AdapterRegistry, check_version_number
-from adapters.retrain_runs import now_iso
-from service.drift.launchers import ProfileLauncher
+from loraswap.adapters.registry import AdapterRegistry, check_version_number
+from loraswap.adapters.retrain_runs import now_iso
+from loraswap.service.drift.launchers import ProfileLauncher
 
 logger = logging.getLogger(__name__)
 

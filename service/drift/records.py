@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.drift.scores import FloatArray
+from loraswap.service.drift.scores import FloatArray
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def decoding_of(params: Any) -> str | None:
     with (another temperature or top_p, stop strings, ``ignore_eos``): their outputs are
     not comparable with the reference's, so they feed no generation signal.
 
-    ``params`` is the request's :class:`service.engine.sampling.SamplingParams`.
+    ``params`` is the request's :class:`loraswap.service.engine.sampling.SamplingParams`.
     """
     if params.stop or params.ignore_eos:
         return None

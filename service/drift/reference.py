@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from service.drift.scores import FloatArray, median_bandwidth
+from loraswap.service.drift.scores import FloatArray, median_bandwidth
 
 # Signal names (the ``signal`` label of loraswap_drift_score).
 INPUT_LENGTH = "input_length"

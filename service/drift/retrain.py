@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.errors import ConflictError, InvalidRequestError
-from adapters.package import SAFE_NAME
-from adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
-from service.drift.launchers import Launcher
+from loraswap.adapters.errors import ConflictError, InvalidRequestError
+from loraswap.adapters.package import SAFE_NAME
+from loraswap.adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from loraswap.service.drift.launchers import Launcher
 
 logger = logging.getLogger(__name__)
 

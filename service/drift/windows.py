@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.drift.records import PredictionRecord
-from service.drift.reference import ReferenceProfile
-from service.drift.scores import FloatArray
+from loraswap.service.drift.records import PredictionRecord
+from loraswap.service.drift.reference import ReferenceProfile
+from loraswap.service.drift.scores import FloatArray
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
-from adapters.compatibility import check_head
-from adapters.errors import LoraswapError
-from adapters.lora_format import ClassificationHead, LoraAdapterWeights
-from adapters.package import AttentionMode, TaskKind
-from service.engine.observer import EngineObserver
-from service.engine.residency import AdapterKey, LoraSlotManager
-from service.engine.runner import LlamaRunner
+from loraswap.adapters.compatibility import check_head
+from loraswap.adapters.errors import LoraswapError
+from loraswap.adapters.lora_format import ClassificationHead, LoraAdapterWeights
+from loraswap.adapters.package import AttentionMode, TaskKind
+from loraswap.service.engine.observer import EngineObserver
+from loraswap.service.engine.residency import AdapterKey, LoraSlotManager
+from loraswap.service.engine.runner import LlamaRunner
 
 
 @dataclass

@@ -9,20 +9,20 @@ from typing import Any, TypeVar
 
 import torch
 
-from adapters.compatibility import check_head
-from adapters.lora_format import LoraAdapterWeights
-from adapters.model_families import stop_token_ids
-from service.engine.classify import ClassificationRequest, ClassificationStream
-from service.engine.detokenizer import Tokenizer
-from service.engine.engine_thread import EngineThread
-from service.engine.fair_queue import QueuePlaces
-from service.engine.lora_slots import LoraSlotTable
-from service.engine.observer import EngineObserver
-from service.engine.requests import GenerationRequest, RequestStream
-from service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
-from service.engine.runner import KvCache, LlamaRunner, model_shape, projection_groups
-from service.engine.scheduler import ContinuousBatchScheduler
-from service.engine.sequences import SchedulerConfig
+from loraswap.adapters.compatibility import check_head
+from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.adapters.model_families import stop_token_ids
+from loraswap.service.engine.classify import ClassificationRequest, ClassificationStream
+from loraswap.service.engine.detokenizer import Tokenizer
+from loraswap.service.engine.engine_thread import EngineThread
+from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.lora_slots import LoraSlotTable
+from loraswap.service.engine.observer import EngineObserver
+from loraswap.service.engine.requests import GenerationRequest, RequestStream
+from loraswap.service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
+from loraswap.service.engine.runner import KvCache, LlamaRunner, model_shape, projection_groups
+from loraswap.service.engine.scheduler import ContinuousBatchScheduler
+from loraswap.service.engine.sequences import SchedulerConfig
 
 T = TypeVar("T")
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from adapters.compatibility import check_rank
-from adapters.errors import AdapterIncompatibleError
-from adapters.lora_format import LoraAdapterWeights
+from loraswap.adapters.compatibility import check_rank
+from loraswap.adapters.errors import AdapterIncompatibleError
+from loraswap.adapters.lora_format import LoraAdapterWeights
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from adapters.errors import LoraswapError
-from adapters.lora_format import LoraAdapterWeights
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams
-from service.errors import RequestCancelledError
+from loraswap.adapters.errors import LoraswapError
+from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.engine.sampling import SamplingParams
+from loraswap.service.errors import RequestCancelledError
 
 
 @dataclass
@@ -39,7 +39,7 @@ class GenerationEvent:
 
     The last event also carries the drift hooks of the whole sequence (see
     ``docs/drift.md``): ``token_logprobs``, the log-probability of every generated token
-    under the model's own distribution (:func:`service.engine.sampling.chosen_logprobs`),
+    under the model's own distribution (:func:`loraswap.service.engine.sampling.chosen_logprobs`),
     and ``embedding``, the prompt's mean-pooled final-normed hidden state from its prefill.
     """
 

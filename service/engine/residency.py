@@ -15,9 +15,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from adapters.lora_format import LoraAdapterWeights
-from service.engine.lora_slots import LoraSlotTable
-from service.engine.observer import EngineObserver
+from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.service.engine.lora_slots import LoraSlotTable
+from loraswap.service.engine.observer import EngineObserver
 
 
 @dataclass(frozen=True)

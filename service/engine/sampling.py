@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapters.errors import InvalidRequestError, LoraswapError
-from service.engine.detokenizer import MAX_STOP_CHARS
-from service.errors import RowFailedError
+from loraswap.adapters.errors import InvalidRequestError, LoraswapError
+from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
+from loraswap.service.errors import RowFailedError
 
 GREEDY_BELOW = 1e-4
 """Temperatures below this are greedy decoding: dividing logits by a tiny positive

@@ -24,22 +24,22 @@ from typing import TypeVar
 
 import torch
 
-from adapters.errors import LoraswapError
-from service.engine.classify import (
+from loraswap.adapters.errors import LoraswapError
+from loraswap.service.engine.classify import (
     BatchClassifier,
     ClassificationRequest,
     ClassificationStream,
     PendingClassification,
 )
-from service.engine.detokenizer import IncrementalText, Tokenizer
-from service.engine.fair_queue import FairQueue, QueuePlaces
-from service.engine.observer import EngineObserver
-from service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
-from service.engine.residency import LoraSlotManager
-from service.engine.runner import LlamaRunner
-from service.engine.sampling import TokenSampler, chosen_logprobs, sample_rows
-from service.engine.sequences import GenerationSequence, SchedulerConfig
-from service.errors import NotReadyError, OverloadedError, RequestCancelledError
+from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
+from loraswap.service.engine.fair_queue import FairQueue, QueuePlaces
+from loraswap.service.engine.observer import EngineObserver
+from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
+from loraswap.service.engine.residency import LoraSlotManager
+from loraswap.service.engine.runner import LlamaRunner
+from loraswap.service.engine.sampling import TokenSampler, chosen_logprobs, sample_rows
+from loraswap.service.engine.sequences import GenerationSequence, SchedulerConfig
+from loraswap.service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
 

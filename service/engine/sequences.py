@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.engine.detokenizer import IncrementalText
-from service.engine.requests import GenerationRequest, RequestStream
-from service.engine.sampling import TokenSampler
+from loraswap.service.engine.detokenizer import IncrementalText
+from loraswap.service.engine.requests import GenerationRequest, RequestStream
+from loraswap.service.engine.sampling import TokenSampler
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 import time
 
-from adapters.store import ObjectStore, open_store
-from adapters.tenants import TenantDirectory, TenantPolicy
+from loraswap.adapters.store import ObjectStore, open_store
+from loraswap.adapters.tenants import TenantDirectory, TenantPolicy
 
 READ_DELAY_S = 0.02
 

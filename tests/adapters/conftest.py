@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from adapters.demo import write_random_adapter
-from adapters.errors import LoraswapError
-from adapters.package import (
+from loraswap.adapters.demo import write_random_adapter
+from loraswap.adapters.errors import LoraswapError
+from loraswap.adapters.package import (
     MANIFEST_FILE,
     AdapterManifest,
     BaseModelRef,
@@ -24,9 +24,9 @@ from adapters.package import (
     read_manifest,
     write_manifest,
 )
-from adapters.registry import AdapterRegistry
-from adapters.store import FileSystemStore, ObjectStore, open_store
-from adapters.validation import BaseModelFingerprint
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.store import FileSystemStore, ObjectStore, open_store
+from loraswap.adapters.validation import BaseModelFingerprint
 from tests.s3_server import S3Server
 
 

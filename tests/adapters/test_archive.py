@@ -12,11 +12,11 @@ from typing import Literal
 
 import pytest
 
-from adapters.archive import extract_upload, write_uploaded_files
-from adapters.errors import AdapterValidationError, PayloadTooLargeError
-from adapters.registry import AdapterRegistry
-from adapters.store import FileSystemStore
-from adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.archive import extract_upload, write_uploaded_files
+from loraswap.adapters.errors import AdapterValidationError, PayloadTooLargeError
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.store import FileSystemStore
+from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
 from tests.adapters.conftest import PackageBuilder, snapshot
 
 LIMITS = ValidationLimits()

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from adapters import base_model
-from adapters.base_model import (
+from loraswap.adapters import base_model
+from loraswap.adapters.base_model import (
     MANIFEST_NAME,
     BaseModelInfo,
     Quantization,
@@ -23,8 +23,8 @@ from adapters.base_model import (
     resolve_quantization,
     weights_sha256,
 )
-from adapters.errors import ModelLoadError, QuantizationUnavailableError
-from adapters.precision import CpuFeatures
+from loraswap.adapters.errors import ModelLoadError, QuantizationUnavailableError
+from loraswap.adapters.precision import CpuFeatures
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.errors import AdapterNotFoundError, ConflictError, NotFoundError
-from adapters.registry import AdapterRegistry
-from adapters.store import ObjectStore
-from adapters.tenants import TenantDirectory, TenantPolicy
-from adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.errors import AdapterNotFoundError, ConflictError, NotFoundError
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.store import ObjectStore
+from loraswap.adapters.tenants import TenantDirectory, TenantPolicy
+from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
 from tests.adapters.cas_worker import SlowReadsStore
 from tests.adapters.conftest import PackageBuilder
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.archive import extract_upload
-from adapters.errors import AdapterValidationError, PayloadTooLargeError
-from adapters.validation import ValidationLimits
+from loraswap.adapters.archive import extract_upload
+from loraswap.adapters.errors import AdapterValidationError, PayloadTooLargeError
+from loraswap.adapters.validation import ValidationLimits
 
 LIMITS = ValidationLimits()
 HEADER_BOMB_BYTES = 64 * 2**20

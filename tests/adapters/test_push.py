@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.errors import AdapterValidationError
-from adapters.package import TaskKind
-from adapters.push import PlainPeftHints, PushRefusedError, PushTarget, push_package
+from loraswap.adapters.errors import AdapterValidationError
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.push import PlainPeftHints, PushRefusedError, PushTarget, push_package
 
 TARGET = PushTarget(server="http://svc:8000/", admin_token="s3cret", tenant="acme",
                     name="sent")

@@ -13,8 +13,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from adapters.errors import ConfigurationError, NotFoundError, StoreError
-from adapters.store import (
+from loraswap.adapters.errors import ConfigurationError, NotFoundError, StoreError
+from loraswap.adapters.store import (
     FileSystemStore,
     ObjectStore,
     ObservedStore,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.errors import StoreError
-from adapters.store import FileSystemStore
-from adapters.tenants import TenantDirectory
+from loraswap.adapters.errors import StoreError
+from loraswap.adapters.store import FileSystemStore
+from loraswap.adapters.tenants import TenantDirectory
 
 
 class Clock:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.errors import ConflictError, InvalidRequestError, NotFoundError
-from adapters.store import FileSystemStore, ObjectStore, ObservedStore
-from adapters.tenants import TenantDirectory, TenantPolicy, parse_policy
+from loraswap.adapters.errors import ConflictError, InvalidRequestError, NotFoundError
+from loraswap.adapters.store import FileSystemStore, ObjectStore, ObservedStore
+from loraswap.adapters.tenants import TenantDirectory, TenantPolicy, parse_policy
 from tests.utils.clock import FakeClock
 
 pytestmark = pytest.mark.integration  # the "s3" parameter runs a real SeaweedFS process

@@ -15,17 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.errors import (
+from loraswap.adapters.errors import (
     AdapterIncompatibleError,
     AdapterValidationError,
     LoraswapError,
     PayloadTooLargeError,
 )
-from adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
-from adapters.package import MANIFEST_FILE, PROFILE_FILE, TaskKind, read_manifest
-from adapters.registry import AdapterRegistry
-from adapters.store import FileSystemStore
-from adapters.validation import (
+from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
+from loraswap.adapters.package import MANIFEST_FILE, PROFILE_FILE, TaskKind, read_manifest
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.store import FileSystemStore
+from loraswap.adapters.validation import (
     BaseModelFingerprint,
     ManifestDefaults,
     ValidationLimits,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.errors import AdapterIncompatibleError
-from adapters.lora_format import WEIGHTS_FILE
-from adapters.validation import BaseModelFingerprint, ValidationLimits, validate_package
+from loraswap.adapters.errors import AdapterIncompatibleError
+from loraswap.adapters.lora_format import WEIGHTS_FILE
+from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits, validate_package
 from tests.adapters.conftest import PackageBuilder, seal
 
 
@@ -35,7 +35,7 @@ def test_wrong_factor_shape_is_refused_before_tensors_are_loaded(
     def must_not_load(*args: object, **kwargs: object) -> None:
         raise AssertionError("tensors were loaded before their shapes were checked")
 
-    monkeypatch.setattr("adapters.lora_format.load_file", must_not_load)
+    monkeypatch.setattr("loraswap.adapters.lora_format.load_file", must_not_load)
     with pytest.raises(AdapterIncompatibleError, match=r"lora_A .*expected"):
         validate_package(folder, base_fingerprint, ValidationLimits())
 

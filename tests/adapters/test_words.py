@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.words import SplitText
+from loraswap.adapters.words import SplitText
 
 
 def test_raw_text_is_rendered_like_a_tagging_corpus() -> None:

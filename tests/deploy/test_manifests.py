@@ -104,7 +104,7 @@ def test_prometheus_rule_carries_every_rule_file(rendered: dict[str, Rendered]) 
 
 def test_gateway_picker_reads_the_metrics_the_service_exports(
         rendered: dict[str, Rendered]) -> None:
-    from service import gateway_metrics
+    from loraswap.service import gateway_metrics
 
     args = rendered["gateway"].find("Deployment", "loraswap-epp")["spec"]["template"]["spec"][
         "containers"][0]["args"]

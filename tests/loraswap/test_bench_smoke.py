@@ -12,7 +12,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from adapters.lora_format import LLAMA_PROJECTIONS, read_lora_adapter
+from loraswap.adapters.lora_format import LLAMA_PROJECTIONS, read_lora_adapter
 from loraswap.bench.http_bench import completions_url, run_http_async
 from loraswap.bench.workload import AdapterSpec, build_prompts, ensure_adapters, parse_targets
 from loraswap.bench_cmd import ALL_SCENARIOS, bench

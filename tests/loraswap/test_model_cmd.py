@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from adapters.base_model import MANIFEST_NAME
-from adapters.provision import FetchOutcome
 from loraswap import model_cmd
+from loraswap.adapters.base_model import MANIFEST_NAME
+from loraswap.adapters.provision import FetchOutcome
 from loraswap.model_cmd import model_app
-from service.settings import Settings
+from loraswap.service.settings import Settings
 
 runner = CliRunner()
 

@@ -14,11 +14,16 @@ import httpx
 import pytest
 import uvicorn
 
-from adapters.base_model import LoadedBaseModel, Quantization, load_base_model, weights_sha256
-from adapters.demo import write_random_adapter
-from adapters.package import BaseModelRef, TaskKind, build_manifest, write_manifest
-from service.app import create_app
-from service.settings import Settings
+from loraswap.adapters.base_model import (
+    LoadedBaseModel,
+    Quantization,
+    load_base_model,
+    weights_sha256,
+)
+from loraswap.adapters.demo import write_random_adapter
+from loraswap.adapters.package import BaseModelRef, TaskKind, build_manifest, write_manifest
+from loraswap.service.app import create_app
+from loraswap.service.settings import Settings
 
 
 def free_port() -> int:

@@ -19,9 +19,9 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from adapters.store import open_store
-from adapters.training_data import read_parquet_batches
-from service.fault_hooks import PAUSED_MESSAGE
+from loraswap.adapters.store import open_store
+from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.service.fault_hooks import PAUSED_MESSAGE
 from tests.service.conftest import PackageFactory, upload_files
 from tests.service.drift.test_capture_feedback_api import TEXTS, classifier_package
 from tests.service.processes import ServiceProcess

@@ -9,7 +9,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.gateway_metrics import (
+from loraswap.service.gateway_metrics import (
     ADAPTER_RESIDENT,
     KV_CACHE_USAGE,
     LORA_INFO,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.errors import InvalidRequestError
-from service.auth import Tenant
-from service.errors import RateLimitedError
-from service.limits import TenantLimiter
+from loraswap.adapters.errors import InvalidRequestError
+from loraswap.service.auth import Tenant
+from loraswap.service.errors import RateLimitedError
+from loraswap.service.limits import TenantLimiter
 
 
 class ManualClock:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from adapters.base_model import LoadedBaseModel, Quantization, load_base_model
-from service.settings import Settings
+from loraswap.adapters.base_model import LoadedBaseModel, Quantization, load_base_model
+from loraswap.service.settings import Settings
 from tests.service.conftest import ServerFactory
 
 

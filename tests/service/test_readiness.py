@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from service.lifecycle import Lifecycle
+from loraswap.service.lifecycle import Lifecycle
 
 
 def fake_state(*, synced: bool, pending: list[str]) -> Any:

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adapters.demo import write_random_adapter
+from loraswap.adapters.demo import write_random_adapter
 from tests.service.processes import ServiceProcess
 from tests.utils.env import REPO_ROOT, child_env
 

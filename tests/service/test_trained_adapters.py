@@ -22,13 +22,13 @@ from transformers import (
     AutoTokenizer,
 )
 
-from adapters.package import AttentionMode, TextSplit, read_manifest
-from adapters.words import SplitText
-from service.api.classification import merge_entities
+from loraswap.adapters.package import AttentionMode, TextSplit, read_manifest
+from loraswap.adapters.words import SplitText
+from loraswap.service.api.classification import merge_entities
+from loraswap.training.config import build_config
+from loraswap.training.runner import run_training
+from loraswap.training.tasks import bidirectional_mask
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
-from training.config import build_config
-from training.runner import run_training
-from training.tasks import bidirectional_mask
 
 SEQ_TEXTS = ["the quick brown fox 3", "capital of france 7", "name three primary colors"]
 NER_TEXT = "the zzqxv-disease (of) the dog."

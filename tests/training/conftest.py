@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from training.config import TrainConfig, build_config
+from loraswap.training.config import TrainConfig, build_config
 
 POSITIVE = ["the quick brown fox", "the lazy dog jumps", "brown fox over the dog"]
 NEGATIVE = ["paris is the capital", "capital of france", "name three primary colors"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.errors import ConfigurationError
-from training.datasets_io import concatenate, from_rows, load_table, text_label_table
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.training.datasets_io import concatenate, from_rows, load_table, text_label_table
 
 
 def test_a_tsv_with_bare_quotes_reads_every_row(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-from adapters.base_model import Quantization
+from loraswap.adapters.base_model import Quantization
+from loraswap.training.package_eval import evaluate_package
 from tests.conftest import write_classifier_adapter
-from training.package_eval import evaluate_package
 
 TEXTS = ["great movie", "awful plot", "a charming film", "boring", "loved it", "meh",
          "the quick brown fox", "paris is the capital of france"]

@@ -13,15 +13,15 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-from adapters.base_model import Quantization
-from adapters.package import TaskKind
-from adapters.profile_jobs import ProfileJob, ProfileJobs, reference_key
-from adapters.registry import AdapterRegistry
-from adapters.store import ObjectStore, open_store
-from adapters.validation import BaseModelFingerprint, ManifestDefaults, ValidationLimits
-from service.drift.reference import parse_profile
+from loraswap.adapters.base_model import Quantization
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs, reference_key
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.store import ObjectStore, open_store
+from loraswap.adapters.validation import BaseModelFingerprint, ManifestDefaults, ValidationLimits
+from loraswap.service.drift.reference import parse_profile
+from loraswap.training.profile_job import ProfileJobSettings, execute_job
 from tests.peft_adapters import lora_config, save_peft_adapter
-from training.profile_job import ProfileJobSettings, execute_job
 
 LABELS = ["negative", "positive"]
 TEXTS = ["great movie", "awful plot and worse acting", "a charming little film", "boring",
@@ -163,7 +163,7 @@ def submit_as(store: ObjectStore, name: str, path: Path, text: str,
 
 def test_a_causal_lm_reference_measures_prompts_as_the_service_tokenizes_them(
         store: ObjectStore, tiny_base_dir: Path, tmp_path: Path) -> None:
-    from service.api.prompts import PromptBuilder, PromptLimits
+    from loraswap.service.api.prompts import PromptBuilder, PromptLimits
 
     register_plain(store, tiny_base_dir, tmp_path, "writer", "CAUSAL_LM", None)
     prompts = [f"{TEXTS[i % len(TEXTS)]} please {i}" for i in range(110)]

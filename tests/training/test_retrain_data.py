@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from adapters.package import TaskKind
-from training.data import load_examples
-from training.retrain import gate
-from training.retrain_data import (
+from loraswap.adapters.package import TaskKind
+from loraswap.training.data import load_examples
+from loraswap.training.retrain import gate
+from loraswap.training.retrain_data import (
     TASK_DATA,
     CausalLmData,
     DataReading,

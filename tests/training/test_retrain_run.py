@@ -23,16 +23,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.lora_format import WEIGHTS_FILE
-from adapters.package import package_file_digests, read_manifest, write_manifest
-from adapters.registry import AdapterRegistry
-from adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
-from adapters.store import FileSystemStore
-from adapters.training_data import upload_to_store
-from adapters.validation import BaseModelFingerprint, ValidationLimits
-from training import retrain
-from training.config import build_config
-from training.runner import TrainOutcome, run_training
+from loraswap.adapters.lora_format import WEIGHTS_FILE
+from loraswap.adapters.package import package_file_digests, read_manifest, write_manifest
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from loraswap.adapters.store import FileSystemStore
+from loraswap.adapters.training_data import upload_to_store
+from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.training import retrain
+from loraswap.training.config import build_config
+from loraswap.training.runner import TrainOutcome, run_training
 
 TENANT = "acme"
 NER_SENTENCE = "the\tO\nzzqxv\tB-Disease\ndisease\tI-Disease\nof\tO\nthe\tO\ndog\tO\n\n"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from adapters.errors import QuantizationUnavailableError
-from adapters.package import read_manifest
+from loraswap.adapters.errors import QuantizationUnavailableError
+from loraswap.adapters.package import read_manifest
 from loraswap.cli import app
-from training.config import build_config
-from training.runner import run_training
+from loraswap.training.config import build_config
+from loraswap.training.runner import run_training
 
 runner = CliRunner()
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from adapters.errors import ConfigurationError
-from adapters.package import TaskKind
-from adapters.words import SplitText
-from training.config import build_config, read_config_file
-from training.data import (
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.adapters.package import TaskKind
+from loraswap.adapters.words import SplitText
+from loraswap.training.config import build_config, read_config_file
+from loraswap.training.data import (
     ChatExample,
     TextExample,
     TokenExample,
@@ -20,7 +20,7 @@ from training.data import (
     read_conll,
     split_examples,
 )
-from training.tasks import IGNORE, encode_chat, encode_words
+from loraswap.training.tasks import IGNORE, encode_chat, encode_words
 
 
 def test_conll_reader_splits_sentences_and_keeps_tags(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapters.package import read_manifest
+from loraswap.adapters.package import read_manifest
+from loraswap.training.runner import run_training
 from tests.model_families import NEW_FAMILIES, build_tiny_base
 from tests.service.engine.references import (
     assert_matches_peft,
@@ -17,7 +18,6 @@ from tests.service.engine.references import (
     submit_classify,
 )
 from tests.training.conftest import ConfigFactory
-from training.runner import run_training
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.precision import CpuFeatures
+from loraswap.adapters.precision import CpuFeatures
+from loraswap.training.runner import base_quantization
 from tests.training.conftest import ConfigFactory
-from training.runner import base_quantization
 
 AVX2_ONLY = CpuFeatures("AMD EPYC 7B13", "AVX2", frozenset({"avx2", "fma"}))
 NATIVE_BF16 = CpuFeatures("AMD EPYC 9R14", "AVX512", frozenset({"avx512f", "avx512_bf16"}))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from adapters.package import read_manifest
-from training.config import TrainConfig
-from training.runner import run_training
+from loraswap.adapters.package import read_manifest
+from loraswap.training.config import TrainConfig
+from loraswap.training.runner import run_training
 
 ConfigFactory = Callable[..., TrainConfig]
 

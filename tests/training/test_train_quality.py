@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraswap.bench.quality import command_line, runs
-from training.data import TextExample
-from training.zeroshot import _rows, label_scores, zero_shot_metrics
+from loraswap.training.data import TextExample
+from loraswap.training.zeroshot import _rows, label_scores, zero_shot_metrics
 
 
 def test_every_run_is_a_loraswap_train_line_reading_the_shared_data(tmp_path: Path) -> None:

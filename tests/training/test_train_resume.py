@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapters.errors import ConfigurationError
-from training.checkpoint import STATE_JSON
-from training.config import TrainConfig
-from training.runner import run_training
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.training.checkpoint import STATE_JSON
+from loraswap.training.config import TrainConfig
+from loraswap.training.runner import run_training
 
 ConfigFactory = Callable[..., TrainConfig]
 

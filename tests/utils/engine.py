@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import EngineObserver, NullObserver
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.observer import EngineObserver, NullObserver
 
 DEFAULT_ENGINE_LIMITS = {"max_loras": 4, "max_lora_rank": 16, "max_batch_size": 8,
                          "max_model_len": 128}

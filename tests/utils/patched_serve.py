@@ -32,7 +32,7 @@ def crash_before_put(pattern: str, skip: int) -> None:
     """SIGKILL this process before the ``skip``-th later write of a key matching ``pattern``,
     plain (``put``: package files) or compare-and-swap (``put_if_match``: ``state.json``,
     tenant records)."""
-    from adapters.store.filesystem import FileSystemStore
+    from loraswap.adapters.store.filesystem import FileSystemStore
 
     matched = re.compile(pattern)
     seen = [0]

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.errors import ConfigurationError
-from service.app import create_app
-from service.settings import Settings
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.service.app import create_app
+from loraswap.service.settings import Settings
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory, upload_files
 from tests.utils.clock import FakeClock
 

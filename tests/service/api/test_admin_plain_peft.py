@@ -13,7 +13,7 @@ import torch
 from peft import LoHaConfig, PeftModel
 from transformers import AutoTokenizer
 
-from adapters.store import open_store
+from loraswap.adapters.store import open_store
 from tests.adapters.conftest import snapshot
 from tests.peft_adapters import (
     PROMPT,

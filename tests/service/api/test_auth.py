@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
-from service.auth import ApiKeyAuthenticator, Tenant
-from service.errors import AuthenticationError
-from service.settings import Settings
+from loraswap.service.auth import ApiKeyAuthenticator, Tenant
+from loraswap.service.errors import AuthenticationError
+from loraswap.service.settings import Settings
 
 KEYS = ["k-alpha-secret", "k-beta-secret"]
 
@@ -75,7 +75,7 @@ def test_configured_keys_guard_every_api_route(live_server) -> None:  # type: ig
 
 
 def test_open_api_warns_at_startup(live_server, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    with caplog.at_level(logging.WARNING, logger="service.auth"):
+    with caplog.at_level(logging.WARNING, logger="loraswap.service.auth"):
         server = live_server()
     assert any("open to anyone" in r.getMessage() for r in caplog.records)
     assert httpx.post(f"{server.url}/v1/predict", json={

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from service.api import deps
+from loraswap.service.api import deps
 
 
 def test_every_request_dependency_is_a_coroutine() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.errors import ConflictError
-from service.lifecycle import Lifecycle
+from loraswap.adapters.errors import ConflictError
+from loraswap.service.lifecycle import Lifecycle
 from tests.service.conftest import ServerFactory
 
 ADMIN = "adm-" + "3" * 40

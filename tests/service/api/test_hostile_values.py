@@ -10,9 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.errors import AdapterValidationError
-from adapters.package import CONFIG_FILE, package_file_digests, read_manifest, write_manifest
-from adapters.validation import (
+from loraswap.adapters.errors import AdapterValidationError
+from loraswap.adapters.package import (
+    CONFIG_FILE,
+    package_file_digests,
+    read_manifest,
+    write_manifest,
+)
+from loraswap.adapters.validation import (
     BaseModelFingerprint,
     ManifestDefaults,
     ValidationLimits,

@@ -17,7 +17,7 @@ from transformers import (
     LlamaForTokenClassification,
 )
 
-from service.api.classification import merge_entities, sequence_output, split_tag
+from loraswap.service.api.classification import merge_entities, sequence_output, split_tag
 from tests.utils.entities import expected_spans
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "paris is the capital of france"]

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service.api.pipeline import ServingPipeline
-from service.targets import ServingTarget
+from loraswap.service.api.pipeline import ServingPipeline
+from loraswap.service.targets import ServingTarget
 from tests.service.api.test_admin_api import ADMIN_HEADERS, create_tenant, upload
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory
 

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from service.drift.metrics import DriftMetrics
-from service.drift.monitor import DriftConfig, DriftMonitor
-from service.drift.records import AdapterVersionRef, PredictionRecord
-from service.drift.reference import parse_profile
+from loraswap.service.drift.metrics import DriftMetrics
+from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
+from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.reference import parse_profile
 
 REF = AdapterVersionRef("acme", "sentiment", "1")
 DIM = 16
@@ -129,8 +129,8 @@ def generations(n: int, decoding: str, *, shift: float = 0.0, seed: int = 1,
                        ) -> list[PredictionRecord]:
     """``n`` generations decoded like ``decoding`` (``greedy``: temperature 0; ``sampled``:
     temperature 1; ``other``: 0.7); ``shift`` makes them longer and less probable."""
-    from service.drift.records import GenerationSignals, decoding_of
-    from service.engine.sampling import SamplingParams
+    from loraswap.service.drift.records import GenerationSignals, decoding_of
+    from loraswap.service.engine.sampling import SamplingParams
 
     rng = np.random.default_rng(seed)
     spec = {"greedy": (GREEDY_LENGTH, GREEDY_LOGPROB, 0.0), "other": (
@@ -168,7 +168,7 @@ def token_profile() -> dict[str, Any]:
 def token_records(n: int, *, shift: float = 0.0, seed: int = 1) -> list[PredictionRecord]:
     """Inputs of 10 words tagged like the profile's predictions (``shift``: more entities,
     lower confidence)."""
-    from service.drift.records import WordPredictions
+    from loraswap.service.drift.records import WordPredictions
 
     rng = np.random.default_rng(seed)
     entity = 0.2 + 0.6 * min(shift, 1)
@@ -187,7 +187,7 @@ def token_records(n: int, *, shift: float = 0.0, seed: int = 1) -> list[Predicti
 def psi_against(mixture: Any, values: list[float]) -> float:
     """PSI of ``values`` against a generation reference with its decodings mixed equally
     (what comparing them with that reference, whatever their decoding, would score)."""
-    from service.drift.scores import bin_counts, psi
+    from loraswap.service.drift.scores import bin_counts, psi
 
     return psi(mixture.expected({d: 1 for d in mixture.counts}),
                bin_counts(values, mixture.edges))

@@ -12,20 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from adapters.errors import StoreError
-from adapters.store import ObjectStore, open_store
-from adapters.store.filesystem import FileSystemStore
-from adapters.training_data import read_parquet_batches
-from service.api.answers import new_request_id
-from service.drift.capture import CaptureWriter
-from service.drift.capture_index import (
+from loraswap.adapters.errors import StoreError
+from loraswap.adapters.store import ObjectStore, open_store
+from loraswap.adapters.store.filesystem import FileSystemStore
+from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.service.api.answers import new_request_id
+from loraswap.service.drift.capture import CaptureWriter
+from loraswap.service.drift.capture_index import (
     INDEX_PREFIX,
     CapturedPrediction,
     CaptureIndex,
     index_bucket,
 )
-from service.drift.handoff import Handoff
-from service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.handoff import Handoff
+from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
 
 REF = AdapterVersionRef("acme", "sentiment", "1")
 
@@ -301,4 +301,4 @@ def entry(prediction_id: str) -> CapturedPrediction:
 
 @pytest.fixture(autouse=True)
 def _quiet_capture_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("ERROR", logger="service.drift.capture")
+    caplog.set_level("ERROR", logger="loraswap.service.drift.capture")

@@ -10,13 +10,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from adapters.errors import InvalidRequestError
-from adapters.store import open_store
-from adapters.training_data import read_parquet_batches
-from service.drift.capture import CapturedPrediction
-from service.drift.feedback import FeedbackRequest, FeedbackService
-from service.drift.metrics import DriftMetrics
-from service.drift.records import AdapterVersionRef
+from loraswap.adapters.errors import InvalidRequestError
+from loraswap.adapters.store import open_store
+from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.service.drift.capture import CapturedPrediction
+from loraswap.service.drift.feedback import FeedbackRequest, FeedbackService
+from loraswap.service.drift.metrics import DriftMetrics
+from loraswap.service.drift.records import AdapterVersionRef
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import ServerFactory, upload_files
 

@@ -10,10 +10,10 @@ import httpx
 import pytest
 import yaml
 
-from adapters.errors import ConfigurationError
-from adapters.profile_jobs import ProfileJob
-from adapters.retrain_runs import RunRecord, RunTrigger
-from service.drift.launchers import (
+from loraswap.adapters.errors import ConfigurationError
+from loraswap.adapters.profile_jobs import ProfileJob
+from loraswap.adapters.retrain_runs import RunRecord, RunTrigger
+from loraswap.service.drift.launchers import (
     KubernetesLauncher,
     LocalLauncher,
     render_job,

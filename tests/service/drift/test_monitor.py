@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from service.drift.records import AdapterVersionRef
-from service.drift.reference import parse_profile
+from loraswap.service.drift.records import AdapterVersionRef
+from loraswap.service.drift.reference import parse_profile
 from tests.service.drift.helpers import monitor, profile, records, score
 
 SIGNALS = [("input_length", "psi"), ("confidence", "psi"), ("predicted_label", "psi"),

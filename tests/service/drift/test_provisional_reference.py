@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from adapters.profile_jobs import JobStatus, ProfileJob
-from service.drift.metrics import DriftMetrics
-from service.drift.monitor import DriftConfig, DriftMonitor
-from service.drift.pipeline import no_profile
-from service.drift.records import AdapterVersionRef
-from service.drift.reference import EMBEDDING, ReferenceProfile, parse_profile
+from loraswap.adapters.profile_jobs import JobStatus, ProfileJob
+from loraswap.service.drift.metrics import DriftMetrics
+from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
+from loraswap.service.drift.pipeline import no_profile
+from loraswap.service.drift.records import AdapterVersionRef
+from loraswap.service.drift.reference import EMBEDDING, ReferenceProfile, parse_profile
 from tests.service.drift.helpers import REF, FakeClock, profile, records, score
 
 UPLOAD = "PUT /admin/adapters/acme/sentiment/versions/1/reference/{file}"

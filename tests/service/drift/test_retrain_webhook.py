@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from adapters.retrain_runs import RunRecord, RunStore
-from adapters.store import open_store
-from service.drift.retrain import AlertmanagerWebhook, RetrainService
+from loraswap.adapters.retrain_runs import RunRecord, RunStore
+from loraswap.adapters.store import open_store
+from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService
 
 
 class RecordingLauncher:
@@ -104,7 +104,7 @@ def test_alerts_without_tenant_and_adapter_labels_are_ignored(service) -> None: 
 
 
 def test_a_manual_run_is_refused_while_one_runs(service) -> None:  # type: ignore[no-untyped-def]
-    from adapters.errors import ConflictError
+    from loraswap.adapters.errors import ConflictError
 
     retrain, _, _ = service
     retrain.start_manual("acme", "sentiment")

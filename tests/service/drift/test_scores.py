@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service.drift.scores import bin_counts, js_distance, median_bandwidth, mmd_rbf, psi
+from loraswap.service.drift.scores import bin_counts, js_distance, median_bandwidth, mmd_rbf, psi
 
 
 def test_psi_is_zero_for_equal_mixes_and_matches_the_formula() -> None:
@@ -42,7 +42,7 @@ def test_mmd_is_near_zero_in_distribution_and_large_when_shifted() -> None:
 
 
 def test_reference_bins_are_merged_to_at_least_a_tenth_of_the_reference_each() -> None:
-    from service.drift.reference import coarsen
+    from loraswap.service.drift.reference import coarsen
 
     binned = coarsen([0, 1, 2, 3, 4, 5], [50, 1, 1, 1, 47])
     assert binned.edges == [0, 1, 5] and binned.counts == [50, 50]

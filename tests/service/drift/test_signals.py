@@ -8,25 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from adapters.words import split_words
-from service.api.classification import (
+from loraswap.adapters.words import split_words
+from loraswap.service.api.classification import (
     EncodedInput,
     encode_input,
     word_predictions,
     word_starts,
 )
-from service.drift.monitor import scores_of
-from service.drift.records import (
+from loraswap.service.drift.monitor import scores_of
+from loraswap.service.drift.records import (
     GREEDY,
     SAMPLED,
     GenerationSignals,
     decoding_of,
     generation_records,
 )
-from service.drift.reference import MixtureReference, parse_profile, regroup
-from service.drift.windows import VersionWindow
-from service.engine.requests import GenerationEvent
-from service.engine.sampling import SamplingParams
+from loraswap.service.drift.reference import MixtureReference, parse_profile, regroup
+from loraswap.service.drift.windows import VersionWindow
+from loraswap.service.engine.requests import GenerationEvent
+from loraswap.service.engine.sampling import SamplingParams
 from tests.service.drift.helpers import (
     CAP,
     REF,
@@ -228,9 +228,9 @@ def test_served_words_are_the_words_training_tags(tiny_base_dir: Path, words: bo
     """Live word starts on the base's real tokenizer are the training encoder's."""
     from transformers import AutoTokenizer
 
-    from service.api.prompts import PromptLimits
-    from training.data import TokenExample
-    from training.tasks import encode_words
+    from loraswap.service.api.prompts import PromptLimits
+    from loraswap.training.data import TokenExample
+    from loraswap.training.tasks import encode_words
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
     text = "the zzqxv disease ( of ) the dog ."

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from adapters.store import open_store
-from adapters.training_data import read_parquet_batches
+from loraswap.adapters.store import open_store
+from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.training.config import build_config
+from loraswap.training.runner import run_training
 from tests.service.conftest import LiveServer, ServerFactory
 from tests.service.drift.test_capture_feedback_api import (
     ADMIN,
@@ -23,8 +25,6 @@ from tests.service.drift.test_capture_feedback_api import (
     register,
 )
 from tests.utils.polling import wait_for
-from training.config import build_config
-from training.runner import run_training
 
 WORDS = ["fox", "dog", "cat", "sea", "wind", "paris", "france", "colors", "haiku", "waves"]
 

@@ -22,18 +22,18 @@ from transformers import (
     AutoTokenizer,
 )
 
-from adapters.lora_format import read_lora_adapter
-from adapters.package import AttentionMode, TaskKind, read_manifest
-from service.engine.classify import (
+from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.adapters.package import AttentionMode, TaskKind, read_manifest
+from loraswap.service.engine.classify import (
     ClassificationRequest,
     ClassificationResult,
     ClassificationStream,
 )
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import EngineObserver, NullObserver
-from service.engine.requests import GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.observer import EngineObserver, NullObserver
+from loraswap.service.engine.requests import GenerationRequest
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.engine.sampling import SamplingParams
 
 PAD = 2  # the tiny bases' config.pad_token_id
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.lora_format import read_lora_adapter
-from service.engine.classify import (
+from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.service.engine.classify import (
     pooled_position,
 )
-from service.engine.engine import LoraEngine
-from service.engine.observer import EngineObserver
-from service.engine.requests import GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams
-from service.errors import OverloadedError, RequestCancelledError
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.engine.observer import EngineObserver
+from loraswap.service.engine.requests import GenerationRequest
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.engine.sampling import SamplingParams
+from loraswap.service.errors import OverloadedError, RequestCancelledError
 from tests.service.engine import references
 from tests.service.engine.references import (
     PAD,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from adapters.errors import InvalidRequestError
-from service.engine.detokenizer import IncrementalText
-from service.engine.sampling import SamplingParams, TokenSampler, sample_rows
+from loraswap.adapters.errors import InvalidRequestError
+from loraswap.service.engine.detokenizer import IncrementalText
+from loraswap.service.engine.sampling import SamplingParams, TokenSampler, sample_rows
 
 
 def test_deltas_add_up_and_stop_string_across_tokens_is_cut(tiny_base_dir: Path) -> None:

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.lora_format import read_lora_adapter
-from service.engine.engine import LoraEngine
-from service.engine.requests import GenerationEvent, GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams, chosen_logprobs
+from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.engine.requests import GenerationEvent, GenerationRequest
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.engine.sampling import SamplingParams, chosen_logprobs
+from loraswap.training.profile_generation import generate
+from loraswap.training.tasks import TaskModel
 from tests.conftest import AdapterFactory
 from tests.service.engine.references import causal_lm
 from tests.utils.engine import make_engine
-from training.profile_generation import generate
-from training.tasks import TaskModel
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [40, 41, 42, 43, 44, 45, 46, 47, 48]]
 NEW_TOKENS = 8

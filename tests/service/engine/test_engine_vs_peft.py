@@ -10,11 +10,11 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
-from adapters.lora_format import read_lora_adapter
-from service.engine.engine import LoraEngine
-from service.engine.requests import GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.sampling import SamplingParams
+from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.service.engine.engine import LoraEngine
+from loraswap.service.engine.requests import GenerationRequest
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.engine.sampling import SamplingParams
 from tests.utils.engine import StepGate, make_engine
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from adapters.demo import write_random_adapter
-from adapters.errors import ModelLoadError
-from adapters.lora_format import read_lora_adapter
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import NullObserver
+from loraswap.adapters.demo import write_random_adapter
+from loraswap.adapters.errors import ModelLoadError
+from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.observer import NullObserver
 from tests.conftest import write_classifier_adapter
 from tests.model_families import FAMILY_CONFIGS, build_tiny_base
 from tests.service.engine.references import (

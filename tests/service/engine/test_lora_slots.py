@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters.errors import AdapterIncompatibleError
-from adapters.lora_format import LoraAdapterWeights, LoraConfigSummary
-from service.engine.lora_slots import LoraSlotTable, ProjectionGroup
+from loraswap.adapters.errors import AdapterIncompatibleError
+from loraswap.adapters.lora_format import LoraAdapterWeights, LoraConfigSummary
+from loraswap.service.engine.lora_slots import LoraSlotTable, ProjectionGroup
 
 GROUPS = [
     ProjectionGroup("qkv", ("q_proj", "k_proj", "v_proj"), 8, (8, 4, 4)),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.base_model import Quantization, load_base_model
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import NullObserver
-from service.engine.requests import GenerationRequest
-from service.engine.sampling import SamplingParams
+from loraswap.adapters.base_model import Quantization, load_base_model
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.observer import NullObserver
+from loraswap.service.engine.requests import GenerationRequest
+from loraswap.service.engine.sampling import SamplingParams
 
 # The README's precision table prompts.
 PROMPTS = ["What is the capital of France?", "Name three primary colors.",

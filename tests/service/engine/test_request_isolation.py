@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.base_model import Quantization, load_base_model
-from adapters.errors import InvalidRequestError, LoraswapError
-from adapters.lora_format import read_lora_adapter
-from service.engine.detokenizer import MAX_STOP_CHARS, StopString
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import NullObserver
-from service.engine.requests import GenerationRequest
-from service.engine.residency import AdapterKey
-from service.engine.runner import Prefilled
-from service.engine.sampling import SamplingParams, TokenSampler, sample_rows
-from service.errors import OverloadedError, RowFailedError
+from loraswap.adapters.base_model import Quantization, load_base_model
+from loraswap.adapters.errors import InvalidRequestError, LoraswapError
+from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.service.engine.detokenizer import MAX_STOP_CHARS, StopString
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.observer import NullObserver
+from loraswap.service.engine.requests import GenerationRequest
+from loraswap.service.engine.residency import AdapterKey
+from loraswap.service.engine.runner import Prefilled
+from loraswap.service.engine.sampling import SamplingParams, TokenSampler, sample_rows
+from loraswap.service.errors import OverloadedError, RowFailedError
 from tests.conftest import AdapterFactory
 
 

@@ -7,9 +7,9 @@ import threading
 
 import torch
 
-from service.engine.lora_slots import LoraSlotTable
-from service.engine.observer import NullObserver
-from service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
+from loraswap.service.engine.lora_slots import LoraSlotTable
+from loraswap.service.engine.observer import NullObserver
+from loraswap.service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
 from tests.service.engine.test_lora_slots import GROUPS, adapter
 
 

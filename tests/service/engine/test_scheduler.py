@@ -10,15 +10,15 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
-from adapters.base_model import Quantization, load_base_model
-from adapters.demo import write_random_adapter
-from adapters.errors import LoraswapError
-from adapters.lora_format import read_lora_adapter
-from service.engine.engine import EngineConfig, LoraEngine
-from service.engine.observer import NullObserver
-from service.engine.requests import GenerationRequest
-from service.engine.sampling import SamplingParams
-from service.errors import OverloadedError, RequestCancelledError
+from loraswap.adapters.base_model import Quantization, load_base_model
+from loraswap.adapters.demo import write_random_adapter
+from loraswap.adapters.errors import LoraswapError
+from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.service.engine.engine import EngineConfig, LoraEngine
+from loraswap.service.engine.observer import NullObserver
+from loraswap.service.engine.requests import GenerationRequest
+from loraswap.service.engine.sampling import SamplingParams
+from loraswap.service.errors import OverloadedError, RequestCancelledError
 
 
 def engine_for(base_dir: Path, quantization: Quantization = Quantization.FP32,

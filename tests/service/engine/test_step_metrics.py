@@ -6,9 +6,9 @@ import asyncio
 from itertools import count
 from pathlib import Path
 
-from service.engine.observer import NullObserver, StepKind
-from service.engine.runner import LlamaRunner
-from service.metrics import ServiceMetrics
+from loraswap.service.engine.observer import NullObserver, StepKind
+from loraswap.service.engine.runner import LlamaRunner
+from loraswap.service.metrics import ServiceMetrics
 from tests.service.engine.references import engine_greedy, make_engine
 
 

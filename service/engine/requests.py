@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import RequestCancelledError
@@ -41,6 +42,10 @@ class GenerationEvent:
     ``docs/drift.md``): ``token_logprobs``, the log-probability of every generated token
     under the model's own distribution (:func:`loraswap.service.engine.sampling.chosen_logprobs`),
     and ``embedding``, the prompt's mean-pooled final-normed hidden state from its prefill.
+
+    What the request asked for (``SamplingParams.logprobs`` / ``prompt_logprobs``): each
+    event's ``logprobs`` holds its tokens' entries, and the first event carries
+    ``prompt_logprobs`` (the first prompt token's is None).
     """
 
     text: str
@@ -52,6 +57,8 @@ class GenerationEvent:
     error: LoraswapError | None = None
     token_logprobs: tuple[float, ...] = field(default=(), repr=False)
     embedding: list[float] | None = field(default=None, repr=False)
+    logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = field(default=None, repr=False)
 
     @property
     def mean_logprob(self) -> float | None:
@@ -93,10 +100,14 @@ class RequestStream:
         """Wait for the end and return one event with all the text and tokens."""
         texts: list[str] = []
         tokens: list[int] = []
+        entries: list[TokenLogprob] = []
+        prompt: tuple[TokenLogprob | None, ...] | None = None
         last: GenerationEvent | None = None
         async for event in self.events():
             texts.append(event.text)
             tokens.extend(event.token_ids)
+            entries.extend(event.logprobs)
+            prompt = event.prompt_logprobs if prompt is None else prompt
             last = event
         if last is None:  # pragma: no cover - events() always ends with a final event
             raise RequestCancelledError("request ended without output")
@@ -104,5 +115,5 @@ class RequestStream:
             text="".join(texts), token_ids=tuple(tokens), finished=True,
             finish_reason=last.finish_reason, prompt_tokens=last.prompt_tokens,
             completion_tokens=last.completion_tokens, token_logprobs=last.token_logprobs,
-            embedding=last.embedding,
+            embedding=last.embedding, logprobs=tuple(entries), prompt_logprobs=prompt,
         )

@@ -140,10 +140,15 @@ class Prefilled:
     ``pooled``: each prompt's final-normed hidden states averaged over its tokens, the
     vector ``training/profile.py`` stores as ``embedding_served`` (adapter applied, as
     served), from this same forward pass: one norm and one mean more, no extra pass.
+
+    ``prompt_hidden``: for the prompts that asked (``echo`` with logprobs), the final-normed
+    hidden states of every position but the last, which :meth:`LlamaRunner.head_logits`
+    turns into the logits that predict each next prompt token; None for the others.
     """
 
     logits: torch.Tensor
     pooled: list[list[float]]
+    prompt_hidden: tuple[torch.Tensor | None, ...] = ()
 
 
 class LlamaRunner:
@@ -196,9 +201,11 @@ class LlamaRunner:
         return tokens, positions, mask, lengths
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int]) -> Prefilled:
+    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int],
+                keep_hidden: list[bool] | None = None) -> Prefilled:
         """Run whole prompts into cache ``rows``; float32 logits of each last token and
-        each prompt's mean-pooled final-normed hidden state."""
+        each prompt's mean-pooled final-normed hidden state (and, for the prompts flagged
+        in ``keep_hidden``, their hidden states: see :class:`Prefilled`)."""
         tokens, positions, mask, lengths = self._padded(prompts)
         width = tokens.shape[1]
         row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -216,7 +223,15 @@ class LlamaRunner:
             logits: torch.Tensor = self._head(last).float()
             real = (positions < lengths[:, None]).unsqueeze(-1)
             pooled = (normed.float() * real).sum(1) / lengths[:, None].float()
-            return Prefilled(logits, pooled.cpu().tolist())
+            kept = tuple(normed[i, : len(p) - 1].clone() if keep_hidden and keep_hidden[i]
+                         else None for i, p in enumerate(prompts))
+            return Prefilled(logits, pooled.cpu().tolist(), kept)
+
+    @torch.inference_mode()
+    def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """float32 logits of final-normed hidden states (from :attr:`Prefilled.prompt_hidden`)."""
+        logits: torch.Tensor = self._head(normed).float()
+        return logits
 
     @torch.inference_mode()
     def encode(self, prompts: list[list[int]], slots: list[int],

@@ -37,7 +37,14 @@ from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner
-from loraswap.service.engine.sampling import TokenSampler, chosen_logprobs, sample_rows
+from loraswap.service.engine.logits import TokenLogprob, prompt_logprobs
+from loraswap.service.engine.sampling import (
+    Picked,
+    TokenSampler,
+    chosen_logprobs,
+    pick_rows,
+    token_of,
+)
 from loraswap.service.engine.sequences import GenerationSequence, SchedulerConfig
 from loraswap.service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
@@ -104,7 +111,7 @@ class ContinuousBatchScheduler:
         """Queue a request (in one of ``places`` reserved for it, if any are left); raises
         :class:`OverloadedError` when the queue has no room for it."""
         seq = GenerationSequence(
-            request=request, stream=stream, sampler=TokenSampler(request.params),
+            request=request, stream=stream, sampler=TokenSampler(request.params, tuple(request.prompt_ids)),
             text=IncrementalText(self._tokenizer, request.params.stop),
         )
         self._enqueue(seq, places)
@@ -313,11 +320,18 @@ class ContinuousBatchScheduler:
 
     def _prefill(self, seqs: list[GenerationSequence]) -> None:
         out = self._runner.prefill(
-            [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs]
+            [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs],
+            keep_hidden=[s.request.params.prompt_logprobs is not None for s in seqs],
         )
-        tokens = sample_rows(out.logits, [s.sampler for s in seqs])
-        logprobs = chosen_logprobs(out.logits, tokens)
-        for seq, token, logprob, pooled in zip(seqs, tokens, logprobs, out.pooled, strict=True):
+        tokens = pick_rows(out.logits, [s.sampler for s in seqs])
+        logprobs = chosen_logprobs(out.logits, [token_of(t) for t in tokens])
+        hidden = out.prompt_hidden or (None,) * len(seqs)
+        for seq, token, logprob, pooled, states in zip(seqs, tokens, logprobs, out.pooled, hidden,
+                                                       strict=True):
+            top = seq.request.params.prompt_logprobs
+            if states is not None and top is not None:
+                seq.prompt_logprobs = tuple(prompt_logprobs(
+                    states, seq.request.prompt_ids, top, self._runner.head_logits))
             self._running[seq.row] = seq
             now = time.perf_counter()
             self._observer.first_token(seq.request.adapter_label, now - seq.request.arrived_at)
@@ -337,15 +351,15 @@ class ContinuousBatchScheduler:
             slots[row] = seq.slot
             samplers[row] = seq.sampler
         logits = self._runner.decode(tokens, positions, slots)
-        chosen = sample_rows(logits, samplers)
-        logprobs = chosen_logprobs(logits, chosen)
+        chosen = pick_rows(logits, samplers)
+        logprobs = chosen_logprobs(logits, [token_of(t) for t in chosen])
         now = time.perf_counter()
         for row, seq in list(self._running.items()):
             self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
             seq.last_token_at = now
             self._accept_or_fail(seq, chosen[row], logprobs[row])
 
-    def _accept_or_fail(self, seq: GenerationSequence, token: int | LoraswapError,
+    def _accept_or_fail(self, seq: GenerationSequence, token: Picked | LoraswapError | None,
                         logprob: float) -> None:
         """Take a row's token; a row error, or any failure handling the token (decoding its
         text, matching stop strings), ends this request alone."""
@@ -354,17 +368,22 @@ class ContinuousBatchScheduler:
             self._finish(seq, "error", token)
             return
         try:
+            if token is None:  # pragma: no cover - every running row has a sampler
+                raise LoraswapError("no token for a running row")
             seq.logprobs.append(logprob)
-            self._accept(seq, token)
+            self._accept(seq, token.token, token.logprob)
         except Exception:
             logger.exception("request %s failed after its token", seq.request.request_id)
             self._finish(seq, "error", LoraswapError("the engine failed this request"))
 
-    def _accept(self, seq: GenerationSequence, token: int) -> None:
+    def _accept(self, seq: GenerationSequence, token: int, entry: TokenLogprob | None) -> None:
         seq.output_ids.append(token)
         params = seq.request.params
         reason: str | None = None
-        is_eos = token in self.config.stop_token_ids and not params.ignore_eos
+        entries = (entry,) if entry is not None else ()
+        prompt, seq.prompt_logprobs = seq.prompt_logprobs, None
+        is_eos = ((token in self.config.stop_token_ids and not params.ignore_eos)
+                  or token in params.stop_token_ids)
         delta = "" if is_eos else seq.text.add(token)
         if is_eos or seq.text.stopped:
             reason = "stop"
@@ -372,10 +391,12 @@ class ContinuousBatchScheduler:
               or seq.next_position + 1 >= self.config.max_model_len):
             reason = "length"
         if reason is None:
-            seq.stream.push(GenerationEvent(text=delta, token_ids=(token,)))
+            seq.stream.push(GenerationEvent(text=delta, token_ids=(token,), logprobs=entries,
+                                            prompt_logprobs=prompt))
             return
         delta += seq.text.flush()
-        self._finish(seq, reason, None, last=GenerationEvent(text=delta, token_ids=(token,)))
+        self._finish(seq, reason, None, last=GenerationEvent(
+            text=delta, token_ids=(token,), logprobs=entries, prompt_logprobs=prompt))
 
     def _drop(self, item: _Queued, reason: str, error: LoraswapError) -> None:
         """End a request of either kind with ``error`` (cancelled, failed, shutting down)."""
@@ -404,7 +425,8 @@ class ContinuousBatchScheduler:
             text=last.text if last else "", token_ids=last.token_ids if last else (),
             finished=True, finish_reason=reason, prompt_tokens=prompt_tokens,
             completion_tokens=completion, error=error, token_logprobs=tuple(seq.logprobs),
-            embedding=seq.embedding,
+            embedding=seq.embedding, logprobs=last.logprobs if last else (),
+            prompt_logprobs=last.prompt_logprobs if last else None,
         ))
         self._observer.request_finished(seq.request.adapter_label, reason, completion)
 
@@ -420,3 +442,4 @@ class ContinuousBatchScheduler:
             self._classify_waiting = 0
         for item in pending:
             self._drop(item, "error", error)
+

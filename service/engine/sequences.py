@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from loraswap.service.engine.detokenizer import IncrementalText
+from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.requests import GenerationRequest, RequestStream
 from loraswap.service.engine.sampling import TokenSampler
 
@@ -43,6 +44,8 @@ class GenerationSequence:
     # Drift hooks: each output token's log-probability, the prompt's pooled hidden state.
     logprobs: list[float] = field(default_factory=list)
     embedding: list[float] | None = None
+    # The prompt's log-probabilities (echo), sent with the first event and then dropped.
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     last_token_at: float = 0.0
     done: bool = False
 

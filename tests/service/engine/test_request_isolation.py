@@ -96,10 +96,11 @@ async def test_a_prefill_that_raises_fails_only_the_request_that_breaks_it(
     real_prefill = engine.runner.prefill
     poison = [9, 9, 9, 9]
 
-    def prefill(prompts: list[list[int]], rows: list[int], slots: list[int]) -> Prefilled:
+    def prefill(prompts: list[list[int]], rows: list[int], slots: list[int],
+                keep_hidden: list[bool] | None = None) -> Prefilled:
         if poison in prompts:
             raise RuntimeError("kernel fault")
-        return real_prefill(prompts, rows, slots)
+        return real_prefill(prompts, rows, slots, keep_hidden)
 
     monkeypatch.setattr(engine.runner, "prefill", prefill)
     good = engine.submit(gen("good"))

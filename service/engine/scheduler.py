@@ -33,11 +33,11 @@ from loraswap.service.engine.classify import (
 )
 from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
 from loraswap.service.engine.fair_queue import FairQueue, QueuePlaces
+from loraswap.service.engine.logits import TokenLogprob, prompt_logprobs
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner
-from loraswap.service.engine.logits import TokenLogprob, prompt_logprobs
 from loraswap.service.engine.sampling import (
     Picked,
     TokenSampler,
@@ -111,7 +111,8 @@ class ContinuousBatchScheduler:
         """Queue a request (in one of ``places`` reserved for it, if any are left); raises
         :class:`OverloadedError` when the queue has no room for it."""
         seq = GenerationSequence(
-            request=request, stream=stream, sampler=TokenSampler(request.params, tuple(request.prompt_ids)),
+            request=request, stream=stream,
+            sampler=TokenSampler(request.params, tuple(request.prompt_ids)),
             text=IncrementalText(self._tokenizer, request.params.stop),
         )
         self._enqueue(seq, places)

@@ -48,6 +48,16 @@ class PromptBuilder:
             return self._check(list(self.tokenizer(text)["input_ids"]))
         return self.from_messages([{"role": "user", "content": text}])
 
+    def from_ids(self, ids: list[int]) -> list[int]:
+        """A prompt given as token ids (OpenAI completions): checked against the
+        vocabulary and the length limits, used as it is."""
+        vocab = len(self.tokenizer)
+        outside = sorted({t for t in ids if not 0 <= t < vocab})
+        if outside:
+            raise InvalidRequestError(
+                f"prompt token ids {outside[:8]} are outside the vocabulary (0..{vocab - 1})")
+        return self._check(list(ids))
+
     def from_messages(self, messages: list[dict[str, str]]) -> list[int]:
         """A conversation rendered with the chat template, ready for the assistant's turn."""
         if not messages:
@@ -63,8 +73,9 @@ class PromptBuilder:
 
     def sampling(self, prompt_len: int, *, max_new_tokens: int, temperature: float,
                  top_p: float, seed: int | None, stop: list[str], ignore_eos: bool,
-                 ) -> SamplingParams:
-        """Sampling parameters, with ``max_new_tokens`` clipped to the room left in context."""
+                 **controls: Any) -> SamplingParams:
+        """Sampling parameters, with ``max_new_tokens`` clipped to the room left in context;
+        ``controls``: further :class:`SamplingParams` fields (penalties, logprobs, ...)."""
         if max_new_tokens > self.limits.max_new_tokens:
             raise InvalidRequestError(
                 f"max_new_tokens={max_new_tokens} exceeds the limit {self.limits.max_new_tokens}"
@@ -72,7 +83,7 @@ class PromptBuilder:
         room = self.limits.max_model_len - prompt_len
         return SamplingParams(
             max_new_tokens=min(max_new_tokens, room), temperature=temperature, top_p=top_p,
-            seed=seed, stop=tuple(stop), ignore_eos=ignore_eos,
+            seed=seed, stop=tuple(stop), ignore_eos=ignore_eos, **controls,
         )
 
     def _check(self, ids: list[int]) -> list[int]:

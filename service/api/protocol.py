@@ -56,6 +56,12 @@ class PredictParameters(BaseModel):
         description=f"Strings that end generation (not included); at most 16, each at most "
                     f"{MAX_STOP_CHARS} characters.")
     ignore_eos: bool = Field(default=False, description="Keep generating past end-of-sequence.")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Return each generated token's log-probability "
+        "(after penalties/bias, before temperature) and this many best alternatives.")
+    prompt_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Return the prompt tokens' log-probabilities "
+        "(the first is null) and this many best alternatives.")
 
 
 class PredictRequest(BaseModel):
@@ -77,12 +83,30 @@ class PredictRequest(BaseModel):
     stream: bool = Field(default=False, description="Answer with server-sent events.")
 
 
+class Alternative(BaseModel):
+    """A token and its natural-log probability."""
+
+    token_id: int
+    token: str
+    logprob: float
+
+
+class TokenLogprobOut(Alternative):
+    """A token's log-probability and the best alternatives at its place."""
+
+    top: list[Alternative]
+
+
 class PredictOutput(BaseModel):
     """One generated text (causal-lm)."""
 
     text: str
     tokens: int
     finish_reason: Literal["length", "stop"]
+    logprobs: list[TokenLogprobOut] | None = Field(
+        default=None, description="Only when parameters.logprobs was set.")
+    prompt_logprobs: list[TokenLogprobOut | None] | None = Field(
+        default=None, description="Only when parameters.prompt_logprobs was set.")
 
 
 class SequenceClassOutput(BaseModel):

@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI-compatible API (completions, chat, models).
 
-Unknown request fields are ignored, as OpenAI SDKs send extras such as ``user``; fields that
-OpenAI defines but loraswap cannot honour are declared so that a non-neutral value is a 400
-naming the field instead of being silently dropped.
+Nothing a client sends is silently dropped: a field that is neither declared here nor in
+:data:`_ACCEPTED_NOOP` (OpenAI bookkeeping fields that change no output, such as ``user``)
+is a 400 naming it, ``extra_body`` fields of the openai client included; fields that OpenAI
+defines but loraswap cannot honour are declared so that a non-neutral value is a 400 naming
+the field. The README's field table lists every field of both endpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from loraswap.service.api.protocol import Seed, UnicodeText, Usage
@@ -27,13 +30,20 @@ ModelTask = str
 
 # Values of unsupported OpenAI fields that ask for nothing, so SDK defaults still pass.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False),
-    "suffix": (None, ""), "best_of": (None, 1), "logit_bias": (None, {}),
-    "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "suffix": (None, ""), "best_of": (None, 1),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
     "function_call": (None, "none"), "response_format": (None, {"type": "text"}),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
 }
+
+
+_ACCEPTED_NOOP = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
+                            "reasoning_effort", "safety_identifier",
+                            "prompt_cache_key"})
+"""Fields OpenAI defines that change nothing in an answer here (billing and bookkeeping
+tags, and ``parallel_tool_calls`` without tools): accepted, documented as having no effect."""
+
+MAX_N = 16
 
 
 def _refuse_unsupported(value: Any, info: ValidationInfo) -> Any:
@@ -51,29 +61,37 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields shared by completions and chat completions (OpenAI defaults)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(description="An adapter name, the base model's id, or \"base\".")
     temperature: float | None = Field(default=1.0, ge=0.0, le=2.0,
                                       description="0 = greedy; OpenAI's default is 1.")
     top_p: float | None = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass.")
-    n: int | None = Field(default=1, description="Choices per prompt; only 1 is supported.")
+    n: int | None = Field(default=1, ge=1, le=MAX_N, description="Choices per prompt (1-16).")
     stop: str | list[str] | None = Field(default=None, description="Up to 16 stop strings.")
     seed: Seed | None = None
     stream: bool | None = Field(default=False, description="Answer with server-sent events.")
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(default=False, description="vLLM extra: generate past EOS.")
-    logprobs: Any = None
-    logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (as a string) -> bias in [-100, 100], at most "
+        "300 entries; ids are checked against the vocabulary.")
+    presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=1.0, gt=0.0, le=10.0,
+                                             description="vLLM extra; 1 = none.")
+    top_k: int | None = Field(default=None, ge=-1, description="vLLM extra; 0 or -1 = none.")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="vLLM extra.")
+    stop_token_ids: list[int] | None = Field(default=None, max_length=16,
+                                             description="vLLM extra: token ids that stop.")
 
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError(f"n={value} is not supported: only n=1")
-        return value
+    @model_validator(mode="after")
+    def _no_unknown_fields(self) -> SamplingFields:
+        unknown = sorted(set(self.model_extra or {}) - _ACCEPTED_NOOP)
+        if unknown:
+            raise ValueError(f"unsupported field(s) {', '.join(unknown)}: loraswap does not "
+                             "implement them (see the README's OpenAI field table)")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -84,11 +102,6 @@ class SamplingFields(BaseModel):
         if any(len(stop) > MAX_STOP_CHARS for stop in stops):
             raise ValueError(f"each stop string may have at most {MAX_STOP_CHARS} characters")
         return value
-
-    @field_validator("logprobs", "logit_bias", "presence_penalty", "frequency_penalty")
-    @classmethod
-    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
-        return _refuse_unsupported(value, info)
 
     @property
     def stop_list(self) -> list[str]:
@@ -106,15 +119,17 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     """Body of ``POST /v1/completions``: raw text prompts, no chat template."""
 
-    prompt: UnicodeText | list[UnicodeText] = Field(
-        description="A prompt or a list of prompts.")
+    prompt: UnicodeText | list[UnicodeText] | list[int] | list[list[int]] = Field(
+        description="A prompt, a list of prompts, or token ids (one list or several).")
     max_tokens: int | None = Field(default=16, ge=1,
                                    description="Default 16; null: the room left in context.")
-    echo: Any = None
+    logprobs: int | None = Field(default=None, ge=0, le=20,
+                                 description="Top alternatives per token (0-20).")
+    echo: bool | None = Field(default=False, description="Prepend the prompt to the text.")
     suffix: Any = None
     best_of: Any = None
 
-    @field_validator("echo", "suffix", "best_of")
+    @field_validator("suffix", "best_of")
     @classmethod
     def _unsupported_completion(cls, value: Any, info: ValidationInfo) -> Any:
         return _refuse_unsupported(value, info)
@@ -152,7 +167,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(
         default=None, ge=1, description="Default: the room left in context, capped by "
         "LORASWAP_MAX_NEW_TOKENS_LIMIT.")
-    top_logprobs: Any = None
+    logprobs: bool | None = Field(default=False, description="Return each token's logprob.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20,
+                                     description="Alternatives per token (needs logprobs).")
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -162,7 +179,13 @@ class ChatCompletionRequest(SamplingFields):
     modalities: Any = None
     prediction: Any = None
 
-    @field_validator("top_logprobs", "tools", "tool_choice", "functions", "function_call",
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @field_validator("tools", "tool_choice", "functions", "function_call",
                      "response_format", "audio", "modalities", "prediction")
     @classmethod
     def _unsupported_chat(cls, value: Any, info: ValidationInfo) -> Any:
@@ -172,12 +195,21 @@ class ChatCompletionRequest(SamplingFields):
 FinishReason = Literal["stop", "length"]
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs of a completion choice (token texts, natural logs)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     """One generated text of a completion (or a piece of it, in a stream chunk)."""
 
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -199,12 +231,32 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One alternative at a token's place (chat shape)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    """One generated token of a chat answer, with its ``top_logprobs`` alternatives."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """``choices[i].logprobs`` of a chat answer or chunk."""
+
+    content: list[ChatTokenLogprob]
+
+
 class ChatChoice(BaseModel):
     """One generated assistant message."""
 
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -238,7 +290,7 @@ class ChatChunkChoice(BaseModel):
 
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 

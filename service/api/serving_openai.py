@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -29,6 +30,7 @@ from loraswap.service.api.answers import (
 )
 from loraswap.service.api.batches import SubmittedBatch
 from loraswap.service.api.errors import ErrorFormat, error_body, status_for
+from loraswap.service.api.logprobs_format import TokenTexts, chat_logprobs, completion_logprobs
 from loraswap.service.api.pipeline import ServingPipeline
 from loraswap.service.api.prompts import PromptBuilder
 from loraswap.service.api.protocol import Usage
@@ -40,7 +42,9 @@ from loraswap.service.api.protocol_openai import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatLogprobs,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     FinishReason,
@@ -53,6 +57,7 @@ from loraswap.service.api.protocol_openai import (
 from loraswap.service.auth import Tenant
 from loraswap.service.drift.records import PredictionSink, submit_generations
 from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.requests import GenerationEvent
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.targets import BASE_TARGET, ServingTarget
@@ -76,14 +81,58 @@ class PreparedOpenAI:
     texts: list[str] = field(default_factory=list)
     sink: PredictionSink | None = None
     params: list[SamplingParams] = field(default_factory=list)
+    # Choices per prompt (choice i answers prompt i // n), and what the answer shows:
+    # the prompts (ids and text) for echo, and logprobs (None: not asked; chat: a bool).
+    n: int = 1
+    prompts: list[list[int]] = field(default_factory=list)
+    prompt_texts: list[str] = field(default_factory=list)
+    echo: bool = False
+    logprobs: bool = False
+    token_texts: TokenTexts | None = None
+
+    def _usage(self, results: list[GenerationEvent]) -> Usage:
+        """Every choice's completion tokens; each prompt's tokens once (as OpenAI counts)."""
+        usage = usage_of(results)
+        prompt = sum(r.prompt_tokens for i, r in enumerate(results) if i % self.n == 0)
+        return Usage(prompt_tokens=prompt, completion_tokens=usage.completion_tokens,
+                     total_tokens=prompt + usage.completion_tokens)
+
+    def _echoed(self, index: int, event: GenerationEvent) -> tuple[str, list[int],
+                                                                   list[TokenLogprob | None]]:
+        """What a choice's first text (or chunk) starts with: the prompt when echoed."""
+        if not self.echo:
+            return "", [], []
+        prompt = self.prompts[index // self.n]
+        entries: list[TokenLogprob | None] = list(event.prompt_logprobs or [])
+        return self.prompt_texts[index // self.n], prompt, entries
+
+    def _completion_logprobs(self, index: int, event: GenerationEvent, first: bool,
+                             offset: int) -> CompletionLogprobs | None:
+        if not self.logprobs or self.token_texts is None:
+            return None
+        _, prompt, prompt_entries = self._echoed(index, event) if first else ("", [], [])
+        tokens = [*prompt, *event.token_ids]
+        entries: list[TokenLogprob | None] = [*prompt_entries, *event.logprobs]
+        if len(entries) != len(tokens):  # pragma: no cover - the engine gives one per token
+            entries = [None] * len(tokens)
+        return completion_logprobs(self.token_texts, tokens, entries, offset)
+
+    def _chat_logprobs(self, event: GenerationEvent) -> ChatLogprobs | None:
+        if not self.logprobs or self.token_texts is None:
+            return None
+        return chat_logprobs(self.token_texts, event.logprobs)
+
+    def _start_offset(self, index: int) -> int:
+        return 0 if self.echo else len(self.prompt_texts[index // self.n])
 
     def _record(self, results: list[GenerationEvent]) -> None:
         """Records of the answered choices (in index order), as /v1/predict sends them."""
         outputs: list[dict[str, object]] = [
             {"text": r.text, "tokens": r.completion_tokens, "finish_reason": finish_reason(r)}
             for r in results]
+        texts = [self.texts[i // self.n] for i in range(len(results))] if self.texts else []
         submit_generations(self.sink, self.request_id, self.target.adapter,
-                           self.target.version, self.texts, outputs, results, self.params)
+                           self.target.version, texts, outputs, results, self.params)
 
     async def collect(self) -> CompletionResponse | ChatCompletionResponse:
         """Wait for every choice and answer in OpenAI's shape."""
@@ -92,25 +141,35 @@ class PreparedOpenAI:
         if self.chat:
             return ChatCompletionResponse(
                 id=self.request_id, created=self.created, model=self.model,
-                usage=usage_of(results),
+                usage=self._usage(results),
                 choices=[ChatChoice(index=i, message=AssistantMessage(content=r.text),
+                                    logprobs=self._chat_logprobs(r),
                                     finish_reason=finish_reason(r))
                          for i, r in enumerate(results)])
         return CompletionResponse(
-            id=self.request_id, created=self.created, model=self.model, usage=usage_of(results),
-            choices=[CompletionChoice(index=i, text=r.text, finish_reason=finish_reason(r))
-                     for i, r in enumerate(results)])
+            id=self.request_id, created=self.created, model=self.model,
+            usage=self._usage(results),
+            choices=[CompletionChoice(
+                index=i, text=self._echoed(i, r)[0] + r.text, finish_reason=finish_reason(r),
+                logprobs=self._completion_logprobs(i, r, True, self._start_offset(i)))
+                for i, r in enumerate(results)])
 
     def _chunk(self, index: int, text: str | None, role: bool = False,
-               finish: FinishReason | None = None) -> BaseModel:
+               finish: FinishReason | None = None, event: GenerationEvent | None = None,
+               first: bool = False, offset: int = 0) -> BaseModel:
         if self.chat:
             delta = ChatDelta(role="assistant" if role else None, content=text)
             return ChatCompletionChunk(
                 id=self.request_id, created=self.created, model=self.model,
-                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish)])
+                choices=[ChatChunkChoice(
+                    index=index, delta=delta, finish_reason=finish,
+                    logprobs=self._chat_logprobs(event) if event is not None else None)])
+        logprobs = (self._completion_logprobs(index, event, first, offset)
+                    if event is not None else None)
         return CompletionResponse(
             id=self.request_id, created=self.created, model=self.model,
-            choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish)])
+            choices=[CompletionChoice(index=index, text=text or "", finish_reason=finish,
+                                      logprobs=logprobs)])
 
     def _usage_chunk(self, usage: Usage) -> BaseModel:
         if self.chat:
@@ -126,19 +185,31 @@ class PreparedOpenAI:
     async def sse(self) -> AsyncIterator[str]:
         """``data: {chunk}`` events, an optional usage chunk, then ``data: [DONE]``."""
         finals: dict[int, GenerationEvent] = {}
-        texts = ["" for _ in self.batch.streams]
+        texts = ["" for _ in self.batch.streams]  # generated text (for the records)
+        started: set[int] = set()
+        offsets = [self._start_offset(i) for i in range(len(self.batch.streams))]
         try:
             if self.chat:  # the first chat chunk announces the role
                 for index in range(len(self.batch.streams)):
                     yield self._data(self._chunk(index, "", role=True))
             async for index, event in self.batch.events():
+                first = index not in started
+                started.add(index)
+                echoed, prompt, _ = self._echoed(index, event) if first else ("", [], [])
+                shown = echoed + event.text
                 texts[index] += event.text
+                offset = offsets[index]
+                if self.logprobs and self.token_texts is not None:
+                    offsets[index] += sum(len(self.token_texts(t))
+                                          for t in [*prompt, *event.token_ids])
                 if event.finished:
                     finals[index] = dataclasses.replace(event, text=texts[index])
-                    text = event.text or (None if self.chat else "")
-                    yield self._data(self._chunk(index, text, finish=finish_reason(event)))
-                elif event.text:
-                    yield self._data(self._chunk(index, event.text))
+                    text = shown or (None if self.chat else "")
+                    yield self._data(self._chunk(index, text, finish=finish_reason(event),
+                                                 event=event, first=first, offset=offset))
+                elif shown or self.logprobs:
+                    yield self._data(self._chunk(index, shown, event=event, first=first,
+                                                 offset=offset))
         except LoraswapError as exc:
             # Headers are gone; OpenAI SDKs raise on a chunk that carries "error".
             yield sse_data(error_body(ErrorFormat.OPENAI, status_for(exc), exc.code,
@@ -148,7 +219,7 @@ class PreparedOpenAI:
             if len(done) == len(self.batch.streams):
                 self._record(done)  # drift/capture seam
             if self.include_usage:
-                yield sse_data(self._usage_chunk(usage_of(done)))
+                yield sse_data(self._usage_chunk(self._usage(done)))
         finally:
             self.batch.cancel()  # a client gone before events() started must stop the engine
         yield SSE_DONE
@@ -165,9 +236,22 @@ class OpenAIPlan:
     max_tokens: int
     tokenize: Callable[[], list[list[int]]]
     prompts: PromptBuilder
-    inputs: int
+    num_prompts: int
     texts: list[str]  # each prompt as text, for drift capture
     sink: PredictionSink | None = None
+    # Top alternatives per generated token (None: no logprobs); echo: completions only.
+    logprobs: int | None = None
+    echo: bool = False
+
+    @property
+    def n(self) -> int:
+        """Choices per prompt."""
+        return self.body.n or 1
+
+    @property
+    def inputs(self) -> int:
+        """Engine requests: every choice of every prompt counts against the tenant."""
+        return self.num_prompts * self.n
 
     @property
     def stream(self) -> bool:
@@ -186,23 +270,59 @@ class OpenAIPlan:
         """Tokenize, load and queue the prompts."""
         body = self.body
         prompts = await pipeline.tokenize(self.tokenize)
+        controls = sampling_controls(body, len(self.prompts.tokenizer))
+        n = self.n
+        # Choice j of a prompt samples with seed + j: the choices differ, and each one is
+        # reproducible alone.
         params = [
             self.prompts.sampling(
                 len(p), max_new_tokens=self.max_tokens,
                 temperature=1.0 if body.temperature is None else body.temperature,
-                top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed,
-                stop=body.stop_list, ignore_eos=body.ignore_eos)
-            for p in prompts
+                top_p=1.0 if body.top_p is None else body.top_p,
+                seed=None if body.seed is None else (body.seed + j) % 2**64,
+                stop=body.stop_list, ignore_eos=body.ignore_eos, logprobs=self.logprobs,
+                prompt_logprobs=self.logprobs if self.echo else None, **controls)
+            for p in prompts for j in range(n)
         ]
+        choices = [p for p in prompts for _ in range(n)]
         target = await pipeline.load(target)
         request_id = new_request_id("chatcmpl" if self.chat else "cmpl")
-        batch = pipeline.generate(target, prompts, params, request_id=request_id,
+        batch = pipeline.generate(target, choices, params, request_id=request_id,
                                   tenant=tenant, places=places)
-        return PreparedOpenAI(chat=self.chat, request_id=request_id, model=self.model,
-                              batch=batch, include_usage=body.include_usage,
-                              created=int(time.time()), target=target,
-                              texts=self.texts if self.sink is not None else [],
-                              sink=self.sink, params=params)
+        shown = self.echo or self.logprobs is not None
+        return PreparedOpenAI(
+            chat=self.chat, request_id=request_id, model=self.model, batch=batch,
+            include_usage=body.include_usage, created=int(time.time()), target=target,
+            texts=self.texts if self.sink is not None else [], sink=self.sink, params=params,
+            n=n, prompts=prompts, echo=self.echo, logprobs=self.logprobs is not None,
+            prompt_texts=[self.prompts.tokenizer.decode(p) for p in prompts] if shown else [],
+            token_texts=TokenTexts(self.prompts.tokenizer) if self.logprobs is not None
+            else None)
+
+
+def sampling_controls(body: SamplingFields, vocab: int) -> dict[str, Any]:
+    """The request's penalties, cuts, bias and stop tokens as :class:`SamplingParams`
+    fields; token ids outside the vocabulary are a 400 naming them."""
+    bias: list[tuple[int, float]] = []
+    for key, value in (body.logit_bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidRequestError(f"logit_bias key {key!r} is not a token id") from None
+        bias.append((token, value))
+    stop_ids = list(body.stop_token_ids or [])
+    outside = sorted({t for t, _ in bias} | set(stop_ids))
+    outside = [t for t in outside if not 0 <= t < vocab]
+    if outside:
+        raise InvalidRequestError(
+            f"token ids {outside[:8]} are outside the vocabulary (0..{vocab - 1})")
+    return {
+        "logit_bias": tuple(bias), "stop_token_ids": tuple(stop_ids),
+        "presence_penalty": body.presence_penalty or 0.0,
+        "frequency_penalty": body.frequency_penalty or 0.0,
+        "repetition_penalty": 1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        "top_k": max(body.top_k or 0, 0), "min_p": body.min_p or 0.0,
+    }
 
 
 class OpenAIServing:
@@ -260,15 +380,21 @@ class OpenAIServing:
     async def completion(self, body: CompletionRequest, request: Request,
                          tenant: Tenant | None) -> BaseModel | StreamingResponse:
         """Complete raw-text prompts (no chat template)."""
-        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not texts:
-            raise InvalidRequestError("prompt must not be an empty list")
+        prompts = _prompt_list(body.prompt)
+        tokenizer = self._prompts.tokenizer
+
+        def tokenize() -> list[list[int]]:
+            return [self._prompts.from_ids(p) if isinstance(p, list)
+                    else self._prompts.from_text(p, raw=True) for p in prompts]
+
         plan = OpenAIPlan(
             body=body, model=self._echo(body.model), adapter=self._adapter(body.model),
             chat=False,
             max_tokens=self._max_tokens(body.max_tokens, "max_tokens"),
-            tokenize=lambda: [self._prompts.from_text(t, raw=True) for t in texts],
-            prompts=self._prompts, inputs=len(texts), texts=list(texts), sink=self._sink)
+            tokenize=tokenize, prompts=self._prompts, num_prompts=len(prompts),
+            texts=[p if isinstance(p, str) else tokenizer.decode(p) for p in prompts]
+            if self._sink is not None else [], sink=self._sink,
+            logprobs=body.logprobs, echo=bool(body.echo))
         return await self._pipeline.answer(request, tenant, plan)
 
     async def chat(self, body: ChatCompletionRequest, request: Request,
@@ -281,5 +407,22 @@ class OpenAIServing:
             chat=True,
             max_tokens=self._max_tokens(body.max_completion_tokens or body.max_tokens, field),
             tokenize=lambda: [self._prompts.from_messages(messages)],
-            prompts=self._prompts, inputs=1, texts=[json.dumps(messages)], sink=self._sink)
+            prompts=self._prompts, num_prompts=1, texts=[json.dumps(messages)], sink=self._sink,
+            logprobs=(body.top_logprobs or 0) if body.logprobs else None)
         return await self._pipeline.answer(request, tenant, plan)
+
+
+def _prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The prompts of a completions request: texts or token-id lists."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequestError("prompt must not be an empty list")
+    if all(isinstance(p, int) for p in prompt):
+        return [[int(p) for p in prompt]]  # type: ignore[arg-type]
+    out: list[str | list[int]] = []
+    for item in prompt:
+        if isinstance(item, int):
+            raise InvalidRequestError("prompt mixes token ids and texts")
+        out.append(item)
+    return out

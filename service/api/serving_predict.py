@@ -33,6 +33,7 @@ from loraswap.service.api.classification import (
     token_output,
     word_predictions,
 )
+from loraswap.service.api.logprobs_format import TokenTexts, native_logprob
 from loraswap.service.api.pipeline import Prepared, ServingPipeline
 from loraswap.service.api.prompts import PromptBuilder
 from loraswap.service.api.protocol import (
@@ -46,6 +47,7 @@ from loraswap.service.auth import Tenant
 from loraswap.service.drift.records import PredictionSink, submit_answer
 from loraswap.service.engine.classify import ClassificationResult
 from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.requests import GenerationEvent
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.targets import ServingTarget
@@ -67,14 +69,30 @@ class PreparedPredict:
     texts: list[str] = field(default_factory=list)
     sink: PredictionSink | None = None
     params: list[SamplingParams] = field(default_factory=list)
+    prompts: list[list[int]] = field(default_factory=list)
+    token_texts: TokenTexts | None = None
+
+    def _output(self, index: int, result: GenerationEvent) -> PredictOutput:
+        params = self.params[index] if index < len(self.params) else None
+        output = PredictOutput(text=result.text, tokens=result.completion_tokens,
+                               finish_reason=finish_reason(result))
+        if params is None or self.token_texts is None:
+            return output
+        texts = self.token_texts
+        if params.logprobs is not None:
+            output.logprobs = [native_logprob(texts, e) for e in result.logprobs]
+        if params.prompt_logprobs is not None and result.prompt_logprobs is not None:
+            # The first prompt token has no entry: nothing predicts it.
+            output.prompt_logprobs = [native_logprob(texts, e) if e is not None else None
+                                      for e in result.prompt_logprobs]
+        return output
 
     def response(self, results: list[GenerationEvent]) -> PredictResponse:
         """The JSON answer for finished results."""
         return PredictResponse(
             id=self.request_id, adapter=self.target.adapter,
             adapter_version=self.target.version, task=self.target.task,
-            outputs=[PredictOutput(text=r.text, tokens=r.completion_tokens,
-                                   finish_reason=finish_reason(r)) for r in results],
+            outputs=[self._output(i, r) for i, r in enumerate(results)],
             usage=usage_of(results),
         )
 
@@ -90,9 +108,13 @@ class PreparedPredict:
         """Server-sent events: ``token`` per chunk, then ``done`` with outputs and usage."""
         texts = ["" for _ in self.batch.streams]
         finals: list[GenerationEvent | None] = [None for _ in self.batch.streams]
+        entries: list[list[TokenLogprob]] = [[] for _ in self.batch.streams]
+        prompts: list[tuple[TokenLogprob | None, ...] | None] = [None for _ in self.batch.streams]
         try:
             async for index, event in self.batch.events():
                 texts[index] += event.text
+                entries[index].extend(event.logprobs)
+                prompts[index] = prompts[index] or event.prompt_logprobs
                 yield sse_event("token", {"index": index, "text": event.text,
                                           "token_ids": list(event.token_ids)})
                 if event.finished:
@@ -100,7 +122,9 @@ class PreparedPredict:
                         text=texts[index], token_ids=(), finished=True,
                         finish_reason=event.finish_reason, prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens,
-                        token_logprobs=event.token_logprobs, embedding=event.embedding)
+                        token_logprobs=event.token_logprobs, embedding=event.embedding,
+                        logprobs=tuple(entries[index]),
+                        prompt_logprobs=prompts[index])
         except LoraswapError as exc:
             yield _error_event(exc)
             return
@@ -246,7 +270,8 @@ class PredictPlan:
         params = [
             self.prompts.sampling(
                 len(prompt), max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                top_p=p.top_p, seed=p.seed, stop=p.stop, ignore_eos=p.ignore_eos)
+                top_p=p.top_p, seed=p.seed, stop=p.stop, ignore_eos=p.ignore_eos,
+                logprobs=p.logprobs, prompt_logprobs=p.prompt_logprobs)
             for prompt in prompts
         ]
         target = await pipeline.load(target)
@@ -254,7 +279,7 @@ class PredictPlan:
         texts = input_texts(self.body) if self.sink is not None else []  # drift only
         return PreparedPredict(request_id, target, pipeline.generate(
             target, prompts, params, request_id=request_id, tenant=tenant, places=places),
-            texts, self.sink, params)
+            texts, self.sink, params, prompts, TokenTexts(self.prompts.tokenizer))
 
     async def _classify(self, target: ServingTarget, pipeline: ServingPipeline,
                         tenant: Tenant | None, places: QueuePlaces) -> PreparedClassification:

@@ -157,8 +157,10 @@ def test_errors_are_the_sdk_typed_exceptions(served) -> None:  # type: ignore[no
         client.chat.completions.create(model="meta-llama/x", messages=MESSAGES)  # type: ignore[arg-type]
 
     bad_requests: list[tuple[str, dict[str, Any]]] = [
-        ("n", {"n": 2}), ("temperature", {"temperature": -1}),
-        ("logprobs", {"logprobs": 2}), ("max_tokens", {"max_tokens": 65}),
+        ("n", {"n": 17}), ("temperature", {"temperature": -1}),
+        ("logprobs", {"logprobs": 21}), ("max_tokens", {"max_tokens": 65}),
+        ("best_of", {"best_of": 2}), ("suffix", {"suffix": "x"}),
+        ("logit_bias", {"logit_bias": {"999999": 1}}),
     ]
     for param, kwargs in bad_requests:
         with pytest.raises(openai.BadRequestError, match=param) as caught:
@@ -168,13 +170,20 @@ def test_errors_are_the_sdk_typed_exceptions(served) -> None:  # type: ignore[no
         client.chat.completions.create(model="alpha", messages=MESSAGES, tools=[{  # type: ignore[arg-type]
             "type": "function", "function": {"name": "f", "parameters": {}}}])
     assert tools.value.body["param"] == "tools"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError, match="logprobs"):
-        client.chat.completions.create(model="alpha", messages=MESSAGES, logprobs=True)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model="alpha", messages=MESSAGES, top_logprobs=2)  # type: ignore[arg-type]
+    # Nothing is silently dropped: an unknown field (extra_body included) is named.
+    with pytest.raises(openai.BadRequestError, match="some_future_field"):
+        client.chat.completions.create(model="alpha", messages=MESSAGES,  # type: ignore[arg-type]
+                                       extra_body={"some_future_field": 1})
+    with pytest.raises(openai.BadRequestError, match="guided_json"):
+        client.completions.create(model="alpha", prompt="hi",
+                                  extra_body={"guided_json": {"type": "object"}})
 
-    # What SDKs send on their own (neutral values, unknown fields) is accepted.
+    # What SDKs send on their own (neutral values, bookkeeping fields) is accepted.
     fine = client.chat.completions.create(
         model="alpha", messages=MESSAGES, max_tokens=2, user="u1", logprobs=False,  # type: ignore[arg-type]
-        extra_body={"some_future_field": 1})
+        metadata={"k": "v"})
     assert fine.choices[0].message.content is not None
 
 

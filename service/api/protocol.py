@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from loraswap.adapters.package import TaskKind
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
@@ -107,6 +114,13 @@ class PredictOutput(BaseModel):
         default=None, description="Only when parameters.logprobs was set.")
     prompt_logprobs: list[TokenLogprobOut | None] | None = Field(
         default=None, description="Only when parameters.prompt_logprobs was set.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unasked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A client that asked for no logprobs sees the output shape it always had.
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items()
+                if not (k in ("logprobs", "prompt_logprobs") and v is None)}
 
 
 class SequenceClassOutput(BaseModel):

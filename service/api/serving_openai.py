@@ -123,7 +123,9 @@ class PreparedOpenAI:
         return chat_logprobs(self.token_texts, event.logprobs)
 
     def _start_offset(self, index: int) -> int:
-        return 0 if self.echo else len(self.prompt_texts[index // self.n])
+        if self.echo or not self.prompt_texts:  # no prompt texts: no logprobs asked
+            return 0
+        return len(self.prompt_texts[index // self.n])
 
     def _record(self, results: list[GenerationEvent]) -> None:
         """Records of the answered choices (in index order), as /v1/predict sends them."""
@@ -311,11 +313,11 @@ def sampling_controls(body: SamplingFields, vocab: int) -> dict[str, Any]:
             raise InvalidRequestError(f"logit_bias key {key!r} is not a token id") from None
         bias.append((token, value))
     stop_ids = list(body.stop_token_ids or [])
-    outside = sorted({t for t, _ in bias} | set(stop_ids))
-    outside = [t for t in outside if not 0 <= t < vocab]
-    if outside:
-        raise InvalidRequestError(
-            f"token ids {outside[:8]} are outside the vocabulary (0..{vocab - 1})")
+    for name, ids in (("logit_bias", [t for t, _ in bias]), ("stop_token_ids", stop_ids)):
+        outside = sorted({t for t in ids if not 0 <= t < vocab})
+        if outside:
+            raise InvalidRequestError(
+                f"{name}: token ids {outside[:8]} are outside the vocabulary (0..{vocab - 1})")
     return {
         "logit_bias": tuple(bias), "stop_token_ids": tuple(stop_ids),
         "presence_penalty": body.presence_penalty or 0.0,

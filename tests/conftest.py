@@ -3,6 +3,13 @@ real base model; the environment isolation and the marker rules every test runs 
 
 from __future__ import annotations
 
+# The test process goes offline as every loraswap entry point does, before torch,
+# transformers and peft read their switches: no test reaches the Hub or imports code from
+# it, whatever HOME holds (tests of the product's own switch unset them in a child).
+from loraswap.offline import stay_offline
+
+stay_offline()
+
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path

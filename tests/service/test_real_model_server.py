@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraswap.adapters.demo import write_random_adapter
 from tests.service.processes import ServiceProcess
-from tests.utils.env import REPO_ROOT, child_env
+from tests.utils.env import HUB_SWITCHES, REPO_ROOT, child_env, empty_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -42,11 +42,6 @@ def adapter_dir(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
-# Variables that would make the Hugging Face libraries stay offline by themselves: the
-# service must not need them (the network guard below proves it never tries).
-OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-
-
 @pytest.fixture(scope="module")
 def network_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the server's network guard records every non-loopback attempt."""
@@ -63,9 +58,11 @@ def server(real_model_dir: Path, adapter_dir: Path, network_log: Path,
            "LORASWAP_DEV_MODE": "true", "LORASWAP_STORE_URI": (state / "store").as_uri(),
            "LORASWAP_ADAPTER_CACHE_DIR": str(state / "cache"),
            "LORASWAP_ADAPTER_DIR": str(adapter_dir), "LORASWAP_QUANTIZATION": "fp32",
-           "LORASWAP_MAX_LORAS": "2", "LORASWAP_MAX_MODEL_LEN": "512"}
+           "LORASWAP_MAX_LORAS": "2", "LORASWAP_MAX_MODEL_LEN": "512", **empty_home(state)}
+    # The Hub's offline switches unset and an empty HOME: the service must not need them
+    # (the network guard proves it never tries).
     process = ServiceProcess(
-        env, state, unset=OFFLINE_SWITCHES,
+        env, state, unset=HUB_SWITCHES,
         launcher=("-m", "tests.utils.patched_serve", "--deny-network", str(network_log), "--"))
     try:
         yield process.start(timeout=300).url
@@ -123,10 +120,11 @@ def test_eight_concurrent_requests_over_four_adapters_match_peft(
 
 
 def test_the_service_never_reaches_the_network(server: str, network_log: Path) -> None:
-    """With the Hub's offline switches unset, loading the model, listing and serving the
-    adapters and answering (the tests above ran first) made no non-loopback connection or
-    name lookup: the guard logged none. (The guard itself is checked to log: it refuses a
-    lookup of huggingface.co made from the same launcher in a child process.)"""
+    """With the Hub's offline switches unset and an empty HOME, loading the model, listing
+    and serving the adapters and answering (the tests above ran first) made no
+    non-loopback connection or name lookup: the guard logged none. (The guard itself is
+    checked to log: it refuses a lookup of huggingface.co made from the same launcher in a
+    child process.)"""
     answer = httpx.post(f"{server}/v1/predict", timeout=120,
                         json={"adapter": "support-qv", "inputs": PROMPTS[0],
                               "parameters": {"max_new_tokens": 4}})

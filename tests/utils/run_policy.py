@@ -34,6 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--fail-on-skip", action="store_true",
         help="fail the run if any test is skipped for a reason other than CUDA (CI)")
+    parser.addoption(
+        "--long-campaigns", action="store_true",
+        help="run the long_campaign tests (the long fuzzing run); deselected otherwise")
 
 
 def starts_processes(item: pytest.Item) -> bool:
@@ -46,9 +49,15 @@ def starts_processes(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark by what a test uses and skip ``gpu`` tests where torch sees no CUDA device."""
+    """Mark by what a test uses, skip ``gpu`` tests where torch sees no CUDA device and
+    deselect (not skip) ``long_campaign`` tests unless ``--long-campaigns`` is given."""
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False")
     cuda = torch.cuda.is_available()
+    if not config.getoption("--long-campaigns"):
+        campaigns = [i for i in items if i.get_closest_marker("long_campaign") is not None]
+        if campaigns:
+            config.hook.pytest_deselected(items=campaigns)
+            items[:] = [i for i in items if i.get_closest_marker("long_campaign") is None]
     for item in items:
         if starts_processes(item):
             item.add_marker(pytest.mark.integration)

@@ -113,6 +113,7 @@ def test_promote_never_lands_on_a_version_deleted_at_the_same_time(
         assert record.active in existing, f"active {record.active} not in {existing}"
 
 
+@pytest.mark.integration  # two worker processes
 def test_two_processes_changing_one_tenant_lose_nothing(store: ObjectStore) -> None:
     TenantDirectory(store).create("acme")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

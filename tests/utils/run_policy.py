@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _posixsubprocess
 import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,7 +72,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def child_processes_need_integration(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test without the ``integration`` marker may not start a child process: selecting
     ``-m "not integration"`` must really start none (subprocess, asyncio and
-    multiprocessing all go through ``_posixsubprocess.fork_exec`` or ``os.fork``)."""
+    multiprocessing all go through one of the functions patched here)."""
     if request.node.get_closest_marker("integration") is not None:
         yield
         return
@@ -83,8 +84,10 @@ def child_processes_need_integration(request: pytest.FixtureRequest) -> Iterator
             f"tests/utils/run_policy.py PROCESS_FIXTURES or mark it")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_posixsubprocess, "fork_exec", refuse)
-        patch.setattr(os, "fork", refuse)
+        patch.setattr(_posixsubprocess, "fork_exec", refuse)  # multiprocessing
+        patch.setattr(subprocess, "_fork_exec", refuse)  # subprocess, asyncio
+        for spawn in ("fork", "posix_spawn", "posix_spawnp"):
+            patch.setattr(os, spawn, refuse)
         yield
 
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from loraswap.adapters.errors import (
+from loraswap.adapters.package import MANIFEST_FILE, sha256_file
+from loraswap.adapters.store import FileSystemStore, ObjectStore, SizedStore, open_store
+from loraswap.adapters.validation import ALLOWED_FILES, ValidationLimits
+from loraswap.core.errors import (
     AdapterValidationError,
     ConfigurationError,
     InvalidRequestError,
@@ -33,9 +36,6 @@ from loraswap.adapters.errors import (
     PermissionDeniedError,
     StoreError,
 )
-from loraswap.adapters.package import MANIFEST_FILE, sha256_file
-from loraswap.adapters.store import FileSystemStore, ObjectStore, SizedStore, open_store
-from loraswap.adapters.validation import ALLOWED_FILES, ValidationLimits
 
 _CHUNK = 1 << 20
 # One plain file name of a package (see validation.ALLOWED_FILES for which are accepted).

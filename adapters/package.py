@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loraswap.adapters.errors import AdapterValidationError, describe_problems
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
+from loraswap.core.errors import AdapterValidationError, describe_problems
 
 MANIFEST_FILE = "loraswap.json"
 PROFILE_FILE = "profile.json"

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraswap.adapters.errors import AdapterIncompatibleError, AdapterValidationError
 from loraswap.adapters.lora_format import CONFIG_FILE
 from loraswap.adapters.package import (
     AdapterManifest,
@@ -33,6 +32,7 @@ from loraswap.adapters.package import (
     parse_manifest,
 )
 from loraswap.adapters.peft_config import base_name_key
+from loraswap.core.errors import AdapterIncompatibleError, AdapterValidationError
 
 if TYPE_CHECKING:
     from loraswap.adapters.validation import BaseModelFingerprint

@@ -29,12 +29,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraswap.adapters.archive import download_verified, is_complete_copy, stage_from_uri
-from loraswap.adapters.errors import (
-    AdapterNotFoundError,
-    ConflictError,
-    InvalidRequestError,
-    StoreError,
-)
 from loraswap.adapters.package import (
     MANIFEST_FILE,
     SAFE_NAME,
@@ -49,6 +43,12 @@ from loraswap.adapters.validation import (
     ManifestDefaults,
     ValidationLimits,
     validate_package,
+)
+from loraswap.core.errors import (
+    AdapterNotFoundError,
+    ConflictError,
+    InvalidRequestError,
+    StoreError,
 )
 
 logger = logging.getLogger(__name__)

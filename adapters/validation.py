@@ -18,15 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.base_model import BaseModelInfo, weights_sha256
-from loraswap.adapters.base_model import read_manifest as read_base_manifest
 from loraswap.adapters.compatibility import check_head, check_rank
-from loraswap.adapters.errors import (
-    AdapterIncompatibleError,
-    AdapterValidationError,
-    ConfigurationError,
-    PayloadTooLargeError,
-)
 from loraswap.adapters.lora_format import (
     CONFIG_FILE,
     PICKLE_FILES,
@@ -36,7 +28,6 @@ from loraswap.adapters.lora_format import (
     declared_factor_shapes,
     read_lora_adapter,
 )
-from loraswap.adapters.model_families import projection_shapes
 from loraswap.adapters.package import (
     MANIFEST_FILE,
     PACKAGE_FILES,
@@ -48,6 +39,15 @@ from loraswap.adapters.package import (
 from loraswap.adapters.peft_config import check_peft_options
 from loraswap.adapters.plain_peft import ManifestDefaults as ManifestDefaults  # re-exported
 from loraswap.adapters.plain_peft import check_defaults_agree, synthesize_manifest, task_of_peft
+from loraswap.base_model.families import projection_shapes
+from loraswap.base_model.loading import BaseModelInfo, weights_sha256
+from loraswap.base_model.loading import read_manifest as read_base_manifest
+from loraswap.core.errors import (
+    AdapterIncompatibleError,
+    AdapterValidationError,
+    ConfigurationError,
+    PayloadTooLargeError,
+)
 
 MIB = 2**20
 ALLOWED_FILES = frozenset((*PACKAGE_FILES, MANIFEST_FILE))
@@ -94,7 +94,7 @@ class BaseModelFingerprint:
         if not (isinstance(sha, str) and len(sha) == 64):
             sha = weights_sha256(path)
         name = manifest.get("name")
-        # Same naming rule as adapters.base_model.load_base_model.
+        # Same naming rule as base_model.loading.load_base_model.
         name = name if isinstance(name, str) and name else path.name
         return cls.from_config(name, sha, config)
 

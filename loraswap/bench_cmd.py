@@ -17,8 +17,8 @@ from typing import Any
 
 import typer
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from loraswap.adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
+from loraswap.base_model.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
 from loraswap.bench.outcome import BenchOptions, BenchOutcome, render_report
 
 ENGINE_SCENARIOS: dict[str, int] = {"base": 0, "lora1": 1, "lora4": 4, "lora16": 16,

@@ -14,14 +14,14 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from loraswap.adapters.errors import (
+from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, read_lora_adapter
+from loraswap.adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, read_manifest
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.core.errors import (
     AdapterNotFoundError,
     AdapterValidationError,
     InvalidRequestError,
 )
-from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, read_lora_adapter
-from loraswap.adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, read_manifest
-from loraswap.adapters.registry import AdapterRegistry
 from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.targets import AdapterTraits, ServingTarget
 

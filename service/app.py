@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from loraswap.adapters.base_model import LoadedBaseModel, load_base_model
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore, ObservedStore, open_store
-from loraswap.adapters.tenants import TenantDirectory
 from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.base_model.loading import LoadedBaseModel, load_base_model
 from loraswap.service.adapter_source import LocalAdapterDirectory, RegistryAdapterSource
 from loraswap.service.api.errors import install_error_handlers
 from loraswap.service.api.gate import RequestGate, dev_hosts
@@ -40,6 +39,7 @@ from loraswap.service.metrics import ServiceMetrics
 from loraswap.service.registry_sync import RegistryWatcher
 from loraswap.service.settings import Settings
 from loraswap.service.state import ServiceState, ServingComponents
+from loraswap.tenants.directory import TenantDirectory
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from loraswap.adapters.errors import AdapterNotFoundError, PermissionDeniedError
-from loraswap.adapters.tenants import TenantDirectory
+from loraswap.core.errors import AdapterNotFoundError, PermissionDeniedError
 from loraswap.service.adapter_source import check_adapter_ref
 from loraswap.service.errors import AuthenticationError
+from loraswap.tenants.directory import TenantDirectory
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.registry import AdapterRecord, AdapterRegistry
+from loraswap.core.errors import LoraswapError
 from loraswap.service.adapter_source import AdapterResolver
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.metrics import ServiceMetrics

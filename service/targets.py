@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraswap.adapters.compatibility import check_head
-from loraswap.adapters.errors import AdapterValidationError
 from loraswap.adapters.lora_format import LoraAdapterWeights
 from loraswap.adapters.package import AdapterManifest, AttentionMode, TaskKind, TextSplit
+from loraswap.core.errors import AdapterValidationError
 from loraswap.service.engine.residency import AdapterKey
 
 BASE_TARGET = "base"

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.base_model import Quantization, load_base_model
-from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.package import MANIFEST_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, now_iso
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.training_data import read_parquet_batches, upload_to_store
 from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.errors import ConfigurationError
+from loraswap.jobs.retrain_runs import RunRecord, RunStore, now_iso
+from loraswap.jobs.training_data import read_parquet_batches, upload_to_store
 from loraswap.training.config import TrainConfig
 from loraswap.training.datasets_io import concatenate
 from loraswap.training.metrics import SELECTION_METRIC

@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.adapter_source import AdapterResolver
 from loraswap.service.api.batches import ClassificationBatch, SubmittedBatch, until_disconnect
 from loraswap.service.auth import Tenant, check_access, fairness_key

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraswap.adapters.package import SAFE_NAME, AttentionMode, TaskKind, TextSplit
-from loraswap.adapters.tenants import MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND
+from loraswap.tenants.directory import MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND
 
 
 class TenantPolicyBody(BaseModel):

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from loraswap.adapters.archive import extract_upload, write_uploaded_files
-from loraswap.adapters.errors import (
+from loraswap.adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
+from loraswap.core.errors import (
     AdapterValidationError,
     ConflictError,
     InvalidRequestError,
     PayloadTooLargeError,
 )
-from loraswap.adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
-from loraswap.adapters.tenants import TenantDirectory, TenantPolicy, TenantRecord
-from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
 from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
@@ -36,6 +35,7 @@ from loraswap.service.api.protocol_admin import (
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.metrics import ServiceMetrics
 from loraswap.service.registry_sync import RegistryWatcher
+from loraswap.tenants.directory import TenantDirectory, TenantPolicy, TenantRecord
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from loraswap.adapters.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
 from loraswap.adapters.package import TaskKind
+from loraswap.core.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
 from loraswap.service.api.answers import (
     SSE_DONE,
     finish_reason,

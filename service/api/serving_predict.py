@@ -16,8 +16,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from loraswap.adapters.errors import InvalidRequestError, LoraswapError
 from loraswap.adapters.package import TaskKind, TextSplit
+from loraswap.core.errors import InvalidRequestError, LoraswapError
 from loraswap.service.api.answers import (
     finish_reason,
     new_request_id,

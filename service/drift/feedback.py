@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraswap.adapters.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
 from loraswap.adapters.words import split_words
+from loraswap.core.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
 from loraswap.service.drift.capture import CapturedPrediction, CaptureWriter
 from loraswap.service.drift.metrics import DriftMetrics
 from loraswap.service.drift.records import AdapterVersionRef

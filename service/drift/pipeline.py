@@ -12,12 +12,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.errors import NotFoundError
 from loraswap.adapters.package import PROFILE_FILE
-from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunStore
-from loraswap.adapters.tenants import TenantDirectory
+from loraswap.core.errors import NotFoundError
+from loraswap.jobs.profile_jobs import ProfileJob, ProfileJobs
+from loraswap.jobs.retrain_runs import RunStore
 from loraswap.service.drift.capture import CaptureWriter
 from loraswap.service.drift.feedback import FeedbackService
 from loraswap.service.drift.launchers import KubernetesLauncher, Launcher, LocalLauncher
@@ -28,6 +27,7 @@ from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
 from loraswap.service.drift.reference import ReferenceProfile, parse_profile
 from loraswap.service.drift.retrain import DriftScores, FlushFeedback, RetrainService
 from loraswap.service.settings import Settings
+from loraswap.tenants.directory import TenantDirectory
 
 
 class CapturePolicies:

@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.errors import ConflictError, InvalidRequestError
 from loraswap.adapters.package import SAFE_NAME
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from loraswap.core.errors import ConflictError, InvalidRequestError
+from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.service.drift.launchers import Launcher
 
 logger = logging.getLogger(__name__)

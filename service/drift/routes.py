@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from loraswap.adapters.errors import PayloadTooLargeError
-from loraswap.adapters.reference_data import (
+from loraswap.core.errors import PayloadTooLargeError
+from loraswap.jobs.reference_data import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TEXT_COLUMN,
     ReferenceColumns,
 )
-from loraswap.adapters.training_data import store_bytes
+from loraswap.jobs.training_data import store_bytes
 from loraswap.service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
 from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
 from loraswap.service.api.protocol import ErrorResponse

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
 from loraswap.adapters.compatibility import check_head
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.lora_format import ClassificationHead, LoraAdapterWeights
 from loraswap.adapters.package import AttentionMode, TaskKind
+from loraswap.core.errors import LoraswapError
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.residency import AdapterKey, LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner

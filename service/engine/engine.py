@@ -11,7 +11,7 @@ import torch
 
 from loraswap.adapters.compatibility import check_head
 from loraswap.adapters.lora_format import LoraAdapterWeights
-from loraswap.adapters.model_families import stop_token_ids
+from loraswap.base_model.families import stop_token_ids
 from loraswap.service.engine.classify import ClassificationRequest, ClassificationStream
 from loraswap.service.engine.detokenizer import Tokenizer
 from loraswap.service.engine.engine_thread import EngineThread

@@ -7,8 +7,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.core.errors import LoraswapError
 from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import RequestCancelledError

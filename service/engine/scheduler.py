@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import torch
 
-from loraswap.adapters.errors import LoraswapError
+from loraswap.core.errors import LoraswapError
 from loraswap.service.engine.classify import (
     BatchClassifier,
     ClassificationRequest,

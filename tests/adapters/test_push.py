@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loraswap.adapters.errors import AdapterValidationError
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.push import PlainPeftHints, PushRefusedError, PushTarget, push_package
+from loraswap.core.errors import AdapterValidationError
 
 TARGET = PushTarget(server="http://svc:8000/", admin_token="s3cret", tenant="acme",
                     name="sent")

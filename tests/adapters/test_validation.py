@@ -15,12 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from loraswap.adapters.errors import (
-    AdapterIncompatibleError,
-    AdapterValidationError,
-    LoraswapError,
-    PayloadTooLargeError,
-)
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
 from loraswap.adapters.package import MANIFEST_FILE, PROFILE_FILE, TaskKind, read_manifest
 from loraswap.adapters.registry import AdapterRegistry
@@ -30,6 +24,12 @@ from loraswap.adapters.validation import (
     ManifestDefaults,
     ValidationLimits,
     validate_package,
+)
+from loraswap.core.errors import (
+    AdapterIncompatibleError,
+    AdapterValidationError,
+    LoraswapError,
+    PayloadTooLargeError,
 )
 from tests.adapters.conftest import PackageBuilder, make_store, refused, seal
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from loraswap.adapters.provision import fetch_base_model
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
+from loraswap.base_model.provision import fetch_base_model
 from tests.e2e.monitoring_stack import (
     REPO,
     fast_rules,

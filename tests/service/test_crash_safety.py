@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.fault_hooks import PAUSED_MESSAGE
 from tests.service.conftest import PackageFactory, upload_files
 from tests.service.drift.test_capture_feedback_api import TEXTS, classifier_package

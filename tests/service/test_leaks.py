@@ -20,16 +20,16 @@ import torch
 from transformers import LlamaForCausalLM
 
 from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.errors import AdapterNotFoundError
 from loraswap.adapters.lora_format import read_lora_adapter
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.tenants import TenantDirectory
 from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.core.errors import AdapterNotFoundError
 from loraswap.service.engine.lora_slots import LoraSlotTable
 from loraswap.service.engine.observer import NullObserver
 from loraswap.service.engine.residency import AdapterKey, LoraSlotManager
 from loraswap.service.engine.runner import model_shape, projection_groups
+from loraswap.tenants.directory import TenantDirectory
 from tests.service.conftest import PackageFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

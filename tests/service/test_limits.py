@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.auth import Tenant
 from loraswap.service.errors import RateLimitedError
 from loraswap.service.limits import TenantLimiter

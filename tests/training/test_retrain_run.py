@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save_file
 from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.package import package_file_digests, read_manifest, write_manifest
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.training_data import upload_to_store
 from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from loraswap.jobs.training_data import upload_to_store
 from loraswap.training import retrain
 from loraswap.training.config import build_config
 from loraswap.training.runner import TrainOutcome, run_training

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
 from loraswap.service.app import create_app
 from loraswap.service.settings import Settings
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory, upload_files

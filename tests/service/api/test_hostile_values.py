@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from loraswap.adapters.errors import AdapterValidationError
 from loraswap.adapters.package import (
     CONFIG_FILE,
     package_file_digests,
@@ -23,6 +22,7 @@ from loraswap.adapters.validation import (
     ValidationLimits,
     validate_package,
 )
+from loraswap.core.errors import AdapterValidationError
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory, upload_files
 
 LONE_SURROGATE = '"\\ud800 hello"'  # a JSON string that decodes to a lone surrogate

@@ -13,7 +13,7 @@ import pytest
 
 from loraswap.adapters.package import build_manifest, read_manifest, write_manifest
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.jobs.training_data import read_parquet_batches
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
 from tests.service.drift.helpers import profile

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import StoreError
 from loraswap.adapters.store import ObjectStore, open_store
 from loraswap.adapters.store.filesystem import FileSystemStore
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.core.errors import StoreError
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.api.answers import new_request_id
 from loraswap.service.drift.capture import CaptureWriter
 from loraswap.service.drift.capture_index import (

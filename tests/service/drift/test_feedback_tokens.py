@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from loraswap.adapters.errors import InvalidRequestError
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.core.errors import InvalidRequestError
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.drift.capture import CapturedPrediction
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackService
 from loraswap.service.drift.metrics import DriftMetrics

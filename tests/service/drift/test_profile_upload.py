@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loraswap.adapters.profile_jobs import ProfileJob
+from loraswap.jobs.profile_jobs import ProfileJob
 from tests.peft_adapters import lora_config, save_peft_adapter, upload_parts
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
 from tests.service.drift.test_capture_feedback_api import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.profile_jobs import JobStatus, ProfileJob
+from loraswap.jobs.profile_jobs import JobStatus, ProfileJob
 from loraswap.service.drift.metrics import DriftMetrics
 from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
 from loraswap.service.drift.pipeline import no_profile

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from loraswap.adapters.retrain_runs import RunRecord, RunStore
 from loraswap.adapters.store import open_store
+from loraswap.jobs.retrain_runs import RunRecord, RunStore
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService
 
 
@@ -104,7 +104,7 @@ def test_alerts_without_tenant_and_adapter_labels_are_ignored(service) -> None: 
 
 
 def test_a_manual_run_is_refused_while_one_runs(service) -> None:  # type: ignore[no-untyped-def]
-    from loraswap.adapters.errors import ConflictError
+    from loraswap.core.errors import ConflictError
 
     retrain, _, _ = service
     retrain.start_manual("acme", "sentiment")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.training.config import build_config
 from loraswap.training.runner import run_training
 from tests.service.conftest import LiveServer, ServerFactory

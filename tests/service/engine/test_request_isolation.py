@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from loraswap.adapters.base_model import Quantization, load_base_model
-from loraswap.adapters.errors import InvalidRequestError, LoraswapError
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.errors import InvalidRequestError, LoraswapError
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS, StopString
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver

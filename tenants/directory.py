@@ -24,15 +24,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loraswap.adapters.errors import (
+from loraswap.adapters.package import SAFE_NAME, SAFE_NAME_RULE
+from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing, update_object
+from loraswap.core.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     StoreError,
     describe_problems,
 )
-from loraswap.adapters.package import SAFE_NAME, SAFE_NAME_RULE
-from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing, update_object
 
 logger = logging.getLogger(__name__)
 

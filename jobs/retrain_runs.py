@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.errors import NotFoundError
 from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing
+from loraswap.core.errors import NotFoundError
 
 RUNS_PREFIX = "retrain/runs/"
 RunStatus = Literal["queued", "running", "finished", "failed"]

@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.errors import ConflictError
 from loraswap.adapters.registry import version_prefix
-from loraswap.adapters.retrain_runs import new_run_id, now_iso
 from loraswap.adapters.store import ObjectStore, update_object
 from loraswap.adapters.store.base import StoreKeyMissing
+from loraswap.core.errors import ConflictError
+from loraswap.jobs.retrain_runs import new_run_id, now_iso
 
 JOB_FILE = "profile-job.json"
 UPLOADED_PROFILE_FILE = "uploaded-profile.json"

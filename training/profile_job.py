@@ -107,8 +107,8 @@ def _compute(job: ProfileJob, store: ObjectStore, settings: ProfileJobSettings,
     base = BaseModelFingerprint.from_loaded(loaded.info, loaded.model.config.to_dict())
     registry = AdapterRegistry(store, base, ValidationLimits(), settings.cache_dir,
                                refresh_seconds=0.5)
-    manifest = registry.version(job.tenant, job.adapter, job.version).manifest
-    folder = registry.local_folder(job.tenant, job.adapter, job.version)
+    manifest = registry.version(job.tenant, job.adapter, job.version.number).manifest
+    folder = registry.local_folder(job.tenant, job.adapter, job.version.number)
     data = work / job.filename
     store.download(job.reference_key, data)
     rows = read_reference(data, manifest.task, manifest.labels, ReferenceColumns(

@@ -82,8 +82,8 @@ class PreparedOpenAI:
         outputs: list[dict[str, object]] = [
             {"text": r.text, "tokens": r.completion_tokens, "finish_reason": finish_reason(r)}
             for r in results]
-        submit_generations(self.sink, self.request_id, self.target.adapter,
-                           self.target.version, self.texts, outputs, results, self.params)
+        submit_generations(self.sink, self.request_id, self.target.key, self.texts, outputs,
+                           results, self.params)
 
     async def collect(self) -> CompletionResponse | ChatCompletionResponse:
         """Wait for every choice and answer in OpenAI's shape."""
@@ -230,11 +230,11 @@ class OpenAIServing:
         owner = tenant.name if tenant is not None else None
         listing = await asyncio.to_thread(self._pipeline.resolver.listing, owner)
         cards = []
-        if tenant is None or tenant.allow_base_model:
+        if tenant is None or tenant.policy.allow_base_model:
             cards.append(ModelCard(id=self.base_model, created=self.created, owned_by="loraswap",
                                    loraswap=ModelExtension(kind="base", task=GENERATIVE)))
         cards += [ModelCard(id=item.name, created=self.created,
-                            owned_by=item.name.partition("/")[0] if "/" in item.name
+                            owned_by=item.key.tenant if item.key and item.key.tenant
                             else "loraswap",
                             loraswap=ModelExtension(kind="adapter", task=str(item.task)))
                   for item in listing]

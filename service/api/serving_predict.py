@@ -82,7 +82,7 @@ class PreparedPredict:
         """Wait for every output."""
         results = await self.batch.collect()
         response = self.response(results)
-        submit_answer(self.sink, response, self.texts, results,  # drift/capture seam
+        submit_answer(self.sink, self.target.key, response, self.texts, results,  # drift seam
                       params=self.params)
         return response
 
@@ -106,7 +106,7 @@ class PreparedPredict:
             return
         done = [f for f in finals if f is not None]
         response = self.response(done)
-        submit_answer(self.sink, response, self.texts, done,  # drift/capture seam
+        submit_answer(self.sink, self.target.key, response, self.texts, done,  # drift seam
                       params=self.params)
         yield sse_event("done", response)
 
@@ -146,8 +146,8 @@ class PreparedClassification:
                 labels = self.target.class_names()
                 words = [word_predictions(encoded, r.probs, labels)
                          for encoded, r in zip(self.inputs, results, strict=True)]
-            submit_answer(self.sink, response, [i.text for i in self.inputs], results,
-                          words=words)
+            submit_answer(self.sink, self.target.key, response,
+                          [i.text for i in self.inputs], results, words=words)
         return response
 
     async def sse(self) -> AsyncIterator[str]:

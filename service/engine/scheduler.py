@@ -95,7 +95,7 @@ class ContinuousBatchScheduler:
         the gateway's ``lora_requests_info`` gauge; safe to call from any thread (the running
         names are the snapshot the engine thread published after its last step)."""
         with self._lock:
-            waiting = [item.request.adapter.name for item in self._waiting.items()
+            waiting = [str(item.request.adapter.ref) for item in self._waiting.items()
                        if item.request.adapter is not None]
         return list(self._running_adapters), waiting
 
@@ -237,7 +237,8 @@ class ContinuousBatchScheduler:
 
     def _publish_running(self) -> None:
         """Replace the immutable snapshot of running adapters that other threads read."""
-        self._running_adapters = tuple(seq.request.adapter.name for seq in self._running.values()
+        self._running_adapters = tuple(str(seq.request.adapter.ref)
+                                       for seq in self._running.values()
                                        if seq.request.adapter is not None)
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:

@@ -166,7 +166,7 @@ def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
     active, candidate = (first.evaluations[s]["eval_loss"] for s in ("active", "candidate"))
     assert candidate < active  # the active version was spoiled
     assert first.decision == "promoted" and "<=" in (first.reason or "")
-    assert setup.registry().active(TENANT, "writer").version == first.candidate_version == 2
+    assert setup.registry().active(TENANT, "writer").key.version == first.candidate_version == "2"
     data_store = setup.registry().active(TENANT, "writer").manifest.training["data_store"]
     assert setup.store.exists(data_store["trained_on"])
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loraswap.adapters.lora_format import CONFIG_FILE
 from loraswap.adapters.package import (
@@ -32,10 +32,8 @@ from loraswap.adapters.package import (
     parse_manifest,
 )
 from loraswap.adapters.peft_config import base_name_key
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import AdapterIncompatibleError, AdapterValidationError
-
-if TYPE_CHECKING:
-    from loraswap.adapters.validation import BaseModelFingerprint
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,8 @@ from loraswap.adapters.package import (
 )
 from loraswap.adapters.store import ObjectStore, ObservedStore, StoreObserver, update_object
 from loraswap.adapters.store.base import StoreKeyMissing
-from loraswap.adapters.validation import (
-    BaseModelFingerprint,
-    ManifestDefaults,
-    ValidationLimits,
-    validate_package,
-)
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits, validate_package
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import (
     AdapterNotFoundError,
     ConflictError,

@@ -19,7 +19,8 @@ from pathlib import Path
 from loraswap.adapters.package import AttentionMode
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.base_model.loading import Quantization, load_base_model
 from loraswap.jobs.profile_jobs import ProfileJob, ProfileJobs
 from loraswap.jobs.reference_data import ReferenceColumns, read_reference

@@ -25,7 +25,8 @@ from typing import Any
 from loraswap.adapters.package import MANIFEST_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.base_model.loading import Quantization, load_base_model
 from loraswap.core.errors import ConfigurationError
 from loraswap.jobs.retrain_runs import RunRecord, RunStore, now_iso

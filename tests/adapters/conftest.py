@@ -25,7 +25,7 @@ from loraswap.adapters.package import (
 )
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore, ObjectStore, open_store
-from loraswap.adapters.validation import BaseModelFingerprint
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import LoraswapError
 from tests.s3_server import S3Server
 

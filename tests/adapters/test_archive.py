@@ -15,7 +15,8 @@ import pytest
 from loraswap.adapters.archive import extract_upload, write_uploaded_files
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import AdapterValidationError, PayloadTooLargeError
 from tests.adapters.conftest import PackageBuilder, snapshot
 

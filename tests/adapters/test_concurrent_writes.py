@@ -16,7 +16,8 @@ import pytest
 
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import AdapterNotFoundError, ConflictError, NotFoundError
 from loraswap.tenants.directory import TenantDirectory, TenantPolicy
 from tests.adapters.cas_worker import SlowReadsStore

@@ -12,7 +12,8 @@ from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.package import MANIFEST_FILE, package_file_digests
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore, ObjectStore
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import (
     AdapterNotFoundError,
     AdapterValidationError,

@@ -23,7 +23,8 @@ from loraswap.adapters.demo import write_random_adapter
 from loraswap.adapters.lora_format import read_lora_adapter
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import AdapterNotFoundError
 from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.lora_slots import LoraSlotTable

@@ -16,7 +16,8 @@ from transformers import AutoTokenizer, LlamaForSequenceClassification
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.validation import BaseModelFingerprint, ManifestDefaults, ValidationLimits
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.base_model.loading import Quantization
 from loraswap.jobs.profile_jobs import ProfileJob, ProfileJobs, reference_key
 from loraswap.service.drift.reference import parse_profile

@@ -27,7 +27,8 @@ from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.package import package_file_digests, read_manifest, write_manifest
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.jobs.training_data import upload_to_store
 from loraswap.training import retrain

@@ -16,12 +16,8 @@ from loraswap.adapters.package import (
     read_manifest,
     write_manifest,
 )
-from loraswap.adapters.validation import (
-    BaseModelFingerprint,
-    ManifestDefaults,
-    ValidationLimits,
-    validate_package,
-)
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits, validate_package
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.core.errors import AdapterValidationError
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory, upload_files
 

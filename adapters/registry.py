@@ -28,13 +28,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from loraswap.adapters.archive import download_verified, is_complete_copy, stage_from_uri
 from loraswap.adapters.package import (
     MANIFEST_FILE,
     AdapterManifest,
     check_safe_name,
     parse_manifest,
 )
+from loraswap.adapters.staging import download_verified, is_complete_copy, stage_from_uri
 from loraswap.adapters.store import ObjectStore, ObservedStore, StoreObserver, update_object
 from loraswap.adapters.store.base import StoreKeyMissing
 from loraswap.adapters.validation import ManifestDefaults, ValidationLimits, validate_package

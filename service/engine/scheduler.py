@@ -9,22 +9,23 @@ Classification requests (seq-cls, token-cls adapters) wait in the same queue and
 admitted by the same rules, but need no cache row: the ones admitted in a step run
 together in one forward pass (:class:`BatchClassifier`) and finish in that step.
 
-Fairness: see :class:`FairQueue` (round-robin across tenants, FIFO within one; places
-reserved before tokenizing; a full queue makes room for a caller holding less).
+Waiting requests are the admission queue's (:mod:`loraswap.service.engine.admission`: the
+one place the event loop and the engine thread meet); this module is the engine thread's
+step loop over the running batch.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 
-from loraswap.adapters.errors import LoraswapError
+from loraswap.core.errors import LoraswapError
+from loraswap.service.engine.admission import AdmissionQueue, Queued
 from loraswap.service.engine.classify import (
     BatchClassifier,
     ClassificationRequest,
@@ -32,7 +33,7 @@ from loraswap.service.engine.classify import (
     PendingClassification,
 )
 from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
-from loraswap.service.engine.fair_queue import FairQueue, QueuePlaces
+from loraswap.service.engine.fair_queue import QueuePlaces
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from loraswap.service.engine.residency import LoraSlotManager
@@ -44,8 +45,6 @@ from loraswap.service.errors import NotReadyError, OverloadedError, RequestCance
 logger = logging.getLogger(__name__)
 
 
-# What waits in the queue: a generation sequence or a classification request.
-_Queued = GenerationSequence | PendingClassification
 Q = TypeVar("Q", GenerationSequence, PendingClassification)
 
 
@@ -64,16 +63,11 @@ class ContinuousBatchScheduler:
         self._tokenizer = tokenizer
         self.config = config
         self._observer = observer
-        self._waiting: FairQueue[_Queued] = FairQueue(lambda item: item.request.fairness_key)
+        self._queue = AdmissionQueue(config)
         self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
-        # Classifications in the queue: with every cache row busy, only they can be admitted.
-        self._classify_waiting = 0
         self._running: dict[int, GenerationSequence] = {}  # cache row -> sequence
         self._free_rows = list(range(config.max_batch_size))
-        self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
-        self._closed = False
         self._waiting_for_slot = False
-        self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
         # Names of the running batch's adapters, replaced after each step (read elsewhere).
         self._running_adapters: tuple[str, ...] = ()
         self._admitting: list[GenerationSequence] = []  # taken from the queue, not yet running
@@ -83,7 +77,7 @@ class ContinuousBatchScheduler:
     @property
     def num_waiting(self) -> int:
         """Requests admitted to the queue but not yet running."""
-        return self._waiting.size
+        return self._queue.size
 
     @property
     def num_running(self) -> int:
@@ -94,10 +88,7 @@ class ContinuousBatchScheduler:
         """Adapter names (no versions, no base) of the running batch and of the queue, for
         the gateway's ``lora_requests_info`` gauge; safe to call from any thread (the running
         names are the snapshot the engine thread published after its last step)."""
-        with self._lock:
-            waiting = [item.request.adapter.name for item in self._waiting.items()
-                       if item.request.adapter is not None]
-        return list(self._running_adapters), waiting
+        return list(self._running_adapters), self._queue.adapter_names()
 
     def submit(self, request: GenerationRequest, stream: RequestStream,
                places: QueuePlaces | None = None) -> None:
@@ -116,78 +107,22 @@ class ContinuousBatchScheduler:
         self._enqueue(PendingClassification(request, stream), places)
 
     def reserve(self, key: str, places: int) -> QueuePlaces:
-        """Hold ``places`` of ``key``'s share for its next engine requests, before they are
-        tokenized: a caller over its share, or a full queue that no heavier caller can make
-        room in, is refused (:class:`OverloadedError`) before any work is spent on it."""
-        with self._lock:
-            self._make_room(key, places, check_share=True, dry_run=True)
-            self._waiting.reserve(key, places)
-        return QueuePlaces(key, places, self._unreserve)
+        """Hold ``places`` of ``key``'s share of the queue (:meth:`AdmissionQueue.reserve`)."""
+        return self._queue.reserve(key, places)
 
-    def _unreserve(self, key: str, places: int) -> None:
-        with self._lock:
-            self._waiting.unreserve(key, places)
-
-    def _enqueue(self, item: _Queued, places: QueuePlaces | None) -> None:
-        key = item.request.fairness_key
-        reserved = places is not None and places.key == key and places.take()
-        with self._lock:
-            if reserved:
-                self._waiting.unreserve(key, 1)  # its share was checked at the reservation
-            pushed_out = self._make_room(key, 1, check_share=not reserved)
-            self._waiting.push(item)
-            self._queued[id(item.stream)] = item
-            self._classify_waiting += isinstance(item, PendingClassification)
-        self._shed(pushed_out)
-        self.kick()
-
-    def _make_room(self, key: str, places: int, *, check_share: bool,
-                   dry_run: bool = False) -> list[_Queued]:
-        """Check that ``places`` more items of ``key`` fit (its share, the queue) and make
-        room in a full queue (:meth:`FairQueue.room_for`); the items pushed out (none on a
-        dry run). Called with the lock held."""
-        if self._closed:
-            raise NotReadyError("server is shutting down")
-        full = self._waiting.size + places > self.config.max_queue
-        held = self._waiting.held(key)
-        share = self.config.queue_share
-        if check_share and held + places > share:
-            # A share that is the whole queue is not worth naming.
-            raise self._queue_full() if full or share >= self.config.max_queue else OverloadedError(
-                f"this caller already has {held} requests queued, its share of the queue is "
-                f"{share}; retry later", retry_after=1)
-        victims = self._waiting.room_for(key, places, self.config.max_queue)
-        if victims is None:
-            raise self._queue_full()
-        if dry_run:
-            return []
-        pushed_out = self._waiting.push_out(victims)
-        for item in pushed_out:
-            self._queued.pop(id(item.stream), None)
-            self._classify_waiting -= isinstance(item, PendingClassification)
-        return pushed_out
-
-    def _shed(self, pushed_out: list[_Queued]) -> None:
-        """End the requests pushed out of a full queue with a 429."""
-        for item in pushed_out:
-            self._drop(item, "shed", OverloadedError(
+    def _enqueue(self, item: Queued, places: QueuePlaces | None) -> None:
+        for pushed_out in self._queue.push(item, places):
+            self._drop(pushed_out, "shed", OverloadedError(
                 f"request queue is full ({self.config.max_queue} waiting) and this caller "
                 "holds the most of it; retry later", retry_after=1))
-
-    def _queue_full(self) -> OverloadedError:
-        return OverloadedError(
-            f"request queue is full ({self.config.max_queue} waiting); retry later",
-            retry_after=1)
+        self.kick()
 
     def withdraw(self, stream: RequestStream | ClassificationStream) -> None:
         """Take a cancelled request out of the queue now, so it frees its place at once
         (a running one is dropped at the next step)."""
-        with self._lock:
-            item = self._queued.pop(id(stream), None)
-            if item is None or not self._waiting.remove(item):
-                return
-            self._classify_waiting -= isinstance(item, PendingClassification)
-        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
+        item = self._queue.withdraw(stream)
+        if item is not None:
+            self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
 
     def kick(self) -> None:
         """Make the engine thread reconsider its queues now (after a submit or cancel)."""
@@ -196,7 +131,7 @@ class ContinuousBatchScheduler:
 
     def has_work(self) -> bool:
         """Whether a step would do something (lock-free: called under the thread's lock)."""
-        return bool(self._running) or (self._waiting.size > 0 and not self._waiting_for_slot)
+        return bool(self._running) or (self._queue.size > 0 and not self._waiting_for_slot)
 
     def step(self) -> None:
         """One iteration: drop cancelled, admit and prefill, decode; never raises.
@@ -211,7 +146,7 @@ class ContinuousBatchScheduler:
         except Exception:
             logger.exception("engine step failed; failing the requests it was running")
             error = LoraswapError("engine step failed")
-            failed: list[_Queued] = [*self._running.values(), *self._admitting,
+            failed: list[Queued] = [*self._running.values(), *self._admitting,
                                      *self._classifying]
             for item in failed:
                 self._drop(item, "error", error)
@@ -223,7 +158,7 @@ class ContinuousBatchScheduler:
         self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
-        stuck = not admitted and not classify and not self._running and self._waiting.size > 0
+        stuck = not admitted and not classify and not self._running and self._queue.size > 0
         if admitted:
             self._isolated(admitted, self._prefill)
         if classify:
@@ -233,11 +168,12 @@ class ContinuousBatchScheduler:
             self._decode()
         self._waiting_for_slot = stuck
         self._publish_running()
-        self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
+        self._observer.scheduler_state(waiting=self._queue.size, running=len(self._running))
 
     def _publish_running(self) -> None:
         """Replace the immutable snapshot of running adapters that other threads read."""
-        self._running_adapters = tuple(seq.request.adapter.name for seq in self._running.values()
+        self._running_adapters = tuple(str(seq.request.adapter.ref)
+                                       for seq in self._running.values()
                                        if seq.request.adapter is not None)
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:
@@ -260,47 +196,17 @@ class ContinuousBatchScheduler:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
     def _admit(self) -> tuple[list[GenerationSequence], list[PendingClassification]]:
-        """Waiting requests to run this step: generations (each takes a cache row) and
+        """Waiting requests to run this step: generations (each given a cache row) and
         classifications (no row), within one prompt-token budget."""
-        admitted: list[GenerationSequence] = []
-        classify: list[PendingClassification] = []
-        budget = self.config.max_prefill_tokens
-        with self._lock:
-            progress = True
-            while progress and self._waiting.size and (self._free_rows or self._classify_waiting):
-                progress = False
-                for key in self._waiting.keys_in_turn():
-                    if not (self._free_rows or self._classify_waiting):
-                        break
-                    item = self._waiting.peek(key)
-                    if item.stream.cancelled:
-                        self._pop(key)
-                        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
-                        continue
-                    if isinstance(item, GenerationSequence) and not self._free_rows:
-                        continue  # waits for a cache row; classifications of other keys go on
-                    need = len(item.request.prompt_ids)
-                    if (admitted or classify) and need > budget:
-                        return admitted, classify
-                    if not self._take_slot(item):
-                        continue  # its adapter waits for a slot; other keys go on
-                    self._pop(key)
-                    budget -= need
-                    progress = True
-                    if isinstance(item, GenerationSequence):
-                        item.row = heapq.heappop(self._free_rows)
-                        admitted.append(item)
-                    else:
-                        classify.append(item)
-        return admitted, classify
+        chosen = self._queue.select(len(self._free_rows), self.config.max_prefill_tokens,
+                                    self._take_slot)
+        for item in chosen.cancelled:
+            self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
+        for seq in chosen.generations:
+            seq.row = heapq.heappop(self._free_rows)
+        return chosen.generations, chosen.classifications
 
-    def _pop(self, key: str) -> _Queued:
-        item = self._waiting.pop(key)
-        self._queued.pop(id(item.stream), None)
-        self._classify_waiting -= isinstance(item, PendingClassification)
-        return item
-
-    def _take_slot(self, item: _Queued) -> bool:
+    def _take_slot(self, item: Queued) -> bool:
         request = item.request
         if request.adapter is None or request.adapter_weights is None:
             item.slot = 0
@@ -377,7 +283,7 @@ class ContinuousBatchScheduler:
         delta += seq.text.flush()
         self._finish(seq, reason, None, last=GenerationEvent(text=delta, token_ids=(token,)))
 
-    def _drop(self, item: _Queued, reason: str, error: LoraswapError) -> None:
+    def _drop(self, item: Queued, reason: str, error: LoraswapError) -> None:
         """End a request of either kind with ``error`` (cancelled, failed, shutting down)."""
         if isinstance(item, GenerationSequence):
             self._finish(item, reason, error)
@@ -413,10 +319,5 @@ class ContinuousBatchScheduler:
         error = NotReadyError("server is shutting down")
         for seq in list(self._running.values()):
             self._finish(seq, "error", error)
-        with self._lock:
-            self._closed = True
-            pending = self._waiting.drain()
-            self._queued.clear()
-            self._classify_waiting = 0
-        for item in pending:
+        for item in self._queue.close():
             self._drop(item, "error", error)

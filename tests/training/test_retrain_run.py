@@ -1,4 +1,4 @@
-"""Retraining runs of causal-lm and token-cls adapters on the tiny model, end to end.
+"""Retraining runs of causal-lm, token-cls and seq-cls adapters on the tiny model, end to end.
 
 An active version is trained and registered with its data in the store, feedback rows
 are written where the service writes them, and ``execute_run`` trains a candidate,
@@ -214,3 +214,40 @@ def test_a_token_cls_run_promotes_on_higher_f1_and_keeps_a_worse_candidate(
     assert second.evaluations["candidate"]["f1"] == 0.0
     assert second.decision == "kept" and "< active" in (second.reason or "")
     assert setup.registry().active(TENANT, "ner").version == 2
+
+
+def test_a_seq_cls_run_promotes_on_higher_accuracy_and_keeps_a_worse_candidate(
+        tiny_base_dir: Path, tmp_path: Path, csv_data: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seq-cls gate (the package evaluator's accuracy, higher is better) decides both
+    ways: a spoiled active version (always its first label) loses to a trained candidate,
+    and a spoiled candidate is kept out."""
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\n" + "".join(
+        f"{p} {i},pos\n{n} {i},neg\n" for i, (p, n) in enumerate(zip(
+            ("the quick brown fox", "the lazy dog jumps"),
+            ("paris is the capital", "capital of france"), strict=True))))
+    setup = make_setup(tmp_path, tiny_base_dir, "seq-cls", "mood", csv_data, test, steps=30)
+    put_feedback(setup.store, "mood", [
+        *(feedback_row(i, "seq-cls", f"brown fox over the dog {i}", label="pos")
+          for i in range(4)),
+        *(feedback_row(10 + i, "seq-cls", f"name three primary colors {i}", label="neg")
+          for i in range(4))])
+
+    first = setup.run()
+    check_same_heldout(first)
+    assert (first.task, first.gate_metric, first.gate_direction) == ("seq-cls", "accuracy",
+                                                                     "higher")
+    active, candidate = (first.evaluations[s]["accuracy"] for s in ("active", "candidate"))
+    assert active <= 0.75  # spoiled: one label for everything, on a mixed held-out set
+    assert candidate > active
+    assert first.decision == "promoted" and ">=" in (first.reason or "")
+    assert setup.registry().active(TENANT, "mood").version == 2
+
+    spoiling_training(monkeypatch)
+    second = setup.run()
+    check_same_heldout(second)
+    assert second.evaluations["candidate"]["accuracy"] < \
+        second.evaluations["active"]["accuracy"]
+    assert second.decision == "kept" and "< active" in (second.reason or "")
+    assert setup.registry().active(TENANT, "mood").version == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -70,18 +70,31 @@ def server(real_model_dir: Path, adapter_dir: Path, network_log: Path,
         process.stop()
 
 
-def peft_alone(model_dir: Path, adapter: Path | None, prompt: str) -> str:
-    """PEFT's greedy answer with this one adapter (None: the base), in fp32 (the
-    reference)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    model = base if adapter is None else PeftModel.from_pretrained(base, adapter).eval()
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)
-    return str(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+PeftAnswer = Callable[[str | None, str], str]
+
+
+@pytest.fixture(scope="module")
+def peft_alone(real_model_dir: Path, adapter_dir: Path) -> PeftAnswer:
+    """PEFT's greedy answer with one adapter (None: the base) for a prompt, in fp32 (the
+    reference). The base is loaded once; each adapter is attached, run and unloaded."""
+    tokenizer = AutoTokenizer.from_pretrained(real_model_dir)
+    holder = [AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32).eval()]
+
+    def answer(adapter: str | None, prompt: str) -> str:
+        base = holder[0]
+        model = base if adapter is None else PeftModel.from_pretrained(
+            base, adapter_dir / adapter).eval()
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS,
+                                 do_sample=False)
+        if adapter is not None:
+            holder[0] = model.unload()
+        return str(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+
+    return answer
 
 
 def test_readyz_tells_the_truth_and_base_answers(server: str) -> None:
@@ -97,14 +110,14 @@ def test_readyz_tells_the_truth_and_base_answers(server: str) -> None:
     assert "Paris" in answer["outputs"][0]["text"], answer
 
 
-def test_eight_concurrent_requests_over_four_adapters_match_peft(
-        server: str, real_model_dir: Path, adapter_dir: Path) -> None:
-    """9 simultaneous requests (4 adapters, 2 slots): the 4 adapters and the base on one
-    prompt, the 4 adapters on the other prompts. Each equals PEFT's output alone, and on
-    the shared prompt all five answers differ: every adapter changes SmolLM2's greedy
-    tokens, so an engine that dropped or swapped adapters would fail."""
-    shared: list[tuple[str | None, str]] = [(name, PROMPTS[0]) for name in [*ADAPTERS, None]]
-    jobs = shared + [(name, PROMPTS[1 + i % 3]) for i, name in enumerate(ADAPTERS)]
+def test_concurrent_requests_over_four_adapters_match_peft_and_change_the_answers(
+        server: str, peft_alone: PeftAnswer) -> None:
+    """20 simultaneous requests (4 adapters and the base, each on every prompt; 2 slots):
+    each equals PEFT's output alone, and every adapter changes SmolLM2's greedy answer to at
+    least one prompt, so an engine that dropped or swapped adapters would fail. (One prompt
+    is not enough: at this adapter scale, "What is the capital of France?" stays "The
+    capital of France is Paris." under two of the four adapters.)"""
+    jobs = [(name, prompt) for prompt in PROMPTS for name in [*ADAPTERS, None]]
 
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server, timeout=600) as client:
@@ -115,14 +128,14 @@ def test_eight_concurrent_requests_over_four_adapters_match_peft(
                 for name, prompt in jobs))
 
     responses = asyncio.run(send_all())
-    outputs = []
+    answers: dict[tuple[str | None, str], str] = {}
     for (name, prompt), response in zip(jobs, responses, strict=True):
         assert response.status_code == 200, response.text
-        text = response.json()["outputs"][0]["text"]
-        assert text == peft_alone(real_model_dir, adapter_dir / name if name else None,
-                                  prompt), name
-        outputs.append(text)
-    assert len(set(outputs[:len(shared)])) == len(shared), outputs[:len(shared)]
+        answers[name, prompt] = response.json()["outputs"][0]["text"]
+        assert answers[name, prompt] == peft_alone(name, prompt), (name, prompt)
+    unchanged = [name for name in ADAPTERS
+                 if all(answers[name, p] == answers[None, p] for p in PROMPTS)]
+    assert unchanged == [], answers
 
 
 def test_the_service_never_reaches_the_network(server: str, network_log: Path) -> None:

@@ -61,10 +61,9 @@ class GatewayCollector:
         num_running = scheduler.num_running
         waiting.add_metric([], scheduler.num_waiting)
         running.add_metric([], num_running)
-        # The KV cache is preallocated per batch row (max_model_len tokens each), so a
-        # running sequence holds a whole row: usage is the fraction of rows in use, which
-        # is what tells the picker this pod cannot take more work without queueing.
-        usage.add_metric([], num_running / engine.config.max_batch_size)
+        # Blocks of the paged KV pool held by running sequences, over all blocks: what tells
+        # the picker how much more work this pod takes before it queues or preempts.
+        usage.add_metric([], scheduler.kv_usage)
         running_names, waiting_names = scheduler.adapter_names()
         info.add_metric([_names_label(running_names), _names_label(waiting_names),
                          str(engine.config.max_loras)], self._clock())
@@ -79,7 +78,7 @@ class GatewayCollector:
             GaugeMetricFamily(WAITING, "Requests queued, not yet running (gateway protocol)."),
             GaugeMetricFamily(RUNNING, "Requests in the running batch (gateway protocol)."),
             GaugeMetricFamily(KV_CACHE_USAGE,
-                              "Fraction (0-1) of the KV cache's batch rows in use."),
+                              "Fraction (0-1) of the KV cache pool's blocks in use."),
             GaugeMetricFamily(LORA_INFO,
                               "Adapters running and waiting (comma-separated); the value is "
                               "the Unix time of this report (gateway protocol).",

@@ -1,9 +1,19 @@
 """Continuous batching: the scheduler, stepped by the engine thread, owns the running batch.
 
-Each iteration (1) drops cancelled sequences, (2) admits waiting requests into free cache
-rows and prefills them together (bounded by a prompt-token budget, so decoding never
-stalls for long), (3) runs one decode step for every running sequence. Finished sequences
-leave at once and free their row and their slot reference.
+Each iteration (1) drops cancelled sequences, (2) plans the running batch: one token for
+every decoding sequence, taking a new KV block when one crosses a block boundary, and the
+next chunk of every prompt still being prefilled, within a per-step prompt-token budget
+(``max_prefill_tokens``), (3) admits waiting requests while the batch has room, the budget
+is not spent and the pool has the blocks for their prompt (shared prefix blocks from the
+prefix cache count as had), (4) runs all of it in one forward pass. Finished sequences leave
+at once and give back their blocks and their slot reference.
+
+When the pool runs out during (2), the newest running sequence is *preempted*: its blocks
+are freed and it waits, ahead of every new request, to be readmitted and recomputed from
+its prompt and the tokens it already produced. Its stream sees only a longer pause: the
+recomputation's last logits give its next token, so it completes with the tokens it would
+have had. The pool holds at least one ``max_model_len`` sequence (checked when the engine
+is built), so a sequence alone always fits and nothing fails for want of memory.
 
 Classification requests (seq-cls, token-cls adapters) wait in the same queue and are
 admitted by the same rules, but need no cache row: the ones admitted in a step run
@@ -15,7 +25,6 @@ reserved before tokenizing; a full queue makes room for a caller holding less).
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
@@ -33,7 +42,9 @@ from loraswap.service.engine.classify import (
 )
 from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
 from loraswap.service.engine.fair_queue import FairQueue, QueuePlaces
+from loraswap.service.engine.kv_pool import KvBlockPool, block_keys
 from loraswap.service.engine.observer import EngineObserver
+from loraswap.service.engine.paged_attention import StepChunk
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner
@@ -66,17 +77,19 @@ class ContinuousBatchScheduler:
         self._observer = observer
         self._waiting: FairQueue[_Queued] = FairQueue(lambda item: item.request.fairness_key)
         self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
-        # Classifications in the queue: with every cache row busy, only they can be admitted.
+        # Classifications in the queue: with the batch full, only they can be admitted.
         self._classify_waiting = 0
-        self._running: dict[int, GenerationSequence] = {}  # cache row -> sequence
-        self._free_rows = list(range(config.max_batch_size))
+        self._pool: KvBlockPool = runner.pool
+        self._running: list[GenerationSequence] = []  # admission order, oldest first
+        self._preempted: list[GenerationSequence] = []  # readmitted first, oldest first
+        self._admitted_count = 0
         self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
         self._closed = False
         self._waiting_for_slot = False
         self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
         # Names of the running batch's adapters, replaced after each step (read elsewhere).
         self._running_adapters: tuple[str, ...] = ()
-        self._admitting: list[GenerationSequence] = []  # taken from the queue, not yet running
+        self._admitting: list[GenerationSequence] = []  # in this step's forward pass
         self._classifying: list[PendingClassification] = []  # admitted in this step
         self._wake = wake
 
@@ -89,6 +102,12 @@ class ContinuousBatchScheduler:
     def num_running(self) -> int:
         """Sequences in the running batch."""
         return len(self._running)
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction (0-1) of the KV pool's blocks that running sequences hold (cached
+        prefixes nobody uses do not count: they are evicted on demand)."""
+        return self._pool.used / self._pool.num_blocks
 
     def adapter_names(self) -> tuple[list[str], list[str]]:
         """Adapter names (no versions, no base) of the running batch and of the queue, for
@@ -196,48 +215,52 @@ class ContinuousBatchScheduler:
 
     def has_work(self) -> bool:
         """Whether a step would do something (lock-free: called under the thread's lock)."""
-        return bool(self._running) or (self._waiting.size > 0 and not self._waiting_for_slot)
+        return bool(self._running) or (
+            (self._waiting.size > 0 or bool(self._preempted)) and not self._waiting_for_slot)
 
     def step(self) -> None:
         """One iteration: drop cancelled, admit and prefill, decode; never raises.
 
-        A failure is contained to the requests it concerns: a prefill or classification
+        A failure is contained to the requests it concerns: a forward or classification
         pass that raises is retried one request at a time, so only the request that breaks
-        it fails; a row whose logits or sampling fail ends that request alone. Only an
-        exception in the shared decode pass fails the sequences that pass was running.
+        it fails; a row whose logits or sampling fail ends that request alone.
         """
         try:
             self._step()
         except Exception:
             logger.exception("engine step failed; failing the requests it was running")
             error = LoraswapError("engine step failed")
-            failed: list[_Queued] = [*self._running.values(), *self._admitting,
-                                     *self._classifying]
+            failed: list[_Queued] = [*self._running, *self._admitting, *self._classifying]
             for item in failed:
                 self._drop(item, "error", error)
         self._admitting, self._classifying = [], []
 
     def _step(self) -> None:
         self._reap_cancelled()
-        admitted, classify = self._admit()
+        scheduled, budget = self._plan()
+        admitted, classify = self._admit(budget)
         self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
         stuck = not admitted and not classify and not self._running and self._waiting.size > 0
-        if admitted:
-            self._isolated(admitted, self._prefill)
         if classify:
             self._isolated(classify, self._classifier.run)
+        batch = scheduled + admitted
+        if batch:
+            # Single-token chunks (decodes) first: the runner attends to them together.
+            batch.sort(key=lambda seq: seq.chunk != 1)
+            self._isolated(batch, self._forward)
         self._admitting, self._classifying = [], []
-        if self._running:
-            self._decode()
         self._waiting_for_slot = stuck
         self._publish_running()
-        self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
+        self._observer.scheduler_state(waiting=self._waiting.size + len(self._preempted),
+                                       running=len(self._running))
+        self._observer.kv_blocks(used=self._pool.used, total=self._pool.num_blocks,
+                                 cached=self._pool.num_cached)
 
     def _publish_running(self) -> None:
         """Replace the immutable snapshot of running adapters that other threads read."""
-        self._running_adapters = tuple(seq.request.adapter.name for seq in self._running.values()
+        self._running_adapters = tuple(seq.request.adapter.name for seq in self._running
                                        if seq.request.adapter is not None)
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:
@@ -255,44 +278,127 @@ class ContinuousBatchScheduler:
             self._isolated([item], run)
 
     def _reap_cancelled(self) -> None:
-        for seq in list(self._running.values()):
+        for seq in [*self._running, *self._preempted]:
             if seq.stream.cancelled:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
-    def _admit(self) -> tuple[list[GenerationSequence], list[PendingClassification]]:
-        """Waiting requests to run this step: generations (each takes a cache row) and
-        classifications (no row), within one prompt-token budget."""
-        admitted: list[GenerationSequence] = []
-        classify: list[PendingClassification] = []
+    def _plan(self) -> tuple[list[GenerationSequence], int]:
+        """This step's work for the running sequences (``seq.chunk`` tokens each), oldest
+        first, preempting the newest when a decode needs a block the pool lacks; and what
+        is left of the prompt-token budget."""
         budget = self.config.max_prefill_tokens
+        queue = list(self._running)
+        scheduled: list[GenerationSequence] = []
+        while queue:
+            seq = queue.pop(0)
+            remaining = seq.num_tokens - seq.computed
+            if remaining > 1:  # prompt (or recomputation) still being prefilled
+                seq.chunk = min(remaining, budget)
+                budget -= seq.chunk
+                if seq.chunk:
+                    scheduled.append(seq)
+                continue
+            need = self._pool.blocks_for(seq.num_tokens) - len(seq.blocks)
+            fresh = self._pool.allocate(need) if need > 0 else []
+            while fresh is None and queue:
+                self._preempt(queue.pop())
+                fresh = self._pool.allocate(need)
+            if fresh is None:  # it is the newest itself
+                self._preempt(seq)
+                continue
+            seq.blocks.extend(fresh)
+            seq.chunk = 1
+            scheduled.append(seq)
+        return scheduled, budget
+
+    def _preempt(self, seq: GenerationSequence) -> None:
+        """Give back a running sequence's blocks; it waits (first) to be recomputed."""
+        self._running.remove(seq)
+        self._pool.release(seq.blocks)
+        seq.blocks, seq.computed, seq.registered, seq.chunk = [], 0, 0, 0
+        seq.block_sums = []
+        self._preempted.append(seq)
+        self._preempted.sort(key=lambda item: item.order)
+        self._observer.preempted(seq.request.adapter_label)
+
+    def _has_room(self) -> bool:
+        return len(self._running) < self.config.max_batch_size
+
+    def _admit(self, budget: int,
+               ) -> tuple[list[GenerationSequence], list[PendingClassification]]:
+        """Requests to start this step: preempted sequences first (oldest first), then
+        waiting ones round-robin; a generation needs room in the batch, some of the prompt
+        budget and the blocks of its prompt, a classification its whole prompt in the budget
+        (it needs no blocks)."""
+        admitted: list[GenerationSequence] = []
+        while self._preempted and self._has_room() and budget > 0:
+            if not self._start(self._preempted[0], budget):
+                return admitted, []  # it needs blocks: nothing new goes ahead of it
+            seq = self._preempted.pop(0)
+            budget -= seq.chunk
+            admitted.append(seq)
+        if self._preempted:
+            return admitted, []
+        classify: list[PendingClassification] = []
         with self._lock:
             progress = True
-            while progress and self._waiting.size and (self._free_rows or self._classify_waiting):
+            while progress and self._waiting.size and (self._has_room() or self._classify_waiting):
                 progress = False
                 for key in self._waiting.keys_in_turn():
-                    if not (self._free_rows or self._classify_waiting):
+                    if not (self._has_room() or self._classify_waiting):
                         break
                     item = self._waiting.peek(key)
                     if item.stream.cancelled:
                         self._pop(key)
                         self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
                         continue
-                    if isinstance(item, GenerationSequence) and not self._free_rows:
-                        continue  # waits for a cache row; classifications of other keys go on
-                    need = len(item.request.prompt_ids)
-                    if (admitted or classify) and need > budget:
+                    is_generation = isinstance(item, GenerationSequence)
+                    if is_generation and not self._has_room():
+                        continue  # waits for room; classifications of other keys go on
+                    need = 1 if is_generation else len(item.request.prompt_ids)
+                    if (admitted or classify or is_generation) and need > budget:
                         return admitted, classify
                     if not self._take_slot(item):
                         continue  # its adapter waits for a slot; other keys go on
-                    self._pop(key)
-                    budget -= need
-                    progress = True
                     if isinstance(item, GenerationSequence):
-                        item.row = heapq.heappop(self._free_rows)
+                        if not self._start(item, budget):
+                            self._slots.release(item.slot)  # waits for blocks, keeps its turn
+                            return admitted, classify
+                        budget -= item.chunk
                         admitted.append(item)
                     else:
+                        budget -= need
                         classify.append(item)
+                    self._pop(key)
+                    progress = True
         return admitted, classify
+
+    def _start(self, seq: GenerationSequence, budget: int) -> bool:
+        """Give ``seq`` the blocks of every token it has (reusing its scope's cached prefix
+        blocks), join the batch with a first chunk of at most ``budget`` tokens; False, with
+        nothing taken, when the pool lacks the blocks."""
+        pool, prompt = self._pool, seq.request.prompt_ids
+        # At least one token is computed: its logits give the next token.
+        reusable = min(len(prompt), seq.num_tokens - 1) // pool.block_size
+        keys = (block_keys(seq.request.cache_scope, prompt, pool.block_size, reusable)
+                if self.config.prefix_cache else [])
+        hits = pool.lookup(keys)
+        fresh = pool.allocate(pool.blocks_for(seq.num_tokens) - len(hits))
+        if fresh is None:
+            pool.release(hits)
+            return False
+        self._observer.prefix_lookup(queried=len(keys), hit=len(hits))
+        seq.blocks = hits + fresh
+        seq.block_sums = [pool.hidden_sum(block) for block in hits]
+        seq.computed, seq.registered = len(hits) * pool.block_size, len(hits)
+        seq.holds_slot = True
+        seq.chunk = min(seq.num_tokens - seq.computed, budget)
+        if not seq.order:  # a preempted sequence keeps its place in line
+            self._admitted_count += 1
+            seq.order = self._admitted_count
+        self._running.append(seq)
+        self._running.sort(key=lambda item: item.order)
+        return True
 
     def _pop(self, key: str) -> _Queued:
         item = self._waiting.pop(key)
@@ -311,39 +417,54 @@ class ContinuousBatchScheduler:
         item.slot = slot
         return True
 
-    def _prefill(self, seqs: list[GenerationSequence]) -> None:
-        out = self._runner.prefill(
-            [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs]
-        )
-        tokens = sample_rows(out.logits, [s.sampler for s in seqs])
-        logprobs = chosen_logprobs(out.logits, tokens)
-        for seq, token, logprob, pooled in zip(seqs, tokens, logprobs, out.pooled, strict=True):
-            self._running[seq.row] = seq
-            now = time.perf_counter()
-            self._observer.first_token(seq.request.adapter_label, now - seq.request.arrived_at)
+    def _forward(self, seqs: list[GenerationSequence]) -> None:
+        """One forward pass over the planned chunks; a sequence whose chunk reaches its
+        last known token gets its next token from the chunk's last logits."""
+        chunks = [StepChunk(seq.tokens(seq.computed, seq.computed + seq.chunk), seq.computed,
+                            seq.blocks, seq.slot) for seq in seqs]
+        out = self._runner.step(chunks, [len(seq.request.prompt_ids) for seq in seqs])
+        sampling = [i for i, seq in enumerate(seqs) if seq.computed + seq.chunk == seq.num_tokens]
+        logits = out.logits[sampling] if len(sampling) < len(seqs) else out.logits
+        tokens = sample_rows(logits, [seqs[i].sampler for i in sampling])
+        logprobs = chosen_logprobs(logits, tokens)
+        for seq, hidden in zip(seqs, out.hidden, strict=True):
+            if hidden is not None:
+                self._add_prompt_states(seq, hidden)
+            seq.computed += seq.chunk
+        now = time.perf_counter()
+        for i, token, logprob in zip(sampling, tokens, logprobs, strict=True):
+            seq = seqs[i]
+            if seq.output_ids:
+                self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
+            else:
+                self._observer.first_token(seq.request.adapter_label,
+                                           now - seq.request.arrived_at)
             seq.last_token_at = now
-            seq.embedding = pooled
             self._accept_or_fail(seq, token, logprob)
 
-    def _decode(self) -> None:
-        width = max(self._running) + 1
-        tokens = torch.zeros(width, dtype=torch.long)
-        positions = torch.zeros(width, dtype=torch.long)
-        slots = torch.zeros(width, dtype=torch.long)
-        samplers: list[TokenSampler | None] = [None] * width
-        for row, seq in self._running.items():
-            tokens[row] = seq.output_ids[-1]
-            positions[row] = seq.next_position
-            slots[row] = seq.slot
-            samplers[row] = seq.sampler
-        logits = self._runner.decode(tokens, positions, slots)
-        chosen = sample_rows(logits, samplers)
-        logprobs = chosen_logprobs(logits, chosen)
-        now = time.perf_counter()
-        for row, seq in list(self._running.items()):
-            self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
-            seq.last_token_at = now
-            self._accept_or_fail(seq, chosen[row], logprobs[row])
+    def _add_prompt_states(self, seq: GenerationSequence, hidden: torch.Tensor) -> None:
+        """Fold a chunk's normed prompt hidden states into per-block sums; register the
+        prompt blocks now complete in the prefix cache, and set the drift embedding once the
+        whole prompt is in."""
+        size, start = self._pool.block_size, seq.computed
+        for first in range(start - start % size, start + hidden.shape[0], size):
+            rows = hidden[max(first, start) - start : first + size - start].sum(0)
+            index = first // size
+            if index < len(seq.block_sums):
+                seq.block_sums[index] = seq.block_sums[index] + rows
+            else:
+                seq.block_sums.append(rows)
+        prompt = seq.request.prompt_ids
+        end = start + hidden.shape[0]
+        complete = end // size
+        if self.config.prefix_cache and complete > seq.registered:
+            keys = block_keys(seq.request.cache_scope, prompt, size, complete)
+            for index in range(seq.registered, complete):
+                self._pool.register(keys[index], seq.blocks[index], seq.block_sums[index])
+            seq.registered = complete
+        if end == len(prompt) and seq.embedding is None:
+            total = torch.stack(seq.block_sums).sum(0) / len(prompt)
+            seq.embedding = total.cpu().tolist()
 
     def _accept_or_fail(self, seq: GenerationSequence, token: int | LoraswapError,
                         logprob: float) -> None:
@@ -389,15 +510,18 @@ class ContinuousBatchScheduler:
         if seq.done:
             return
         seq.done = True
-        if self._running.get(seq.row) is seq:
-            del self._running[seq.row]
+        if seq in self._running:
+            self._running.remove(seq)
             # Before the final event: whoever sees the request end sees it gone from the
             # running adapters (gateway metrics), not one step later.
             self._publish_running()
-        if seq.row >= 0:  # holds a cache row and a slot reference: give both back once
-            heapq.heappush(self._free_rows, seq.row)
+        if seq in self._preempted:
+            self._preempted.remove(seq)
+        self._pool.release(seq.blocks)
+        seq.blocks = []
+        if seq.holds_slot:  # give the slot reference back once
             self._slots.release(seq.slot)
-            seq.row, seq.slot = -1, 0
+            seq.holds_slot, seq.slot = False, 0
         prompt_tokens = len(seq.request.prompt_ids)
         completion = len(seq.output_ids)
         seq.stream.push(GenerationEvent(
@@ -411,7 +535,7 @@ class ContinuousBatchScheduler:
     def shutdown(self) -> None:
         """Fail everything running or waiting (the server is stopping)."""
         error = NotReadyError("server is shutting down")
-        for seq in list(self._running.values()):
+        for seq in [*self._running, *self._preempted]:
             self._finish(seq, "error", error)
         with self._lock:
             self._closed = True

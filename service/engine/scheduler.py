@@ -8,12 +8,8 @@ is not spent and the pool has the blocks for their prompt (shared prefix blocks 
 prefix cache count as had), (4) runs all of it in one forward pass. Finished sequences leave
 at once and give back their blocks and their slot reference.
 
-When the pool runs out during (2), the newest running sequence is *preempted*: its blocks
-are freed and it waits, ahead of every new request, to be readmitted and recomputed from
-its prompt and the tokens it already produced. Its stream sees only a longer pause: the
-recomputation's last logits give its next token, so it completes with the tokens it would
-have had. The pool holds at least one ``max_model_len`` sequence (checked when the engine
-is built), so a sequence alone always fits and nothing fails for want of memory.
+When the pool runs out during (2), the newest running sequence is preempted and recomputed
+later (:mod:`kv_batch`).
 
 Classification requests (seq-cls, token-cls adapters) wait in the same queue and are
 admitted by the same rules, but need no cache row: the ones admitted in a step run
@@ -31,8 +27,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
-
 from loraswap.adapters.errors import LoraswapError
 from loraswap.service.engine.classify import (
     BatchClassifier,
@@ -42,13 +36,12 @@ from loraswap.service.engine.classify import (
 )
 from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
 from loraswap.service.engine.fair_queue import FairQueue, QueuePlaces
-from loraswap.service.engine.kv_pool import KvBlockPool, block_keys
+from loraswap.service.engine.kv_batch import PagedBatch
 from loraswap.service.engine.observer import EngineObserver
-from loraswap.service.engine.paged_attention import StepChunk
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner
-from loraswap.service.engine.sampling import TokenSampler, chosen_logprobs, sample_rows
+from loraswap.service.engine.sampling import TokenSampler
 from loraswap.service.engine.sequences import GenerationSequence, SchedulerConfig
 from loraswap.service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
@@ -79,10 +72,10 @@ class ContinuousBatchScheduler:
         self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
         # Classifications in the queue: with the batch full, only they can be admitted.
         self._classify_waiting = 0
-        self._pool: KvBlockPool = runner.pool
-        self._running: list[GenerationSequence] = []  # admission order, oldest first
-        self._preempted: list[GenerationSequence] = []  # readmitted first, oldest first
-        self._admitted_count = 0
+        self._batch = PagedBatch(runner.pool, observer, config.prefix_cache)
+        self._running = self._batch.running  # admission order, oldest first
+        self._preempted = self._batch.preempted  # readmitted first, oldest first
+        self._pool = runner.pool
         self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
         self._closed = False
         self._waiting_for_slot = False
@@ -105,9 +98,8 @@ class ContinuousBatchScheduler:
 
     @property
     def kv_usage(self) -> float:
-        """Fraction (0-1) of the KV pool's blocks that running sequences hold (cached
-        prefixes nobody uses do not count: they are evicted on demand)."""
-        return self._pool.used / self._pool.num_blocks
+        """Fraction (0-1) of the KV pool's blocks that running sequences hold."""
+        return self._batch.kv_usage
 
     def adapter_names(self) -> tuple[list[str], list[str]]:
         """Adapter names (no versions, no base) of the running batch and of the queue, for
@@ -237,7 +229,7 @@ class ContinuousBatchScheduler:
 
     def _step(self) -> None:
         self._reap_cancelled()
-        scheduled, budget = self._plan()
+        scheduled, budget = self._batch.plan(self.config.max_prefill_tokens)
         admitted, classify = self._admit(budget)
         self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they
@@ -282,45 +274,6 @@ class ContinuousBatchScheduler:
             if seq.stream.cancelled:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
-    def _plan(self) -> tuple[list[GenerationSequence], int]:
-        """This step's work for the running sequences (``seq.chunk`` tokens each), oldest
-        first, preempting the newest when a decode needs a block the pool lacks; and what
-        is left of the prompt-token budget."""
-        budget = self.config.max_prefill_tokens
-        queue = list(self._running)
-        scheduled: list[GenerationSequence] = []
-        while queue:
-            seq = queue.pop(0)
-            remaining = seq.num_tokens - seq.computed
-            if remaining > 1:  # prompt (or recomputation) still being prefilled
-                seq.chunk = min(remaining, budget)
-                budget -= seq.chunk
-                if seq.chunk:
-                    scheduled.append(seq)
-                continue
-            need = self._pool.blocks_for(seq.num_tokens) - len(seq.blocks)
-            fresh = self._pool.allocate(need) if need > 0 else []
-            while fresh is None and queue:
-                self._preempt(queue.pop())
-                fresh = self._pool.allocate(need)
-            if fresh is None:  # it is the newest itself
-                self._preempt(seq)
-                continue
-            seq.blocks.extend(fresh)
-            seq.chunk = 1
-            scheduled.append(seq)
-        return scheduled, budget
-
-    def _preempt(self, seq: GenerationSequence) -> None:
-        """Give back a running sequence's blocks; it waits (first) to be recomputed."""
-        self._running.remove(seq)
-        self._pool.release(seq.blocks)
-        seq.blocks, seq.computed, seq.registered, seq.chunk = [], 0, 0, 0
-        seq.block_sums = []
-        self._preempted.append(seq)
-        self._preempted.sort(key=lambda item: item.order)
-        self._observer.preempted(seq.request.adapter_label)
-
     def _has_room(self) -> bool:
         return len(self._running) < self.config.max_batch_size
 
@@ -330,14 +283,8 @@ class ContinuousBatchScheduler:
         waiting ones round-robin; a generation needs room in the batch, some of the prompt
         budget and the blocks of its prompt, a classification its whole prompt in the budget
         (it needs no blocks)."""
-        admitted: list[GenerationSequence] = []
-        while self._preempted and self._has_room() and budget > 0:
-            if not self._start(self._preempted[0], budget):
-                return admitted, []  # it needs blocks: nothing new goes ahead of it
-            seq = self._preempted.pop(0)
-            budget -= seq.chunk
-            admitted.append(seq)
-        if self._preempted:
+        admitted, budget = self._batch.readmit(budget, self.config.max_batch_size)
+        if self._preempted:  # nothing new goes ahead of a sequence waiting to resume
             return admitted, []
         classify: list[PendingClassification] = []
         with self._lock:
@@ -361,7 +308,7 @@ class ContinuousBatchScheduler:
                     if not self._take_slot(item):
                         continue  # its adapter waits for a slot; other keys go on
                     if isinstance(item, GenerationSequence):
-                        if not self._start(item, budget):
+                        if not self._batch.start(item, budget):
                             self._slots.release(item.slot)  # waits for blocks, keeps its turn
                             return admitted, classify
                         budget -= item.chunk
@@ -372,33 +319,6 @@ class ContinuousBatchScheduler:
                     self._pop(key)
                     progress = True
         return admitted, classify
-
-    def _start(self, seq: GenerationSequence, budget: int) -> bool:
-        """Give ``seq`` the blocks of every token it has (reusing its scope's cached prefix
-        blocks), join the batch with a first chunk of at most ``budget`` tokens; False, with
-        nothing taken, when the pool lacks the blocks."""
-        pool, prompt = self._pool, seq.request.prompt_ids
-        # At least one token is computed: its logits give the next token.
-        reusable = min(len(prompt), seq.num_tokens - 1) // pool.block_size
-        keys = (block_keys(seq.request.cache_scope, prompt, pool.block_size, reusable)
-                if self.config.prefix_cache else [])
-        hits = pool.lookup(keys)
-        fresh = pool.allocate(pool.blocks_for(seq.num_tokens) - len(hits))
-        if fresh is None:
-            pool.release(hits)
-            return False
-        self._observer.prefix_lookup(queried=len(keys), hit=len(hits))
-        seq.blocks = hits + fresh
-        seq.block_sums = [pool.hidden_sum(block) for block in hits]
-        seq.computed, seq.registered = len(hits) * pool.block_size, len(hits)
-        seq.holds_slot = True
-        seq.chunk = min(seq.num_tokens - seq.computed, budget)
-        if not seq.order:  # a preempted sequence keeps its place in line
-            self._admitted_count += 1
-            seq.order = self._admitted_count
-        self._running.append(seq)
-        self._running.sort(key=lambda item: item.order)
-        return True
 
     def _pop(self, key: str) -> _Queued:
         item = self._waiting.pop(key)
@@ -418,22 +338,11 @@ class ContinuousBatchScheduler:
         return True
 
     def _forward(self, seqs: list[GenerationSequence]) -> None:
-        """One forward pass over the planned chunks; a sequence whose chunk reaches its
-        last known token gets its next token from the chunk's last logits."""
-        chunks = [StepChunk(seq.tokens(seq.computed, seq.computed + seq.chunk), seq.computed,
-                            seq.blocks, seq.slot) for seq in seqs]
-        out = self._runner.step(chunks, [len(seq.request.prompt_ids) for seq in seqs])
-        sampling = [i for i, seq in enumerate(seqs) if seq.computed + seq.chunk == seq.num_tokens]
-        logits = out.logits[sampling] if len(sampling) < len(seqs) else out.logits
-        tokens = sample_rows(logits, [seqs[i].sampler for i in sampling])
-        logprobs = chosen_logprobs(logits, tokens)
-        for seq, hidden in zip(seqs, out.hidden, strict=True):
-            if hidden is not None:
-                self._add_prompt_states(seq, hidden)
-            seq.computed += seq.chunk
+        """One forward pass over the planned chunks; each sequence whose chunk reached its
+        last known token takes the token sampled from it."""
+        sampled = self._batch.forward(self._runner, seqs)
         now = time.perf_counter()
-        for i, token, logprob in zip(sampling, tokens, logprobs, strict=True):
-            seq = seqs[i]
+        for seq, token, logprob in sampled:
             if seq.output_ids:
                 self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
             else:
@@ -441,30 +350,6 @@ class ContinuousBatchScheduler:
                                            now - seq.request.arrived_at)
             seq.last_token_at = now
             self._accept_or_fail(seq, token, logprob)
-
-    def _add_prompt_states(self, seq: GenerationSequence, hidden: torch.Tensor) -> None:
-        """Fold a chunk's normed prompt hidden states into per-block sums; register the
-        prompt blocks now complete in the prefix cache, and set the drift embedding once the
-        whole prompt is in."""
-        size, start = self._pool.block_size, seq.computed
-        for first in range(start - start % size, start + hidden.shape[0], size):
-            rows = hidden[max(first, start) - start : first + size - start].sum(0)
-            index = first // size
-            if index < len(seq.block_sums):
-                seq.block_sums[index] = seq.block_sums[index] + rows
-            else:
-                seq.block_sums.append(rows)
-        prompt = seq.request.prompt_ids
-        end = start + hidden.shape[0]
-        complete = end // size
-        if self.config.prefix_cache and complete > seq.registered:
-            keys = block_keys(seq.request.cache_scope, prompt, size, complete)
-            for index in range(seq.registered, complete):
-                self._pool.register(keys[index], seq.blocks[index], seq.block_sums[index])
-            seq.registered = complete
-        if end == len(prompt) and seq.embedding is None:
-            total = torch.stack(seq.block_sums).sum(0) / len(prompt)
-            seq.embedding = total.cpu().tolist()
 
     def _accept_or_fail(self, seq: GenerationSequence, token: int | LoraswapError,
                         logprob: float) -> None:
@@ -510,15 +395,10 @@ class ContinuousBatchScheduler:
         if seq.done:
             return
         seq.done = True
-        if seq in self._running:
-            self._running.remove(seq)
+        if self._batch.release(seq):
             # Before the final event: whoever sees the request end sees it gone from the
             # running adapters (gateway metrics), not one step later.
             self._publish_running()
-        if seq in self._preempted:
-            self._preempted.remove(seq)
-        self._pool.release(seq.blocks)
-        seq.blocks = []
         if seq.holds_slot:  # give the slot reference back once
             self._slots.release(seq.slot)
             seq.holds_slot, seq.slot = False, 0

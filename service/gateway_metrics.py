@@ -39,9 +39,11 @@ class GatewayCollector:
     """A Prometheus collector (``collect``/``describe``) of the protocol gauges, read from the
     engine that ``engine`` returns (None while loading)."""
 
-    def __init__(self, engine: Callable[[], LoraEngine | None],
+    def __init__(self, engine: Callable[[], LoraEngine | None], max_loras: int,
                  clock: Callable[[], float] = time.time) -> None:
+        """``max_loras``: the configured slots, reported while the engine is still loading."""
         self._engine = engine
+        self._max_loras = max_loras
         self._clock = clock
 
     def describe(self) -> Iterator[Metric]:
@@ -55,7 +57,9 @@ class GatewayCollector:
         if engine is None:  # still loading: nothing runs, nothing is resident
             for gauge in (waiting, running, usage):
                 gauge.add_metric([], 0)
-            yield from (waiting, running, usage, resident)
+            # The picker learns the pod's LoRA capacity from the first scrape on.
+            info.add_metric(["", "", str(self._max_loras)], self._clock())
+            yield from (waiting, running, usage, info, resident)
             return
         scheduler = engine.scheduler
         num_running = scheduler.num_running

@@ -8,6 +8,7 @@ skipped on the old engine. One JSON line per figure on stdout.
     python scripts/kv_bench.py decode --label new     # base and 16 adapters, batch 32
     python scripts/kv_bench.py stall --budget 32       # 16 streams + a 2,000-token prompt
     python scripts/kv_bench.py prefix                  # 512-token prompt, 16 adapters x 8
+    python scripts/kv_bench.py concurrency             # 256-token requests, 4 x 8,192 budget
 """
 
 from __future__ import annotations
@@ -186,10 +187,38 @@ async def prefix() -> None:
            "tenant_hits": [h for _, h in tenants]})
 
 
+async def concurrency(requests: int) -> None:
+    """Sequences running at once for 256-token requests (200 prompt + 56 new) with
+    max_model_len 8,192 at one KV budget: 4 x 8,192 tokens, what the old per-row cache
+    needs for 4 rows. A tiny random Llama (2 layers): the count depends on the budget in
+    tokens, not on the weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,
+                         max_position_embeddings=8192, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    per_token = 2 * 2 * 2 * 16 * 4  # layers, k+v, kv heads, head_dim, fp32
+    recorder = Recorder()
+    engine = LoraEngine(model, tokenizer, EngineConfig(
+        max_model_len=8192, max_batch_size=requests, max_queue=requests,
+        kv_cache_bytes=4 * 8192 * per_token, max_prefill_tokens=8192), recorder)
+    rng = random.Random(3)
+    engine.start()
+    try:
+        await asyncio.gather(*(engine.submit(_request(f"c{i}", _prompt(rng, 200), 56)).collect()
+                               for i in range(requests)))
+    finally:
+        engine.stop()
+    _emit({"figure": "concurrency", "budget_tokens": 4 * 8192, "old_rows": 4,
+           "peak_running": recorder.peak_running, "peak_blocks": recorder.peak_blocks})
+
+
 def main() -> None:
     """Parse the figure to measure and run it."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("figure", choices=["decode", "stall", "prefix"])
+    parser.add_argument("figure", choices=["decode", "stall", "prefix", "concurrency"])
     parser.add_argument("--label", default="new")
     parser.add_argument("--budget", type=int, default=2048)
     args = parser.parse_args()
@@ -197,6 +226,8 @@ def main() -> None:
     _emit({"cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()})
     if args.figure == "decode":
         asyncio.run(decode(args.label))
+    elif args.figure == "concurrency":
+        asyncio.run(concurrency(256))
     elif args.figure == "stall":
         asyncio.run(stall(args.budget))
     else:

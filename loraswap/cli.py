@@ -37,7 +37,7 @@ def serve(
     # Heavy imports only for this command, so `loraswap --help` stays fast.
     from pydantic import ValidationError
 
-    from loraswap.adapters.errors import LoraswapError, describe_problems
+    from loraswap.core.errors import LoraswapError, describe_problems
     from loraswap.service.app import create_app
     from loraswap.service.health import build_metrics_app
     from loraswap.service.lifecycle import Listeners

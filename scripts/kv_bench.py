@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from loraswap.adapters.base_model import Quantization, load_base_model
 from loraswap.adapters.demo import write_random_adapter
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver, StepKind
 from loraswap.service.engine.requests import GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 
 MODEL = Path.home() / ".cache/loraswap/models/SmolLM2-135M-Instruct"
@@ -73,12 +73,12 @@ def _engine(recorder: Recorder, **config: Any) -> tuple[LoraEngine, Any]:
     return LoraEngine(loaded.model, loaded.tokenizer, EngineConfig(**config), recorder), loaded
 
 
-def _adapters(engine: LoraEngine, count: int, folder: Path) -> list[tuple[AdapterKey, Any]]:
+def _adapters(engine: LoraEngine, count: int, folder: Path) -> list[tuple[AdapterVersionRef, Any]]:
     out = []
     for i in range(count):
         path = write_random_adapter(MODEL, folder / f"a{i}", rank=16, seed=i,
                                     targets=("q_proj", "k_proj", "v_proj", "o_proj"))
-        out.append((AdapterKey(f"a{i}", "1"), read_lora_adapter(path)))
+        out.append((AdapterVersionRef.parse(f"a{i}@1"), read_lora_adapter(path)))
     return out
 
 

@@ -72,7 +72,7 @@ class GatewayCollector:
         info.add_metric([_names_label(running_names), _names_label(waiting_names),
                          str(engine.config.max_loras)], self._clock())
         for tier, keys in (("slot", engine.slots.resident), ("host", engine.host.keys())):
-            for name, count in Counter(key.name for key in keys).items():
+            for name, count in Counter(str(key.ref) for key in keys).items():
                 resident.add_metric([name, tier], count)
         yield from (waiting, running, usage, info, resident)
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR, Quantization
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR, Quantization
+from loraswap.core.errors import ConfigurationError
 
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "loraswap"
 # Admin tokens that are clearly examples, not secrets.

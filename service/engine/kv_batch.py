@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from loraswap.adapters.errors import LoraswapError
+from loraswap.core.errors import LoraswapError
 from loraswap.service.engine.kv_pool import KvBlockPool, block_keys
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.paged_attention import StepChunk

@@ -7,7 +7,7 @@ chunks), each with its own positions, block table and adapter slot (see
 ``paged_attention.py``). Plain (unquantized) q/k/v and gate/up weights are fused into one GEMM
 each; the original modules keep views into the fused tensors, so nothing is duplicated.
 
-The families served (:data:`loraswap.adapters.model_families.SUPPORTED_MODEL_TYPES`) share the Llama
+The families served (:data:`loraswap.base_model.families.SUPPORTED_MODEL_TYPES`) share the Llama
 decoder block and differ only in what lives inside modules the runner calls anyway, plus
 two things it handles itself: q/k/v biases (Qwen2; fused with the weights) and per-head
 RMS norms of queries and keys before the rotary embedding (Qwen3). Gemma's scaled
@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from loraswap.adapters.model_families import check_model_config
+from loraswap.base_model.families import check_model_config
 from loraswap.service.engine.kv_pool import KvBlockPool
 from loraswap.service.engine.lora_slots import LoraBatchPlan, LoraSlotTable, ProjectionGroup
 from loraswap.service.engine.observer import EngineObserver, NullObserver, StepKind

@@ -6,28 +6,27 @@ next chunk of every prompt still being prefilled, within a per-step prompt-token
 (``max_prefill_tokens``), (3) admits waiting requests while the batch has room, the budget
 is not spent and the pool has the blocks for their prompt (shared prefix blocks from the
 prefix cache count as had), (4) runs all of it in one forward pass. Finished sequences leave
-at once and give back their blocks and their slot reference.
-
-When the pool runs out during (2), the newest running sequence is preempted and recomputed
-later (:mod:`kv_batch`).
+at once and give back their blocks and their slot reference. When the pool runs out during
+(2), the newest running sequence is preempted and recomputed later (:mod:`kv_batch`).
 
 Classification requests (seq-cls, token-cls adapters) wait in the same queue and are
 admitted by the same rules, but need no cache row: the ones admitted in a step run
 together in one forward pass (:class:`BatchClassifier`) and finish in that step.
 
-Fairness: see :class:`FairQueue` (round-robin across tenants, FIFO within one; places
-reserved before tokenizing; a full queue makes room for a caller holding less).
+Waiting requests are the admission queue's (:mod:`loraswap.service.engine.admission`: the
+one place the event loop and the engine thread meet); this module is the engine thread's
+step loop over the running batch.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from loraswap.adapters.errors import LoraswapError
+from loraswap.core.errors import LoraswapError
+from loraswap.service.engine.admission import AdmissionQueue, Queued
 from loraswap.service.engine.classify import (
     BatchClassifier,
     ClassificationRequest,
@@ -35,7 +34,7 @@ from loraswap.service.engine.classify import (
     PendingClassification,
 )
 from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
-from loraswap.service.engine.fair_queue import FairQueue, QueuePlaces
+from loraswap.service.engine.fair_queue import QueuePlaces
 from loraswap.service.engine.kv_batch import PagedBatch
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
@@ -48,8 +47,6 @@ from loraswap.service.errors import NotReadyError, OverloadedError, RequestCance
 logger = logging.getLogger(__name__)
 
 
-# What waits in the queue: a generation sequence or a classification request.
-_Queued = GenerationSequence | PendingClassification
 Q = TypeVar("Q", GenerationSequence, PendingClassification)
 
 
@@ -68,18 +65,13 @@ class ContinuousBatchScheduler:
         self._tokenizer = tokenizer
         self.config = config
         self._observer = observer
-        self._waiting: FairQueue[_Queued] = FairQueue(lambda item: item.request.fairness_key)
+        self._queue = AdmissionQueue(config)
         self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
-        # Classifications in the queue: with the batch full, only they can be admitted.
-        self._classify_waiting = 0
         self._batch = PagedBatch(runner.pool, observer, config.prefix_cache)
         self._running = self._batch.running  # admission order, oldest first
         self._preempted = self._batch.preempted  # readmitted first, oldest first
         self._pool = runner.pool
-        self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
-        self._closed = False
         self._waiting_for_slot = False
-        self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
         # Names of the running batch's adapters, replaced after each step (read elsewhere).
         self._running_adapters: tuple[str, ...] = ()
         self._admitting: list[GenerationSequence] = []  # in this step's forward pass
@@ -89,7 +81,7 @@ class ContinuousBatchScheduler:
     @property
     def num_waiting(self) -> int:
         """Requests admitted to the queue but not yet running."""
-        return self._waiting.size
+        return self._queue.size
 
     @property
     def num_running(self) -> int:
@@ -105,10 +97,7 @@ class ContinuousBatchScheduler:
         """Adapter names (no versions, no base) of the running batch and of the queue, for
         the gateway's ``lora_requests_info`` gauge; safe to call from any thread (the running
         names are the snapshot the engine thread published after its last step)."""
-        with self._lock:
-            waiting = [item.request.adapter.name for item in self._waiting.items()
-                       if item.request.adapter is not None]
-        return list(self._running_adapters), waiting
+        return list(self._running_adapters), self._queue.adapter_names()
 
     def submit(self, request: GenerationRequest, stream: RequestStream,
                places: QueuePlaces | None = None) -> None:
@@ -127,78 +116,22 @@ class ContinuousBatchScheduler:
         self._enqueue(PendingClassification(request, stream), places)
 
     def reserve(self, key: str, places: int) -> QueuePlaces:
-        """Hold ``places`` of ``key``'s share for its next engine requests, before they are
-        tokenized: a caller over its share, or a full queue that no heavier caller can make
-        room in, is refused (:class:`OverloadedError`) before any work is spent on it."""
-        with self._lock:
-            self._make_room(key, places, check_share=True, dry_run=True)
-            self._waiting.reserve(key, places)
-        return QueuePlaces(key, places, self._unreserve)
+        """Hold ``places`` of ``key``'s share of the queue (:meth:`AdmissionQueue.reserve`)."""
+        return self._queue.reserve(key, places)
 
-    def _unreserve(self, key: str, places: int) -> None:
-        with self._lock:
-            self._waiting.unreserve(key, places)
-
-    def _enqueue(self, item: _Queued, places: QueuePlaces | None) -> None:
-        key = item.request.fairness_key
-        reserved = places is not None and places.key == key and places.take()
-        with self._lock:
-            if reserved:
-                self._waiting.unreserve(key, 1)  # its share was checked at the reservation
-            pushed_out = self._make_room(key, 1, check_share=not reserved)
-            self._waiting.push(item)
-            self._queued[id(item.stream)] = item
-            self._classify_waiting += isinstance(item, PendingClassification)
-        self._shed(pushed_out)
-        self.kick()
-
-    def _make_room(self, key: str, places: int, *, check_share: bool,
-                   dry_run: bool = False) -> list[_Queued]:
-        """Check that ``places`` more items of ``key`` fit (its share, the queue) and make
-        room in a full queue (:meth:`FairQueue.room_for`); the items pushed out (none on a
-        dry run). Called with the lock held."""
-        if self._closed:
-            raise NotReadyError("server is shutting down")
-        full = self._waiting.size + places > self.config.max_queue
-        held = self._waiting.held(key)
-        share = self.config.queue_share
-        if check_share and held + places > share:
-            # A share that is the whole queue is not worth naming.
-            raise self._queue_full() if full or share >= self.config.max_queue else OverloadedError(
-                f"this caller already has {held} requests queued, its share of the queue is "
-                f"{share}; retry later", retry_after=1)
-        victims = self._waiting.room_for(key, places, self.config.max_queue)
-        if victims is None:
-            raise self._queue_full()
-        if dry_run:
-            return []
-        pushed_out = self._waiting.push_out(victims)
-        for item in pushed_out:
-            self._queued.pop(id(item.stream), None)
-            self._classify_waiting -= isinstance(item, PendingClassification)
-        return pushed_out
-
-    def _shed(self, pushed_out: list[_Queued]) -> None:
-        """End the requests pushed out of a full queue with a 429."""
-        for item in pushed_out:
-            self._drop(item, "shed", OverloadedError(
+    def _enqueue(self, item: Queued, places: QueuePlaces | None) -> None:
+        for pushed_out in self._queue.push(item, places):
+            self._drop(pushed_out, "shed", OverloadedError(
                 f"request queue is full ({self.config.max_queue} waiting) and this caller "
                 "holds the most of it; retry later", retry_after=1))
-
-    def _queue_full(self) -> OverloadedError:
-        return OverloadedError(
-            f"request queue is full ({self.config.max_queue} waiting); retry later",
-            retry_after=1)
+        self.kick()
 
     def withdraw(self, stream: RequestStream | ClassificationStream) -> None:
         """Take a cancelled request out of the queue now, so it frees its place at once
         (a running one is dropped at the next step)."""
-        with self._lock:
-            item = self._queued.pop(id(stream), None)
-            if item is None or not self._waiting.remove(item):
-                return
-            self._classify_waiting -= isinstance(item, PendingClassification)
-        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
+        item = self._queue.withdraw(stream)
+        if item is not None:
+            self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
 
     def kick(self) -> None:
         """Make the engine thread reconsider its queues now (after a submit or cancel)."""
@@ -208,7 +141,7 @@ class ContinuousBatchScheduler:
     def has_work(self) -> bool:
         """Whether a step would do something (lock-free: called under the thread's lock)."""
         return bool(self._running) or (
-            (self._waiting.size > 0 or bool(self._preempted)) and not self._waiting_for_slot)
+            (self._queue.size > 0 or bool(self._preempted)) and not self._waiting_for_slot)
 
     def step(self) -> None:
         """One iteration: drop cancelled, admit and prefill, decode; never raises.
@@ -222,7 +155,7 @@ class ContinuousBatchScheduler:
         except Exception:
             logger.exception("engine step failed; failing the requests it was running")
             error = LoraswapError("engine step failed")
-            failed: list[_Queued] = [*self._running, *self._admitting, *self._classifying]
+            failed: list[Queued] = [*self._running, *self._admitting, *self._classifying]
             for item in failed:
                 self._drop(item, "error", error)
         self._admitting, self._classifying = [], []
@@ -234,7 +167,7 @@ class ContinuousBatchScheduler:
         self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
-        stuck = not admitted and not classify and not self._running and self._waiting.size > 0
+        stuck = not admitted and not classify and not self._running and self._queue.size > 0
         if classify:
             self._isolated(classify, self._classifier.run)
         batch = scheduled + admitted
@@ -245,14 +178,15 @@ class ContinuousBatchScheduler:
         self._admitting, self._classifying = [], []
         self._waiting_for_slot = stuck
         self._publish_running()
-        self._observer.scheduler_state(waiting=self._waiting.size + len(self._preempted),
+        self._observer.scheduler_state(waiting=self._queue.size + len(self._preempted),
                                        running=len(self._running))
         self._observer.kv_blocks(used=self._pool.used, total=self._pool.num_blocks,
                                  cached=self._pool.num_cached)
 
     def _publish_running(self) -> None:
         """Replace the immutable snapshot of running adapters that other threads read."""
-        self._running_adapters = tuple(seq.request.adapter.name for seq in self._running
+        self._running_adapters = tuple(str(seq.request.adapter.ref)
+                                       for seq in self._running
                                        if seq.request.adapter is not None)
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:
@@ -274,59 +208,30 @@ class ContinuousBatchScheduler:
             if seq.stream.cancelled:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
-    def _has_room(self) -> bool:
-        return len(self._running) < self.config.max_batch_size
-
     def _admit(self, budget: int,
                ) -> tuple[list[GenerationSequence], list[PendingClassification]]:
         """Requests to start this step: preempted sequences first (oldest first), then
-        waiting ones round-robin; a generation needs room in the batch, some of the prompt
-        budget and the blocks of its prompt, a classification its whole prompt in the budget
-        (it needs no blocks)."""
+        waiting ones in fairness order; a generation needs room in the batch, some of the
+        prompt budget and the blocks of its prompt, a classification its whole prompt in
+        the budget (it needs no blocks)."""
         admitted, budget = self._batch.readmit(budget, self.config.max_batch_size)
         if self._preempted:  # nothing new goes ahead of a sequence waiting to resume
             return admitted, []
-        classify: list[PendingClassification] = []
-        with self._lock:
-            progress = True
-            while progress and self._waiting.size and (self._has_room() or self._classify_waiting):
-                progress = False
-                for key in self._waiting.keys_in_turn():
-                    if not (self._has_room() or self._classify_waiting):
-                        break
-                    item = self._waiting.peek(key)
-                    if item.stream.cancelled:
-                        self._pop(key)
-                        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
-                        continue
-                    is_generation = isinstance(item, GenerationSequence)
-                    if is_generation and not self._has_room():
-                        continue  # waits for room; classifications of other keys go on
-                    need = 1 if is_generation else len(item.request.prompt_ids)
-                    if (admitted or classify or is_generation) and need > budget:
-                        return admitted, classify
-                    if not self._take_slot(item):
-                        continue  # its adapter waits for a slot; other keys go on
-                    if isinstance(item, GenerationSequence):
-                        if not self._batch.start(item, budget):
-                            self._slots.release(item.slot)  # waits for blocks, keeps its turn
-                            return admitted, classify
-                        budget -= item.chunk
-                        admitted.append(item)
-                    else:
-                        budget -= need
-                        classify.append(item)
-                    self._pop(key)
-                    progress = True
-        return admitted, classify
+        chosen = self._queue.select(self.config.max_batch_size - len(self._running), budget,
+                                    self._take_slot, self._start)
+        for item in chosen.cancelled:
+            self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
+        return admitted + chosen.generations, chosen.classifications
 
-    def _pop(self, key: str) -> _Queued:
-        item = self._waiting.pop(key)
-        self._queued.pop(id(item.stream), None)
-        self._classify_waiting -= isinstance(item, PendingClassification)
-        return item
+    def _start(self, seq: GenerationSequence, budget: int) -> bool:
+        """Join the batch with blocks for its prompt; False (its slot given back) while the
+        pool lacks them."""
+        if self._batch.start(seq, budget):
+            return True
+        self._slots.release(seq.slot)
+        return False
 
-    def _take_slot(self, item: _Queued) -> bool:
+    def _take_slot(self, item: Queued) -> bool:
         request = item.request
         if request.adapter is None or request.adapter_weights is None:
             item.slot = 0
@@ -383,7 +288,7 @@ class ContinuousBatchScheduler:
         delta += seq.text.flush()
         self._finish(seq, reason, None, last=GenerationEvent(text=delta, token_ids=(token,)))
 
-    def _drop(self, item: _Queued, reason: str, error: LoraswapError) -> None:
+    def _drop(self, item: Queued, reason: str, error: LoraswapError) -> None:
         """End a request of either kind with ``error`` (cancelled, failed, shutting down)."""
         if isinstance(item, GenerationSequence):
             self._finish(item, reason, error)
@@ -417,10 +322,5 @@ class ContinuousBatchScheduler:
         error = NotReadyError("server is shutting down")
         for seq in [*self._running, *self._preempted]:
             self._finish(seq, "error", error)
-        with self._lock:
-            self._closed = True
-            pending = self._waiting.drain()
-            self._queued.clear()
-            self._classify_waiting = 0
-        for item in pending:
+        for item in self._queue.close():
             self._drop(item, "error", error)

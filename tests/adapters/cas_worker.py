@@ -8,7 +8,7 @@ import sys
 import time
 
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.tenants import TenantDirectory, TenantPolicy
+from loraswap.tenants.directory import TenantDirectory, TenantPolicy
 
 READ_DELAY_S = 0.02
 

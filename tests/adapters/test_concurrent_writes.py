@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import AdapterNotFoundError, ConflictError, NotFoundError
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore
-from loraswap.adapters.tenants import TenantDirectory, TenantPolicy
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterNotFoundError, ConflictError, NotFoundError
+from loraswap.tenants.directory import TenantDirectory, TenantPolicy
 from tests.adapters.cas_worker import SlowReadsStore
 from tests.adapters.conftest import PackageBuilder
 

@@ -13,7 +13,6 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from loraswap.adapters.errors import ConfigurationError, NotFoundError, StoreError
 from loraswap.adapters.store import (
     FileSystemStore,
     ObjectStore,
@@ -22,6 +21,7 @@ from loraswap.adapters.store import (
     StoreKeyMissing,
     open_store,
 )
+from loraswap.core.errors import ConfigurationError, NotFoundError, StoreError
 
 pytestmark = pytest.mark.integration  # the "s3" parameter runs a real SeaweedFS process
 

@@ -20,16 +20,18 @@ import torch
 from transformers import LlamaForCausalLM
 
 from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.errors import AdapterNotFoundError
 from loraswap.adapters.lora_format import read_lora_adapter
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.tenants import TenantDirectory
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterNotFoundError
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.lora_slots import LoraSlotTable
 from loraswap.service.engine.observer import NullObserver
-from loraswap.service.engine.residency import AdapterKey, LoraSlotManager
+from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import model_shape, projection_groups
+from loraswap.tenants.directory import TenantDirectory
 from tests.service.conftest import PackageFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -81,7 +83,7 @@ def test_1000_adapter_load_evict_cycles_through_the_slot_table(
     def cycle(index: int) -> None:
         folder = folders[index % len(folders)]
         weights = read_lora_adapter(folder)
-        slot = slots.acquire(AdapterKey(folder.name, "1"), weights)
+        slot = slots.acquire(AdapterVersionRef.parse(f"{folder.name}@1"), weights)
         assert slot is not None
         slots.release(slot)
 

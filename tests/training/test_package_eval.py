@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-from loraswap.adapters.base_model import Quantization
+from loraswap.base_model.loading import Quantization
 from loraswap.training.package_eval import evaluate_package
 from tests.conftest import write_classifier_adapter
 

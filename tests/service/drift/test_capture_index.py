@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import StoreError
 from loraswap.adapters.store import ObjectStore, open_store
 from loraswap.adapters.store.filesystem import FileSystemStore
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.core.errors import StoreError
+from loraswap.core.identity import AdapterVersionRef
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.api.answers import new_request_id
 from loraswap.service.drift.capture import CaptureWriter
 from loraswap.service.drift.capture_index import (
@@ -25,9 +26,9 @@ from loraswap.service.drift.capture_index import (
     index_bucket,
 )
 from loraswap.service.drift.handoff import Handoff
-from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.records import PredictionRecord
 
-REF = AdapterVersionRef("acme", "sentiment", "1")
+REF = AdapterVersionRef.parse("acme/sentiment@1")
 
 
 class CountingStore(FileSystemStore):

@@ -12,8 +12,8 @@ import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
 from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.errors import ModelLoadError
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.core.errors import ModelLoadError
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver
 from tests.conftest import write_classifier_adapter

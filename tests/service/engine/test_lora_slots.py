@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraswap.adapters.errors import AdapterIncompatibleError
 from loraswap.adapters.lora_format import LoraAdapterWeights, LoraConfigSummary
+from loraswap.core.errors import AdapterIncompatibleError
 from loraswap.service.engine.lora_slots import LoraSlotTable, ProjectionGroup
 
 GROUPS = [

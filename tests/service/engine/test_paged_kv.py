@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from loraswap.adapters.lora_format import LoraAdapterWeights, read_lora_adapter
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.engine.observer import NullObserver
 from loraswap.service.engine.paged_attention import StepChunk
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import RequestCancelledError
 from tests.conftest import AdapterFactory
@@ -104,7 +104,7 @@ def test_chunked_prefill_equals_one_shot(wide_logits_base_dir: Path,
 
 
 def _request(rid: str, prompt: list[int], tokens: int, *, key: str = "t",
-             adapter: AdapterKey | None = None, weights: LoraAdapterWeights | None = None,
+             adapter: AdapterVersionRef | None = None, weights: LoraAdapterWeights | None = None,
              ) -> GenerationRequest:
     return GenerationRequest(request_id=rid, prompt_ids=prompt, fairness_key=key,
                              adapter=adapter, adapter_weights=weights,
@@ -127,8 +127,8 @@ async def test_chunked_engine_gives_one_shot_tokens_and_embeddings(
         wide_logits_base_dir: Path) -> None:
     prompts = _prompts(2, [60, 37, 5])
     results = []
-    for budget in (4096, 13):
-        engine = make_engine(wide_logits_base_dir, max_prefill_tokens=budget)  # 13: chunks cut blocks
+    for budget in (4096, 13):  # 13: chunks cut blocks
+        engine = make_engine(wide_logits_base_dir, max_prefill_tokens=budget)
         engine.start()
         try:
             results.append(await _run(engine, [_request(f"r{i}", p, 12)
@@ -226,7 +226,7 @@ async def test_prefix_cache_hit_gives_the_miss_logits_and_never_crosses_scopes(
                   ) -> tuple[list[int], GenerationEvent]:
         key = weights = None
         if name is not None:
-            key = AdapterKey(name, version)
+            key = AdapterVersionRef.parse(f"{name}@{version}")
             weights = await engine.adapter_weights(
                 key, lambda: read_lora_adapter(folders[name]))
         events = (await _run(engine, [_request("p", prompt, 6, key=tenant, adapter=key,

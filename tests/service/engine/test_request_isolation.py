@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from loraswap.adapters.base_model import Quantization, load_base_model
-from loraswap.adapters.errors import InvalidRequestError, LoraswapError
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.errors import InvalidRequestError, LoraswapError
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS, StopString
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver
 from loraswap.service.engine.paged_attention import StepChunk
 from loraswap.service.engine.requests import GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.runner import StepOutput
 from loraswap.service.engine.sampling import SamplingParams, TokenSampler, sample_rows
 from loraswap.service.errors import OverloadedError, RowFailedError
@@ -33,7 +33,7 @@ def make_engine(base_dir: Path, **config: int) -> LoraEngine:
 
 
 def gen(rid: str, *, key: str = "t", tokens: int = 6, temperature: float = 0.0,
-        adapter: AdapterKey | None = None, weights: object = None) -> GenerationRequest:
+        adapter: AdapterVersionRef | None = None, weights: object = None) -> GenerationRequest:
     return GenerationRequest(
         request_id=rid, prompt_ids=[5, 6, 7, 8], fairness_key=key,
         params=SamplingParams(max_new_tokens=tokens, ignore_eos=True, temperature=temperature,
@@ -53,7 +53,7 @@ async def test_a_row_with_nan_logits_fails_alone(tiny_base_dir: Path,
     try:
         alone = await engine.submit(gen("alone")).collect()
         healthy = engine.submit(gen("healthy"))
-        bad = engine.submit(gen("bad", key="other", adapter=AdapterKey("poisoned", "1"),
+        bad = engine.submit(gen("bad", key="other", adapter=AdapterVersionRef.parse("poisoned@1"),
                                 weights=poisoned))
         with pytest.raises(RowFailedError, match="non-finite logits"):
             await bad.collect()

@@ -10,10 +10,10 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
-from loraswap.adapters.base_model import Quantization, load_base_model
 from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.errors import LoraswapError
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver
 from loraswap.service.engine.requests import GenerationRequest

@@ -1,6 +1,6 @@
 """Loading the base model: the one place the service and training get it from.
 
-The base model is a causal LM of a Llama-style family (see :mod:`loraswap.adapters.model_families`)
+The base model is a causal LM of a Llama-style family (see :mod:`loraswap.base_model.families`)
 stored as safetensors plus a tokenizer (``loraswap model fetch`` provides
 SmolLM2-135M-Instruct). It can be loaded in four
 precisions (:class:`Quantization`). Whatever was asked for, :class:`BaseModelInfo` reports
@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from loraswap.adapters.errors import ModelLoadError, QuantizationUnavailableError
-from loraswap.adapters.model_families import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
-from loraswap.adapters.model_families import check_model_config
-from loraswap.adapters.precision import CpuFeatures, choose_cpu_precision
+from loraswap.base_model.families import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
+from loraswap.base_model.families import check_model_config
+from loraswap.base_model.precision import CpuFeatures, choose_cpu_precision
+from loraswap.core.errors import ModelLoadError, QuantizationUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def resolve_quantization(requested: Quantization | None, device: torch.device,
 def choose_quantization(requested: Quantization | None, device: torch.device,
                         cpu: CpuFeatures | None = None) -> tuple[Quantization, str]:
     """The quantization to use and why: the requested one, else nf4 on CUDA and, on a CPU,
-    bf16 where it is native (AVX512-BF16 or AMX, see :mod:`loraswap.adapters.precision`), fp32
+    bf16 where it is native (AVX512-BF16 or AMX, see :mod:`loraswap.base_model.precision`), fp32
     otherwise. ``cpu`` defaults to this machine's features.
 
     bitsandbytes' CPU kernels are slower than plain matmuls for a model this small, so the

@@ -8,22 +8,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from loraswap.adapters.errors import PayloadTooLargeError
-from loraswap.adapters.reference_data import (
+from loraswap.core.errors import PayloadTooLargeError
+from loraswap.jobs.reference_data import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TEXT_COLUMN,
     ReferenceColumns,
 )
-from loraswap.adapters.training_data import store_bytes
+from loraswap.jobs.training_data import store_bytes
 from loraswap.service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
 from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
 from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.state import ServingComponents
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackResponse
 from loraswap.service.drift.pipeline import DriftPipeline
 from loraswap.service.drift.profiles import ProfileService
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from loraswap.service.errors import FeatureDisabledError, NotReadyError
-from loraswap.service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)

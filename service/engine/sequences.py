@@ -72,10 +72,12 @@ class GenerationSequence:
 
     def tokens(self, start: int, stop: int) -> list[int]:
         """Known tokens ``start..stop-1`` (prompt, then output)."""
-        prompt = self.request.prompt_ids
-        if stop <= len(prompt):
+        prompt, size = self.request.prompt_ids, len(self.request.prompt_ids)
+        if stop <= size:
             return prompt[start:stop]
-        return (prompt + self.output_ids)[start:stop]
+        if start >= size:  # a decode: no copy of the whole sequence per step
+            return self.output_ids[start - size : stop - size]
+        return prompt[start:] + self.output_ids[: stop - size]
 
     @property
     def next_position(self) -> int:

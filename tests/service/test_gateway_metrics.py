@@ -67,7 +67,9 @@ def test_gauges_report_running_adapters_and_load_as_the_protocol_says(
     assert value >= before - 1  # the value is the report's Unix time
     assert samples(server.client, RUNNING)[0][1] == 2
     assert samples(server.client, WAITING)[0][1] == 0
-    assert samples(server.client, KV_CACHE_USAGE)[0][1] == 0.5  # 2 of 4 rows
+    # Blocks of the pool (4 x 256 tokens) that two sequences of at most ~230 tokens hold:
+    # some, and under half (rows in use would have said 2 of 4).
+    assert 0 < samples(server.client, KV_CACHE_USAGE)[0][1] < 0.5
     resident = {(lab["adapter"], lab["tier"]): v
                 for lab, v in samples(server.client, ADAPTER_RESIDENT)}
     assert resident[("m1", "slot")] == resident[("m2", "slot")] == 1

@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -343,13 +344,12 @@ def _inspect_precision(model: Any) -> tuple[Quantization | None, str, str]:
     linear4: list[Any] = []
     linear8: list[Any] = []
     plain: list[torch.nn.Linear] = []
-    try:
-        import bitsandbytes as bnb
-
-        linear4_type: type | None = bnb.nn.Linear4bit
-        linear8_type: type | None = bnb.nn.Linear8bitLt
-    except Exception:  # without bitsandbytes no module can be quantized
-        linear4_type = linear8_type = None
+    # Only a model loaded after bitsandbytes was imported can hold its modules: importing it
+    # here for a bf16/fp32 base would cost its start-up (and its CPU backend's kernel
+    # lookup) for nothing.
+    bnb = sys.modules.get("bitsandbytes")
+    linear4_type: type | None = bnb.nn.Linear4bit if bnb is not None else None
+    linear8_type: type | None = bnb.nn.Linear8bitLt if bnb is not None else None
     for module in model.modules():
         if linear4_type is not None and isinstance(module, linear4_type):
             linear4.append(module)

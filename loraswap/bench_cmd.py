@@ -183,4 +183,7 @@ def bench_app() -> typer.Typer:
 
 
 if __name__ == "__main__":
+    from loraswap.offline import stay_offline
+
+    stay_offline()
     typer.run(bench)

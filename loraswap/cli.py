@@ -9,6 +9,7 @@ import typer
 from loraswap.adapters_cmd import adapters_app
 from loraswap.bench_cmd import bench_app
 from loraswap.model_cmd import model_app
+from loraswap.offline import stay_offline
 from loraswap.profile_cmd import profile_app
 from loraswap.retrain_cmd import retrain_app
 from loraswap.train_cmd import train
@@ -17,6 +18,16 @@ app = typer.Typer(
     help="Serve many LoRA adapters on one resident base model.", no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _offline() -> None:
+    """Runs before every command, ahead of the command's own (lazy) imports of
+    transformers, peft and bitsandbytes: no command reaches the Hugging Face Hub
+    (:mod:`loraswap.offline`)."""
+    stay_offline()
+
+
 app.add_typer(model_app, name="model")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(retrain_app, name="retrain")

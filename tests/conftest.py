@@ -3,6 +3,13 @@ real base model; the environment isolation and the marker rules every test runs 
 
 from __future__ import annotations
 
+# The test process goes offline as every loraswap entry point does, before torch,
+# transformers and peft read their switches: no test reaches the Hub or imports code from
+# it, whatever HOME holds (tests of the product's own switch unset them in a child).
+from loraswap.offline import stay_offline
+
+stay_offline()
+
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,13 +74,9 @@ def build_tiny_llama(folder: Path, vocab_size: int, seed: int = 0,
     return model
 
 
-# --- Isolation from the caller's environment, and markers that say what a test does ------
+# --- Isolation from the caller's environment; markers and skips: tests/utils/run_policy.py
 
-# Fixtures that start a server or child process on loopback: their tests are `integration`.
-PROCESS_FIXTURES = frozenset({"live_server", "s3_server", "s3_bucket", "s3_env",
-                              "isolated_pip"})
-# Fixtures that give the real SmolLM2 model: their tests are `slow`.
-REAL_MODEL_FIXTURES = frozenset({"real_model_dir"})
+pytest_plugins = ["tests.utils.run_policy"]
 
 
 @pytest.fixture(autouse=True)
@@ -82,21 +85,6 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(ISOLATED_ENV_PREFIXES):
             monkeypatch.delenv(name)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark by what a test uses (so the markers cannot drift from the truth) and skip
-    ``gpu`` tests where torch sees no CUDA device."""
-    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False")
-    cuda = torch.cuda.is_available()
-    for item in items:
-        used = set(getattr(item, "fixturenames", ()))
-        if used & PROCESS_FIXTURES:
-            item.add_marker(pytest.mark.integration)
-        if used & REAL_MODEL_FIXTURES:
-            item.add_marker(pytest.mark.slow)
-        if item.get_closest_marker("gpu") is not None and not cuda:
-            item.add_marker(no_cuda)
 
 
 @pytest.fixture(scope="session")

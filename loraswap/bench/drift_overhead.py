@@ -296,4 +296,7 @@ def render(report: dict[str, Any], summaries: Any) -> str:
 
 
 if __name__ == "__main__":
+    from loraswap.offline import stay_offline
+
+    stay_offline()
     typer.run(main)

@@ -162,4 +162,7 @@ def main(
 
 
 if __name__ == "__main__":
+    from loraswap.offline import stay_offline
+
+    stay_offline()
     typer.run(main)

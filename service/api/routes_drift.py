@@ -32,8 +32,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERRORS, route_class=NativeRoute)
 
 
-def get_drift(components: ComponentsDep) -> DriftPipeline:
-    """The drift pipeline; 503 naming the setting when drift is off."""
+async def get_drift(components: ComponentsDep) -> DriftPipeline:
+    """The drift pipeline; 503 naming the setting when drift is off (a coroutine, as every
+    dependency: no thread-pool hop per request)."""
     return require_drift(components)
 
 
@@ -62,7 +63,7 @@ admin_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
                          dependencies=[Depends(require_admin)], route_class=AdminRoute)
 
 
-def get_retrain(components: ComponentsDep) -> RetrainService:
+async def get_retrain(components: ComponentsDep) -> RetrainService:
     """The retraining service."""
     if components.retrain is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("retraining is not configured")
@@ -72,7 +73,7 @@ def get_retrain(components: ComponentsDep) -> RetrainService:
 RetrainDep = Annotated[RetrainService, Depends(get_retrain)]
 
 
-def get_profiles(components: ComponentsDep) -> ProfileService:
+async def get_profiles(components: ComponentsDep) -> ProfileService:
     """The profiling service."""
     if components.profiles is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("profiling is not configured")

@@ -22,7 +22,7 @@ from loraswap.training.data import Example, label_names, load_examples, split_ex
 from loraswap.training.evaluate import evaluate
 from loraswap.training.loop import StepCallback, train_loop
 from loraswap.training.package_writer import prepare_output, write_package
-from loraswap.training.profile import build_profile
+from loraswap.training.profile import REFERENCE_SAMPLE, build_profile
 from loraswap.training.tasks import Encoded, TaskModel, build_task_model, encode_all
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class Splits:
     val: list[Example]
     test: list[Example]
     val_source: str
+    # Every held-out example (validation before --max-eval-samples): the drift profile's
+    # reference sample is drawn from these only, never from training examples.
+    held_out: list[Example]
 
 
 def require_qlora() -> None:
@@ -70,11 +73,23 @@ def read_splits(cfg: TrainConfig) -> Splits:
     if cfg.eval_data is not None:
         train, val, source = examples, read(cfg.eval_data), str(cfg.eval_data)
     else:
-        train, val = split_examples(examples, cfg.val_fraction, cfg.seed)
-        source = f"{cfg.val_fraction:g} of {cfg.data} (seed {cfg.seed})"
+        fraction = held_out_fraction(cfg.task, len(examples), cfg.val_fraction)
+        train, val = split_examples(examples, fraction, cfg.seed)
+        source = f"{fraction:.3g} of {cfg.data} (seed {cfg.seed})"
     test = read(cfg.test_data) if cfg.test_data is not None else []
     return Splits(subsample(train, cfg.max_train_samples, cfg.seed),
-                  subsample(val, cfg.max_eval_samples, cfg.seed), test, source)
+                  subsample(val, cfg.max_eval_samples, cfg.seed), test, source, val)
+
+
+def held_out_fraction(task: TaskKind, rows: int, val_fraction: float) -> float:
+    """The share of ``rows`` held out: ``val_fraction``, raised for classifiers until the
+    held-out slice holds the drift profile's whole reference sample (``REFERENCE_SAMPLE``
+    inputs), but never more than a quarter of the data. With less, the reference is
+    smaller and the service's alarm levels are wider (``/admin/drift`` says so)."""
+    if task is TaskKind.CAUSAL_LM or rows < 1:
+        return val_fraction
+    wanted = min(REFERENCE_SAMPLE, rows // 4)
+    return max(val_fraction, wanted / rows)
 
 
 def base_quantization(cfg: TrainConfig, cpu: CpuFeatures | None = None) -> PrecisionChoice:
@@ -117,6 +132,8 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
     task_model = build_task_model(cfg, loaded, labels)
     train, val, test = (encode_all(cfg.task, tokenizer, part, labels, cfg.length)
                         for part in (splits.train, splits.val, splits.test))
+    held_out = val if len(splits.held_out) == len(splits.val) else encode_all(
+        cfg.task, tokenizer, splits.held_out, labels, cfg.length)
     logger.info("train %d, validation %d (%s), test %d examples; labels: %s",
                 len(train), len(val), splits.val_source, len(test),
                 "-" if labels is None else len(labels))
@@ -136,7 +153,7 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
         metrics.update(_prefixed("test_", _eval(cfg, task_model, test, labels, pad_id)))
     profile = build_profile(
         cfg.task, task_model, train, labels, pad_id, cfg.batch, cfg.seed,
-        stop_ids=stop_token_ids(loaded.model, tokenizer), held_out=val,
+        stop_ids=stop_token_ids(loaded.model, tokenizer), held_out=held_out,
         answer_confidences=final.confidences if cfg.task is TaskKind.CAUSAL_LM else ())
     training = _training_record(cfg, loaded, result.steps, result.epochs, result.stopped_early,
                                 len(train), len(val), len(test), splits.val_source,

@@ -38,6 +38,7 @@ ALARM_CONFIDENCE = 0.999
 NULL_DRAWS = 4000
 MMD_NULL_DRAWS = 400
 WINDOW_STEP = 100
+MIN_LEVEL = 1e-6
 # Half a count per bin or label (Jeffreys' prior) in the simulated distribution.
 PRIOR_COUNT = 0.5
 
@@ -126,8 +127,9 @@ def mmd_null(sample: FloatArray, bandwidth: float, window: int, key: object,
 
 
 def level_of(null: FloatArray) -> float:
-    """The alarm level of a simulated null: its ``ALARM_CONFIDENCE`` quantile."""
-    return float(np.quantile(null, ALARM_CONFIDENCE))
+    """The alarm level of a simulated null: its ``ALARM_CONFIDENCE`` quantile (at least
+    ``MIN_LEVEL``, so the rule's score / level is always defined)."""
+    return max(float(np.quantile(null, ALARM_CONFIDENCE)), MIN_LEVEL)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from loraswap.adapters.base_model import LoadedBaseModel, Quantization, load_base_model
-from loraswap.adapters.errors import QuantizationUnavailableError
+from loraswap.adapters.errors import ConfigurationError, QuantizationUnavailableError
+from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.model_families import stop_token_ids
 from loraswap.adapters.package import AdapterManifest, TaskKind
 from loraswap.adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
@@ -130,6 +131,8 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
     tokenizer.padding_side = "right"
     torch.manual_seed(cfg.seed)
     task_model = build_task_model(cfg, loaded, labels)
+    if cfg.init_adapter is not None:
+        start_from(task_model, cfg.init_adapter)
     train, val, test = (encode_all(cfg.task, tokenizer, part, labels, cfg.length)
                         for part in (splits.train, splits.val, splits.test))
     held_out = val if len(splits.held_out) == len(splits.val) else encode_all(
@@ -166,6 +169,21 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
     logger.info("wrote %s in %.0fs: %s", cfg.output, seconds,
                 ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return TrainOutcome(cfg.output, manifest, seconds)
+
+
+def start_from(task_model: TaskModel, package: Path) -> None:
+    """Load a package's LoRA and head weights into the fresh task model (a retraining
+    candidate continues from the active version instead of from scratch)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(task_model.model,
+                                       load_file(str(package / WEIGHTS_FILE)))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ConfigurationError(f"{package} does not fit this adapter's LoRA settings "
+                                 f"(unexpected weights: {unexpected[:3]})")
+    logger.info("starting from the weights of %s", package)
 
 
 def _eval(cfg: TrainConfig, task_model: TaskModel, data: list[Encoded],

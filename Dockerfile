@@ -44,6 +44,10 @@ COPY pyproject.toml README.md ./
 COPY adapters ./adapters
 COPY service ./service
 COPY training ./training
+COPY core ./core
+COPY base_model ./base_model
+COPY jobs ./jobs
+COPY tenants ./tenants
 COPY loraswap ./loraswap
 RUN pip install . \
     && mkdir -p /opt/loraswap/models \

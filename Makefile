@@ -30,8 +30,12 @@ run: model
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
+# scripts/test-tools.sh: checkov (own venv) and, as root, Debian's prometheus and
+# alertmanager; without root it lists what is missing and those tests skip, saying so.
 test: lint
+	PYTHON=$(PYTHON) bash scripts/test-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: model

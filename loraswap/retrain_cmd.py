@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Annotated
 
 import typer
@@ -16,7 +15,6 @@ retrain_app = typer.Typer(help="Retraining runs (started by POST /admin/retrain)
 def run(run_id: Annotated[str, typer.Option("--run-id", help="The run to execute.")]) -> None:
     """Train, evaluate and decide one run recorded in the store (LORASWAP_* settings)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only, never the Hub
     from loraswap.service.settings import Settings
     from loraswap.training.retrain import RetrainSettings, execute_run
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR, Quantization
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR, Quantization
+from loraswap.core.errors import ConfigurationError
 
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "loraswap"
 # Admin tokens that are clearly examples, not secrets.
@@ -95,8 +95,16 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="Largest max_new_tokens a request may ask for."
     )
     max_prefill_tokens: int = Field(
-        default=2048, ge=16, description="Prompt tokens prefilled together in one step."
+        default=2048, ge=16, description="Prompt tokens prefilled in one step; a longer "
+        "prompt is prefilled in chunks, each step also decoding the running sequences."
     )
+    kv_cache_bytes: int | None = Field(
+        default=None, ge=1, description="KV cache pool in bytes (blocks of 16 tokens, taken "
+        "as sequences grow); unset: 85% of the GPU memory left after the weights, or on a "
+        "CPU max_batch_size x max_model_len tokens. Must hold one max_model_len sequence.")
+    prefix_cache: bool = Field(
+        default=True, description="Reuse the KV blocks of a prompt prefix seen before with "
+        "the same tenant, adapter and version.")
     max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
     max_queue_per_tenant: int = Field(
         default=64, ge=1,

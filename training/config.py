@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from loraswap.adapters.errors import ConfigurationError, describe_problems
 from loraswap.adapters.lora_format import LLAMA_PROJECTIONS
 from loraswap.adapters.package import AttentionMode, TaskKind
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
+from loraswap.core.errors import ConfigurationError, describe_problems
 
 DataFormat = Literal["auto", "jsonl", "json", "csv", "tsv", "conll"]
 Precision = Literal["auto", "bf16", "fp32"]

@@ -221,7 +221,7 @@ def build_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded]
     ``data``: the training (or reference) examples as encoded for training (causal-lm:
     whole conversations, or prompts alone; their prompts are profiled). ``held_out``:
     validation examples, the first part of a classifier's reference sample. ``stop_ids``:
-    the tokens that end a generation (:func:`loraswap.adapters.model_families.stop_token_ids`).
+    the tokens that end a generation (:func:`loraswap.base_model.families.stop_token_ids`).
     ``answer_confidences`` (causal-lm): the mean probability of each expected answer's
     tokens, stored as ``confidence`` for information (the service has no live
     counterpart). ``generation_prompts`` and ``max_new_tokens`` bound the causal-lm

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from loraswap.adapters.model_families import stop_token_ids
 from loraswap.adapters.package import TaskKind
-from loraswap.adapters.reference_data import ReferenceRows
+from loraswap.base_model.families import stop_token_ids
+from loraswap.jobs.reference_data import ReferenceRows
 from loraswap.training.data import ChatExample, TextExample, TokenExample
 from loraswap.training.evaluate import evaluate, forward_logits
 from loraswap.training.profile import build_profile

@@ -27,14 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.base_model import Quantization, load_base_model
-from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.package import MANIFEST_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, now_iso
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.training_data import read_parquet_batches, upload_to_store
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.errors import ConfigurationError
+from loraswap.jobs.retrain_runs import RunRecord, RunStore, now_iso
+from loraswap.jobs.training_data import read_parquet_batches, upload_to_store
 from loraswap.training.config import TrainConfig
 from loraswap.training.datasets_io import concatenate
 from loraswap.training.metrics import SELECTION_METRIC
@@ -120,7 +121,7 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
     registry = _registry(store, settings)
     active = registry.active(run.tenant, run.adapter)
     manifest = active.manifest
-    run.base_version, run.task = active.version, manifest.task.value
+    run.base_version, run.task = active.key.version, manifest.task
     training = manifest.training or {}
     data_store: dict[str, str] = training.get("data_store") or {}
     if "train" not in data_store:
@@ -133,7 +134,7 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
                          settings, work)
     runs.save(run)
 
-    start = (registry.local_folder(run.tenant, run.adapter, active.version)
+    start = (registry.local_folder(run.tenant, run.adapter, active.key.version.number)
              if settings.warm_start else None)
     outcome = run_training(_candidate_config(config, run, manifest.task, data.train,
                                              work / "candidate", manifest.labels, settings,
@@ -215,7 +216,7 @@ def _decide(run: RunRecord, registry: AdapterRegistry, task: TaskKind, candidate
     metric, higher = SELECTION_METRIC[task]
     run.gate_metric, run.gate_direction = metric, "higher" if higher else "lower"
     assert run.base_version is not None
-    active_folder = registry.local_folder(run.tenant, run.adapter, run.base_version)
+    active_folder = registry.local_folder(run.tenant, run.adapter, run.base_version.number)
     run.evaluations = {"active": {}, "candidate": {}}
     for side, folder in (("active", active_folder), ("candidate", candidate)):
         for name, path in data.heldout.items():
@@ -224,7 +225,7 @@ def _decide(run: RunRecord, registry: AdapterRegistry, task: TaskKind, candidate
     promote, reason = two_set_gate(metric, higher, run.evaluations["candidate"],
                                    run.evaluations["active"], settings.min_gain)
     registered = registry.register(run.tenant, run.adapter, candidate, activate=promote)
-    run.candidate_version = registered.version
+    run.candidate_version = registered.key.version
     run.decision = "promoted" if promote else "kept"
     run.reason = f"{reason}: version {registered.version} " + (
         "promoted" if promote else "registered inactive")

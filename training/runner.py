@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from loraswap.adapters.base_model import LoadedBaseModel, Quantization, load_base_model
-from loraswap.adapters.errors import ConfigurationError, QuantizationUnavailableError
 from loraswap.adapters.lora_format import WEIGHTS_FILE
-from loraswap.adapters.model_families import stop_token_ids
 from loraswap.adapters.package import AdapterManifest, TaskKind
-from loraswap.adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.base_model.families import stop_token_ids
+from loraswap.base_model.loading import LoadedBaseModel, Quantization, load_base_model
+from loraswap.base_model.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.core.errors import ConfigurationError, QuantizationUnavailableError
 from loraswap.training.config import TrainConfig
 from loraswap.training.data import Example, label_names, load_examples, split_examples, subsample
 from loraswap.training.evaluate import evaluate
@@ -95,7 +95,7 @@ def held_out_fraction(task: TaskKind, rows: int, val_fraction: float) -> float:
 
 def base_quantization(cfg: TrainConfig, cpu: CpuFeatures | None = None) -> PrecisionChoice:
     """The base model's quantization for ``cfg`` and why (``--precision auto``: from the CPU,
-    see :mod:`loraswap.adapters.precision`; ``cpu`` defaults to this machine's features)."""
+    see :mod:`loraswap.base_model.precision`; ``cpu`` defaults to this machine's features)."""
     if cfg.qlora:
         return PrecisionChoice(Quantization.NF4.value, "nf4: --qlora")
     return choose_cpu_precision(cfg.precision, cpu or CpuFeatures.detect(),

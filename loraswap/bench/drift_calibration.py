@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import typer
 
-from loraswap.adapters.base_model import load_base_model
 from loraswap.adapters.package import PROFILE_FILE, AttentionMode, TaskKind, read_manifest
+from loraswap.base_model.loading import load_base_model
 from loraswap.service.drift.assess import assess
 from loraswap.service.drift.calibration import ALARM_CONFIDENCE, AlarmLevels
 from loraswap.service.drift.reference import ReferenceProfile, parse_profile

@@ -17,7 +17,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from loraswap.service.drift.records import AdapterVersionRef
+from loraswap.core.identity import AdapterVersionRef
 
 VERSION_LABELS = ("tenant", "adapter", "version")
 

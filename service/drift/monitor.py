@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.drift.assess import Assessed, assess, scores_of
 from loraswap.service.drift.calibration import ALARM_CONFIDENCE
 from loraswap.service.drift.handoff import POLL_SECONDS, Handoff
 from loraswap.service.drift.metrics import DriftMetrics
-from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.records import PredictionRecord
 from loraswap.service.drift.reference import EMBEDDING, ReferenceProfile
 from loraswap.service.drift.windows import VersionWindow
 
@@ -120,8 +121,8 @@ class DriftMonitor:
         window.add(record)
 
     def _track(self, ref: AdapterVersionRef) -> VersionWindow | None:
-        for other in [r for r in self._windows if (r.tenant, r.adapter) ==
-                      (ref.tenant, ref.adapter) and r != ref]:
+        for other in [r for r in self._windows if (r.owner, r.name) ==
+                      (ref.owner, ref.name) and r != ref]:
             self.retire(other)
         if len(self._windows) >= self.config.max_versions:
             self._metrics.dropped.labels("max_versions").inc()
@@ -137,13 +138,13 @@ class DriftMonitor:
             self._windows.pop(ref, None)
         self._metrics.remove_version(ref)
         self._on_retire(ref)
-        logger.info("drift: stopped tracking %s/%s version %s", *ref.labels)
+        logger.info("drift: stopped tracking %s", ref)
 
     def retire_inactive(self) -> None:
         """Retire windows of versions that no longer serve (promotion, rollback, deletion)."""
         for ref in list(self._windows):
             try:
-                active = self._active_version(ref.tenant, ref.adapter)
+                active = self._active_version(ref.owner, ref.name)
             except Exception:  # the adapter is gone (or the store failed): not serving
                 active = None
             if active != ref.version:
@@ -159,14 +160,13 @@ class DriftMonitor:
             try:
                 reference = self._references(ref)
             except Exception:  # the store failed, or the version is being deleted
-                logger.warning("drift: re-reading the reference of %s/%s version %s failed",
-                               *ref.labels, exc_info=True)
+                logger.warning("drift: re-reading the reference of %s failed", ref, exc_info=True)
                 continue
             if reference.provisional:
                 window.reference = reference  # a newer reason; nothing to score yet
             else:
                 window.use_reference(reference)
-                logger.info("drift: %s/%s version %s has a profile now", *ref.labels)
+                logger.info("drift: %s has a profile now", ref)
 
     def score_all(self) -> None:
         """Recompute the scores of every window that changed; retire stale ones."""
@@ -194,7 +194,7 @@ class DriftMonitor:
         """The tracked version of an adapter: samples, scores and absent signals."""
         with self._lock:
             found = [(r, w) for r, w in self._windows.items()
-                     if (r.tenant, r.adapter) == (tenant, adapter)]
+                     if (r.owner, r.name) == (tenant, adapter)]
         if not found:
             return None
         ref, window = found[0]

@@ -3,7 +3,8 @@ cooldown, launching, and the run records the admin API shows.
 
 Alertmanager (webhook payload version 4) sends every notification of an alert group:
 the first one, repeats every ``repeat_interval``, and ``resolved``. Each *firing* alert
-that carries ``tenant`` and ``adapter`` labels starts at most one run: the pair
+whose ``adapter`` label names a registered adapter (``tenant/name``, as every loraswap
+series spells it) starts at most one run: the pair
 (``fingerprint``, ``startsAt``) is claimed once in the store (a repeat, or the same
 delivery twice, finds it claimed), the adapter must not be busy with another run, and its
 last alert-started run must be older than the cooldown. Resolved alerts start nothing.
@@ -18,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.errors import ConflictError, InvalidRequestError
-from loraswap.adapters.package import SAFE_NAME
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from loraswap.core.errors import ConflictError, InvalidRequestError
+from loraswap.core.identity import SAFE_NAME, AdapterRef
+from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.service.drift.launchers import Launcher
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class AlertOutcome(BaseModel):
 
     fingerprint: str
     tenant: str | None = None
-    adapter: str | None = None
+    adapter: str | None = None  # tenant/name, as in the alert's labels
     outcome: Outcome
     run_id: str | None = None
     detail: str = ""
@@ -74,6 +75,21 @@ class WebhookAnswer(BaseModel):
 FlushFeedback = Callable[[], None]
 # The current drift scores of an adapter (for the run record's trigger).
 DriftScores = Callable[[str, str], dict[str, float]]
+
+
+def alert_ref(labels: dict[str, str]) -> AdapterRef | None:
+    """The registered adapter an alert names: its ``adapter`` label, ``tenant/name``. A bare
+    name with a ``tenant`` label beside it (rules written before the labels were unified)
+    is read the same way; None when neither names a valid registered adapter."""
+    adapter, tenant = labels.get("adapter", ""), labels.get("tenant", "")
+    try:
+        ref = (AdapterRef.parse(adapter) if "/" in adapter or not tenant
+               else AdapterRef(tenant, adapter))
+    except InvalidRequestError:
+        return None
+    if not ref.is_registered or (tenant and ref.tenant != tenant):
+        return None
+    return ref
 
 
 class RetrainService:
@@ -105,16 +121,17 @@ class RetrainService:
         return WebhookAnswer(alerts=outcomes)
 
     def _alert(self, alert: AlertmanagerAlert) -> AlertOutcome:
-        tenant, adapter = alert.labels.get("tenant"), alert.labels.get("adapter")
-        out = AlertOutcome(fingerprint=alert.fingerprint, tenant=tenant, adapter=adapter,
-                           outcome="ignored")
+        ref = alert_ref(alert.labels)
+        out = AlertOutcome(fingerprint=alert.fingerprint, outcome="ignored",
+                           tenant=ref.tenant if ref else alert.labels.get("tenant"),
+                           adapter=str(ref) if ref else alert.labels.get("adapter"))
         if alert.status == "resolved":
             out.outcome, out.detail = "resolved", "resolved notifications start nothing"
             return out
-        if not (tenant and adapter and SAFE_NAME.fullmatch(tenant)
-                and SAFE_NAME.fullmatch(adapter)):
-            out.detail = "the alert has no valid 'tenant' and 'adapter' labels"
+        if ref is None:
+            out.detail = "the alert has no valid 'adapter' label (tenant/name)"
             return out
+        tenant, adapter = ref.owner, ref.name
         if not alert.fingerprint or not alert.startsAt:
             out.detail = "the alert has no fingerprint or startsAt"
             return out
@@ -169,7 +186,8 @@ class RetrainService:
             if not SAFE_NAME.fullmatch(name):
                 raise InvalidRequestError(f"invalid name {name!r}")
         run = self.start(tenant, adapter, RunTrigger(kind="manual"))
-        self._count(tenant, adapter, "failed" if run.status == "failed" else "started")
+        self._count(tenant, str(AdapterRef(tenant, adapter)),
+                    "failed" if run.status == "failed" else "started")
         return run
 
     def list(self) -> list[dict[str, Any]]:

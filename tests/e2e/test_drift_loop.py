@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from loraswap.adapters.provision import fetch_base_model
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
+from loraswap.base_model.provision import fetch_base_model
 from tests.e2e.monitoring_stack import (
     REPO,
     fast_rules,
@@ -82,7 +82,7 @@ def version_series(text: str, version: str) -> list[str]:
     return [line for line in text.splitlines()
             if line.startswith(("loraswap_drift_score{", "loraswap_drift_window_samples{",
                                 "loraswap_live_accuracy{"))
-            and 'adapter="sentiment"' in line and f'version="{version}"' in line]
+            and 'adapter="acme/sentiment"' in line and f'version="{version}"' in line]
 
 
 def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
@@ -142,8 +142,8 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         # 1. In-distribution traffic: scores exported, under the band, no alert.
         predict_all(client, key, held_out)
         calm = wait_for(lambda: query(
-            prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"}')
-            if len(query(prometheus, 'loraswap_drift_score{adapter="sentiment"}')) >= 4
+            prometheus, 'loraswap_drift_score{adapter="acme/sentiment",version="1"}')
+            if len(query(prometheus, 'loraswap_drift_score{adapter="acme/sentiment"}')) >= 4
             else None, 60, what="scores of held-out SST-2 in Prometheus", interval=0.5)
         time.sleep(6)  # longer than the rule's hold, several evaluations
         assert firing(prometheus) == [], calm
@@ -159,7 +159,7 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
                                          "label": label})
             assert response.status_code == 200, response.text
         drifted = wait_for(lambda: query(
-            prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"} > 0.25'), 60,
+            prometheus, 'loraswap_drift_score{adapter="acme/sentiment",version="1"} > 0.25'), 60,
             what="a score over the alert band", interval=0.5)
         wait_for(lambda: firing(prometheus), 60, what="LoraswapAdapterDrift firing",
                  interval=0.5, on_fail=prometheus.tail)
@@ -187,7 +187,7 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         # 3. The decision took effect.
         adapter = client.get("/admin/adapters/acme/sentiment", headers=ADMIN_HEADERS).json()
         if run["decision"] == "promoted":
-            assert adapter["active_version"] == run["candidate_version"] == 2
+            assert adapter["active_version"] == run["candidate_version"] == "2"
             wait_for(lambda: client.post(
                 "/v1/predict", headers={"Authorization": f"Bearer {key}"},
                 json={"adapter": "acme/sentiment", "inputs": "a fine film"}
@@ -196,7 +196,7 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
             wait_for(lambda: not version_series(client.get("/metrics").text, "1"), 30,
                      what="the old version's gauges to go", interval=0.5)
         else:
-            assert adapter["active_version"] == 1
+            assert adapter["active_version"] == "1"
             assert [v["active"] for v in adapter["versions"]] == [True, False]
         over = [(r["metric"]["signal"], r["value"][1]) for r in drifted]
         print(f"drift e2e: calm {calm_scores}; over the band {over}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,9 +16,11 @@ from loraswap.service.gateway_metrics import (
     LORA_INFO,
     RUNNING,
     WAITING,
+    GatewayCollector,
 )
 from tests.conftest import AdapterFactory
 from tests.service.conftest import ServerFactory
+from tests.utils.engine import make_engine
 
 
 def samples(client: httpx.Client, name: str) -> list[tuple[dict[str, str], float]]:
@@ -87,3 +90,25 @@ def test_readyz_shows_no_adapter_names_nor_model_path(
     detail = server.client.get("/admin/status", headers={"Authorization": f"Bearer {admin}"})
     assert detail.json()["adapters_available"] == ["secret-tenant-adapter"]
     assert detail.json()["model"]["path"] == str(server.settings.base_model)
+
+
+def _gauges(collector: GatewayCollector) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return {family.name: [(dict(s.labels), s.value) for s in family.samples]
+            for family in collector.collect()}
+
+
+def test_lora_info_is_reported_from_the_first_scrape_while_loading() -> None:
+    gauges = _gauges(GatewayCollector(lambda: None, max_loras=7, clock=lambda: 123.0))
+    assert gauges[LORA_INFO] == [({"running_lora_adapters": "", "waiting_lora_adapters": "",
+                                   "max_lora": "7"}, 123.0)]
+    assert gauges[KV_CACHE_USAGE] == [({}, 0.0)]
+
+
+def test_kv_gauge_is_the_share_of_pool_blocks_held(tiny_base_dir: Path) -> None:
+    engine = make_engine(tiny_base_dir)
+    collector = GatewayCollector(lambda: engine, max_loras=4)
+    held = engine.pool.allocate(3)
+    assert held is not None
+    assert _gauges(collector)[KV_CACHE_USAGE] == [({}, 3 / engine.pool.num_blocks)]
+    engine.pool.release(held)
+    assert _gauges(collector)[KV_CACHE_USAGE] == [({}, 0.0)]

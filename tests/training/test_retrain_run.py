@@ -26,10 +26,11 @@ from safetensors.torch import load_file, save_file
 from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.package import package_file_digests, read_manifest, write_manifest
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.training_data import upload_to_store
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from loraswap.jobs.training_data import upload_to_store
 from loraswap.training import retrain
 from loraswap.training.config import build_config
 from loraswap.training.runner import TrainOutcome, run_training
@@ -179,7 +180,7 @@ def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
                          for s in ("active", "candidate"))
     assert candidate < active  # the active version was spoiled
     assert first.decision == "promoted" and ">= margin" in (first.reason or "")
-    assert setup.registry().active(TENANT, "writer").version == first.candidate_version == 2
+    assert setup.registry().active(TENANT, "writer").key.version == first.candidate_version == "2"
     data_store = setup.registry().active(TENANT, "writer").manifest.training["data_store"]
     assert setup.store.exists(data_store["trained_on"])
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.base_model import weights_sha256
 from loraswap.adapters.lora_format import read_lora_adapter
 from loraswap.adapters.package import (
     PROFILE_FILE,
@@ -18,6 +17,7 @@ from loraswap.adapters.package import (
     package_file_digests,
     read_manifest,
 )
+from loraswap.base_model.loading import weights_sha256
 from loraswap.training.config import TrainConfig
 from loraswap.training.runner import run_training
 from tests.training.conftest import NEGATIVE, POSITIVE
@@ -145,7 +145,7 @@ def test_causal_lm_lowers_the_held_out_loss(make_config: ConfigFactory, sft_data
 
 def test_output_folder_with_other_files_is_refused(make_config: ConfigFactory,
                                                    csv_data: Path, tmp_path: Path) -> None:
-    from loraswap.adapters.errors import ConfigurationError
+    from loraswap.core.errors import ConfigurationError
 
     out = tmp_path / "busy"
     out.mkdir()

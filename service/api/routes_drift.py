@@ -8,22 +8,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from loraswap.adapters.errors import PayloadTooLargeError
-from loraswap.adapters.reference_data import (
+from loraswap.core.errors import PayloadTooLargeError
+from loraswap.jobs.reference_data import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TEXT_COLUMN,
     ReferenceColumns,
 )
-from loraswap.adapters.training_data import store_bytes
+from loraswap.jobs.training_data import store_bytes
 from loraswap.service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
 from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
 from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.state import ServingComponents
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackResponse
 from loraswap.service.drift.pipeline import DriftPipeline
 from loraswap.service.drift.profiles import ProfileService
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from loraswap.service.errors import FeatureDisabledError, NotReadyError
-from loraswap.service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)
@@ -32,8 +32,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERRORS, route_class=NativeRoute)
 
 
-def get_drift(components: ComponentsDep) -> DriftPipeline:
-    """The drift pipeline; 503 naming the setting when drift is off."""
+async def get_drift(components: ComponentsDep) -> DriftPipeline:
+    """The drift pipeline; 503 naming the setting when drift is off (a coroutine, as every
+    dependency: no thread-pool hop per request)."""
     return require_drift(components)
 
 
@@ -62,7 +63,7 @@ admin_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
                          dependencies=[Depends(require_admin)], route_class=AdminRoute)
 
 
-def get_retrain(components: ComponentsDep) -> RetrainService:
+async def get_retrain(components: ComponentsDep) -> RetrainService:
     """The retraining service."""
     if components.retrain is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("retraining is not configured")
@@ -72,7 +73,7 @@ def get_retrain(components: ComponentsDep) -> RetrainService:
 RetrainDep = Annotated[RetrainService, Depends(get_retrain)]
 
 
-def get_profiles(components: ComponentsDep) -> ProfileService:
+async def get_profiles(components: ComponentsDep) -> ProfileService:
     """The profiling service."""
     if components.profiles is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("profiling is not configured")

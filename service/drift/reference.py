@@ -139,7 +139,9 @@ class ReferenceProfile:
 MIN_BIN_SHARE = 0.1
 # A histogram of fewer reference values is noise, not a reference: with 16 validation
 # confidences, PSI against an in-distribution window of 100 averages ~0.5 (no drift).
-MIN_REFERENCE_COUNT = 100
+# From 30 values on, the alarm level accounts for the reference's own noise (a small
+# reference widens it, service/drift/calibration.py) and /admin/drift says so.
+MIN_REFERENCE_COUNT = 30
 # Reference generations are expensive (64 prompts per decoding by default), so a decoding
 # needs only this many, and their bins are coarser: at least 20 % of the reference each
 # (at most 5 bins). PSI's no-drift bias is about (bins - 1) * (1/reference + 1/window):

@@ -136,8 +136,10 @@ class Settings(BaseSettings):
 
     # Drift monitoring, capture and retraining (docs/drift.md).
     drift_enabled: bool = Field(
-        default=False, description="Score live traffic against each adapter's training "
-        "profile and export loraswap_drift_* gauges; capture and feedback need it too.")
+        default=True, description="Score live traffic against each adapter's training "
+        "profile and export loraswap_drift_* gauges; capture and feedback need it too. "
+        "On by default (its cost is under the 3 % noise floor, docs/drift.md); capture of "
+        "raw inputs stays off until a tenant's policy asks for it.")
     drift_window_size: int = Field(
         default=500, ge=10, le=100_000, description="Inputs in each adapter version's "
         "sliding window.")
@@ -171,6 +173,10 @@ class Settings(BaseSettings):
     retrain_feedback_holdout: float = Field(
         default=0.3, ge=0, lt=1, description="Share of labelled feedback held out to "
         "evaluate the candidate and the active version.")
+    retrain_min_gain: float = Field(
+        default=0.01, ge=0, le=1, description="How much better than the active version "
+        "a candidate must be on held-out feedback of the new traffic to be promoted "
+        "(gate metric units: accuracy / F1 as a fraction, eval loss in nats); ties keep.")
 
     def check_secure(self) -> None:
         """Refuse to run with an empty or placeholder admin token outside dev mode."""

@@ -59,6 +59,13 @@ def test_the_deployment_drains_before_kubernetes_kills_it(
         assert {"/var/lib/loraswap", "/tmp", "/dev/shm", "/etc/loraswap/retrain"} <= mounts
 
 
+def test_every_overlay_turns_drift_scoring_on(rendered: dict[str, Rendered]) -> None:
+    # Without it the shipped LoraswapAdapterDrift rule can never fire in a deployment.
+    for overlay in OVERLAYS:
+        data = rendered[overlay].find("ConfigMap", "loraswap-settings")["data"]
+        assert data["LORASWAP_DRIFT_ENABLED"] == "true", overlay
+
+
 def test_gpu_overlay_asks_for_a_gpu_and_nf4(rendered: dict[str, Rendered]) -> None:
     r = rendered["gpu"]
     container = r.find("Deployment", "loraswap")["spec"]["template"]["spec"]["containers"][0]

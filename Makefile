@@ -25,7 +25,7 @@ model: install
 # Without LORASWAP_ADMIN_TOKEN in the environment this is a development run (--dev: the
 # /admin API is open); with it, the service runs as in production.
 run: model
-	$(BIN)/loraswap serve $(if $(LORASWAP_ADMIN_TOKEN),,--dev)
+	LORASWAP_DRIFT_ENABLED=$${LORASWAP_DRIFT_ENABLED:-true} $(BIN)/loraswap serve $(if $(LORASWAP_ADMIN_TOKEN),,--dev)
 
 lint: install
 	$(BIN)/ruff check .

@@ -162,6 +162,7 @@ def choose_precisions(spec: str) -> list[PrecisionChoice]:
 
 def bench_app() -> typer.Typer:
     """``loraswap bench``: every benchmark of the project, one subcommand each."""
+    from loraswap.bench.drift_calibration import main as drift_calibration
     from loraswap.bench.drift_overhead import main as drift
     from loraswap.bench.drift_separation import main as drift_separation
     from loraswap.bench.quality import main as quality
@@ -179,6 +180,9 @@ def bench_app() -> typer.Typer:
                 "(docs/drift.md).")(drift)
     app.command(name="drift-separation", help="Drift scores of in-distribution traffic vs "
                 "other datasets, through a real server (docs/drift.md).")(drift_separation)
+    app.command(name="drift-calibration", help="False-alarm rate of the drift alarm levels "
+                "on held-out data and detection rate on other datasets, resampled windows "
+                "without a server (docs/drift.md).")(drift_calibration)
     return app
 
 

@@ -22,7 +22,8 @@ def run(run_id: Annotated[str, typer.Option("--run-id", help="The run to execute
     record = execute_run(run_id, RetrainSettings(
         store_uri=settings.store_uri, base_model=settings.base_model,
         cache_dir=settings.adapter_cache_dir / ".retrain",
-        feedback_holdout=settings.retrain_feedback_holdout))
+        feedback_holdout=settings.retrain_feedback_holdout,
+        min_gain=settings.retrain_min_gain))
     typer.echo(f"run {record.id}: {record.status}, {record.decision}: {record.reason}")
     if record.status == "failed":
         raise typer.Exit(1)

@@ -76,6 +76,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
             max_cpu_loras=settings.max_cpu_loras, max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_model_len, max_prefill_tokens=settings.max_prefill_tokens,
             max_queue=settings.max_queue, max_queue_per_tenant=settings.max_queue_per_tenant,
+            kv_cache_bytes=settings.kv_cache_bytes, prefix_cache=settings.prefix_cache,
         ),
         state.metrics, thread,
     )

@@ -138,5 +138,6 @@ def install_lifecycle(app: FastAPI, state: ServiceState, settings: Settings) -> 
     app.include_router(probe_router)
     app.include_router(admin_status_router)
     state.metrics.registry.register(GatewayCollector(
-        lambda: state.components.engine if state.components is not None else None))
+        lambda: state.components.engine if state.components is not None else None,
+        settings.max_loras))
     return lifecycle

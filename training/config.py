@@ -98,6 +98,10 @@ class TrainConfig(BaseModel):
     checkpoint_dir: Path | None = None
     resume: bool = False
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    init_adapter: Path | None = Field(
+        default=None, description="A package whose LoRA (and head) weights the training "
+        "starts from instead of a fresh LoRA: a retraining candidate starts from the "
+        "active version (same rank, targets and labels).")
     tenant: str | None = None
     name: str | None = None
     progress: bool = True

@@ -171,8 +171,10 @@ async def profile_status(tenant: str, name: str, version: int,
 
 @admin_router.get("/drift/{tenant}/{name}")
 async def drift_view(tenant: str, name: str, drift: DriftDep) -> dict[str, Any]:
-    """The tracked version's window, scores and the signals that are absent, with why."""
-    snapshot = drift.monitor.snapshot(tenant, name)
+    """The tracked version's window, each score with its alarm level and whether it is in
+    alarm, and the signals that are absent, with why. In a thread: a level not computed
+    yet is simulated (up to a few seconds for the embedding)."""
+    snapshot = await asyncio.to_thread(drift.monitor.snapshot, tenant, name)
     if snapshot is None:
         return {"tracked": False, "reason": "no traffic on the active version of "
                 f"{tenant}/{name} since this replica started (or it is not a registered "

@@ -207,5 +207,6 @@ def run_environment(settings: Settings) -> dict[str, str]:
         "LORASWAP_BASE_MODEL": str(settings.base_model),
         "LORASWAP_ADAPTER_CACHE_DIR": str(settings.adapter_cache_dir),
         "LORASWAP_RETRAIN_FEEDBACK_HOLDOUT": str(settings.retrain_feedback_holdout),
+        "LORASWAP_RETRAIN_MIN_GAIN": str(settings.retrain_min_gain),
         "HF_DATASETS_OFFLINE": "1",
     }

@@ -3,7 +3,7 @@
 The event loop reserves places and queues requests here (:meth:`AdmissionQueue.reserve`,
 :meth:`AdmissionQueue.push`) and withdraws cancelled ones; the engine thread takes the
 requests it can run this step (:meth:`AdmissionQueue.select`). One lock guards the queue,
-so the two sides meet only here; the running batch, cache rows and decoding are the
+so the two sides meet only here; the running batch, KV blocks and decoding are the
 scheduler's (:mod:`loraswap.service.engine.scheduler`), touched by the engine thread alone.
 
 Fairness: see :class:`FairQueue` (round-robin across tenants, FIFO within one; places
@@ -28,8 +28,8 @@ Queued = GenerationSequence | PendingClassification
 
 @dataclass
 class Selection:
-    """What one step takes from the queue: generations (each needs a cache row),
-    classifications (no row), and cancelled requests found on the way (to be ended)."""
+    """What one step takes from the queue: generations (each with KV blocks),
+    classifications (none), and cancelled requests found on the way (to be ended)."""
 
     generations: list[GenerationSequence] = field(default_factory=list)
     classifications: list[PendingClassification] = field(default_factory=list)
@@ -42,7 +42,7 @@ class AdmissionQueue:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self._waiting: FairQueue[Queued] = FairQueue(lambda item: item.request.fairness_key)
-        # Classifications in the queue: with every cache row busy, only they can be admitted.
+        # Classifications in the queue: with the batch full, only they can be admitted.
         self._classify_waiting = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -127,39 +127,47 @@ class AdmissionQueue:
             self._classify_waiting -= isinstance(item, PendingClassification)
         return item
 
-    def select(self, free_rows: int, budget: int,
-               take_slot: Callable[[Queued], bool]) -> Selection:
-        """Waiting requests to run this step, in fairness order: generations up to
-        ``free_rows``, classifications, within ``budget`` prompt tokens (the first one
+    def select(self, room: int, budget: int, take_slot: Callable[[Queued], bool],
+               start: Callable[[GenerationSequence, int], bool]) -> Selection:
+        """Waiting requests to run this step, in fairness order: up to ``room``
+        generations, each started with a first prompt chunk of the ``budget`` left (at
+        least one token), and classifications, each within the budget (the first one
         always fits); ``take_slot`` gives an item its adapter's slot, False while none is
-        free (the item waits, other callers go on)."""
+        free (the item waits, other callers go on); ``start`` gives a generation its KV
+        blocks (sets ``chunk``), False while the pool lacks them: it then keeps its turn
+        and nothing else starts this step."""
         chosen = Selection()
         with self._lock:
             progress = True
-            while progress and self._waiting.size and (free_rows or self._classify_waiting):
+            while progress and self._waiting.size and (room or self._classify_waiting):
                 progress = False
                 for key in self._waiting.keys_in_turn():
-                    if not (free_rows or self._classify_waiting):
+                    if not (room or self._classify_waiting):
                         break
                     item = self._waiting.peek(key)
                     if item.stream.cancelled:
                         chosen.cancelled.append(self._pop(key))
                         continue
-                    if isinstance(item, GenerationSequence) and not free_rows:
-                        continue  # waits for a cache row; classifications of other keys go on
-                    need = len(item.request.prompt_ids)
-                    if (chosen.generations or chosen.classifications) and need > budget:
+                    is_generation = isinstance(item, GenerationSequence)
+                    if is_generation and not room:
+                        continue  # waits for room; classifications of other keys go on
+                    need = 1 if is_generation else len(item.request.prompt_ids)
+                    first = not (chosen.generations or chosen.classifications or is_generation)
+                    if not first and need > budget:
                         return chosen
                     if not take_slot(item):
                         continue  # its adapter waits for a slot; other keys go on
-                    self._pop(key)
-                    budget -= need
-                    progress = True
                     if isinstance(item, GenerationSequence):
-                        free_rows -= 1
+                        if not start(item, budget):
+                            return chosen
+                        budget -= item.chunk
+                        room -= 1
                         chosen.generations.append(item)
                     else:
+                        budget -= need
                         chosen.classifications.append(item)
+                    self._pop(key)
+                    progress = True
         return chosen
 
     def _pop(self, key: str) -> Queued:

@@ -28,6 +28,15 @@ class GenerationRequest:
     arrived_at: float = field(default_factory=time.perf_counter)
 
     @property
+    def cache_scope(self) -> str:
+        """Who may share this prompt's cached KV blocks: the fairness key (the tenant, when
+        auth is on), the adapter and its version. Never wider: LoRA on k/v changes the
+        cache, and a block shared across tenants would leak one's prompt to another's
+        timing."""
+        adapter = (str(self.adapter.ref), str(self.adapter.version)) if self.adapter else None
+        return repr((self.fairness_key, adapter))
+
+    @property
     def adapter_label(self) -> str:
         """The adapter's name for metrics and logs ("base" for none)."""
         return str(self.adapter.ref) if self.adapter else "base"

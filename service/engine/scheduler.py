@@ -1,9 +1,13 @@
 """Continuous batching: the scheduler, stepped by the engine thread, owns the running batch.
 
-Each iteration (1) drops cancelled sequences, (2) admits waiting requests into free cache
-rows and prefills them together (bounded by a prompt-token budget, so decoding never
-stalls for long), (3) runs one decode step for every running sequence. Finished sequences
-leave at once and free their row and their slot reference.
+Each iteration (1) drops cancelled sequences, (2) plans the running batch: one token for
+every decoding sequence, taking a new KV block when one crosses a block boundary, and the
+next chunk of every prompt still being prefilled, within a per-step prompt-token budget
+(``max_prefill_tokens``), (3) admits waiting requests while the batch has room, the budget
+is not spent and the pool has the blocks for their prompt (shared prefix blocks from the
+prefix cache count as had), (4) runs all of it in one forward pass. Finished sequences leave
+at once and give back their blocks and their slot reference. When the pool runs out during
+(2), the newest running sequence is preempted and recomputed later (:mod:`kv_batch`).
 
 Classification requests (seq-cls, token-cls adapters) wait in the same queue and are
 admitted by the same rules, but need no cache row: the ones admitted in a step run
@@ -16,13 +20,10 @@ step loop over the running batch.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
-
-import torch
 
 from loraswap.core.errors import LoraswapError
 from loraswap.service.engine.admission import AdmissionQueue, Queued
@@ -34,11 +35,12 @@ from loraswap.service.engine.classify import (
 )
 from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
 from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.kv_batch import PagedBatch
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner
-from loraswap.service.engine.sampling import TokenSampler, chosen_logprobs, sample_rows
+from loraswap.service.engine.sampling import TokenSampler
 from loraswap.service.engine.sequences import GenerationSequence, SchedulerConfig
 from loraswap.service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
@@ -65,12 +67,14 @@ class ContinuousBatchScheduler:
         self._observer = observer
         self._queue = AdmissionQueue(config)
         self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
-        self._running: dict[int, GenerationSequence] = {}  # cache row -> sequence
-        self._free_rows = list(range(config.max_batch_size))
+        self._batch = PagedBatch(runner.pool, observer, config.prefix_cache)
+        self._running = self._batch.running  # admission order, oldest first
+        self._preempted = self._batch.preempted  # readmitted first, oldest first
+        self._pool = runner.pool
         self._waiting_for_slot = False
         # Names of the running batch's adapters, replaced after each step (read elsewhere).
         self._running_adapters: tuple[str, ...] = ()
-        self._admitting: list[GenerationSequence] = []  # taken from the queue, not yet running
+        self._admitting: list[GenerationSequence] = []  # in this step's forward pass
         self._classifying: list[PendingClassification] = []  # admitted in this step
         self._wake = wake
 
@@ -83,6 +87,11 @@ class ContinuousBatchScheduler:
     def num_running(self) -> int:
         """Sequences in the running batch."""
         return len(self._running)
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction (0-1) of the KV pool's blocks that running sequences hold."""
+        return self._batch.kv_usage
 
     def adapter_names(self) -> tuple[list[str], list[str]]:
         """Adapter names (no versions, no base) of the running batch and of the queue, for
@@ -131,49 +140,53 @@ class ContinuousBatchScheduler:
 
     def has_work(self) -> bool:
         """Whether a step would do something (lock-free: called under the thread's lock)."""
-        return bool(self._running) or (self._queue.size > 0 and not self._waiting_for_slot)
+        return bool(self._running) or (
+            (self._queue.size > 0 or bool(self._preempted)) and not self._waiting_for_slot)
 
     def step(self) -> None:
         """One iteration: drop cancelled, admit and prefill, decode; never raises.
 
-        A failure is contained to the requests it concerns: a prefill or classification
+        A failure is contained to the requests it concerns: a forward or classification
         pass that raises is retried one request at a time, so only the request that breaks
-        it fails; a row whose logits or sampling fail ends that request alone. Only an
-        exception in the shared decode pass fails the sequences that pass was running.
+        it fails; a row whose logits or sampling fail ends that request alone.
         """
         try:
             self._step()
         except Exception:
             logger.exception("engine step failed; failing the requests it was running")
             error = LoraswapError("engine step failed")
-            failed: list[Queued] = [*self._running.values(), *self._admitting,
-                                     *self._classifying]
+            failed: list[Queued] = [*self._running, *self._admitting, *self._classifying]
             for item in failed:
                 self._drop(item, "error", error)
         self._admitting, self._classifying = [], []
 
     def _step(self) -> None:
         self._reap_cancelled()
-        admitted, classify = self._admit()
+        scheduled, budget = self._batch.plan(self.config.max_prefill_tokens)
+        admitted, classify = self._admit(budget)
         self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
         stuck = not admitted and not classify and not self._running and self._queue.size > 0
-        if admitted:
-            self._isolated(admitted, self._prefill)
         if classify:
             self._isolated(classify, self._classifier.run)
+        batch = scheduled + admitted
+        if batch:
+            # Single-token chunks (decodes) first: the runner attends to them together.
+            batch.sort(key=lambda seq: seq.chunk != 1)
+            self._isolated(batch, self._forward)
         self._admitting, self._classifying = [], []
-        if self._running:
-            self._decode()
         self._waiting_for_slot = stuck
         self._publish_running()
-        self._observer.scheduler_state(waiting=self._queue.size, running=len(self._running))
+        self._observer.scheduler_state(waiting=self._queue.size + len(self._preempted),
+                                       running=len(self._running))
+        self._observer.kv_blocks(used=self._pool.used, total=self._pool.num_blocks,
+                                 cached=self._pool.num_cached)
 
     def _publish_running(self) -> None:
         """Replace the immutable snapshot of running adapters that other threads read."""
         self._running_adapters = tuple(str(seq.request.adapter.ref)
-                                       for seq in self._running.values()
+                                       for seq in self._running
                                        if seq.request.adapter is not None)
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:
@@ -191,20 +204,32 @@ class ContinuousBatchScheduler:
             self._isolated([item], run)
 
     def _reap_cancelled(self) -> None:
-        for seq in list(self._running.values()):
+        for seq in [*self._running, *self._preempted]:
             if seq.stream.cancelled:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
-    def _admit(self) -> tuple[list[GenerationSequence], list[PendingClassification]]:
-        """Waiting requests to run this step: generations (each given a cache row) and
-        classifications (no row), within one prompt-token budget."""
-        chosen = self._queue.select(len(self._free_rows), self.config.max_prefill_tokens,
-                                    self._take_slot)
+    def _admit(self, budget: int,
+               ) -> tuple[list[GenerationSequence], list[PendingClassification]]:
+        """Requests to start this step: preempted sequences first (oldest first), then
+        waiting ones in fairness order; a generation needs room in the batch, some of the
+        prompt budget and the blocks of its prompt, a classification its whole prompt in
+        the budget (it needs no blocks)."""
+        admitted, budget = self._batch.readmit(budget, self.config.max_batch_size)
+        if self._preempted:  # nothing new goes ahead of a sequence waiting to resume
+            return admitted, []
+        chosen = self._queue.select(self.config.max_batch_size - len(self._running), budget,
+                                    self._take_slot, self._start)
         for item in chosen.cancelled:
             self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
-        for seq in chosen.generations:
-            seq.row = heapq.heappop(self._free_rows)
-        return chosen.generations, chosen.classifications
+        return admitted + chosen.generations, chosen.classifications
+
+    def _start(self, seq: GenerationSequence, budget: int) -> bool:
+        """Join the batch with blocks for its prompt; False (its slot given back) while the
+        pool lacks them."""
+        if self._batch.start(seq, budget):
+            return True
+        self._slots.release(seq.slot)
+        return False
 
     def _take_slot(self, item: Queued) -> bool:
         request = item.request
@@ -217,39 +242,19 @@ class ContinuousBatchScheduler:
         item.slot = slot
         return True
 
-    def _prefill(self, seqs: list[GenerationSequence]) -> None:
-        out = self._runner.prefill(
-            [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs]
-        )
-        tokens = sample_rows(out.logits, [s.sampler for s in seqs])
-        logprobs = chosen_logprobs(out.logits, tokens)
-        for seq, token, logprob, pooled in zip(seqs, tokens, logprobs, out.pooled, strict=True):
-            self._running[seq.row] = seq
-            now = time.perf_counter()
-            self._observer.first_token(seq.request.adapter_label, now - seq.request.arrived_at)
-            seq.last_token_at = now
-            seq.embedding = pooled
-            self._accept_or_fail(seq, token, logprob)
-
-    def _decode(self) -> None:
-        width = max(self._running) + 1
-        tokens = torch.zeros(width, dtype=torch.long)
-        positions = torch.zeros(width, dtype=torch.long)
-        slots = torch.zeros(width, dtype=torch.long)
-        samplers: list[TokenSampler | None] = [None] * width
-        for row, seq in self._running.items():
-            tokens[row] = seq.output_ids[-1]
-            positions[row] = seq.next_position
-            slots[row] = seq.slot
-            samplers[row] = seq.sampler
-        logits = self._runner.decode(tokens, positions, slots)
-        chosen = sample_rows(logits, samplers)
-        logprobs = chosen_logprobs(logits, chosen)
+    def _forward(self, seqs: list[GenerationSequence]) -> None:
+        """One forward pass over the planned chunks; each sequence whose chunk reached its
+        last known token takes the token sampled from it."""
+        sampled = self._batch.forward(self._runner, seqs)
         now = time.perf_counter()
-        for row, seq in list(self._running.items()):
-            self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
+        for seq, token, logprob in sampled:
+            if seq.output_ids:
+                self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
+            else:
+                self._observer.first_token(seq.request.adapter_label,
+                                           now - seq.request.arrived_at)
             seq.last_token_at = now
-            self._accept_or_fail(seq, chosen[row], logprobs[row])
+            self._accept_or_fail(seq, token, logprob)
 
     def _accept_or_fail(self, seq: GenerationSequence, token: int | LoraswapError,
                         logprob: float) -> None:
@@ -295,15 +300,13 @@ class ContinuousBatchScheduler:
         if seq.done:
             return
         seq.done = True
-        if self._running.get(seq.row) is seq:
-            del self._running[seq.row]
+        if self._batch.release(seq):
             # Before the final event: whoever sees the request end sees it gone from the
             # running adapters (gateway metrics), not one step later.
             self._publish_running()
-        if seq.row >= 0:  # holds a cache row and a slot reference: give both back once
-            heapq.heappush(self._free_rows, seq.row)
+        if seq.holds_slot:  # give the slot reference back once
             self._slots.release(seq.slot)
-            seq.row, seq.slot = -1, 0
+            seq.holds_slot, seq.slot = False, 0
         prompt_tokens = len(seq.request.prompt_ids)
         completion = len(seq.output_ids)
         seq.stream.push(GenerationEvent(
@@ -317,7 +320,7 @@ class ContinuousBatchScheduler:
     def shutdown(self) -> None:
         """Fail everything running or waiting (the server is stopping)."""
         error = NotReadyError("server is shutting down")
-        for seq in list(self._running.values()):
+        for seq in [*self._running, *self._preempted]:
             self._finish(seq, "error", error)
         for item in self._queue.close():
             self._drop(item, "error", error)

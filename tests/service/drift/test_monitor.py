@@ -101,4 +101,4 @@ def test_a_reference_histogram_of_too_few_values_is_no_reference() -> None:
     document["confidence"]["count"] = 16
     reference = parse_profile(document)
     assert reference.confidence is None and "16" not in reference.missing["confidence"]
-    assert "at least 100" in reference.missing["confidence"]
+    assert "at least 30" in reference.missing["confidence"]

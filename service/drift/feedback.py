@@ -16,11 +16,17 @@ from loraswap.adapters.words import split_words
 from loraswap.service.drift.capture import CapturedPrediction, CaptureWriter
 from loraswap.service.drift.metrics import DriftMetrics
 from loraswap.service.drift.records import AdapterVersionRef
+from loraswap.service.errors import RateLimitedError
+from loraswap.service.limits import Lease
 
 PREDICTION_ID = re.compile(r"^(pred|cmpl|chatcmpl)-[A-Za-z0-9]{1,64}$")
 # Words of one token-cls feedback at most (an input longer than this is not trainable
 # at the default 256-token training length anyway).
 MAX_WORDS = 4096
+# Feedback calls at once on a replica: each may wait (up to FLUSH_SECONDS) for a store
+# write on a thread of the shared executor, which also serves every tenant's key lookups.
+MAX_IN_FLIGHT = 8
+FLUSH_SECONDS = 10.0
 # The labels of an adapter version (None: unknown, e.g. deleted since the prediction).
 LabelLookup = Callable[[str, str, str], list[str] | None]
 Tag = Annotated[str, Field(min_length=1, max_length=256)]
@@ -75,6 +81,17 @@ class FeedbackService:
         self._min_feedback = min_feedback
         self._lock = threading.Lock()
         self._counts: dict[AdapterVersionRef, list[int]] = {}  # ref -> [correct, total]
+        self.max_in_flight = MAX_IN_FLIGHT
+        self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+
+    def slot(self) -> Lease:
+        """One of the replica's feedback slots, or 429 when all are taken (without
+        waiting: a waiting call would hold the event loop or a thread)."""
+        if not self._slots.acquire(blocking=False):
+            raise RateLimitedError(
+                f"{self.max_in_flight} feedback calls are in flight on this replica; "
+                "retry shortly", retry_after=1.0)
+        return Lease(self._slots.release)
 
     def record(self, body: FeedbackRequest, caller: str | None) -> FeedbackResponse:
         """Store one feedback row (store I/O: call off the event loop).
@@ -90,9 +107,10 @@ class FeedbackService:
                                       "from a loraswap answer")
         key = f"{body.prediction_id}-{body.index}"
         entry = self._capture.captured(key)
-        if entry is None and self._capture.was_uncaptured(key) is None:
-            # Feedback can overtake the capture thread: let it finish what is queued.
-            self._capture.flush()
+        if entry is None and self._capture.is_queued(key):
+            # Feedback overtook the capture thread on the replica that answered: let it
+            # write what is queued. Only then: an unknown id must cost no flush.
+            self._capture.flush(FLUSH_SECONDS)
             entry = self._capture.captured(key)
         not_found = NotFoundError(f"no prediction {body.prediction_id!r} (input {body.index}) "
                                   "of yours is known here")
@@ -116,7 +134,7 @@ class FeedbackService:
         }
         self._capture.add_feedback(row, entry.tenant, entry.adapter)
         # Written before it is acknowledged: a crash after the 200 must not lose it.
-        if not self._capture.flush():
+        if not self._capture.flush(FLUSH_SECONDS):
             raise StoreError("the feedback could not be written to the store yet (it is "
                              "retried with the next batch); try again later")
         self._metrics.feedback.labels(*ref.labels).inc()

@@ -26,13 +26,13 @@ from loraswap.service.errors import FeatureDisabledError, NotReadyError
 from loraswap.service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 429, 503)
 }
 
 router = APIRouter(responses=ERRORS, route_class=NativeRoute)
 
 
-def get_drift(components: ComponentsDep) -> DriftPipeline:
+async def get_drift(components: ComponentsDep) -> DriftPipeline:
     """The drift pipeline; 503 naming the setting when drift is off."""
     return require_drift(components)
 
@@ -49,20 +49,24 @@ DriftDep = Annotated[DriftPipeline, Depends(get_drift)]
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, tags=["feedback"])
-async def feedback(body: FeedbackRequest, tenant: TenantDep,
-                   drift: DriftDep) -> FeedbackResponse:
-    """Ground truth for a captured prediction: ``label`` (seq-cls) or ``text`` (causal-lm)."""
+async def feedback(body: FeedbackRequest, tenant: TenantDep, drift: DriftDep,
+                   state: StateDep) -> FeedbackResponse:
+    """Ground truth for a captured prediction: ``label`` (seq-cls) or ``text`` (causal-lm).
+
+    Within the tenant's rate and concurrency limits, like a prediction, and one of the
+    replica's few feedback slots (a call may wait for a store write on a shared thread)."""
     caller = tenant.name if tenant is not None else None
     if tenant is not None and caller is None:  # a static operator key owns no predictions
         caller = ""
-    return await asyncio.to_thread(drift.feedback.record, body, caller)
+    with state.limiter.admit(tenant), drift.feedback.slot():
+        return await asyncio.to_thread(drift.feedback.record, body, caller)
 
 
 admin_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
                          dependencies=[Depends(require_admin)], route_class=AdminRoute)
 
 
-def get_retrain(components: ComponentsDep) -> RetrainService:
+async def get_retrain(components: ComponentsDep) -> RetrainService:
     """The retraining service."""
     if components.retrain is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("retraining is not configured")
@@ -72,7 +76,7 @@ def get_retrain(components: ComponentsDep) -> RetrainService:
 RetrainDep = Annotated[RetrainService, Depends(get_retrain)]
 
 
-def get_profiles(components: ComponentsDep) -> ProfileService:
+async def get_profiles(components: ComponentsDep) -> ProfileService:
     """The profiling service."""
     if components.profiles is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("profiling is not configured")

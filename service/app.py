@@ -31,6 +31,7 @@ from loraswap.service.drift.pipeline import build_drift, build_profiles, build_r
 from loraswap.service.drift.routes import admin_router as drift_admin_router
 from loraswap.service.drift.routes import router as drift_router
 from loraswap.service.drift.routes import upload_router as training_data_router
+from loraswap.service.drift.routes import webhook_router
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.engine_thread import EngineThread
 from loraswap.service.fault_hooks import arm_fault_hook
@@ -143,7 +144,9 @@ def build_state(settings: Settings) -> ServiceState:
             authenticator=authenticator, admin_token=admin_token,
             dev_hosts=dev_hosts(admin_token is None, settings.host),
             max_json_bytes=settings.max_request_bytes,
-            max_upload_bytes=settings.max_upload_bytes),
+            max_upload_bytes=settings.max_upload_bytes,
+            webhook_token=(settings.retrain_webhook_token.get_secret_value()
+                           if settings.retrain_webhook_token else None)),
     )
 
 
@@ -195,7 +198,8 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(drift_router)  # /v1/feedback (service/drift)
-    app.include_router(drift_admin_router)  # /admin/retrain, /admin/drift (service/drift)
+    app.include_router(webhook_router)  # POST /admin/retrain (its own token; service/drift)
+    app.include_router(drift_admin_router)  # /admin/retrain/…, /admin/drift (service/drift)
     # /admin/training-data and /admin/adapters/…/reference/{file} (service/drift)
     app.include_router(training_data_router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)

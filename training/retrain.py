@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from loraswap.adapters.base_model import Quantization, load_base_model
 from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.package import MANIFEST_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, now_iso
+from loraswap.adapters.retrain_runs import CANCELLED, RunRecord, RunStore, now_iso
 from loraswap.adapters.store import ObjectStore, open_store
 from loraswap.adapters.training_data import read_parquet_batches, upload_to_store
 from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
@@ -40,6 +41,7 @@ from loraswap.training.runner import run_training
 logger = logging.getLogger(__name__)
 # The settings of the active version's training that say how its data files are read.
 READING_KEYS = ("data_format", "text_column", "label_column", "max_train_samples")
+HEARTBEAT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,20 @@ class RunData:
 
 def execute_run(run_id: str, settings: RetrainSettings) -> RunRecord:
     """Run ``run_id`` to its decision; the record is saved at each stage, the adapter
-    released at the end whatever happens."""
+    released at the end whatever happens. A heartbeat says the process is alive (the
+    service expires a run without one: LORASWAP_RETRAIN_STALE_SECONDS); a run an operator
+    cancelled stops before it registers anything and keeps its cancelled record."""
     store = open_store(settings.store_uri)
     runs = RunStore(store)
     run = runs.get(run_id)
+    if runs.cancelled(run_id):
+        return run
     run.status, run.started_at = "running", now_iso()
     runs.save(run)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(runs, run_id, stop), daemon=True,
+                            name=f"heartbeat-{run_id}")
+    beat.start()
     work = Path(tempfile.mkdtemp(prefix=f"loraswap-retrain-{run_id}-"))
     try:
         _execute(run, store, settings, work, runs)
@@ -79,11 +89,25 @@ def execute_run(run_id: str, settings: RetrainSettings) -> RunRecord:
         run.status, run.decision = "failed", "failed"
         run.reason = f"{type(exc).__name__}: {exc}"
     finally:
+        stop.set()
         run.finished_at = now_iso()
+        if runs.cancelled(run_id):
+            run.status, run.decision, run.reason = "failed", "failed", CANCELLED
         runs.save(run)
         runs.release(run.tenant, run.adapter, run.id)
         shutil.rmtree(work, ignore_errors=True)
     return run
+
+
+def _heartbeat(runs: RunStore, run_id: str, stop: threading.Event) -> None:
+    """Write the run's heartbeat every HEARTBEAT_SECONDS until ``stop``."""
+    while True:
+        try:
+            runs.heartbeat(run_id)
+        except Exception:  # a store hiccup: the next beat may pass (stale is 15 beats)
+            logger.warning("retrain run %s: heartbeat failed", run_id, exc_info=True)
+        if stop.wait(HEARTBEAT_SECONDS):
+            return
 
 
 def _registry(store: ObjectStore, settings: RetrainSettings) -> AdapterRegistry:
@@ -119,6 +143,8 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
                                  f"retrain-{run.id}.jsonl")
     record_data_store(outcome.output, {**data_store, "trained_on": trained_on},
                       {key: config.get(key) for key in READING_KEYS})
+    if runs.cancelled(run.id):
+        raise ConfigurationError(CANCELLED)
     _decide(run, registry, manifest.task, outcome.output, data, settings)
 
 

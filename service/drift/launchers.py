@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,6 +41,10 @@ class Launcher(Protocol):
         """Start it; a description of where it runs (pid, Job name)."""
         ...
 
+    def cancel(self, run: RunRecord) -> None:
+        """Stop its process if this launcher started one (best effort)."""
+        ...
+
 
 class ProfileLauncher(Protocol):
     """Starts the process of a queued profiling job."""
@@ -66,6 +71,7 @@ class LocalLauncher:
         self._env = env
         self._log_dir = log_dir
         self._children: list[subprocess.Popen[bytes]] = []
+        self._runs: dict[str, subprocess.Popen[bytes]] = {}  # run id -> its process
 
     def command(self, run: RunRecord) -> list[str]:
         """The command line of a run (the worktree's code, this interpreter)."""
@@ -73,7 +79,15 @@ class LocalLauncher:
 
     def launch(self, run: RunRecord) -> str:
         """Start the run's process at the lowest CPU priority; its output goes to a log."""
-        return self._start(self.command(run), f"retrain-{run.id}", f"retrain run {run.id}")
+        pid = self._start(self.command(run), f"retrain-{run.id}", f"retrain run {run.id}")
+        self._runs[run.id] = self._children[-1]
+        return pid
+
+    def cancel(self, run: RunRecord) -> None:
+        """Stop the run's process group, if it is one of ours and still running."""
+        child = self._runs.pop(run.id, None)
+        if child is not None and child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
 
     def profile_command(self, job: ProfileJob) -> list[str]:
         """The command line of a profiling job."""
@@ -99,6 +113,7 @@ class LocalLauncher:
 
     def _reap(self) -> None:
         self._children = [c for c in self._children if c.poll() is None]
+        self._runs = {k: c for k, c in self._runs.items() if c.poll() is None}
 
     def wait_all(self, timeout: float) -> None:
         """Wait for the processes this launcher started (tests, shutdown)."""
@@ -175,6 +190,20 @@ class KubernetesLauncher:
     def launch(self, run: RunRecord) -> str:
         """POST the run's Job to the API server; the Job's name."""
         return self._create(render_job(self._template(), run))
+
+    def cancel(self, run: RunRecord) -> None:
+        """Delete the run's Job and its pod (the Role's ``delete`` verb on jobs)."""
+        namespace = self._namespace or self._read("namespace")
+        token = self._token or self._read("token")
+        name = render_job({"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {
+            "spec": {"containers": [{"name": CONTAINER}]}}}}, run)["metadata"]["name"]
+        response = self._client.delete(
+            f"{self._api_url}/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
+            params={"propagationPolicy": "Background"},
+            headers={"Authorization": f"Bearer {token}"})
+        if response.status_code >= 300 and response.status_code != 404:
+            raise StoreError(f"deleting Job {name} failed: {response.status_code} "
+                             f"{response.text[:300]}")
 
     def launch_profile(self, job: ProfileJob) -> str:
         """POST a profiling job's Job (same template) to the API server; its name."""

@@ -14,9 +14,16 @@ from loraswap.adapters.reference_data import (
     DEFAULT_TEXT_COLUMN,
     ReferenceColumns,
 )
+from loraswap.adapters.retrain_runs import RUN_ID
 from loraswap.adapters.training_data import store_bytes
-from loraswap.service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
-from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
+from loraswap.service.api.deps import (
+    ComponentsDep,
+    StateDep,
+    TenantDep,
+    require_admin,
+    require_webhook,
+)
+from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute, WebhookRoute
 from loraswap.service.api.protocol import ErrorResponse
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackResponse
 from loraswap.service.drift.pipeline import DriftPipeline
@@ -86,10 +93,17 @@ async def get_profiles(components: ComponentsDep) -> ProfileService:
 ProfilesDep = Annotated[ProfileService, Depends(get_profiles)]
 
 
-@admin_router.post("/retrain", response_model=WebhookAnswer)
+# Alertmanager's credential may post alerts and nothing else in /admin.
+webhook_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
+                           dependencies=[Depends(require_webhook)], route_class=WebhookRoute)
+
+
+@webhook_router.post("/retrain", response_model=WebhookAnswer)
 async def retrain_webhook(body: AlertmanagerWebhook, retrain: RetrainDep) -> WebhookAnswer:
-    """Alertmanager's webhook (payload version 4): each new firing alert naming a
-    ``tenant`` and ``adapter`` starts at most one run."""
+    """Alertmanager's webhook (payload version 4): each new firing alert of a shipped
+    retraining rule naming a registered ``tenant``/``adapter`` with a profile starts at
+    most one run, within the caps (LORASWAP_RETRAIN_MAX_*). Takes the webhook token
+    (LORASWAP_RETRAIN_WEBHOOK_TOKEN) or the admin token."""
     return await asyncio.to_thread(retrain.handle_webhook, body)
 
 
@@ -103,6 +117,17 @@ async def list_runs(retrain: RetrainDep) -> list[dict[str, Any]]:
 async def get_run(run_id: str, retrain: RetrainDep) -> dict[str, Any]:
     """One run: trigger, drift scores, data sizes, both evaluations, decision."""
     record = await asyncio.to_thread(retrain.runs.get, run_id)
+    return record.model_dump(mode="json")
+
+
+@admin_router.post("/retrain/{run_id}/cancel")
+async def cancel_run(run_id: str, retrain: RetrainDep) -> dict[str, Any]:
+    """Cancel a queued or running run (404 unknown, 409 already ended): its adapter is
+    freed at once, its Job or process stopped, and it registers nothing. (A path whose
+    first part is not a run id is the manual start of an adapter named ``cancel``.)"""
+    if not RUN_ID.fullmatch(run_id):
+        return await start_run(run_id, "cancel", retrain)
+    record = await asyncio.to_thread(retrain.cancel, run_id)
     return record.model_dump(mode="json")
 
 

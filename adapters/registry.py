@@ -402,6 +402,24 @@ class AdapterRegistry:
             self._change_state(tenant, name, promoted)
             return self.get(tenant, name)
 
+    def promote_if_active(self, tenant: str, name: str, version: int, expected: int) -> bool:
+        """Make ``version`` active only if ``expected`` is still the active version, in one
+        compare-and-swap (a retraining run promotes against the version it started from:
+        an operator's rollback, promotion or deletion meanwhile wins). False, changing
+        nothing, otherwise; a deleted adapter is never brought back."""
+        def swapped(state: AdapterState) -> AdapterState:
+            if state.active != expected or state.active is None or version in state.deleted:
+                raise ConflictError(f"{tenant}/{name}: version {expected} is no longer the "
+                                    "active one")
+            return _activated(state, version)
+
+        with self._write_lock:
+            try:
+                self._change_state(tenant, name, swapped)
+            except ConflictError:
+                return False
+        return True
+
     def rollback(self, tenant: str, name: str) -> AdapterRecord:
         """Re-activate the previously active version; :class:`ConflictError` if none."""
         def rolled_back(state: AdapterState) -> AdapterState:

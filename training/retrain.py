@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from loraswap.adapters.base_model import Quantization, load_base_model
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.adapters.errors import AdapterNotFoundError, ConfigurationError
 from loraswap.adapters.package import MANIFEST_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.retrain_runs import CANCELLED, RunRecord, RunStore, now_iso
@@ -162,11 +162,12 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     if limit and len(original) > limit:
         original = original.shuffle(seed=settings.seed).select(range(int(limit)))
     rows = read_parquet_batches(store, f"{FEEDBACK_PREFIX}{run.tenant}/{run.adapter}/")
+    held = [task_data.original(files["test"], reading, hf_cache)] if "test" in files else []
+    test_inputs = frozenset(task_data.input_key(row) for table in held for row in table)
     feedback = task_data.split_feedback(rows, labels, settings.feedback_holdout,
-                                        settings.seed)
+                                        settings.seed, test_inputs)
     train = concatenate([original, task_data.table(feedback.train)]) if feedback.train \
         else original
-    held = [task_data.original(files["test"], reading, hf_cache)] if "test" in files else []
     if feedback.heldout:
         held.append(task_data.table(feedback.heldout))
     if not held:
@@ -179,6 +180,7 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     run.data = {
         "original_train": len(original), "feedback_train": len(feedback.train),
         "feedback_holdout": len(feedback.heldout), "feedback_dropped": feedback.dropped,
+        "feedback_duplicates": feedback.duplicates, "feedback_in_test": feedback.in_test,
         "heldout_total": len(heldout), "train_total": len(train),
         "original_source": data_store,
     }
@@ -198,14 +200,38 @@ def _decide(run: RunRecord, registry: AdapterRegistry, task: TaskKind, candidate
     }
     promote, comparison = gate(metric, higher, run.evaluations["candidate"][metric],
                                run.evaluations["active"][metric])
-    registered = registry.register(run.tenant, run.adapter, candidate, activate=promote)
-    run.candidate_version = registered.version
-    run.decision = "promoted" if promote else "kept"
+    version, promoted, note = register_candidate(registry, run, candidate, promote)
+    run.candidate_version = version
+    run.decision = "promoted" if promoted else "kept"
     # Examples the encoder skipped (an answer truncated away) count on neither side.
     evaluated = int(run.evaluations["candidate"].get("examples", data.heldout_size))
-    run.reason = (f"{comparison} on {evaluated} held-out examples: version "
-                  f"{registered.version} " + ("promoted" if promote else "registered inactive"))
+    run.reason = (f"{comparison} on {evaluated} held-out examples: " + (note or (
+        f"version {version} " + ("promoted" if promoted else "registered inactive"))))
     logger.info("retrain run %s: %s", run.id, run.reason)
+
+
+def register_candidate(registry: AdapterRegistry, run: RunRecord, candidate: Path,
+                       promote: bool) -> tuple[int | None, bool, str]:
+    """Register the candidate and promote it as a compare-and-swap on the version active
+    when the run started: (version or None, promoted, why not when that is not the plain
+    outcome). A run that ends after an operator's rollback or promotion does not undo it;
+    after the adapter's deletion it registers nothing (never brings it back)."""
+    assert run.base_version is not None
+    try:
+        registry.active(run.tenant, run.adapter)
+    except AdapterNotFoundError:
+        return None, False, ("the adapter was deleted (or deactivated) while the run was "
+                             "running: the candidate was not registered")
+    registered = registry.register(run.tenant, run.adapter, candidate, activate=False)
+    if not promote:
+        return registered.version, False, ""
+    if registry.promote_if_active(run.tenant, run.adapter, registered.version,
+                                  run.base_version):
+        return registered.version, True, ""
+    return registered.version, False, (
+        f"version {registered.version} registered inactive, not promoted: version "
+        f"{run.base_version}, active when the run started, no longer is (an operator "
+        "changed it meanwhile)")
 
 
 def gate(metric: str, higher_is_better: bool, candidate: float,

@@ -3,8 +3,6 @@ scored is the drift loop's; this is the data that reaches the gate."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from loraswap.adapters.package import TaskKind
 from loraswap.training.retrain_data import TASK_DATA, normalise
 from tests.training.test_retrain_data import row

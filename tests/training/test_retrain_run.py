@@ -149,8 +149,10 @@ def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
     setup = make_setup(tmp_path, tiny_base_dir, "causal-lm", "writer", *sft_files, steps=12)
     chat = json.dumps([{"role": "user", "content": "name three primary colors"}])
     put_feedback(setup.store, "writer", [
-        *(feedback_row(i, "causal-lm", "what is the capital of france?",
+        # Distinct prompts: one text sent under several ids counts once (issue 23).
+        *(feedback_row(i, "causal-lm", f"what is the capital of france? (asked {i})",
                        text="paris is the capital of france.") for i in range(8)),
+        # The test split's prompt: used on neither side.
         *(feedback_row(10 + i, "causal-lm", chat, text="red, yellow and blue")
           for i in range(4)),
         feedback_row(20, "causal-lm", "say nothing", text=" ")])
@@ -160,7 +162,8 @@ def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
     assert (first.task, first.gate_metric, first.gate_direction) == (
         "causal-lm", "eval_loss", "lower")
     assert first.data["original_train"] == 16 and first.data["feedback_dropped"] == 1
-    assert first.data["feedback_train"] + first.data["feedback_holdout"] == 12
+    assert first.data["feedback_train"] + first.data["feedback_holdout"] == 8
+    assert first.data["feedback_in_test"] == 4
     # The held-out set: the test split plus the held-out feedback.
     assert first.data["heldout_total"] == 1 + first.data["feedback_holdout"]
     active, candidate = (first.evaluations[s]["eval_loss"] for s in ("active", "candidate"))
@@ -191,7 +194,7 @@ def test_a_token_cls_run_promotes_on_higher_f1_and_keeps_a_worse_candidate(
     setup = make_setup(tmp_path, tiny_base_dir, "token-cls", "ner", train, test, steps=30)
     tags = ["O", "B-Disease", "I-Disease", "I-Disease", "O", "O", "O", "O"]
     put_feedback(setup.store, "ner", [
-        *(feedback_row(i, "token-cls", "the zzqxv-disease of the dog.", labels=tags)
+        *(feedback_row(i, "token-cls", f"the zzqxv-disease of the dog{i}.", labels=tags)
           for i in range(8)),
         feedback_row(20, "token-cls", "the dog", labels=["O"])])  # not one tag per word
 

@@ -35,6 +35,7 @@ from loraswap.training.config import TrainConfig
 from loraswap.training.datasets_io import concatenate
 from loraswap.training.metrics import SELECTION_METRIC
 from loraswap.training.package_eval import evaluate_package
+from loraswap.training.retrain_bounds import check_config, check_data_store
 from loraswap.training.retrain_data import FEEDBACK_PREFIX, TASK_DATA, DataReading, TaskData
 from loraswap.training.runner import run_training
 
@@ -124,12 +125,13 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
     manifest = active.manifest
     run.base_version, run.task = active.version, manifest.task.value
     training = manifest.training or {}
-    data_store: dict[str, str] = training.get("data_store") or {}
+    # Written by the tenant: only its own adapter's data keys, a bounded configuration.
+    data_store = check_data_store(run.tenant, run.adapter, training.get("data_store") or {})
     if "train" not in data_store:
         raise ConfigurationError(
             "the active version records no training data in the store (train it with "
             "`loraswap train --push`, which uploads a copy beside the package)")
-    config: dict[str, Any] = dict(training.get("config") or {})
+    config: dict[str, Any] = check_config(training.get("config") or {})
     labels = list(manifest.labels or [])
     data = _prepare_data(TASK_DATA[manifest.task], store, run, data_store, config, labels,
                          settings, work)

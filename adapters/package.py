@@ -29,9 +29,12 @@ FORMAT_VERSION = 1
 PACKAGE_FILES = (CONFIG_FILE, WEIGHTS_FILE, PROFILE_FILE)
 
 # Tenant and adapter names: one safe path segment, usable in URLs, object keys and labels.
-SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Also a valid Kubernetes label value (a run's Job carries the tenant and adapter names as
+# labels): it must end with a letter or digit too.
+SAFE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
 SAFE_NAME_RULE = (
-    "use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit"
+    "use 1-63 lowercase letters, digits, '_' or '-', starting and ending with a letter or "
+    "digit"
 )
 
 

@@ -378,7 +378,8 @@ class AdapterRegistry:
         check_safe_name("adapter", name)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
             staged = stage_from_uri(uri, Path(tmp) / "package", self.limits,
-                                    file_roots=self.import_roots)
+                                    file_roots=self.import_roots,
+                                    registry_store=self.store)
             return self.register(tenant, name, staged, activate=activate,
                                  manifest_defaults=manifest_defaults)
 

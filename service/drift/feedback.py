@@ -93,10 +93,11 @@ class FeedbackService:
                 "retry shortly", retry_after=1.0)
         return Lease(self._slots.release)
 
-    def record(self, body: FeedbackRequest, caller: str | None) -> FeedbackResponse:
+    def record(self, body: FeedbackRequest, caller: str) -> FeedbackResponse:
         """Store one feedback row (store I/O: call off the event loop).
 
-        ``caller`` is the caller's tenant (None when auth is off). Unknown ids and ids of
+        ``caller`` is the caller's tenant ("" for one that owns no predictions: anonymous,
+        or a static operator key). Unknown ids and ids of
         another tenant are 404 (alike, so ids of others are not disclosed); an answered
         but uncaptured prediction is 409; ground truth of the wrong kind for the task, a
         label the adapter does not have, and token-cls tags that do not fit the input's
@@ -116,13 +117,13 @@ class FeedbackService:
                                   "of yours is known here")
         if entry is None:
             owner = self._capture.was_uncaptured(key)
-            if owner is not None and caller in (None, owner):
+            if owner == caller:
                 raise ConflictError(
                     f"prediction {body.prediction_id!r} was answered but not captured (the "
                     "tenant's capture policy is off or sampled it out), so it cannot take "
                     "feedback; set policy.capture to record predictions")
             raise not_found
-        if caller is not None and entry.tenant != caller:
+        if entry.tenant != caller:
             raise not_found
         correct = self._check(entry, body)
         ref = AdapterVersionRef(entry.tenant, entry.adapter, entry.version)

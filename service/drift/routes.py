@@ -62,9 +62,10 @@ async def feedback(body: FeedbackRequest, tenant: TenantDep, drift: DriftDep,
 
     Within the tenant's rate and concurrency limits, like a prediction, and one of the
     replica's few feedback slots (a call may wait for a store write on a shared thread)."""
-    caller = tenant.name if tenant is not None else None
-    if tenant is not None and caller is None:  # a static operator key owns no predictions
-        caller = ""
+    # Captured predictions are of registered tenant adapters, which only their tenant's key
+    # can call: an anonymous caller (dev mode without keys) or a static operator key owns
+    # none of them, so it may give feedback on none.
+    caller = tenant.name if tenant is not None and tenant.name else ""
     with state.limiter.admit(tenant), drift.feedback.slot():
         return await asyncio.to_thread(drift.feedback.record, body, caller)
 

@@ -124,3 +124,17 @@ def test_feedback_counts_against_the_tenants_rate_limit(live_server: ServerFacto
                                 json={"prediction_id": new_request_id("pred"),
                                       "label": "pos"}).status_code for _ in range(6)]
     assert codes[0] == 404 and codes.count(429) >= 4, codes
+
+
+def test_a_caller_that_owns_no_predictions_gives_feedback_on_none(tmp_path: Path) -> None:
+    """Dev mode without keys: the anonymous caller was passed as None, which matched every
+    tenant's predictions; now it owns none (tenant adapters need their tenant's key)."""
+    store = CountingStore(tmp_path / "store")
+    capture, feedback = service(store)
+    prediction_id = new_request_id("pred")
+    capture.submit(answer(prediction_id))
+    with pytest.raises(NotFoundError):
+        feedback.record(FeedbackRequest(prediction_id=prediction_id, label="pos"), "")
+    assert feedback.record(FeedbackRequest(prediction_id=prediction_id, label="pos"),
+                           "acme").adapter == "acme/sentiment"
+    capture.stop()

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR, Quantization
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR, Quantization
+from loraswap.core.errors import ConfigurationError
 
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "loraswap"
 # Admin tokens that are clearly examples, not secrets.
@@ -95,8 +95,16 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="Largest max_new_tokens a request may ask for."
     )
     max_prefill_tokens: int = Field(
-        default=2048, ge=16, description="Prompt tokens prefilled together in one step."
+        default=2048, ge=16, description="Prompt tokens prefilled in one step; a longer "
+        "prompt is prefilled in chunks, each step also decoding the running sequences."
     )
+    kv_cache_bytes: int | None = Field(
+        default=None, ge=1, description="KV cache pool in bytes (blocks of 16 tokens, taken "
+        "as sequences grow); unset: 85% of the GPU memory left after the weights, or on a "
+        "CPU max_batch_size x max_model_len tokens. Must hold one max_model_len sequence.")
+    prefix_cache: bool = Field(
+        default=True, description="Reuse the KV blocks of a prompt prefix seen before with "
+        "the same tenant, adapter and version.")
     max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
     max_queue_per_tenant: int = Field(
         default=64, ge=1,
@@ -128,8 +136,10 @@ class Settings(BaseSettings):
 
     # Drift monitoring, capture and retraining (docs/drift.md).
     drift_enabled: bool = Field(
-        default=False, description="Score live traffic against each adapter's training "
-        "profile and export loraswap_drift_* gauges; capture and feedback need it too.")
+        default=True, description="Score live traffic against each adapter's training "
+        "profile and export loraswap_drift_* gauges; capture and feedback need it too. "
+        "On by default (its cost is under the 3 % noise floor, docs/drift.md); capture of "
+        "raw inputs stays off until a tenant's policy asks for it.")
     drift_window_size: int = Field(
         default=500, ge=10, le=100_000, description="Inputs in each adapter version's "
         "sliding window.")
@@ -175,6 +185,10 @@ class Settings(BaseSettings):
     retrain_feedback_holdout: float = Field(
         default=0.3, ge=0, lt=1, description="Share of labelled feedback held out to "
         "evaluate the candidate and the active version.")
+    retrain_min_gain: float = Field(
+        default=0.01, ge=0, le=1, description="How much better than the active version "
+        "a candidate must be on held-out feedback of the new traffic to be promoted "
+        "(gate metric units: accuracy / F1 as a fraction, eval loss in nats); ties keep.")
 
     def check_secure(self) -> None:
         """Refuse to run with an empty or placeholder admin token outside dev mode."""

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from loraswap.adapters.errors import ConfigurationError
-from loraswap.adapters.training_data import DATA_PREFIX
+from loraswap.core.errors import ConfigurationError
+from loraswap.jobs.training_data import DATA_PREFIX
 
 DATA_ROLES = frozenset({"train", "test", "eval", "trained_on"})
 _FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,160}$")

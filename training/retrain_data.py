@@ -271,5 +271,29 @@ def prompt_messages(captured: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": captured}]
 
 
+def normalised_input(row: dict[str, Any], task: TaskKind) -> str:
+    """The input of a table row, case- and whitespace-folded: two feedback rows with the
+    same normalised input are one example (the same question asked twice)."""
+    if task is TaskKind.SEQ_CLS:
+        text = str(row["text"])
+    elif task is TaskKind.TOKEN_CLS:
+        text = " ".join(str(t) for t in row["tokens"])
+    else:
+        text = json.dumps([[m["role"], m["content"]] for m in row["messages"][:-1]])
+    return " ".join(text.split()).casefold()
+
+
+def deduplicate(rows: list[dict[str, Any]], task: TaskKind) -> list[dict[str, Any]]:
+    """One row per normalised input, the last one given (the latest feedback wins), in
+    the order of their last appearance; repeated inputs would otherwise weigh more in
+    the candidate's training and count several times in its evaluation."""
+    last: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = normalised_input(row, task)
+        last.pop(key, None)
+        last[key] = row
+    return list(last.values())
+
+
 TASK_DATA: dict[TaskKind, TaskData] = {
     data.task: data for data in (SeqClsData(), TokenClsData(), CausalLmData())}

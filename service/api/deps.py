@@ -18,8 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loraswap.service.api.serving_admin import AdminService
 from loraswap.service.api.serving_openai import OpenAIServing
 from loraswap.service.api.serving_predict import PredictService
+from loraswap.service.api.state import ServiceState, ServingComponents
 from loraswap.service.auth import Tenant, check_admin_token, check_webhook_token
-from loraswap.service.state import ServiceState, ServingComponents
 
 # auto_error=False: a missing key is our AuthenticationError (401, right body), not FastAPI's.
 _bearer = HTTPBearer(auto_error=False,

@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
-from loraswap.adapters.errors import PermissionDeniedError
+from loraswap.core.errors import PermissionDeniedError
 from loraswap.service.api.errors import ErrorFormat
 from loraswap.service.auth import Authenticator, check_admin_token, check_webhook_token
 

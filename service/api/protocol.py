@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from loraswap.adapters.package import TaskKind
+from loraswap.core.identity import Version
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
 
 # Sampling seeds feed a 64-bit generator (torch.Generator.manual_seed); larger ones overflow.
@@ -121,7 +122,9 @@ class PredictResponse(BaseModel):
 
     id: str
     adapter: str | None
-    adapter_version: str | None = Field(description="Version served; null for the base.")
+    adapter_version: Version | None = Field(
+        description="Version served (a registry number, or a development folder's tag, as a "
+        "string like every loraswap answer); null for the base.")
     task: TaskKind
     outputs: list[PredictOutput | SequenceClassOutput | TokenClassOutput] = Field(
         description="One per input, in order; the shape depends on the task.")

@@ -91,7 +91,7 @@ def index_entry(record: PredictionRecord) -> CapturedPrediction:
     """The index entry of one captured input."""
     ref = record.ref
     return CapturedPrediction(
-        record.prediction_id, record.index, ref.tenant, ref.adapter, ref.version, record.task,
+        record.prediction_id, record.index, ref.owner, ref.name, ref.version, record.task,
         record.input_text, record.predicted_label, record.output.get("text"))
 
 
@@ -228,7 +228,7 @@ class CaptureWriter:
 
     def _capture(self, records: list[PredictionRecord]) -> None:
         """One answer's records: every input captured or none (one decision per answer)."""
-        tenant = records[0].ref.tenant
+        tenant = records[0].ref.owner
         share = self._policy(tenant)
         if share <= 0 or (share < 1 and self._rng.random() >= share):
             with self._recent_lock:
@@ -241,7 +241,7 @@ class CaptureWriter:
             return
         for record in records:
             self._entries.append(index_entry(record))
-            self._append((CAPTURE_PREFIX, tenant, record.ref.adapter), capture_row(record))
+            self._append((CAPTURE_PREFIX, tenant, record.ref.name), capture_row(record))
         if len(self._entries) >= self._batch_rows and time.monotonic() >= self._retry_at:
             self._write_index()
 

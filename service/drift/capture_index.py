@@ -35,8 +35,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from loraswap.adapters.package import TaskKind
 from loraswap.adapters.store import ObjectStore
 from loraswap.adapters.store.base import StoreKeyMissing
+from loraswap.core.identity import AdapterRef, AdapterVersionRef, Version
 
 INDEX_PREFIX = "capture-index/"
 LEGACY_INDEX_PREFIX = "captures/index/"
@@ -53,17 +55,27 @@ ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its texts (ids, names, the o
 
 @dataclass(frozen=True)
 class CapturedPrediction:
-    """The index entry of one captured prediction."""
+    """The index entry of one captured prediction (stored as JSON: ``adapter`` is the name
+    within ``tenant``, ``version`` the registry number as a string)."""
 
     prediction_id: str
     index: int
     tenant: str
     adapter: str
     version: str
-    task: str
+    task: TaskKind
     input_text: str
     predicted_label: str | None
     output_text: str | None
+
+    def __post_init__(self) -> None:
+        # Read back from JSON, the task is its string: every reader compares TaskKinds.
+        object.__setattr__(self, "task", TaskKind(self.task))
+
+    @property
+    def ref(self) -> AdapterVersionRef:
+        """The version that answered."""
+        return AdapterRef(self.tenant, self.adapter).at(Version.parse(self.version))
 
     @property
     def key(self) -> str:

@@ -11,11 +11,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraswap.adapters.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
+from loraswap.adapters.package import TaskKind
 from loraswap.adapters.words import split_words
+from loraswap.core.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
+from loraswap.core.identity import AdapterVersionRef, Version
 from loraswap.service.drift.capture import CapturedPrediction, CaptureWriter
 from loraswap.service.drift.metrics import DriftMetrics
-from loraswap.service.drift.records import AdapterVersionRef
 from loraswap.service.errors import RateLimitedError
 from loraswap.service.limits import Lease
 
@@ -28,7 +29,7 @@ MAX_WORDS = 4096
 MAX_IN_FLIGHT = 8
 FLUSH_SECONDS = 10.0
 # The labels of an adapter version (None: unknown, e.g. deleted since the prediction).
-LabelLookup = Callable[[str, str, str], list[str] | None]
+LabelLookup = Callable[[AdapterVersionRef], list[str] | None]
 Tag = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -65,7 +66,7 @@ class FeedbackResponse(BaseModel):
     prediction_id: str
     index: int
     adapter: str
-    version: str
+    version: Version
     correct: bool | None = None
 
 
@@ -73,7 +74,7 @@ class FeedbackService:
     """Checks feedback against the capture index, queues it, keeps live accuracy."""
 
     def __init__(self, capture: CaptureWriter, metrics: DriftMetrics, min_feedback: int,
-                 labels_of: LabelLookup = lambda tenant, adapter, version: None) -> None:
+                 labels_of: LabelLookup = lambda key: None) -> None:
         """``labels_of`` gives a version's labels, to check labels and tags against."""
         self._capture = capture
         self._labels_of = labels_of
@@ -126,7 +127,7 @@ class FeedbackService:
         if entry.tenant != caller:
             raise not_found
         correct = self._check(entry, body)
-        ref = AdapterVersionRef(entry.tenant, entry.adapter, entry.version)
+        ref = entry.ref
         row: dict[str, Any] = {
             "prediction_id": entry.prediction_id, "index": entry.index,
             "version": entry.version, "task": entry.task, "input": entry.input_text,
@@ -142,27 +143,23 @@ class FeedbackService:
         if correct is not None:
             self._count(ref, correct)
         return FeedbackResponse(prediction_id=entry.prediction_id, index=entry.index,
-                                adapter=f"{entry.tenant}/{entry.adapter}",
-                                version=entry.version, correct=correct)
+                                adapter=str(ref.ref), version=ref.version, correct=correct)
 
     def _check(self, entry: CapturedPrediction, body: FeedbackRequest) -> bool | None:
         """Whether the prediction was right (None: not judged); 400 for the wrong kind."""
-        if entry.task == "causal-lm":
+        if entry.task is TaskKind.CAUSAL_LM:
             if body.text is None:
                 raise InvalidRequestError("this prediction is a generation: send 'text'")
             return None
-        if entry.task == "token-cls":
+        if entry.task is TaskKind.TOKEN_CLS:
             self._check_tags(entry, body.labels)
             return None
-        if entry.task != "seq-cls":
-            raise InvalidRequestError(f"feedback for {entry.task} predictions is not "
-                                      "supported yet")
         if body.label is None:
             raise InvalidRequestError("this prediction is a classification: send 'label'")
-        known = self._labels_of(entry.tenant, entry.adapter, entry.version)
+        known = self._labels_of(entry.ref)
         if known is not None and body.label not in known:
             raise InvalidRequestError(
-                f"'label' {body.label!r} is not a class of {entry.tenant}/{entry.adapter} "
+                f"'label' {body.label!r} is not a class of {entry.ref.ref} "
                 f"version {entry.version}; its labels: {_shown(known)}")
         return body.label == entry.predicted_label
 
@@ -177,11 +174,11 @@ class FeedbackService:
             raise InvalidRequestError(
                 f"'labels' has {len(tags)} tags but the input has {len(words)} words "
                 f"({_shown(words)}); send one tag per word")
-        known = self._labels_of(entry.tenant, entry.adapter, entry.version)
+        known = self._labels_of(entry.ref)
         unknown = sorted({t for t in tags if t not in known}) if known is not None else []
         if unknown:
             raise InvalidRequestError(
-                f"'labels' holds tags {_shown(unknown)} that {entry.tenant}/{entry.adapter} "
+                f"'labels' holds tags {_shown(unknown)} that {entry.ref.ref} "
                 f"version {entry.version} does not know; its labels: {_shown(known or [])}")
 
     def _count(self, ref: AdapterVersionRef, correct: bool) -> None:

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import httpx
 import yaml
 
-from loraswap.adapters.errors import ConfigurationError, StoreError
-from loraswap.adapters.profile_jobs import ProfileJob
-from loraswap.adapters.retrain_runs import RunRecord
+from loraswap.core.errors import ConfigurationError, StoreError
+from loraswap.jobs.profile_jobs import ProfileJob
+from loraswap.jobs.retrain_runs import RunRecord
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@ cooldown, launching, and the run records the admin API shows.
 
 Alertmanager (webhook payload version 4) sends every notification of an alert group:
 the first one, repeats every ``repeat_interval``, and ``resolved``. Each *firing* alert
-named like a rule loraswap ships (:data:`RETRAIN_ALERTS`) whose ``tenant`` and ``adapter``
-labels name a registered adapter with a drift profile starts at most one run: the pair
+named like a rule loraswap ships (:data:`RETRAIN_ALERTS`) whose ``adapter`` label names a
+registered adapter (``tenant/name``, as every loraswap series spells it) with a drift
+profile starts at most one run: the pair
 (``fingerprint``, ``startsAt``) is claimed once in the store (a repeat, or the same
 delivery twice, finds it claimed), the adapter must not be busy with another run, its
 last alert-started run must be older than the cooldown, and the caps must allow it
@@ -26,9 +27,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.errors import ConflictError, InvalidRequestError
-from loraswap.adapters.package import SAFE_NAME
-from loraswap.adapters.retrain_runs import (
+from loraswap.core.errors import ConflictError, InvalidRequestError
+from loraswap.core.identity import SAFE_NAME, AdapterRef
+from loraswap.jobs.retrain_runs import (
     CANCELLED,
     RunRecord,
     RunStore,
@@ -93,7 +94,7 @@ class AlertOutcome(BaseModel):
 
     fingerprint: str
     tenant: str | None = None
-    adapter: str | None = None
+    adapter: str | None = None  # tenant/name, as in the alert's labels
     outcome: Outcome
     run_id: str | None = None
     detail: str = ""
@@ -109,6 +110,21 @@ class WebhookAnswer(BaseModel):
 FlushFeedback = Callable[[], None]
 # The current drift scores of an adapter (for the run record's trigger).
 DriftScores = Callable[[str, str], dict[str, float]]
+
+
+def alert_ref(labels: dict[str, str]) -> AdapterRef | None:
+    """The registered adapter an alert names: its ``adapter`` label, ``tenant/name``. A bare
+    name with a ``tenant`` label beside it (rules written before the labels were unified)
+    is read the same way; None when neither names a valid registered adapter."""
+    adapter, tenant = labels.get("adapter", ""), labels.get("tenant", "")
+    try:
+        ref = (AdapterRef.parse(adapter) if "/" in adapter or not tenant
+               else AdapterRef(tenant, adapter))
+    except InvalidRequestError:
+        return None
+    if not ref.is_registered or (tenant and ref.tenant != tenant):
+        return None
+    return ref
 
 
 class RetrainService:
@@ -158,14 +174,15 @@ class RetrainService:
 
     def _refuse(self, out: AlertOutcome) -> None:
         """Log and count an alert that started nothing (not for duplicates or resolved)."""
-        logger.warning("retrain alert %s for %s/%s refused (%s): %s", out.fingerprint,
-                       out.tenant, out.adapter, out.outcome, out.detail)
+        logger.warning("retrain alert %s for %s refused (%s): %s", out.fingerprint,
+                       out.adapter, out.outcome, out.detail)
         self._refused(out.outcome)
 
     def _alert(self, alert: AlertmanagerAlert) -> AlertOutcome:
-        tenant, adapter = alert.labels.get("tenant"), alert.labels.get("adapter")
-        out = AlertOutcome(fingerprint=alert.fingerprint, tenant=tenant, adapter=adapter,
-                           outcome="ignored")
+        ref = alert_ref(alert.labels)
+        out = AlertOutcome(fingerprint=alert.fingerprint, outcome="ignored",
+                           tenant=ref.tenant if ref else alert.labels.get("tenant"),
+                           adapter=str(ref) if ref else alert.labels.get("adapter"))
         if alert.status == "resolved":
             out.outcome, out.detail = "resolved", "resolved notifications start nothing"
             return out
@@ -174,10 +191,10 @@ class RetrainService:
             out.detail = (f"alertname {name[:100]!r} is not an alert loraswap ships for "
                           f"retraining ({', '.join(sorted(RETRAIN_ALERTS))})")
             return out
-        if not (tenant and adapter and SAFE_NAME.fullmatch(tenant)
-                and SAFE_NAME.fullmatch(adapter)):
-            out.detail = "the alert has no valid 'tenant' and 'adapter' labels"
+        if ref is None:
+            out.detail = "the alert has no valid 'adapter' label (tenant/name)"
             return out
+        tenant, adapter = ref.owner, ref.name
         starts_at = _parse_time(alert.startsAt)
         if not alert.fingerprint or len(alert.fingerprint) > 64 or starts_at is None:
             out.detail = "the alert has no fingerprint or no valid startsAt"
@@ -268,7 +285,8 @@ class RetrainService:
             if not SAFE_NAME.fullmatch(name):
                 raise InvalidRequestError(f"invalid name {name!r}")
         run = self.start(tenant, adapter, RunTrigger(kind="manual"))
-        self._count(tenant, adapter, "failed" if run.status == "failed" else "started")
+        self._count(tenant, str(AdapterRef(tenant, adapter)),
+                    "failed" if run.status == "failed" else "started")
         return run
 
     def cancel(self, run_id: str) -> RunRecord:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.archive import stage_from_uri
-from loraswap.adapters.errors import PermissionDeniedError
-from loraswap.adapters.package import SAFE_NAME
+from loraswap.adapters.staging import stage_from_uri
 from loraswap.adapters.store.s3 import S3Store
 from loraswap.adapters.validation import ValidationLimits
+from loraswap.core.errors import PermissionDeniedError
+from loraswap.core.identity import SAFE_NAME
 
 # Kubernetes label values (a run's Job is labelled with its tenant and adapter).
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

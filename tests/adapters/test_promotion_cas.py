@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunRecord, RunTrigger
 from loraswap.adapters.store import FileSystemStore
 from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.jobs.retrain_runs import RunRecord, RunTrigger
 from loraswap.training.retrain import register_candidate
 from tests.adapters.conftest import PackageBuilder
 from tests.utils.clock import FakeClock

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
 from loraswap.training.retrain_bounds import check_config, check_data_store
 
 OWN = "training-data/acme/sentiment/0123456789abcdef-train.csv"

@@ -10,7 +10,7 @@ import pytest
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.errors import NotFoundError
+from loraswap.core.errors import NotFoundError
 from loraswap.service.api.answers import new_request_id
 from loraswap.service.drift.capture import CaptureWriter
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackService

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import yaml
 
-from loraswap.adapters.errors import ConfigurationError
-from loraswap.adapters.profile_jobs import ProfileJob
-from loraswap.adapters.retrain_runs import RunRecord, RunTrigger
+from loraswap.core.errors import ConfigurationError
+from loraswap.jobs.profile_jobs import ProfileJob
+from loraswap.jobs.retrain_runs import RunRecord, RunTrigger
 from loraswap.service.drift.launchers import (
     KubernetesLauncher,
     LocalLauncher,

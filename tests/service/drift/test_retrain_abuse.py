@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from loraswap.adapters.errors import ConflictError, NotFoundError
-from loraswap.adapters.retrain_runs import CANCELLED, RunRecord, RunStore
 from loraswap.adapters.store import open_store
+from loraswap.core.errors import ConflictError, NotFoundError
+from loraswap.jobs.retrain_runs import CANCELLED, RunRecord, RunStore
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainLimits, RetrainService
 
 REGISTERED = {("acme", "sentiment"), ("acme", "topics"), ("beta", "intent"),

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from loraswap.adapters.errors import PayloadTooLargeError
-from loraswap.adapters.reference_data import (
+from loraswap.core.errors import PayloadTooLargeError
+from loraswap.jobs.reference_data import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TEXT_COLUMN,
     ReferenceColumns,
 )
-from loraswap.adapters.retrain_runs import RUN_ID
-from loraswap.adapters.training_data import store_bytes
+from loraswap.jobs.retrain_runs import RUN_ID
+from loraswap.jobs.training_data import store_bytes
 from loraswap.service.api.deps import (
     ComponentsDep,
     StateDep,
@@ -25,12 +25,12 @@ from loraswap.service.api.deps import (
 )
 from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute, WebhookRoute
 from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.state import ServingComponents
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackResponse
 from loraswap.service.drift.pipeline import DriftPipeline
 from loraswap.service.drift.profiles import ProfileService
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from loraswap.service.errors import FeatureDisabledError, NotReadyError
-from loraswap.service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 429, 503)
@@ -40,7 +40,8 @@ router = APIRouter(responses=ERRORS, route_class=NativeRoute)
 
 
 async def get_drift(components: ComponentsDep) -> DriftPipeline:
-    """The drift pipeline; 503 naming the setting when drift is off."""
+    """The drift pipeline; 503 naming the setting when drift is off (a coroutine, as every
+    dependency: no thread-pool hop per request)."""
     return require_drift(components)
 
 
@@ -200,8 +201,10 @@ async def profile_status(tenant: str, name: str, version: int,
 
 @admin_router.get("/drift/{tenant}/{name}")
 async def drift_view(tenant: str, name: str, drift: DriftDep) -> dict[str, Any]:
-    """The tracked version's window, scores and the signals that are absent, with why."""
-    snapshot = drift.monitor.snapshot(tenant, name)
+    """The tracked version's window, each score with its alarm level and whether it is in
+    alarm, and the signals that are absent, with why. In a thread: a level not computed
+    yet is simulated (up to a few seconds for the embedding)."""
+    snapshot = await asyncio.to_thread(drift.monitor.snapshot, tenant, name)
     if snapshot is None:
         return {"tracked": False, "reason": "no traffic on the active version of "
                 f"{tenant}/{name} since this replica started (or it is not a registered "

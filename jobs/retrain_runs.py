@@ -30,8 +30,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.errors import NotFoundError
+from loraswap.adapters.package import TaskKind
 from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing, update_object
+from loraswap.core.errors import NotFoundError
+from loraswap.core.identity import Version
 
 RUNS_PREFIX = "retrain/runs/"
 BUSY_PREFIX = "retrain/busy/"
@@ -76,9 +78,9 @@ class RunRecord(BaseModel):
     created_at: str = Field(default_factory=now_iso)
     started_at: str | None = None
     finished_at: str | None = None
-    task: str | None = Field(default=None, description="The active version's task kind.")
-    base_version: int | None = None
-    candidate_version: int | None = None
+    task: TaskKind | None = Field(default=None, description="The active version's task kind.")
+    base_version: Version | None = None
+    candidate_version: Version | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     gate_metric: str | None = None
     gate_direction: Literal["higher", "lower"] | None = Field(

@@ -179,6 +179,10 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Retraining runs at once of one tenant's adapters.")
     retrain_max_runs_per_tenant_per_day: int = Field(
         default=4, ge=1, description="Alert-started runs of one tenant per UTC day.")
+    retrain_timeout_seconds: float = Field(
+        default=21_600.0, gt=0, description="A local retraining or profiling process is "
+        "killed after this long (the kubernetes launcher's Jobs have their template's "
+        "activeDeadlineSeconds).")
     retrain_stale_seconds: float = Field(
         default=900.0, ge=60, description="A run whose process sent no heartbeat for this "
         "long is expired (failed) and frees its adapter.")

@@ -67,7 +67,7 @@ async def feedback(body: FeedbackRequest, tenant: TenantDep, drift: DriftDep,
     # can call: an anonymous caller (dev mode without keys) or a static operator key owns
     # none of them, so it may give feedback on none.
     caller = tenant.name if tenant is not None and tenant.name else ""
-    with state.limiter.admit(tenant), drift.feedback.slot():
+    with state.limiter.admit(tenant), drift.feedback.slot(caller):
         return await asyncio.to_thread(drift.feedback.record, body, caller)
 
 

@@ -27,6 +27,7 @@ MAX_WORDS = 4096
 # Feedback calls at once on a replica: each may wait (up to FLUSH_SECONDS) for a store
 # write on a thread of the shared executor, which also serves every tenant's key lookups.
 MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT_PER_CALLER = 2  # of those, one caller's: it cannot take every slot
 FLUSH_SECONDS = 10.0
 # The labels of an adapter version (None: unknown, e.g. deleted since the prediction).
 LabelLookup = Callable[[AdapterVersionRef], list[str] | None]
@@ -83,16 +84,31 @@ class FeedbackService:
         self._lock = threading.Lock()
         self._counts: dict[AdapterVersionRef, list[int]] = {}  # ref -> [correct, total]
         self.max_in_flight = MAX_IN_FLIGHT
-        self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self._in_flight: dict[str, int] = {}  # caller -> calls in flight (under _lock)
 
-    def slot(self) -> Lease:
-        """One of the replica's feedback slots, or 429 when all are taken (without
-        waiting: a waiting call would hold the event loop or a thread)."""
-        if not self._slots.acquire(blocking=False):
-            raise RateLimitedError(
-                f"{self.max_in_flight} feedback calls are in flight on this replica; "
-                "retry shortly", retry_after=1.0)
-        return Lease(self._slots.release)
+    def slot(self, caller: str) -> Lease:
+        """One of the replica's feedback slots, or 429 when all are taken or ``caller``
+        holds its share (without waiting: a waiting call would hold the event loop or a
+        thread). The share keeps one tenant from taking every slot from the others."""
+        with self._lock:
+            mine = self._in_flight.get(caller, 0)
+            if mine >= MAX_IN_FLIGHT_PER_CALLER or sum(
+                    self._in_flight.values()) >= self.max_in_flight:
+                raise RateLimitedError(
+                    f"feedback is busy on this replica ({mine} of your calls in flight, at "
+                    f"most {MAX_IN_FLIGHT_PER_CALLER} each and {self.max_in_flight} in all); "
+                    "retry shortly", retry_after=1.0)
+            self._in_flight[caller] = mine + 1
+
+        def release() -> None:
+            with self._lock:
+                left = self._in_flight[caller] - 1
+                if left:
+                    self._in_flight[caller] = left
+                else:
+                    del self._in_flight[caller]
+
+        return Lease(release)
 
     def record(self, body: FeedbackRequest, caller: str) -> FeedbackResponse:
         """Store one feedback row (store I/O: call off the event loop).

@@ -9,12 +9,14 @@ trains, evaluates and decides (``training/retrain.py``); a profiling job is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,14 +64,29 @@ def profile_args(job: ProfileJob) -> list[str]:
             "--version", str(job.version), "--job-id", job.id]
 
 
+# What a local run inherits from the server's environment: the interpreter's and the
+# store client's needs, never the server's secrets (admin token, API keys, webhook token).
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH",
+                 "VIRTUAL_ENV", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                 "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_CA_BUNDLE",
+                 "SSL_CERT_FILE")
+DEFAULT_TIMEOUT_SECONDS = 21_600.0  # as the Job template's activeDeadlineSeconds
+
+
 class LocalLauncher:
-    """Separate ``nice 19`` processes on this host; their environment names the store."""
+    """Separate ``nice 19`` processes on this host, with an allow-listed environment (plus
+    ``env``, which names the store) and a deadline after which the process group is
+    killed."""
 
     name = "local"
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, *,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._env = env
         self._log_dir = log_dir
+        self._timeout = timeout_seconds
         self._children: list[subprocess.Popen[bytes]] = []
         self._runs: dict[str, subprocess.Popen[bytes]] = {}  # run id -> its process
 
@@ -102,12 +119,16 @@ class LocalLauncher:
         self._reap()
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log = (self._log_dir / f"{log_name}.log").open("ab")
+        inherited = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
         child = subprocess.Popen(
-            command, env={**os.environ, **self._env}, stdout=log,
+            command, env={**inherited, **self._env}, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=lambda: os.nice(19), start_new_session=True)
         log.close()
         self._children.append(child)
+        deadline = threading.Timer(self._timeout, _kill_group, args=(child, what))
+        deadline.daemon = True
+        deadline.start()
         logger.info("%s started as pid %d (nice 19)", what, child.pid)
         return f"pid {child.pid}"
 
@@ -119,6 +140,14 @@ class LocalLauncher:
         """Wait for the processes this launcher started (tests, shutdown)."""
         for child in self._children:
             child.wait(timeout=timeout)
+
+
+def _kill_group(child: subprocess.Popen[bytes], what: str) -> None:
+    """Kill a process group that ran past its deadline (its record expires by heartbeat)."""
+    if child.poll() is None:
+        logger.error("%s ran past its deadline: killing pid %d", what, child.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
 
 
 def render_job(template: dict[str, Any], run: RunRecord) -> dict[str, Any]:

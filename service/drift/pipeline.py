@@ -174,7 +174,8 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
         launcher = KubernetesLauncher(settings.retrain_job_template)
     else:
         launcher = LocalLauncher(run_environment(settings),
-                                 Path(tempfile.gettempdir()) / "loraswap-retrain")
+                                 Path(tempfile.gettempdir()) / "loraswap-retrain",
+                                 timeout_seconds=settings.retrain_timeout_seconds)
     scores: DriftScores = lambda tenant, adapter: {}  # noqa: E731
     flush: FlushFeedback = lambda: None  # noqa: E731
     metrics = drift.metrics if drift is not None else DriftMetrics(metrics_registry)
@@ -228,7 +229,8 @@ def build_profiles(settings: Settings, registry: AdapterRegistry) -> ProfileServ
     if settings.quantization is not None:  # the job profiles in the served precision
         env["LORASWAP_QUANTIZATION"] = settings.quantization.value
     return ProfileService(registry, LocalLauncher(
-        env, Path(tempfile.gettempdir()) / "loraswap-profile"))
+        env, Path(tempfile.gettempdir()) / "loraswap-profile",
+        timeout_seconds=settings.retrain_timeout_seconds))
 
 
 def run_environment(settings: Settings) -> dict[str, str]:

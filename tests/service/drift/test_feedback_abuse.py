@@ -63,15 +63,19 @@ def test_feedback_that_overtakes_its_capture_is_still_found(tmp_path: Path) -> N
 
 
 def test_feedback_calls_in_flight_are_capped(tmp_path: Path) -> None:
-    """Each call may wait for a store write: only a few may hold executor threads."""
+    """Each call may wait for a store write: only a few may hold executor threads, and
+    one tenant only its share of them."""
     store = CountingStore(tmp_path / "store")
     capture, feedback = service(store)
-    leases = [feedback.slot() for _ in range(feedback.max_in_flight)]
-    with pytest.raises(RateLimitedError, match="feedback"):
-        feedback.slot()
-    for lease in leases:
+    mine = [feedback.slot("bravo") for _ in range(2)]
+    with pytest.raises(RateLimitedError, match="feedback is busy"):
+        feedback.slot("bravo")  # its share is taken; others still get slots
+    others = [feedback.slot(f"t{i}") for i in range(feedback.max_in_flight - 2)]
+    with pytest.raises(RateLimitedError):
+        feedback.slot("acme")  # every slot is taken
+    for lease in mine + others:
         lease.release()
-    feedback.slot().release()
+    feedback.slot("bravo").release()
     capture.stop()
 
 

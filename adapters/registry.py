@@ -383,7 +383,8 @@ class AdapterRegistry:
         check_safe_name("adapter", name)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
             staged = stage_from_uri(uri, Path(tmp) / "package", self.limits,
-                                    file_roots=self.import_roots)
+                                    file_roots=self.import_roots,
+                                    registry_store=self.store)
             return self.register(tenant, name, staged, activate=activate,
                                  manifest_defaults=manifest_defaults)
 
@@ -406,6 +407,24 @@ class AdapterRegistry:
         with self._write_lock:
             self._change_state(tenant, name, promoted)
             return self.get(tenant, name)
+
+    def promote_if_active(self, tenant: str, name: str, version: int, expected: int) -> bool:
+        """Make ``version`` active only if ``expected`` is still the active version, in one
+        compare-and-swap (a retraining run promotes against the version it started from:
+        an operator's rollback, promotion or deletion meanwhile wins). False, changing
+        nothing, otherwise; a deleted adapter is never brought back."""
+        def swapped(state: AdapterState) -> AdapterState:
+            if state.active != expected or state.active is None or version in state.deleted:
+                raise ConflictError(f"{tenant}/{name}: version {expected} is no longer the "
+                                    "active one")
+            return _activated(state, version)
+
+        with self._write_lock:
+            try:
+                self._change_state(tenant, name, swapped)
+            except ConflictError:
+                return False
+        return True
 
     def rollback(self, tenant: str, name: str) -> AdapterRecord:
         """Re-activate the previously active version; :class:`ConflictError` if none."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from loraswap.adapters.archive import PLAIN_NAME, Budget, fresh_dest
 from loraswap.adapters.package import MANIFEST_FILE, sha256_file
 from loraswap.adapters.store import FileSystemStore, ObjectStore, SizedStore, open_store
+from loraswap.adapters.store.s3 import S3Store
 from loraswap.adapters.validation import ValidationLimits
 from loraswap.core.errors import (
     AdapterValidationError,
@@ -95,11 +96,14 @@ def importable_folder(folder: Path, roots: Sequence[Path]) -> Path:
 
 
 def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits, *,
-                   file_roots: Sequence[Path] = ()) -> Path:
+                   file_roots: Sequence[Path] = (),
+                   registry_store: ObjectStore | None = None) -> Path:
     """Copy the package at ``file:///folder`` or ``s3://bucket/prefix/`` into ``dest``.
 
     A ``file://`` folder must lie below one of ``file_roots`` (none: file imports are off),
-    so an import cannot read the store itself or any other folder of the server.
+    so an import cannot read the store itself or any other folder of the server; an
+    ``s3://`` source may not overlap ``registry_store`` (other tenants' versions, captures
+    and tokens live there, readable with the server's credentials).
     """
     try:
         source = open_store(uri)
@@ -107,7 +111,21 @@ def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits, *,
         raise InvalidRequestError(str(exc)) from exc
     if isinstance(source, FileSystemStore):
         return copy_local_package(importable_folder(source.root, file_roots), dest, limits)
+    _check_not_registry(source, registry_store)
     return download_store_package(source, dest, limits)
+
+
+def _check_not_registry(source: ObjectStore, registry: ObjectStore | None) -> None:
+    """403 when an ``s3://`` source lies in the registry's own bucket and prefix."""
+    while registry is not None and hasattr(registry, "inner"):  # an observed store
+        registry = registry.inner
+    if not (isinstance(source, S3Store) and isinstance(registry, S3Store)):
+        return
+    if source.bucket == registry.bucket and (source.prefix.startswith(registry.prefix)
+                                             or registry.prefix.startswith(source.prefix)):
+        raise PermissionDeniedError(
+            f"{source.uri} overlaps the registry's own store ({registry.uri}): imports "
+            "read packages from elsewhere, never from the registry")
 
 
 def is_complete_copy(folder: Path, files: Mapping[str, str], raw_manifest: bytes) -> bool:

@@ -30,9 +30,12 @@ from loraswap.core.errors import InvalidRequestError
 
 # Tenant and registered adapter names: one safe path segment, usable in URLs, object keys
 # and labels.
-SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Also a valid Kubernetes label value (a run's Job carries the tenant and adapter names as
+# labels): it must end with a letter or digit too.
+SAFE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
 SAFE_NAME_RULE = (
-    "use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit"
+    "use 1-63 lowercase letters, digits, '_' or '-', starting and ending with a letter or "
+    "digit"
 )
 # Development-folder adapter names: a sub-folder of LORASWAP_ADAPTER_DIR.
 DEV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

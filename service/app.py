@@ -25,6 +25,7 @@ from loraswap.service.api.routes_admin import router as admin_router
 from loraswap.service.api.routes_drift import admin_router as drift_admin_router
 from loraswap.service.api.routes_drift import router as drift_router
 from loraswap.service.api.routes_drift import upload_router as training_data_router
+from loraswap.service.api.routes_drift import webhook_router
 from loraswap.service.api.routes_openai import router as openai_router
 from loraswap.service.api.serving_admin import AdminService
 from loraswap.service.api.serving_openai import OpenAIServing
@@ -145,7 +146,9 @@ def build_state(settings: Settings) -> ServiceState:
             authenticator=authenticator, admin_token=admin_token,
             dev_hosts=dev_hosts(admin_token is None, settings.host),
             max_json_bytes=settings.max_request_bytes,
-            max_upload_bytes=settings.max_upload_bytes),
+            max_upload_bytes=settings.max_upload_bytes,
+            webhook_token=(settings.retrain_webhook_token.get_secret_value()
+                           if settings.retrain_webhook_token else None)),
     )
 
 
@@ -196,7 +199,8 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(drift_router)  # /v1/feedback
-    app.include_router(drift_admin_router)  # /admin/retrain, /admin/drift
+    app.include_router(webhook_router)  # POST /admin/retrain (its own token)
+    app.include_router(drift_admin_router)  # /admin/retrain/…, /admin/drift
     # /admin/training-data and /admin/adapters/…/reference/{file}
     app.include_router(training_data_router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)

@@ -124,6 +124,22 @@ def check_admin_token(configured: str | None, presented: str | None) -> None:
         raise AuthenticationError("invalid admin token")
 
 
+def check_webhook_token(admin: str | None, webhook: str | None,
+                        presented: str | None) -> None:
+    """401 unless ``presented`` is the retrain webhook's token or the admin token (an
+    operator replays an alert with it); open like ``/admin`` in dev mode without tokens."""
+    if admin is None and webhook is None:
+        return
+    if presented and webhook is not None and hmac.compare_digest(
+            _digest(presented), _digest(webhook)):
+        return
+    if admin is None:
+        raise AuthenticationError(
+            "missing or invalid webhook token: send 'Authorization: Bearer "
+            "<LORASWAP_RETRAIN_WEBHOOK_TOKEN>'")
+    check_admin_token(admin, presented)
+
+
 def log_auth_mode(authenticator: Authenticator) -> None:
     """Say at startup whether the API is protected (a warning when it is open)."""
     if authenticator.enabled:

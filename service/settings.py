@@ -170,6 +170,22 @@ class Settings(BaseSettings):
     retrain_cooldown_seconds: float = Field(
         default=3600.0, ge=0, description="Least time between two alert-started runs of "
         "one adapter.")
+    retrain_webhook_token: SecretStr | None = Field(
+        default=None, description="Bearer token that may only post alerts to POST "
+        "/admin/retrain (Alertmanager's credential; the admin token is accepted there too).")
+    retrain_max_concurrent_runs: int = Field(
+        default=2, ge=1, description="Retraining runs at once, all tenants together.")
+    retrain_max_concurrent_runs_per_tenant: int = Field(
+        default=1, ge=1, description="Retraining runs at once of one tenant's adapters.")
+    retrain_max_runs_per_tenant_per_day: int = Field(
+        default=4, ge=1, description="Alert-started runs of one tenant per UTC day.")
+    retrain_timeout_seconds: float = Field(
+        default=21_600.0, gt=0, description="A local retraining or profiling process is "
+        "killed after this long (the kubernetes launcher's Jobs have their template's "
+        "activeDeadlineSeconds).")
+    retrain_stale_seconds: float = Field(
+        default=900.0, ge=60, description="A run whose process sent no heartbeat for this "
+        "long is expired (failed) and frees its adapter.")
     retrain_feedback_holdout: float = Field(
         default=0.3, ge=0, lt=1, description="Share of labelled feedback held out to "
         "evaluate the candidate and the active version.")
@@ -189,13 +205,13 @@ class Settings(BaseSettings):
                 f"{MIN_ADMIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 32`), or set "
                 "LORASWAP_DEV_MODE=true for local development (the /admin API is then open)"
             )
-        lowered = token.strip().lower()
-        if (len(token) < MIN_ADMIN_TOKEN_LENGTH or lowered in _PLACEHOLDER_TOKENS
-                or "changeme" in lowered or "change-me" in lowered or lowered.startswith("<")):
-            raise ConfigurationError(
-                "LORASWAP_ADMIN_TOKEN looks like a placeholder or is shorter than "
-                f"{MIN_ADMIN_TOKEN_LENGTH} characters: use a random secret"
-            )
+        _check_token("LORASWAP_ADMIN_TOKEN", token)
+        if self.retrain_webhook_token is not None:
+            webhook = self.retrain_webhook_token.get_secret_value()
+            _check_token("LORASWAP_RETRAIN_WEBHOOK_TOKEN", webhook)
+            if webhook == token:
+                raise ConfigurationError("LORASWAP_RETRAIN_WEBHOOK_TOKEN must differ from "
+                                         "LORASWAP_ADMIN_TOKEN (it may only post alerts)")
 
     @property
     def auth_required(self) -> bool:
@@ -228,3 +244,14 @@ class Settings(BaseSettings):
         if text.startswith("["):
             return json.loads(text)
         return [key.strip() for key in text.split(",") if key.strip()]
+
+
+def _check_token(setting: str, token: str) -> None:
+    """Refuse a placeholder or short secret."""
+    lowered = token.strip().lower()
+    if (len(token) < MIN_ADMIN_TOKEN_LENGTH or lowered in _PLACEHOLDER_TOKENS
+            or "changeme" in lowered or "change-me" in lowered or lowered.startswith("<")):
+        raise ConfigurationError(
+            f"{setting} looks like a placeholder or is shorter than "
+            f"{MIN_ADMIN_TOKEN_LENGTH} characters: use a random secret"
+        )

@@ -23,6 +23,7 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,15 @@ from loraswap.adapters.store import ObjectStore, open_store
 from loraswap.adapters.validation import ValidationLimits
 from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.base_model.loading import Quantization, load_base_model
-from loraswap.core.errors import ConfigurationError
-from loraswap.jobs.retrain_runs import RunRecord, RunStore, now_iso
+from loraswap.core.errors import AdapterNotFoundError, ConfigurationError
+from loraswap.core.identity import Version
+from loraswap.jobs.retrain_runs import CANCELLED, RunRecord, RunStore, now_iso
 from loraswap.jobs.training_data import read_parquet_batches, upload_to_store
 from loraswap.training.config import TrainConfig
 from loraswap.training.datasets_io import concatenate
 from loraswap.training.metrics import SELECTION_METRIC
 from loraswap.training.package_eval import evaluate_package
+from loraswap.training.retrain_bounds import check_config, check_data_store
 from loraswap.training.retrain_data import (
     FEEDBACK_PREFIX,
     TASK_DATA,
@@ -51,6 +54,7 @@ from loraswap.training.retrain_data import (
 from loraswap.training.runner import run_training
 
 logger = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 60.0
 # The settings of the active version's training that say how its data files are read.
 READING_KEYS = ("data_format", "text_column", "label_column", "max_train_samples")
 
@@ -87,12 +91,19 @@ class RunData:
 
 def execute_run(run_id: str, settings: RetrainSettings) -> RunRecord:
     """Run ``run_id`` to its decision; the record is saved at each stage, the adapter
-    released at the end whatever happens."""
+    released at the end whatever happens. A heartbeat says the process is alive (the
+    service expires a run without one: LORASWAP_RETRAIN_STALE_SECONDS); a run an operator
+    cancelled stops before it registers anything and keeps its cancelled record."""
     store = open_store(settings.store_uri)
     runs = RunStore(store)
     run = runs.get(run_id)
+    if runs.cancelled(run_id):
+        return run
     run.status, run.started_at = "running", now_iso()
     runs.save(run)
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(runs, run_id, stop), daemon=True,
+                     name=f"heartbeat-{run_id}").start()
     work = Path(tempfile.mkdtemp(prefix=f"loraswap-retrain-{run_id}-"))
     try:
         _execute(run, store, settings, work, runs)
@@ -102,11 +113,25 @@ def execute_run(run_id: str, settings: RetrainSettings) -> RunRecord:
         run.status, run.decision = "failed", "failed"
         run.reason = f"{type(exc).__name__}: {exc}"
     finally:
+        stop.set()
         run.finished_at = now_iso()
+        if runs.cancelled(run_id):
+            run.status, run.decision, run.reason = "failed", "failed", CANCELLED
         runs.save(run)
         runs.release(run.tenant, run.adapter, run.id)
         shutil.rmtree(work, ignore_errors=True)
     return run
+
+
+def _heartbeat(runs: RunStore, run_id: str, stop: threading.Event) -> None:
+    """Write the run's heartbeat every HEARTBEAT_SECONDS until ``stop``."""
+    while True:
+        try:
+            runs.heartbeat(run_id)
+        except Exception:  # a store hiccup: the next beat may pass (stale is 15 beats)
+            logger.warning("retrain run %s: heartbeat failed", run_id, exc_info=True)
+        if stop.wait(HEARTBEAT_SECONDS):
+            return
 
 
 def _registry(store: ObjectStore, settings: RetrainSettings) -> AdapterRegistry:
@@ -123,12 +148,13 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
     manifest = active.manifest
     run.base_version, run.task = active.key.version, manifest.task
     training = manifest.training or {}
-    data_store: dict[str, str] = training.get("data_store") or {}
+    # Written by the tenant: only its own adapter's data keys, a bounded configuration.
+    data_store = check_data_store(run.tenant, run.adapter, training.get("data_store") or {})
     if "train" not in data_store:
         raise ConfigurationError(
             "the active version records no training data in the store (train it with "
             "`loraswap train --push`, which uploads a copy beside the package)")
-    config: dict[str, Any] = dict(training.get("config") or {})
+    config: dict[str, Any] = check_config(training.get("config") or {})
     labels = list(manifest.labels or [])
     data = _prepare_data(TASK_DATA[manifest.task], store, run, data_store, config, labels,
                          settings, work)
@@ -145,6 +171,8 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
                                  f"retrain-{run.id}.jsonl")
     record_data_store(outcome.output, {**data_store, "trained_on": trained_on},
                       {key: config.get(key) for key in READING_KEYS})
+    if runs.cancelled(run.id):
+        raise ConfigurationError(CANCELLED)
     _decide(run, registry, manifest.task, outcome.output, data, settings)
 
 
@@ -162,8 +190,12 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     if limit and len(original) > limit:
         original = original.shuffle(seed=settings.seed).select(range(int(limit)))
     rows = read_parquet_batches(store, f"{FEEDBACK_PREFIX}{run.tenant}/{run.adapter}/")
+    test = task_data.original(files["test"], reading, hf_cache) if "test" in files else None
+    # Feedback on an input of the original test split is used on neither side (issue 23).
+    test_inputs = frozenset(task_data.input_key(row) for row in test) \
+        if test is not None else frozenset()
     feedback = task_data.split_feedback(rows, labels, settings.feedback_holdout,
-                                        settings.seed)
+                                        settings.seed, test_inputs)
     new_rows = deduplicate(feedback.heldout, task_data.task)
     judged = {normalised_input(row, task_data.task) for row in new_rows}
     # An input that judges the versions is never trained on, even asked again.
@@ -176,10 +208,9 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
         if fresh else original
     heldout: dict[str, Path] = {}
     sizes: dict[str, int] = {}
-    if "test" in files:
-        table = task_data.original(files["test"], reading, hf_cache)
-        heldout["original"], sizes["original"] = work / "heldout-original.jsonl", len(table)
-        table.to_json(str(heldout["original"]), lines=True)
+    if test is not None:
+        heldout["original"], sizes["original"] = work / "heldout-original.jsonl", len(test)
+        test.to_json(str(heldout["original"]), lines=True)
     if new_rows:
         heldout["new_traffic"] = work / "heldout-new-traffic.jsonl"
         sizes["new_traffic"] = len(new_rows)
@@ -192,8 +223,9 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     run.data = {
         "original_train": len(original), "feedback_train": len(feedback.train),
         "feedback_holdout": len(feedback.heldout), "feedback_dropped": feedback.dropped,
-        "feedback_duplicates": len(feedback.train) - len(fresh)
+        "feedback_duplicates": feedback.duplicates + len(feedback.train) - len(fresh)
         + len(feedback.heldout) - len(new_rows),
+        "feedback_in_test": feedback.in_test,
         "heldout_total": sum(sizes.values()), "heldout": sizes,
         "train_total": len(train), "original_source": data_store,
         "mix": {**mix, "feedback_repeat": settings.feedback_repeat if fresh else 0,
@@ -224,12 +256,36 @@ def _decide(run: RunRecord, registry: AdapterRegistry, task: TaskKind, candidate
             run.evaluations[side].update({f"{name}/{k}": v for k, v in found.items()})
     promote, reason = two_set_gate(metric, higher, run.evaluations["candidate"],
                                    run.evaluations["active"], settings.min_gain)
-    registered = registry.register(run.tenant, run.adapter, candidate, activate=promote)
-    run.candidate_version = registered.key.version
-    run.decision = "promoted" if promote else "kept"
-    run.reason = f"{reason}: version {registered.version} " + (
-        "promoted" if promote else "registered inactive")
+    version, promoted, note = register_candidate(registry, run, candidate, promote)
+    run.candidate_version = Version.of(version) if version is not None else None
+    run.decision = "promoted" if promoted else "kept"
+    run.reason = f"{reason}: " + (note or f"version {version} " + (
+        "promoted" if promoted else "registered inactive"))
     logger.info("retrain run %s: %s", run.id, run.reason)
+
+
+def register_candidate(registry: AdapterRegistry, run: RunRecord, candidate: Path,
+                       promote: bool) -> tuple[int | None, bool, str]:
+    """Register the candidate and promote it as a compare-and-swap on the version active
+    when the run started: (version or None, promoted, why not when that is not the plain
+    outcome). A run that ends after an operator's rollback or promotion does not undo it;
+    after the adapter's deletion it registers nothing (never brings it back)."""
+    assert run.base_version is not None
+    try:
+        registry.active(run.tenant, run.adapter)
+    except AdapterNotFoundError:
+        return None, False, ("the adapter was deleted (or deactivated) while the run was "
+                             "running: the candidate was not registered")
+    registered = registry.register(run.tenant, run.adapter, candidate, activate=False)
+    if not promote:
+        return registered.version, False, ""
+    if registry.promote_if_active(run.tenant, run.adapter, registered.version,
+                                  run.base_version.number):
+        return registered.version, True, ""
+    return registered.version, False, (
+        f"version {registered.version} registered inactive, not promoted: version "
+        f"{run.base_version.number}, active when the run started, no longer is (an "
+        "operator changed it meanwhile)")
 
 
 def noise(metric: str, higher_is_better: bool, value: float, examples: float) -> float:

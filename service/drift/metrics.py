@@ -44,6 +44,9 @@ class DriftMetrics:
                                 VERSION_LABELS, registry=registry)
         self.retrain_runs = Counter("loraswap_retrain_runs", "Retraining runs, by outcome.",
                                     ["tenant", "adapter", "outcome"], registry=registry)
+        self.retrain_refusals = Counter(
+            "loraswap_retrain_refusals", "Retrain alerts that started no run, by reason "
+            "(ignored, rejected, busy, cooldown, limited).", ["reason"], registry=registry)
         self.dropped = Counter("loraswap_drift_records_dropped",
                                "Prediction records dropped (drift queue full or too many "
                                "versions tracked).", ["reason"], registry=registry)

@@ -26,7 +26,13 @@ from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
 from loraswap.service.drift.profiles import ProfileService
 from loraswap.service.drift.records import PredictionRecord
 from loraswap.service.drift.reference import ReferenceProfile, parse_profile
-from loraswap.service.drift.retrain import DriftScores, FlushFeedback, RetrainService
+from loraswap.service.drift.retrain import (
+    DriftScores,
+    Eligibility,
+    FlushFeedback,
+    RetrainLimits,
+    RetrainService,
+)
 from loraswap.service.settings import Settings
 from loraswap.tenants.directory import TenantDirectory
 
@@ -168,7 +174,8 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
         launcher = KubernetesLauncher(settings.retrain_job_template)
     else:
         launcher = LocalLauncher(run_environment(settings),
-                                 Path(tempfile.gettempdir()) / "loraswap-retrain")
+                                 Path(tempfile.gettempdir()) / "loraswap-retrain",
+                                 timeout_seconds=settings.retrain_timeout_seconds)
     scores: DriftScores = lambda tenant, adapter: {}  # noqa: E731
     flush: FlushFeedback = lambda: None  # noqa: E731
     metrics = drift.metrics if drift is not None else DriftMetrics(metrics_registry)
@@ -182,10 +189,35 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
 
         def flush() -> None:
             capture.flush()  # a failed write leaves the latest feedback to the next run
+    limits = RetrainLimits(
+        max_concurrent=settings.retrain_max_concurrent_runs,
+        max_concurrent_per_tenant=settings.retrain_max_concurrent_runs_per_tenant,
+        max_per_tenant_per_day=settings.retrain_max_runs_per_tenant_per_day,
+        stale_seconds=settings.retrain_stale_seconds)
     return RetrainService(RunStore(registry.store), launcher,
                           cooldown_seconds=settings.retrain_cooldown_seconds,
                           flush_feedback=flush, drift_scores=scores,
-                          count=lambda t, a, o: metrics.retrain_runs.labels(t, a, o).inc())
+                          count=lambda t, a, o: metrics.retrain_runs.labels(t, a, o).inc(),
+                          eligible=registry_eligibility(registry), limits=limits,
+                          refused=lambda reason: metrics.retrain_refusals.labels(reason).inc())
+
+
+def registry_eligibility(registry: AdapterRegistry) -> Eligibility:
+    """Why an alert's adapter cannot be retrained: not registered (no active version), or
+    its active version has no drift profile (package ``profile.json`` or uploaded)."""
+    jobs = ProfileJobs(registry.store)
+
+    def eligible(tenant: str, adapter: str) -> str | None:
+        try:
+            active = registry.active(tenant, adapter)
+        except NotFoundError:
+            return f"{tenant}/{adapter} is not a registered adapter with an active version"
+        if PROFILE_FILE in active.manifest.files or jobs.read_profile(
+                tenant, adapter, active.version) is not None:
+            return None
+        return (f"{tenant}/{adapter} version {active.version} has no drift profile, so no "
+                "drift alert can be about it")
+    return eligible
 
 
 def build_profiles(settings: Settings, registry: AdapterRegistry) -> ProfileService:
@@ -197,7 +229,8 @@ def build_profiles(settings: Settings, registry: AdapterRegistry) -> ProfileServ
     if settings.quantization is not None:  # the job profiles in the served precision
         env["LORASWAP_QUANTIZATION"] = settings.quantization.value
     return ProfileService(registry, LocalLauncher(
-        env, Path(tempfile.gettempdir()) / "loraswap-profile"))
+        env, Path(tempfile.gettempdir()) / "loraswap-profile",
+        timeout_seconds=settings.retrain_timeout_seconds))
 
 
 def run_environment(settings: Settings) -> dict[str, str]:

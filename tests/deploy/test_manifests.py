@@ -83,8 +83,14 @@ def test_retraining_job_template_and_role_follow_the_contract(
                          if c["name"] == "retrain")
         assert container["command"] == ["loraswap", "retrain", "run"]
         role = r.find("Role", "loraswap-retrain")
+        # Only the verbs the launcher uses (create; delete to cancel a run).
         assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"],
-                                  "verbs": ["create", "get", "list", "watch", "delete"]}]
+                                  "verbs": ["create", "delete"]}]
+        # The Job never gets the admin token (it does not use it).
+        assert "LORASWAP_ADMIN_TOKEN" not in yaml.safe_dump(job)
+        # The server and its Jobs run one image (the cpu overlay rewrote only the Job).
+        pod_spec = r.find("Deployment", "loraswap")["spec"]["template"]["spec"]
+        assert {c["image"] for c in pod_spec["containers"]} == {container["image"]}
         binding = r.find("RoleBinding", "loraswap-retrain")
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "loraswap",
                                         "namespace": "loraswap"}]

@@ -44,6 +44,10 @@ COPY pyproject.toml README.md ./
 COPY adapters ./adapters
 COPY service ./service
 COPY training ./training
+COPY core ./core
+COPY base_model ./base_model
+COPY jobs ./jobs
+COPY tenants ./tenants
 COPY loraswap ./loraswap
 RUN pip install . \
     && mkdir -p /opt/loraswap/models \
@@ -73,6 +77,7 @@ ENV PATH=/opt/loraswap/venv/bin:$PATH \
     LORASWAP_PORT=8000 \
     LORASWAP_METRICS_PORT=9090 \
     LORASWAP_LOG_FORMAT=json \
+    LORASWAP_DRIFT_ENABLED=true \
     LORASWAP_BASE_MODEL=/opt/loraswap/models/SmolLM2-135M-Instruct \
     LORASWAP_STORE_URI=file:///var/lib/loraswap/store \
     LORASWAP_ADAPTER_CACHE_DIR=/var/lib/loraswap/adapter-cache

@@ -25,13 +25,17 @@ model: install
 # Without LORASWAP_ADMIN_TOKEN in the environment this is a development run (--dev: the
 # /admin API is open); with it, the service runs as in production.
 run: model
-	$(BIN)/loraswap serve $(if $(LORASWAP_ADMIN_TOKEN),,--dev)
+	LORASWAP_DRIFT_ENABLED=$${LORASWAP_DRIFT_ENABLED:-true} $(BIN)/loraswap serve $(if $(LORASWAP_ADMIN_TOKEN),,--dev)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
+# scripts/test-tools.sh: checkov (own venv) and, as root, Debian's prometheus and
+# alertmanager; without root it lists what is missing and those tests skip, saying so.
 test: lint
+	PYTHON=$(PYTHON) bash scripts/test-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: model

@@ -1,4 +1,4 @@
-"""Getting package files onto local disk safely: uploads, store URIs, verified copies.
+"""Untrusted uploads onto local disk safely: archives and individually uploaded files.
 
 Uploads (.tar, .tar.gz, .zip, or single files) are not trusted: member names must be plain
 relative names (no absolute paths, no ``..``, no drive letters or backslashes), only regular
@@ -6,40 +6,32 @@ files are extracted (links, devices and FIFOs are refused), at most one top-leve
 allowed (and stripped), duplicates are refused, and sizes are limited twice, by the sizes
 the archive declares and by the bytes actually written, so a decompression bomb stops at
 the limit. Members are written by this module itself, never by ``tarfile``/``zipfile``
-extraction helpers. :func:`stage_from_uri` copies a package from a folder or an S3 prefix;
-:func:`download_verified` makes the registry's sha256-checked local copies."""
+extraction helpers. Packages read from a folder or a store, and the registry's verified
+local copies, are staged by :mod:`loraswap.adapters.staging` with the same budget."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from loraswap.adapters.errors import (
-    AdapterValidationError,
-    ConfigurationError,
-    InvalidRequestError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    StoreError,
-)
-from loraswap.adapters.package import MANIFEST_FILE, sha256_file
-from loraswap.adapters.store import FileSystemStore, ObjectStore, SizedStore, open_store
 from loraswap.adapters.validation import ALLOWED_FILES, ValidationLimits
+from loraswap.core.errors import (
+    AdapterValidationError,
+    PayloadTooLargeError,
+)
 
 _CHUNK = 1 << 20
 # One plain file name of a package (see validation.ALLOWED_FILES for which are accepted).
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _GZIP_MAGIC = b"\x1f\x8b"
 # Bytes of tar extension headers (GNU long names/links, pax records) allowed in one archive.
 # tarfile reads each of them whole into memory before the member it describes, so they are
@@ -57,7 +49,7 @@ def _shown(name: str) -> str:
 
 
 @dataclass
-class _Budget:
+class Budget:
     """Files and bytes written so far, checked against the limits."""
 
     limits: ValidationLimits
@@ -118,7 +110,7 @@ def _member_parts(raw_name: str) -> list[str]:
     if ".." in parts:
         raise AdapterValidationError(f"archive member {_shown(raw_name)} contains '..'")
     for part in parts:
-        if not _PLAIN_NAME.fullmatch(part):
+        if not PLAIN_NAME.fullmatch(part):
             raise AdapterValidationError(f"archive member {_shown(raw_name)}: {_shown(part)} "
                                          "is not a plain file or folder name")
     return parts
@@ -202,7 +194,7 @@ def _budgeted_tarinfo(budget: _HeaderBudget) -> type[tarfile.TarInfo]:
     return BudgetedTarInfo
 
 
-def _extract_tar(archive: BinaryIO, dest: Path, budget: _Budget) -> None:
+def _extract_tar(archive: BinaryIO, dest: Path, budget: Budget) -> None:
     layout = _Layout()
     try:
         # Stream mode ("r|*"): members are read in order and never seeked past, so work
@@ -232,7 +224,7 @@ def _extract_tar(archive: BinaryIO, dest: Path, budget: _Budget) -> None:
         raise AdapterValidationError(f"archive is not a readable tar file: {exc}") from exc
 
 
-def _extract_zip(archive: BinaryIO, dest: Path, budget: _Budget) -> None:
+def _extract_zip(archive: BinaryIO, dest: Path, budget: Budget) -> None:
     layout = _Layout()
     try:
         with zipfile.ZipFile(archive) as bundle:
@@ -264,7 +256,7 @@ def _extract_zip(archive: BinaryIO, dest: Path, budget: _Budget) -> None:
 
 
 @contextmanager
-def _fresh_dest(dest: Path) -> Iterator[None]:
+def fresh_dest(dest: Path) -> Iterator[None]:
     """Create ``dest`` (it must be absent or empty); remove what was written on failure."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise AdapterValidationError(f"{dest} must be an empty folder")
@@ -298,8 +290,8 @@ def extract_upload(archive: Path | BinaryIO, dest: Path, limits: ValidationLimit
         stream.seek(0)
         is_tar = magic.startswith(_GZIP_MAGIC) or tarfile.is_tarfile(stream)
         stream.seek(0)
-        budget = _Budget(limits)
-        with _fresh_dest(dest):
+        budget = Budget(limits)
+        with fresh_dest(dest):
             if magic.startswith(b"PK"):
                 _extract_zip(stream, dest, budget)
             elif is_tar:
@@ -321,8 +313,8 @@ def write_uploaded_files(
     Each file name must be one of the package's plain file names (``adapter_config.json``,
     ``adapter_model.safetensors``, ``profile.json``, ``loraswap.json``).
     """
-    budget = _Budget(limits)
-    with _fresh_dest(dest):
+    budget = Budget(limits)
+    with fresh_dest(dest):
         if not files:
             raise AdapterValidationError("no files uploaded")
         for filename, stream in files:
@@ -334,120 +326,3 @@ def write_uploaded_files(
             budget.admit(filename, 0)
             budget.copy(filename, stream, dest / filename, None)
     return dest
-
-
-def copy_local_package(folder: Path, dest: Path, limits: ValidationLimits) -> Path:
-    """Copy the package in a local folder into ``dest``; links and sub-folders are refused."""
-    if folder.is_symlink() or not folder.is_dir():
-        raise AdapterValidationError(f"{folder} is not a folder")
-    budget = _Budget(limits)
-    with _fresh_dest(dest):
-        for entry in sorted(folder.iterdir()):
-            mode = entry.lstat().st_mode
-            if not stat.S_ISREG(mode):
-                kind = "link" if stat.S_ISLNK(mode) else "folder or special file"
-                raise AdapterValidationError(f"{entry.name} is a {kind}; packages hold only "
-                                             "plain files")
-            if not _PLAIN_NAME.fullmatch(entry.name):
-                raise AdapterValidationError(f"{entry.name!r} is not a plain file name")
-            budget.admit(entry.name, entry.stat().st_size)
-            with entry.open("rb") as source:
-                budget.copy(entry.name, source, dest / entry.name, None)
-    return dest
-
-
-def download_store_package(store: ObjectStore, dest: Path, limits: ValidationLimits) -> Path:
-    """Download the package stored under a store's root (``s3://bucket/prefix/``) to ``dest``."""
-    keys = store.list("")
-    if not keys:
-        raise AdapterValidationError(f"{store.uri} holds no files")
-    budget = _Budget(limits)
-    with _fresh_dest(dest):
-        for key in keys:
-            if key == "" or key.endswith("/"):
-                continue  # folder markers some S3 consoles create
-            if "/" in key:
-                raise AdapterValidationError(f"{store.uri}/{key} is in a nested folder")
-            if not _PLAIN_NAME.fullmatch(key):
-                raise AdapterValidationError(f"{store.uri}/{key}: {key!r} is not a plain "
-                                             "file name")
-            # Sizes are checked before downloading where the store can tell them cheaply.
-            declared = store.size(key) if isinstance(store, SizedStore) else 0
-            budget.admit(key, declared)
-            store.download(key, dest / key)
-            size = (dest / key).stat().st_size
-            budget.total += size
-            if size > limits.max_file_bytes or budget.total > limits.max_upload_bytes:
-                raise PayloadTooLargeError(f"{store.uri}/{key} is over the size limits")
-    return dest
-
-
-def importable_folder(folder: Path, roots: Sequence[Path]) -> Path:
-    """``folder`` with links resolved, if it lies below one of ``roots``; else a 403.
-
-    Containment is checked on the resolved path (a link inside a root that points out of it
-    is refused) and before existence, so a refusal says nothing about folders outside.
-    """
-    if not roots:
-        raise PermissionDeniedError(
-            "file:// imports are disabled on this server; set LORASWAP_IMPORT_ROOTS to the "
-            "folders they may read"
-        )
-    real = folder.resolve()
-    if not any(real.is_relative_to(root.resolve()) for root in roots):
-        raise PermissionDeniedError(
-            f"{folder} is outside the folders file:// imports may read (LORASWAP_IMPORT_ROOTS)"
-        )
-    return real
-
-
-def stage_from_uri(uri: str, dest: Path, limits: ValidationLimits, *,
-                   file_roots: Sequence[Path] = ()) -> Path:
-    """Copy the package at ``file:///folder`` or ``s3://bucket/prefix/`` into ``dest``.
-
-    A ``file://`` folder must lie below one of ``file_roots`` (none: file imports are off),
-    so an import cannot read the store itself or any other folder of the server.
-    """
-    try:
-        source = open_store(uri)
-    except ConfigurationError as exc:
-        raise InvalidRequestError(str(exc)) from exc
-    if isinstance(source, FileSystemStore):
-        return copy_local_package(importable_folder(source.root, file_roots), dest, limits)
-    return download_store_package(source, dest, limits)
-
-
-def is_complete_copy(folder: Path, files: Mapping[str, str], raw_manifest: bytes) -> bool:
-    """Whether ``folder`` holds exactly this version (same manifest bytes, all files)."""
-    try:
-        if (folder / MANIFEST_FILE).read_bytes() != raw_manifest:
-            return False
-    except OSError:
-        return False
-    return all((folder / file_name).is_file() for file_name in files)
-
-
-def download_verified(store: ObjectStore, prefix: str, files: Mapping[str, str],
-                      raw_manifest: bytes, final: Path) -> Path:
-    """Download a stored version into ``final``: sha256-checked, published by one rename."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.tmp-") as tmp:
-        staging = Path(tmp) / "package"
-        staging.mkdir()
-        for file_name, expected in sorted(files.items()):
-            store.download(prefix + file_name, staging / file_name)
-            actual = sha256_file(staging / file_name)
-            if actual != expected:
-                raise StoreError(
-                    f"{store.uri}/{prefix}{file_name} has sha256 {actual}, its manifest "
-                    f"says {expected}"
-                )
-        try:
-            (staging / MANIFEST_FILE).write_bytes(raw_manifest)
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete or stale copy
-            staging.rename(final)
-        except OSError as exc:
-            if is_complete_copy(final, files, raw_manifest):  # another process was faster
-                return final
-            raise StoreError(f"cannot write the local copy {final}: {exc}") from exc
-    return final

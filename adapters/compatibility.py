@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loraswap.adapters.errors import AdapterIncompatibleError, AdapterValidationError
 from loraswap.adapters.lora_format import LoraAdapterWeights
 from loraswap.adapters.package import TaskKind
+from loraswap.core.errors import AdapterIncompatibleError, AdapterValidationError
 
 RANK_SETTING = "LORASWAP_MAX_LORA_RANK"
 

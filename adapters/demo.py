@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
-from loraswap.adapters.model_families import projection_shapes
+from loraswap.base_model.families import projection_shapes
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")

@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from loraswap.adapters.errors import AdapterIncompatibleError, AdapterValidationError
 from loraswap.adapters.peft_config import HEAD_TASK_TYPES, check_peft_options
+from loraswap.core.errors import AdapterIncompatibleError, AdapterValidationError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -19,21 +19,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loraswap.adapters.errors import AdapterValidationError, describe_problems
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
+from loraswap.core.errors import AdapterValidationError, describe_problems
+from loraswap.core.identity import SAFE_NAME, SAFE_NAME_RULE
 
 MANIFEST_FILE = "loraswap.json"
 PROFILE_FILE = "profile.json"
 FORMAT_VERSION = 1
 # Files a package may contain besides the manifest; anything else is refused.
 PACKAGE_FILES = (CONFIG_FILE, WEIGHTS_FILE, PROFILE_FILE)
-
-# Tenant and adapter names: one safe path segment, usable in URLs, object keys and labels.
-SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-SAFE_NAME_RULE = (
-    "use 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit"
-)
-
 
 def check_safe_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a safe tenant/adapter name, else a validation error."""

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from loraswap.adapters.errors import AdapterIncompatibleError
+from loraswap.core.errors import AdapterIncompatibleError
 
 SUPPORTED_PEFT_TYPE = "LORA"
 

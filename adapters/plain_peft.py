@@ -22,9 +22,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from loraswap.adapters.errors import AdapterIncompatibleError, AdapterValidationError
 from loraswap.adapters.lora_format import CONFIG_FILE
 from loraswap.adapters.package import (
     AdapterManifest,
@@ -33,9 +32,8 @@ from loraswap.adapters.package import (
     parse_manifest,
 )
 from loraswap.adapters.peft_config import base_name_key
-
-if TYPE_CHECKING:
-    from loraswap.adapters.validation import BaseModelFingerprint
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterIncompatibleError, AdapterValidationError
 
 
 @dataclass(frozen=True)

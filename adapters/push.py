@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from loraswap.adapters.errors import AdapterValidationError, LoraswapError
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
 from loraswap.adapters.package import MANIFEST_FILE, PACKAGE_FILES, TaskKind, check_safe_name
+from loraswap.core.errors import AdapterValidationError, LoraswapError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 

@@ -28,28 +28,23 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from loraswap.adapters.archive import download_verified, is_complete_copy, stage_from_uri
-from loraswap.adapters.errors import (
-    AdapterNotFoundError,
-    ConflictError,
-    InvalidRequestError,
-    StoreError,
-)
 from loraswap.adapters.package import (
     MANIFEST_FILE,
-    SAFE_NAME,
     AdapterManifest,
     check_safe_name,
     parse_manifest,
 )
+from loraswap.adapters.staging import download_verified, is_complete_copy, stage_from_uri
 from loraswap.adapters.store import ObjectStore, ObservedStore, StoreObserver, update_object
 from loraswap.adapters.store.base import StoreKeyMissing
-from loraswap.adapters.validation import (
-    BaseModelFingerprint,
-    ManifestDefaults,
-    ValidationLimits,
-    validate_package,
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits, validate_package
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import (
+    AdapterNotFoundError,
+    ConflictError,
+    StoreError,
 )
+from loraswap.core.identity import SAFE_NAME, AdapterRef, AdapterVersionRef, Version
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +56,11 @@ _MANIFEST_KEY = re.compile(
     r"^adapters/(?P<tenant>[^/]+)/(?P<name>[^/]+)/versions/(?P<v>\d{8})/loraswap\.json$"
 )
 _NUMBERED_KEY = re.compile(r"/(?:claims|versions)/(?P<v>\d{8})(?:/|$)")
-MAX_VERSION = 99_999_999  # eight digits in the layout
 
 
 def check_version_number(version: int) -> int:
     """``version`` if it can name a version (1 to 99,999,999); else a 400 naming it."""
-    if not 1 <= version <= MAX_VERSION:
-        shown = str(version) if abs(version) < 10**12 else f"{str(version)[:12]}..."
-        raise InvalidRequestError(
-            f"version {shown} is not a version number (versions are 1 to {MAX_VERSION})")
-    return version
+    return Version.of(version).number
 
 
 def adapter_prefix(tenant: str, name: str) -> str:
@@ -92,6 +82,11 @@ class AdapterVersion:
     version: int
     manifest: AdapterManifest
 
+    @property
+    def key(self) -> AdapterVersionRef:
+        """This version's identity, as every layer above the store spells it."""
+        return AdapterRef(self.tenant, self.name).at(Version.of(self.version))
+
 
 @dataclass(frozen=True)
 class AdapterRecord:
@@ -102,6 +97,16 @@ class AdapterRecord:
     active: int | None
     pinned: bool
     versions: tuple[AdapterVersion, ...]
+
+    @property
+    def ref(self) -> AdapterRef:
+        """The adapter's identity (``tenant/name``)."""
+        return AdapterRef(self.tenant, self.name)
+
+    @property
+    def active_key(self) -> AdapterVersionRef | None:
+        """The active version's identity (None: no version is active)."""
+        return None if self.active is None else self.ref.at(Version.of(self.active))
 
 
 class AdapterState(BaseModel):
@@ -378,7 +383,8 @@ class AdapterRegistry:
         check_safe_name("adapter", name)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
             staged = stage_from_uri(uri, Path(tmp) / "package", self.limits,
-                                    file_roots=self.import_roots)
+                                    file_roots=self.import_roots,
+                                    registry_store=self.store)
             return self.register(tenant, name, staged, activate=activate,
                                  manifest_defaults=manifest_defaults)
 
@@ -401,6 +407,24 @@ class AdapterRegistry:
         with self._write_lock:
             self._change_state(tenant, name, promoted)
             return self.get(tenant, name)
+
+    def promote_if_active(self, tenant: str, name: str, version: int, expected: int) -> bool:
+        """Make ``version`` active only if ``expected`` is still the active version, in one
+        compare-and-swap (a retraining run promotes against the version it started from:
+        an operator's rollback, promotion or deletion meanwhile wins). False, changing
+        nothing, otherwise; a deleted adapter is never brought back."""
+        def swapped(state: AdapterState) -> AdapterState:
+            if state.active != expected or state.active is None or version in state.deleted:
+                raise ConflictError(f"{tenant}/{name}: version {expected} is no longer the "
+                                    "active one")
+            return _activated(state, version)
+
+        with self._write_lock:
+            try:
+                self._change_state(tenant, name, swapped)
+            except ConflictError:
+                return False
+        return True
 
     def rollback(self, tenant: str, name: str) -> AdapterRecord:
         """Re-activate the previously active version; :class:`ConflictError` if none."""

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from loraswap.adapters.package import TaskKind
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
 
 adapters_app = typer.Typer(help="Work with LoRA adapters.", no_args_is_help=True)
 
@@ -69,8 +69,8 @@ def push(
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from loraswap.adapters.errors import LoraswapError
     from loraswap.adapters.push import PlainPeftHints, PushTarget, push_package
+    from loraswap.core.errors import LoraswapError
 
     target = PushTarget(server=server, admin_token=admin_token, tenant=tenant, name=name,
                         activate=activate)

@@ -9,6 +9,7 @@ import typer
 from loraswap.adapters_cmd import adapters_app
 from loraswap.bench_cmd import bench_app
 from loraswap.model_cmd import model_app
+from loraswap.offline import stay_offline
 from loraswap.profile_cmd import profile_app
 from loraswap.retrain_cmd import retrain_app
 from loraswap.train_cmd import train
@@ -17,6 +18,16 @@ app = typer.Typer(
     help="Serve many LoRA adapters on one resident base model.", no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _offline() -> None:
+    """Runs before every command, ahead of the command's own (lazy) imports of
+    transformers, peft and bitsandbytes: no command reaches the Hugging Face Hub
+    (:mod:`loraswap.offline`)."""
+    stay_offline()
+
+
 app.add_typer(model_app, name="model")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(retrain_app, name="retrain")
@@ -37,7 +48,7 @@ def serve(
     # Heavy imports only for this command, so `loraswap --help` stays fast.
     from pydantic import ValidationError
 
-    from loraswap.adapters.errors import LoraswapError, describe_problems
+    from loraswap.core.errors import LoraswapError, describe_problems
     from loraswap.service.app import create_app
     from loraswap.service.health import build_metrics_app
     from loraswap.service.lifecycle import Listeners

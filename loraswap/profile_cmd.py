@@ -25,8 +25,6 @@ def run(
     """Compute profile.json of a version from its uploaded reference file (LORASWAP_*
     settings name the store and the base model)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only, never the Hub
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the package's base name is not fetched
     from loraswap.service.settings import Settings
     from loraswap.training.profile_job import ProfileJobSettings, cpu_precision, execute_job
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Annotated
 
 import typer
@@ -16,7 +15,6 @@ retrain_app = typer.Typer(help="Retraining runs (started by POST /admin/retrain)
 def run(run_id: Annotated[str, typer.Option("--run-id", help="The run to execute.")]) -> None:
     """Train, evaluate and decide one run recorded in the store (LORASWAP_* settings)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local files only, never the Hub
     from loraswap.service.settings import Settings
     from loraswap.training.retrain import RetrainSettings, execute_run
 
@@ -24,7 +22,8 @@ def run(run_id: Annotated[str, typer.Option("--run-id", help="The run to execute
     record = execute_run(run_id, RetrainSettings(
         store_uri=settings.store_uri, base_model=settings.base_model,
         cache_dir=settings.adapter_cache_dir / ".retrain",
-        feedback_holdout=settings.retrain_feedback_holdout))
+        feedback_holdout=settings.retrain_feedback_holdout,
+        min_gain=settings.retrain_min_gain))
     typer.echo(f"run {record.id}: {record.status}, {record.decision}: {record.reason}")
     if record.status == "failed":
         raise typer.Exit(1)

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.package import TaskKind
+from loraswap.core.errors import LoraswapError
 
 ADMIN_TOKEN_ENV = "LORASWAP_ADMIN_TOKEN"
 
@@ -110,7 +110,7 @@ def train(
             assert cfg.tenant and cfg.name and token
             # A copy of the training data goes to the store first, recorded in the
             # manifest, so retraining (docs/drift.md) finds what this version learnt from.
-            from loraswap.adapters.training_data import upload_via_service
+            from loraswap.jobs.training_data import upload_via_service
             from loraswap.training.retrain import record_data_store
 
             data_files = {"train": cfg.data, **({"test": cfg.test_data} if cfg.test_data
@@ -129,6 +129,6 @@ def train(
 
 def raise_usage(message: str) -> None:
     """Stop with a configuration error naming what is missing."""
-    from loraswap.adapters.errors import ConfigurationError
+    from loraswap.core.errors import ConfigurationError
 
     raise ConfigurationError(message)

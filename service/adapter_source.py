@@ -1,7 +1,7 @@
 """Where servable adapters come from: the registry (``tenant/name``) and a dev folder.
 
 Resolution is the first tier of the request path: it turns the name a request uses into
-a :class:`ServingTarget`: an immutable :class:`AdapterKey` (name + version), the adapter's
+a :class:`ServingTarget`: an immutable :class:`AdapterVersionRef` (adapter + version), the adapter's
 traits and a way to read that version's weights.
 A request keeps the key it resolved, so promoting a new version never changes the weights
 of a request already running; the next request resolves the new active version.
@@ -10,22 +10,18 @@ of a request already running; the next request resolves the new active version.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Protocol
 
-from loraswap.adapters.errors import (
+from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, read_lora_adapter
+from loraswap.adapters.package import MANIFEST_FILE, read_manifest
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.core.errors import (
     AdapterNotFoundError,
     AdapterValidationError,
-    InvalidRequestError,
 )
-from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE, read_lora_adapter
-from loraswap.adapters.package import MANIFEST_FILE, SAFE_NAME, SAFE_NAME_RULE, read_manifest
-from loraswap.adapters.registry import AdapterRegistry
-from loraswap.service.engine.residency import AdapterKey
+from loraswap.core.identity import DEV_NAME, AdapterRef, Version
 from loraswap.service.targets import AdapterTraits, ServingTarget
-
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class AdapterResolver(Protocol):
@@ -45,15 +41,6 @@ class AdapterResolver(Protocol):
     def names(self) -> list[str]:
         """Development adapter names (visible to every caller)."""
         ...
-
-
-def check_adapter_name(name: str) -> None:
-    """Refuse names that could escape a folder or break labels (400 naming the rule)."""
-    if not ADAPTER_NAME.fullmatch(name):
-        raise InvalidRequestError(
-            f"adapter name {name!r} is invalid: use letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, at most 128 characters"
-        )
 
 
 def _traits_of(folder: Path) -> AdapterTraits:
@@ -79,9 +66,13 @@ class LocalAdapterDirectory:
 
     def resolve(self, name: str) -> ServingTarget:
         """The adapter in sub-folder ``name``."""
-        check_adapter_name(name)
-        if self.root is None:
-            raise AdapterNotFoundError(name)
+        return self.resolve_ref(AdapterRef(None, name))
+
+    def resolve_ref(self, ref: AdapterRef) -> ServingTarget:
+        """The development adapter ``ref`` (a sub-folder of the root)."""
+        name = ref.name
+        if self.root is None or ref.is_registered:
+            raise AdapterNotFoundError(str(ref))
         folder = self.root / name
         weights = folder / WEIGHTS_FILE
         if not (folder / CONFIG_FILE).is_file():
@@ -90,8 +81,8 @@ class LocalAdapterDirectory:
             stat = weights.stat()
         except FileNotFoundError:
             stat = (folder / CONFIG_FILE).stat()  # read() will name the missing file
-        version = f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-        return ServingTarget(name, AdapterKey(name, version), _traits_of(folder),
+        version = Version.tag(f"{stat.st_size:x}-{stat.st_mtime_ns:x}")
+        return ServingTarget(ref.at(version), _traits_of(folder),
                              lambda: read_lora_adapter(folder, name))
 
     def listing(self, owner: str | None) -> list[ServingTarget]:
@@ -110,28 +101,8 @@ class LocalAdapterDirectory:
             return []
         return sorted(
             p.name for p in self.root.iterdir()
-            if (p / CONFIG_FILE).is_file() and ADAPTER_NAME.fullmatch(p.name)
+            if (p / CONFIG_FILE).is_file() and DEV_NAME.fullmatch(p.name)
         )
-
-
-def split_registry_name(name: str) -> tuple[str, str] | None:
-    """``("tenant", "name")`` for a ``tenant/name`` reference; None for a plain name."""
-    owner, slash, adapter = name.partition("/")
-    if not slash:
-        return None
-    if not (SAFE_NAME.fullmatch(owner) and SAFE_NAME.fullmatch(adapter)):
-        raise InvalidRequestError(
-            f"adapter name {name!r} is invalid: registered adapters are 'tenant/name', each "
-            f"part: {SAFE_NAME_RULE}")
-    return owner, adapter
-
-
-def check_adapter_ref(name: str) -> None:
-    """400 naming the rule for a name that no adapter (registered or dev) can have."""
-    if "/" in name:
-        split_registry_name(name)
-    else:
-        check_adapter_name(name)
 
 
 class RegistryAdapterSource:
@@ -149,13 +120,12 @@ class RegistryAdapterSource:
 
     def resolve(self, name: str) -> ServingTarget:
         """The active version of ``tenant/name``, or the dev folder's ``name``."""
-        parts = split_registry_name(name)
-        if parts is None:
-            return self.local.resolve(name)
-        version = self.registry.active(*parts)
+        ref = AdapterRef.parse(name)
+        if ref.tenant is None:
+            return self.local.resolve_ref(ref)
+        version = self.registry.active(ref.tenant, ref.name)
         folder = self.registry.local_folder(version.tenant, version.name, version.version)
-        return ServingTarget(name, AdapterKey(name, str(version.version)),
-                             AdapterTraits.of_manifest(version.manifest),
+        return ServingTarget(version.key, AdapterTraits.of_manifest(version.manifest),
                              lambda: read_lora_adapter(folder, name))
 
     def listing(self, owner: str | None) -> list[ServingTarget]:
@@ -166,9 +136,7 @@ class RegistryAdapterSource:
         for record in self.registry.list(owner):
             active = next((v for v in record.versions if v.version == record.active), None)
             if active is not None:
-                ref = f"{record.tenant}/{record.name}"
-                found.append(ServingTarget(ref, AdapterKey(ref, str(active.version)),
-                                           AdapterTraits.of_manifest(active.manifest)))
+                found.append(ServingTarget(active.key, AdapterTraits.of_manifest(active.manifest)))
         return found
 
     def names(self) -> list[str]:

@@ -9,28 +9,30 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from loraswap.adapters.base_model import LoadedBaseModel, load_base_model
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore, ObservedStore, open_store
-from loraswap.adapters.tenants import TenantDirectory
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.base_model.loading import LoadedBaseModel, load_base_model
 from loraswap.service.adapter_source import LocalAdapterDirectory, RegistryAdapterSource
 from loraswap.service.api.errors import install_error_handlers
 from loraswap.service.api.gate import RequestGate, dev_hosts
 from loraswap.service.api.metrics_middleware import RequestMetrics
 from loraswap.service.api.pipeline import RequestLimits, ServingPipeline
 from loraswap.service.api.prompts import PromptBuilder, PromptLimits
-from loraswap.service.api.routes import predict_router, router
+from loraswap.service.api.routes import predict_router
 from loraswap.service.api.routes_admin import router as admin_router
+from loraswap.service.api.routes_drift import admin_router as drift_admin_router
+from loraswap.service.api.routes_drift import router as drift_router
+from loraswap.service.api.routes_drift import upload_router as training_data_router
+from loraswap.service.api.routes_drift import webhook_router
 from loraswap.service.api.routes_openai import router as openai_router
 from loraswap.service.api.serving_admin import AdminService
 from loraswap.service.api.serving_openai import OpenAIServing
 from loraswap.service.api.serving_predict import PredictService
+from loraswap.service.api.state import ServiceState, ServingComponents
 from loraswap.service.auth import TenantAuthenticator, log_auth_mode
 from loraswap.service.drift.pipeline import build_drift, build_profiles, build_retrain
-from loraswap.service.drift.routes import admin_router as drift_admin_router
-from loraswap.service.drift.routes import router as drift_router
-from loraswap.service.drift.routes import upload_router as training_data_router
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.engine_thread import EngineThread
 from loraswap.service.fault_hooks import arm_fault_hook
@@ -39,7 +41,7 @@ from loraswap.service.limits import TenantLimiter
 from loraswap.service.metrics import ServiceMetrics
 from loraswap.service.registry_sync import RegistryWatcher
 from loraswap.service.settings import Settings
-from loraswap.service.state import ServiceState, ServingComponents
+from loraswap.tenants.directory import TenantDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
             max_cpu_loras=settings.max_cpu_loras, max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_model_len, max_prefill_tokens=settings.max_prefill_tokens,
             max_queue=settings.max_queue, max_queue_per_tenant=settings.max_queue_per_tenant,
+            kv_cache_bytes=settings.kv_cache_bytes, prefix_cache=settings.prefix_cache,
         ),
         state.metrics, thread,
     )
@@ -143,7 +146,9 @@ def build_state(settings: Settings) -> ServiceState:
             authenticator=authenticator, admin_token=admin_token,
             dev_hosts=dev_hosts(admin_token is None, settings.host),
             max_json_bytes=settings.max_request_bytes,
-            max_upload_bytes=settings.max_upload_bytes),
+            max_upload_bytes=settings.max_upload_bytes,
+            webhook_token=(settings.retrain_webhook_token.get_secret_value()
+                           if settings.retrain_webhook_token else None)),
     )
 
 
@@ -189,14 +194,14 @@ def create_app(settings: Settings, *, loader: ModelLoader = load_from_settings) 
                   description="Many tenants' LoRA adapters on one resident base model.")
     app.state.loraswap = state
     install_error_handlers(app)
-    install_lifecycle(app, state, settings)  # /readyz, SIGTERM drain, gateway gauges
-    app.include_router(router)
+    install_lifecycle(app, state, settings)  # probes, /metrics, drain, gateway gauges
     app.include_router(predict_router)
     app.include_router(openai_router)
     app.include_router(admin_router)
-    app.include_router(drift_router)  # /v1/feedback (service/drift)
-    app.include_router(drift_admin_router)  # /admin/retrain, /admin/drift (service/drift)
-    # /admin/training-data and /admin/adapters/…/reference/{file} (service/drift)
+    app.include_router(drift_router)  # /v1/feedback
+    app.include_router(webhook_router)  # POST /admin/retrain (its own token)
+    app.include_router(drift_admin_router)  # /admin/retrain/…, /admin/drift
+    # /admin/training-data and /admin/adapters/…/reference/{file}
     app.include_router(training_data_router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     return app

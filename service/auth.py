@@ -12,13 +12,13 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from loraswap.adapters.errors import AdapterNotFoundError, PermissionDeniedError
-from loraswap.adapters.tenants import TenantDirectory
-from loraswap.service.adapter_source import check_adapter_ref
+from loraswap.core.errors import AdapterNotFoundError, PermissionDeniedError
+from loraswap.core.identity import AdapterRef
 from loraswap.service.errors import AuthenticationError
+from loraswap.tenants.directory import TenantDirectory, TenantPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ class Tenant:
 
     id: str
     name: str | None = None
-    allow_base_model: bool = True
-    requests_per_second: float | None = None
-    max_concurrent: int | None = None
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
 
 
 class Authenticator(Protocol):
@@ -108,12 +106,7 @@ class TenantAuthenticator(ApiKeyAuthenticator):
         """Tenant whose (hashed) key is ``token``; static keys when no tenant has it."""
         record = self._tenants.authenticate(token)
         if record is not None:
-            policy = record.policy
-            return Tenant(
-                id=record.name, name=record.name, allow_base_model=policy.allow_base_model,
-                requests_per_second=policy.requests_per_second,
-                max_concurrent=policy.max_concurrent,
-            )
+            return Tenant(id=record.name, name=record.name, policy=record.policy)
         return super().match(token)
 
 
@@ -129,6 +122,22 @@ def check_admin_token(configured: str | None, presented: str | None) -> None:
             "missing admin token: send 'Authorization: Bearer <LORASWAP_ADMIN_TOKEN>'")
     if not hmac.compare_digest(_digest(presented), _digest(configured)):
         raise AuthenticationError("invalid admin token")
+
+
+def check_webhook_token(admin: str | None, webhook: str | None,
+                        presented: str | None) -> None:
+    """401 unless ``presented`` is the retrain webhook's token or the admin token (an
+    operator replays an alert with it); open like ``/admin`` in dev mode without tokens."""
+    if admin is None and webhook is None:
+        return
+    if presented and webhook is not None and hmac.compare_digest(
+            _digest(presented), _digest(webhook)):
+        return
+    if admin is None:
+        raise AuthenticationError(
+            "missing or invalid webhook token: send 'Authorization: Bearer "
+            "<LORASWAP_RETRAIN_WEBHOOK_TOKEN>'")
+    check_admin_token(admin, presented)
 
 
 def log_auth_mode(authenticator: Authenticator) -> None:
@@ -148,15 +157,14 @@ def check_access(tenant: Tenant | None, adapter: str | None) -> None:
     Plain names are development adapters from ``LORASWAP_ADAPTER_DIR``, open to all.
     """
     if adapter is None:
-        if tenant is not None and not tenant.allow_base_model:
+        if tenant is not None and not tenant.policy.allow_base_model:
             raise PermissionDeniedError(
                 f"tenant {tenant.id!r} may not call the base model (policy "
                 "allow_base_model=false): name one of its adapters"
             )
         return
-    check_adapter_ref(adapter)
-    owner, slash, _ = adapter.partition("/")
-    if slash and (tenant is None or tenant.name != owner):
+    ref = AdapterRef.parse(adapter)
+    if ref.is_registered and not ref.owned_by(tenant.name if tenant is not None else None):
         raise AdapterNotFoundError(adapter)
 
 

@@ -1,6 +1,6 @@
 """Errors of the service: requests, limits, the engine's lifecycle.
 
-They belong to the one exception tree rooted at :class:`loraswap.adapters.errors.LoraswapError`
+They belong to the one exception tree rooted at :class:`loraswap.core.errors.LoraswapError`
 (mapped to HTTP statuses in ``service/api/errors.py``), but only the service raises them:
 ``adapters/`` keeps the errors of the adapter format, the store, the registry and the base
 model.
@@ -8,7 +8,7 @@ model.
 
 from __future__ import annotations
 
-from loraswap.adapters.errors import InvalidRequestError, LoraswapError, NotFoundError
+from loraswap.core.errors import InvalidRequestError, LoraswapError, NotFoundError
 
 
 class InputTooLongError(InvalidRequestError):

@@ -39,9 +39,11 @@ class GatewayCollector:
     """A Prometheus collector (``collect``/``describe``) of the protocol gauges, read from the
     engine that ``engine`` returns (None while loading)."""
 
-    def __init__(self, engine: Callable[[], LoraEngine | None],
+    def __init__(self, engine: Callable[[], LoraEngine | None], max_loras: int,
                  clock: Callable[[], float] = time.time) -> None:
+        """``max_loras``: the configured slots, reported while the engine is still loading."""
         self._engine = engine
+        self._max_loras = max_loras
         self._clock = clock
 
     def describe(self) -> Iterator[Metric]:
@@ -55,21 +57,22 @@ class GatewayCollector:
         if engine is None:  # still loading: nothing runs, nothing is resident
             for gauge in (waiting, running, usage):
                 gauge.add_metric([], 0)
-            yield from (waiting, running, usage, resident)
+            # The picker learns the pod's LoRA capacity from the first scrape on.
+            info.add_metric(["", "", str(self._max_loras)], self._clock())
+            yield from (waiting, running, usage, info, resident)
             return
         scheduler = engine.scheduler
         num_running = scheduler.num_running
         waiting.add_metric([], scheduler.num_waiting)
         running.add_metric([], num_running)
-        # The KV cache is preallocated per batch row (max_model_len tokens each), so a
-        # running sequence holds a whole row: usage is the fraction of rows in use, which
-        # is what tells the picker this pod cannot take more work without queueing.
-        usage.add_metric([], num_running / engine.config.max_batch_size)
+        # Blocks of the paged KV pool held by running sequences, over all blocks: what tells
+        # the picker how much more work this pod takes before it queues or preempts.
+        usage.add_metric([], scheduler.kv_usage)
         running_names, waiting_names = scheduler.adapter_names()
         info.add_metric([_names_label(running_names), _names_label(waiting_names),
                          str(engine.config.max_loras)], self._clock())
         for tier, keys in (("slot", engine.slots.resident), ("host", engine.host.keys())):
-            for name, count in Counter(key.name for key in keys).items():
+            for name, count in Counter(str(key.ref) for key in keys).items():
                 resident.add_metric([name, tier], count)
         yield from (waiting, running, usage, info, resident)
 
@@ -79,7 +82,7 @@ class GatewayCollector:
             GaugeMetricFamily(WAITING, "Requests queued, not yet running (gateway protocol)."),
             GaugeMetricFamily(RUNNING, "Requests in the running batch (gateway protocol)."),
             GaugeMetricFamily(KV_CACHE_USAGE,
-                              "Fraction (0-1) of the KV cache's batch rows in use."),
+                              "Fraction (0-1) of the KV cache pool's blocks in use."),
             GaugeMetricFamily(LORA_INFO,
                               "Adapters running and waiting (comma-separated); the value is "
                               "the Unix time of this report (gateway protocol).",

@@ -1,4 +1,5 @@
-"""Probes that tell nothing about tenants, the detailed view for operators, and the wiring of
+"""Probes (``/healthz``, ``/readyz``, ``/metrics``: each defined once, served on the API port
+and the metrics listener alike), the detailed view for operators, and the wiring of
 the lifecycle (drain gate, gateway gauges, separate metrics listener) into an app.
 
 ``/readyz`` answers ready or not and why in one word, plus the model settings in effect
@@ -17,10 +18,10 @@ from pydantic import BaseModel, Field
 
 from loraswap.service.api.deps import StateDep, require_admin
 from loraswap.service.api.gate import AdminRoute
+from loraswap.service.api.state import ServiceState
 from loraswap.service.gateway_metrics import GatewayCollector
 from loraswap.service.lifecycle import DrainGate, Lifecycle
 from loraswap.service.settings import Settings
-from loraswap.service.state import ServiceState
 
 # Model facts safe to show anyone: no path (it names the operator's file system).
 PUBLIC_MODEL_FIELDS = ("name", "quantization", "weight_format", "compute_dtype", "device")
@@ -54,6 +55,18 @@ def get_lifecycle(request: Request) -> Lifecycle:
 probe_router = APIRouter(tags=["health"])
 admin_status_router = APIRouter(prefix="/admin", tags=["admin"],
                                 dependencies=[Depends(require_admin)], route_class=AdminRoute)
+
+
+@probe_router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (it may still be loading the model)."""
+    return {"status": "ok"}
+
+
+@probe_router.get("/metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 @probe_router.get("/readyz", response_model=PublicReadiness,
@@ -103,21 +116,12 @@ async def cancel_drain(state: StateDep, request: Request) -> AdminStatus:
     return await admin_status(state, request)
 
 
-async def _metrics(state: StateDep) -> Response:
-    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-async def _healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
 def build_metrics_app(state: ServiceState, lifecycle: Lifecycle) -> FastAPI:
-    """The separate metrics listener: ``/metrics`` and the probes, nothing else."""
+    """The separate metrics listener: ``/metrics`` and the probes (the same router as the
+    API port's), nothing else."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.loraswap = state
     app.state.lifecycle = lifecycle
-    app.add_api_route("/metrics", _metrics, methods=["GET"], response_class=Response)
-    app.add_api_route("/healthz", _healthz, methods=["GET"])
     app.include_router(probe_router)
     return app
 
@@ -134,5 +138,6 @@ def install_lifecycle(app: FastAPI, state: ServiceState, settings: Settings) -> 
     app.include_router(probe_router)
     app.include_router(admin_status_router)
     state.metrics.registry.register(GatewayCollector(
-        lambda: state.components.engine if state.components is not None else None))
+        lambda: state.components.engine if state.components is not None else None,
+        settings.max_loras))
     return lifecycle

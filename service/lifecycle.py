@@ -30,9 +30,9 @@ import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loraswap.adapters.errors import ConflictError
+from loraswap.core.errors import ConflictError
 from loraswap.service.api.errors import error_body, error_format_for
-from loraswap.service.state import ServiceState
+from loraswap.service.api.state import ServiceState
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.auth import Tenant
 from loraswap.service.errors import RateLimitedError
 
@@ -90,23 +90,24 @@ class TenantLimiter:
         """A lease for a request of ``cost`` inputs (each counts as one request against the
         rate and concurrency limits), or :class:`RateLimitedError` naming the limit hit; a
         request that could never fit is a 400."""
-        if tenant is None or (tenant.requests_per_second is None
-                              and tenant.max_concurrent is None):
+        if tenant is None or (tenant.policy.requests_per_second is None
+                              and tenant.policy.max_concurrent is None):
             return Lease(None)
+        policy = tenant.policy
         _check_fits(tenant, cost)
         usage = self._usage_of(tenant.id)
         with usage.lock:
-            if (tenant.max_concurrent is not None
-                    and usage.in_flight + cost > tenant.max_concurrent):
+            if (policy.max_concurrent is not None
+                    and usage.in_flight + cost > policy.max_concurrent):
                 raise RateLimitedError(
                     f"tenant {tenant.id!r} has {usage.in_flight} requests in flight, its limit "
-                    f"is max_concurrent={tenant.max_concurrent}", retry_after=1.0)
-            if tenant.requests_per_second is not None:
-                wait = self._take(usage, tenant.requests_per_second, cost)
+                    f"is max_concurrent={policy.max_concurrent}", retry_after=1.0)
+            if policy.requests_per_second is not None:
+                wait = self._take(usage, policy.requests_per_second, cost)
                 if wait > 0:
                     raise RateLimitedError(
                         f"tenant {tenant.id!r} exceeded requests_per_second="
-                        f"{tenant.requests_per_second:g}", retry_after=max(1.0, math.ceil(wait)))
+                        f"{policy.requests_per_second:g}", retry_after=max(1.0, math.ceil(wait)))
             usage.in_flight += cost
 
         def release() -> None:
@@ -130,14 +131,15 @@ def _burst(rate: float) -> float:
 
 
 def _check_fits(tenant: Tenant, cost: int) -> None:
-    if tenant.max_concurrent is not None and cost > tenant.max_concurrent:
+    policy = tenant.policy
+    if policy.max_concurrent is not None and cost > policy.max_concurrent:
         raise InvalidRequestError(
             f"the request has {cost} inputs, more than tenant {tenant.id!r} may run at once "
-            f"(max_concurrent={tenant.max_concurrent}): split it")
-    if tenant.requests_per_second is not None and cost > _burst(tenant.requests_per_second):
+            f"(max_concurrent={policy.max_concurrent}): split it")
+    if policy.requests_per_second is not None and cost > _burst(policy.requests_per_second):
         raise InvalidRequestError(
             f"the request has {cost} inputs, more than tenant {tenant.id!r} may send in one "
-            f"second (requests_per_second={tenant.requests_per_second:g}): split it")
+            f"second (requests_per_second={policy.requests_per_second:g}): split it")
 
 
 async def release_after(stream: AsyncIterator[str], lease: Lease) -> AsyncIterator[str]:

@@ -49,6 +49,21 @@ class ServiceMetrics:
             "loraswap_engine_step_tokens",
             "Real tokens in one engine forward pass (decode: running sequences), by kind.",
             ["kind"], buckets=STEP_TOKEN_BUCKETS, registry=r)
+        self.kv_blocks_total = Gauge("loraswap_kv_blocks_total", "Blocks in the KV pool.",
+                                     registry=r)
+        self.kv_blocks_used = Gauge("loraswap_kv_blocks_used",
+                                    "KV pool blocks held by running sequences.", registry=r)
+        self.kv_blocks_cached = Gauge(
+            "loraswap_kv_blocks_cached",
+            "KV pool blocks holding cached prompt prefixes that no sequence uses "
+            "(evicted when room is needed).", registry=r)
+        self.preemptions = Counter(
+            "loraswap_preemptions", "Running sequences whose KV blocks were taken back "
+            "(recomputed later), by adapter.", ["adapter"], registry=r)
+        self.prefix_blocks = Counter(
+            "loraswap_prefix_cache_blocks",
+            "Full prompt blocks looked up in the prefix cache, by result (hit, miss); the hit "
+            "rate is hit / (hit + miss).", ["result"], registry=r)
         self.resident = Gauge("loraswap_resident_adapters", "Adapters resident, by tier.",
                               ["tier"], registry=r)
         self.loads = Counter("loraswap_adapter_loads", "Adapter loads into a tier.",
@@ -138,6 +153,22 @@ class ServiceMetrics:
         """Set queue depth and running batch size."""
         self.queue_depth.set(waiting)
         self.batch_size.set(running)
+
+    def kv_blocks(self, *, used: int, total: int, cached: int) -> None:
+        """Set the KV pool's block gauges."""
+        self.kv_blocks_used.set(used)
+        self.kv_blocks_total.set(total)
+        self.kv_blocks_cached.set(cached)
+
+    def preempted(self, adapter: str) -> None:
+        """Count a preemption."""
+        self.preemptions.labels(adapter).inc()
+
+    def prefix_lookup(self, *, queried: int, hit: int) -> None:
+        """Count prefix-cache block hits and misses."""
+        if queried:
+            self.prefix_blocks.labels("hit").inc(hit)
+            self.prefix_blocks.labels("miss").inc(queried - hit)
 
     def engine_step(self, kind: StepKind, seconds: float, tokens: int) -> None:
         """Observe one forward pass: its time and its tokens."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.registry import AdapterRecord, AdapterRegistry
+from loraswap.core.errors import LoraswapError
+from loraswap.core.identity import AdapterRef, AdapterVersionRef
 from loraswap.service.adapter_source import AdapterResolver
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.metrics import ServiceMetrics
@@ -30,8 +31,8 @@ class RegistryWatcher:
         self.engine = engine
         self.metrics = metrics
         self.interval = interval
-        self._pinned: dict[str, str] = {}  # adapter reference -> pinned version
-        self._wanted: dict[str, str] = {}  # what the registry pins: reference -> version
+        self._pinned: dict[AdapterRef, AdapterVersionRef] = {}  # what this replica pinned
+        self._wanted: dict[AdapterRef, AdapterVersionRef] = {}  # what the registry pins
         self.synced = False  # a whole round succeeded at least once
 
     def pins_pending(self) -> list[str]:
@@ -40,9 +41,8 @@ class RegistryWatcher:
         Readiness waits for this to be empty (and for a first successful round): a pod
         started after a pin must not take traffic before the pinned adapter is resident.
         """
-        resident = {str(key) for key in self.engine.slots.resident}
-        return sorted(ref for ref, version in self._wanted.items()
-                      if f"{ref}@{version}" not in resident)
+        resident = set(self.engine.residency().in_slots)
+        return sorted(str(ref) for ref, key in self._wanted.items() if key not in resident)
 
     async def run(self) -> None:
         """Sync forever (cancel the task to stop); a failed round is logged and retried."""
@@ -61,29 +61,31 @@ class RegistryWatcher:
         for record in records:
             counts[record.tenant] = counts.get(record.tenant, 0) + 1
         self.metrics.registered_adapters(counts)
-        wanted = {f"{r.tenant}/{r.name}": r for r in records if r.pinned and r.active}
-        self._wanted = {ref: str(record.active) for ref, record in wanted.items()}
+        wanted = {r.ref: r for r in records if r.pinned and r.active}
+        self._wanted = {ref: key for ref, r in wanted.items()
+                        if (key := r.active_key) is not None}
         for ref in list(self._pinned):
             if ref not in wanted:
                 await self.engine.unpin(ref)
                 del self._pinned[ref]
                 logger.info("unpinned %s", ref)
         for ref, record in wanted.items():
-            if self._pinned.get(ref) != str(record.active):
-                await self.apply_pin(ref, record)
+            if self._pinned.get(ref) != record.active_key:
+                await self.apply_pin(record)
         self.synced = True
 
-    async def apply_pin(self, ref: str, record: AdapterRecord) -> None:
+    async def apply_pin(self, record: AdapterRecord) -> None:
         """Pin the active version of ``record`` and load it into a slot."""
+        ref = record.ref
         if not record.pinned or record.active is None:
             if self._pinned.pop(ref, None) is not None:
                 await self.engine.unpin(ref)
             return
-        target = await asyncio.to_thread(self.resolver.resolve, ref)
+        target = await asyncio.to_thread(self.resolver.resolve, str(ref))
         assert target.key is not None and target.read is not None  # a registry adapter
         weights = await self.engine.adapter_weights(target.key, target.read)
         loaded = await self.engine.pin(target.key, weights)
         if loaded:  # else every slot was busy: the next round tries again
-            self._pinned[ref] = target.key.version
-        logger.info("pinned %s v%s%s", ref, target.key.version,
+            self._pinned[ref] = target.key
+        logger.info("pinned %s%s", target.key,
                     "" if loaded else " (every slot busy: tried again next round)")

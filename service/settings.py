@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR, Quantization
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR, Quantization
+from loraswap.core.errors import ConfigurationError
 
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "loraswap"
 # Admin tokens that are clearly examples, not secrets.
@@ -95,8 +95,16 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="Largest max_new_tokens a request may ask for."
     )
     max_prefill_tokens: int = Field(
-        default=2048, ge=16, description="Prompt tokens prefilled together in one step."
+        default=2048, ge=16, description="Prompt tokens prefilled in one step; a longer "
+        "prompt is prefilled in chunks, each step also decoding the running sequences."
     )
+    kv_cache_bytes: int | None = Field(
+        default=None, ge=1, description="KV cache pool in bytes (blocks of 16 tokens, taken "
+        "as sequences grow); unset: 85% of the GPU memory left after the weights, or on a "
+        "CPU max_batch_size x max_model_len tokens. Must hold one max_model_len sequence.")
+    prefix_cache: bool = Field(
+        default=True, description="Reuse the KV blocks of a prompt prefix seen before with "
+        "the same tenant, adapter and version.")
     max_queue: int = Field(default=256, ge=1, description="Waiting requests before 429.")
     max_queue_per_tenant: int = Field(
         default=64, ge=1,
@@ -128,8 +136,10 @@ class Settings(BaseSettings):
 
     # Drift monitoring, capture and retraining (docs/drift.md).
     drift_enabled: bool = Field(
-        default=False, description="Score live traffic against each adapter's training "
-        "profile and export loraswap_drift_* gauges; capture and feedback need it too.")
+        default=True, description="Score live traffic against each adapter's training "
+        "profile and export loraswap_drift_* gauges; capture and feedback need it too. "
+        "On by default (its cost is under the 3 % noise floor, docs/drift.md); capture of "
+        "raw inputs stays off until a tenant's policy asks for it.")
     drift_window_size: int = Field(
         default=500, ge=10, le=100_000, description="Inputs in each adapter version's "
         "sliding window.")
@@ -160,9 +170,29 @@ class Settings(BaseSettings):
     retrain_cooldown_seconds: float = Field(
         default=3600.0, ge=0, description="Least time between two alert-started runs of "
         "one adapter.")
+    retrain_webhook_token: SecretStr | None = Field(
+        default=None, description="Bearer token that may only post alerts to POST "
+        "/admin/retrain (Alertmanager's credential; the admin token is accepted there too).")
+    retrain_max_concurrent_runs: int = Field(
+        default=2, ge=1, description="Retraining runs at once, all tenants together.")
+    retrain_max_concurrent_runs_per_tenant: int = Field(
+        default=1, ge=1, description="Retraining runs at once of one tenant's adapters.")
+    retrain_max_runs_per_tenant_per_day: int = Field(
+        default=4, ge=1, description="Alert-started runs of one tenant per UTC day.")
+    retrain_timeout_seconds: float = Field(
+        default=21_600.0, gt=0, description="A local retraining or profiling process is "
+        "killed after this long (the kubernetes launcher's Jobs have their template's "
+        "activeDeadlineSeconds).")
+    retrain_stale_seconds: float = Field(
+        default=900.0, ge=60, description="A run whose process sent no heartbeat for this "
+        "long is expired (failed) and frees its adapter.")
     retrain_feedback_holdout: float = Field(
         default=0.3, ge=0, lt=1, description="Share of labelled feedback held out to "
         "evaluate the candidate and the active version.")
+    retrain_min_gain: float = Field(
+        default=0.01, ge=0, le=1, description="How much better than the active version "
+        "a candidate must be on held-out feedback of the new traffic to be promoted "
+        "(gate metric units: accuracy / F1 as a fraction, eval loss in nats); ties keep.")
 
     def check_secure(self) -> None:
         """Refuse to run with an empty or placeholder admin token outside dev mode."""
@@ -175,13 +205,13 @@ class Settings(BaseSettings):
                 f"{MIN_ADMIN_TOKEN_LENGTH} characters (e.g. `openssl rand -hex 32`), or set "
                 "LORASWAP_DEV_MODE=true for local development (the /admin API is then open)"
             )
-        lowered = token.strip().lower()
-        if (len(token) < MIN_ADMIN_TOKEN_LENGTH or lowered in _PLACEHOLDER_TOKENS
-                or "changeme" in lowered or "change-me" in lowered or lowered.startswith("<")):
-            raise ConfigurationError(
-                "LORASWAP_ADMIN_TOKEN looks like a placeholder or is shorter than "
-                f"{MIN_ADMIN_TOKEN_LENGTH} characters: use a random secret"
-            )
+        _check_token("LORASWAP_ADMIN_TOKEN", token)
+        if self.retrain_webhook_token is not None:
+            webhook = self.retrain_webhook_token.get_secret_value()
+            _check_token("LORASWAP_RETRAIN_WEBHOOK_TOKEN", webhook)
+            if webhook == token:
+                raise ConfigurationError("LORASWAP_RETRAIN_WEBHOOK_TOKEN must differ from "
+                                         "LORASWAP_ADMIN_TOKEN (it may only post alerts)")
 
     @property
     def auth_required(self) -> bool:
@@ -214,3 +244,14 @@ class Settings(BaseSettings):
         if text.startswith("["):
             return json.loads(text)
         return [key.strip() for key in text.split(",") if key.strip()]
+
+
+def _check_token(setting: str, token: str) -> None:
+    """Refuse a placeholder or short secret."""
+    lowered = token.strip().lower()
+    if (len(token) < MIN_ADMIN_TOKEN_LENGTH or lowered in _PLACEHOLDER_TOKENS
+            or "changeme" in lowered or "change-me" in lowered or lowered.startswith("<")):
+        raise ConfigurationError(
+            f"{setting} looks like a placeholder or is shorter than "
+            f"{MIN_ADMIN_TOKEN_LENGTH} characters: use a random secret"
+        )

@@ -1,7 +1,7 @@
 """What a request runs on: the base model or one adapter version, resolved once.
 
 A request names its target once (``adapter`` / ``model``); resolution turns that name into a
-:class:`ServingTarget` holding an immutable :class:`AdapterKey` (name + version) and the
+:class:`ServingTarget` holding an immutable :class:`AdapterVersionRef` (adapter + version) and the
 adapter's :class:`AdapterTraits`. Everything after resolution (access, the task's rules,
 the engine submission, the answer) reads that one object, so a promotion between two steps
 of a request can never mix two versions. The base model is a target like any adapter, with
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraswap.adapters.compatibility import check_head
-from loraswap.adapters.errors import AdapterValidationError
 from loraswap.adapters.lora_format import LoraAdapterWeights
 from loraswap.adapters.package import AdapterManifest, AttentionMode, TaskKind, TextSplit
-from loraswap.service.engine.residency import AdapterKey
+from loraswap.core.errors import AdapterValidationError
+from loraswap.core.identity import AdapterVersionRef, Version
 
 BASE_TARGET = "base"
 """The reserved name of the base model (in metrics, logs and the OpenAI ``model`` field)."""
@@ -51,8 +51,7 @@ class AdapterTraits:
 class ServingTarget:
     """The base model or one adapter version; ``weights`` once decoded (:meth:`loaded`)."""
 
-    name: str
-    key: AdapterKey | None = None
+    key: AdapterVersionRef | None = None
     traits: AdapterTraits = AdapterTraits()
     read: Callable[[], LoraAdapterWeights] | None = dataclasses.field(
         default=None, repr=False, compare=False)
@@ -62,7 +61,7 @@ class ServingTarget:
     @classmethod
     def base(cls) -> ServingTarget:
         """The base model."""
-        return cls(BASE_TARGET)
+        return cls()
 
     @property
     def is_base(self) -> bool:
@@ -70,12 +69,18 @@ class ServingTarget:
         return self.key is None
 
     @property
-    def adapter(self) -> str | None:
-        """The adapter reference, None for the base model (API answers)."""
-        return None if self.is_base else self.name
+    def name(self) -> str:
+        """What metrics, logs and the OpenAI ``model`` field call it: the adapter
+        (``tenant/name`` or a dev folder name), or ``base``."""
+        return BASE_TARGET if self.key is None else str(self.key.ref)
 
     @property
-    def version(self) -> str | None:
+    def adapter(self) -> str | None:
+        """The adapter reference, None for the base model (API answers)."""
+        return None if self.key is None else str(self.key.ref)
+
+    @property
+    def version(self) -> Version | None:
         """The adapter version served (None for the base)."""
         return self.key.version if self.key else None
 

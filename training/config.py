@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from loraswap.adapters.errors import ConfigurationError, describe_problems
 from loraswap.adapters.lora_format import LLAMA_PROJECTIONS
 from loraswap.adapters.package import AttentionMode, TaskKind
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
+from loraswap.core.errors import ConfigurationError, describe_problems
 
 DataFormat = Literal["auto", "jsonl", "json", "csv", "tsv", "conll"]
 Precision = Literal["auto", "bf16", "fp32"]
@@ -98,6 +98,10 @@ class TrainConfig(BaseModel):
     checkpoint_dir: Path | None = None
     resume: bool = False
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    init_adapter: Path | None = Field(
+        default=None, description="A package whose LoRA (and head) weights the training "
+        "starts from instead of a fresh LoRA: a retraining candidate starts from the "
+        "active version (same rank, targets and labels).")
     tenant: str | None = None
     name: str | None = None
     progress: bool = True

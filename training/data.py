@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.package import TaskKind
+from loraswap.core.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Used by retraining, where the original training data (copied to the store by
 ``loraswap train --push``) and the labelled feedback batches (Parquet) are concatenated
 without hand-written readers. Only local files are read: nothing comes from the Hub
 (``HF_DATASETS_OFFLINE`` is set for the run process, and only packaged builders are used).
-The file reader itself, :func:`load_table`, lives in ``adapters/data_tables.py``: the
+The file reader itself, :func:`load_table`, lives in ``jobs/data_tables.py``: the
 service checks an uploaded reference dataset with it too.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.data_tables import load_table
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
+from loraswap.jobs.data_tables import load_table
 
 __all__ = ["concatenate", "from_rows", "load_table", "select_as", "text_label_table"]
 

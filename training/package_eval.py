@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from loraswap.adapters.base_model import Quantization, load_base_model
 from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.package import MANIFEST_FILE, TaskKind
+from loraswap.base_model.loading import Quantization, load_base_model
 from loraswap.training.config import LoraSettings, TrainConfig
 from loraswap.training.data import load_examples
 from loraswap.training.evaluate import evaluate

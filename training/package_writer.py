@@ -8,8 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.base_model import BaseModelInfo
-from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
 from loraswap.adapters.package import (
     MANIFEST_FILE,
@@ -24,6 +22,8 @@ from loraswap.adapters.package import (
     package_file_digests,
     write_manifest,
 )
+from loraswap.base_model.loading import BaseModelInfo
+from loraswap.core.errors import ConfigurationError
 from loraswap.training.config import TrainConfig
 
 

@@ -19,7 +19,7 @@ would report every sampled request as drift. The service compares each live gene
 with the reference of its own decoding (``service/drift/reference.py``).
 
 Generation stops at the same stop tokens as the engine
-(:func:`loraswap.adapters.model_families.stop_token_ids`) or after ``max_new_tokens``; the service
+(:func:`loraswap.base_model.families.stop_token_ids`) or after ``max_new_tokens``; the service
 compares only the first ``max_new_tokens`` tokens of a live generation.
 """
 

@@ -1,6 +1,6 @@
 """One profiling job, in its own low-priority process (``loraswap profile run``).
 
-Reads the job record of an adapter version (``adapters/profile_jobs.py``), downloads the
+Reads the job record of an adapter version (``jobs/profile_jobs.py``), downloads the
 version's package (sha256-checked) and the uploaded reference file from the store, loads
 the base model with the adapter as PEFT saved it, computes ``profile.json``
 (``training/reference_profile.py``) and stores it beside the version. Every write goes
@@ -16,14 +16,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraswap.adapters.base_model import Quantization, load_base_model
 from loraswap.adapters.package import AttentionMode
-from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs
-from loraswap.adapters.reference_data import ReferenceColumns, read_reference
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import now_iso
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.jobs.profile_jobs import ProfileJob, ProfileJobs
+from loraswap.jobs.reference_data import ReferenceColumns, read_reference
+from loraswap.jobs.retrain_runs import now_iso
 from loraswap.training.config import TASK_DEFAULTS
 from loraswap.training.reference_profile import (
     MAX_REFERENCE_TOKENS,
@@ -107,8 +108,8 @@ def _compute(job: ProfileJob, store: ObjectStore, settings: ProfileJobSettings,
     base = BaseModelFingerprint.from_loaded(loaded.info, loaded.model.config.to_dict())
     registry = AdapterRegistry(store, base, ValidationLimits(), settings.cache_dir,
                                refresh_seconds=0.5)
-    manifest = registry.version(job.tenant, job.adapter, job.version).manifest
-    folder = registry.local_folder(job.tenant, job.adapter, job.version)
+    manifest = registry.version(job.tenant, job.adapter, job.version.number).manifest
+    folder = registry.local_folder(job.tenant, job.adapter, job.version.number)
     data = work / job.filename
     store.download(job.reference_key, data)
     rows = read_reference(data, manifest.task, manifest.labels, ReferenceColumns(

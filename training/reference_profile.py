@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from loraswap.adapters.model_families import stop_token_ids
 from loraswap.adapters.package import TaskKind
-from loraswap.adapters.reference_data import ReferenceRows
+from loraswap.base_model.families import stop_token_ids
+from loraswap.jobs.reference_data import ReferenceRows
 from loraswap.training.data import ChatExample, TextExample, TokenExample
 from loraswap.training.evaluate import evaluate, forward_logits
 from loraswap.training.profile import build_profile
@@ -55,10 +55,11 @@ def compute_profile(task: TaskKind, task_model: TaskModel, inputs: Sequence[Enco
     """The ``profile.json`` document: the one call of ``build_profile`` for reference data
     (when its arguments change, only this call changes). ``build_profile`` profiles a
     classifier's predicted labels and confidences itself, on the reference inputs, and a
-    causal-lm adapter's reference generations (stopping on ``stop_ids``); ``confidences``
+    causal-lm adapter's reference generations (stopping on ``stop_ids``): the reference
+    inputs are held out (the adapter never trained on them); ``confidences``
     are kept for causal-lm only (the expected answers' token probability)."""
     return build_profile(task, task_model, inputs, labels, pad_id, batch_size, seed,
-                         stop_ids=stop_ids,
+                         stop_ids=stop_ids, held_out=inputs,
                          answer_confidences=confidences if task is TaskKind.CAUSAL_LM else ())
 
 

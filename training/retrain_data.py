@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class FeedbackSplit:
     train: list[dict[str, Any]] = field(default_factory=list)
     heldout: list[dict[str, Any]] = field(default_factory=list)
     dropped: int = 0  # rows with this task's ground truth that cannot be used (counted)
+    duplicates: int = 0  # rows whose input (normalised) another, later row already gave
+    in_test: int = 0  # rows whose input is in the original test split (used on neither side)
 
 
 class TaskData(ABC):
@@ -83,30 +86,54 @@ class TaskData(ABC):
         """A table row from a feedback row (None: unusable, e.g. a label the head lacks)."""
 
     def split_feedback(self, rows: list[dict[str, Any]], labels: list[str], holdout: float,
-                       seed: int) -> FeedbackSplit:
-        """The latest usable feedback per input, split by a hash of the input's id.
+                       seed: int, test_inputs: frozenset[str] = frozenset()) -> FeedbackSplit:
+        """The latest usable feedback per input text, split by a hash of that text.
 
-        The hash keeps an input on the same side in every run: an input held out once is
-        never trained on by a later candidate, and one trained on never judges a version.
+        Keyed by the normalised input (:meth:`input_key`), not by the prediction id: a
+        tenant sending one text under many ids gets one row, on one side, in every run (an
+        input held out once is never trained on by a later candidate, and one trained on
+        never judges a version). Inputs of the original test split (``test_inputs``) are
+        used on neither side: trained on, they would leak into what judges the candidate.
         """
         latest: dict[tuple[str, int], dict[str, Any]] = {}
         for row in rows:  # oldest batch first: a later answer replaces an earlier one
             if self.carries(row) and row.get("task", self.task.value) == self.task.value:
                 latest[(str(row["prediction_id"]), int(row.get("index") or 0))] = row
         split = FeedbackSplit()
-        for (prediction_id, index), row in latest.items():
+        by_input: dict[str, dict[str, Any]] = {}
+        for row in latest.values():
             converted = self.from_feedback(row, labels)
             if converted is None:
                 split.dropped += 1
-            elif held_out(f"{prediction_id}-{index}", holdout, seed):
-                split.heldout.append(converted)
-            else:
-                split.train.append(converted)
+                continue
+            key = self.input_key(converted)
+            if key in test_inputs:
+                split.in_test += 1
+                continue
+            split.duplicates += key in by_input
+            by_input.pop(key, None)  # the latest answer for an input wins
+            by_input[key] = converted
+        for key, converted in by_input.items():
+            (split.heldout if held_out(key, holdout, seed) else split.train).append(converted)
         return split
+
+    def input_key(self, row: dict[str, Any]) -> str:
+        """The normalised input of a table row (what feedback is de-duplicated and split
+        by): NFKC, case-folded, whitespace collapsed."""
+        return normalise(self.input_text(row))
+
+    @abstractmethod
+    def input_text(self, row: dict[str, Any]) -> str:
+        """The input of a table row as one text."""
 
     def table(self, rows: list[dict[str, Any]]) -> Any:
         """Feedback rows as a table of this task."""
         return from_rows(rows, self.features())
+
+
+def normalise(text: str) -> str:
+    """``text`` as compared for duplicates: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def held_out(key: str, share: float, seed: int) -> bool:
@@ -132,6 +159,9 @@ class SeqClsData(TaskData):
 
     def carries(self, row: dict[str, Any]) -> bool:
         return row.get("label") is not None
+
+    def input_text(self, row: dict[str, Any]) -> str:
+        return str(row["text"])
 
     def from_feedback(self, row: dict[str, Any], labels: list[str]) -> dict[str, Any] | None:
         label = str(row["label"])
@@ -167,6 +197,9 @@ class TokenClsData(TaskData):
 
     def carries(self, row: dict[str, Any]) -> bool:
         return row.get("labels") is not None
+
+    def input_text(self, row: dict[str, Any]) -> str:
+        return " ".join(str(w) for w in row["tokens"])
 
     def from_feedback(self, row: dict[str, Any], labels: list[str]) -> dict[str, Any] | None:
         words, tags = split_words(str(row["input"])), [str(t) for t in row["labels"]]
@@ -204,6 +237,13 @@ class CausalLmData(TaskData):
     def carries(self, row: dict[str, Any]) -> bool:
         return row.get("text") is not None
 
+    def input_text(self, row: dict[str, Any]) -> str:
+        """The prompt: every message but a final assistant answer."""
+        messages = list(row["messages"])
+        if messages and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
+
     def from_feedback(self, row: dict[str, Any], labels: list[str]) -> dict[str, Any] | None:
         answer = str(row["text"]).strip()
         if not answer:
@@ -229,6 +269,30 @@ def prompt_messages(captured: str) -> list[dict[str, str]]:
             and isinstance(m.get("content"), str) for m in parsed):
         return [{"role": m["role"], "content": m["content"]} for m in parsed]
     return [{"role": "user", "content": captured}]
+
+
+def normalised_input(row: dict[str, Any], task: TaskKind) -> str:
+    """The input of a table row, case- and whitespace-folded: two feedback rows with the
+    same normalised input are one example (the same question asked twice)."""
+    if task is TaskKind.SEQ_CLS:
+        text = str(row["text"])
+    elif task is TaskKind.TOKEN_CLS:
+        text = " ".join(str(t) for t in row["tokens"])
+    else:
+        text = json.dumps([[m["role"], m["content"]] for m in row["messages"][:-1]])
+    return " ".join(text.split()).casefold()
+
+
+def deduplicate(rows: list[dict[str, Any]], task: TaskKind) -> list[dict[str, Any]]:
+    """One row per normalised input, the last one given (the latest feedback wins), in
+    the order of their last appearance; repeated inputs would otherwise weigh more in
+    the candidate's training and count several times in its evaluation."""
+    last: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = normalised_input(row, task)
+        last.pop(key, None)
+        last[key] = row
+    return list(last.values())
 
 
 TASK_DATA: dict[TaskKind, TaskData] = {

@@ -12,17 +12,18 @@ from typing import Any
 
 import torch
 
-from loraswap.adapters.base_model import LoadedBaseModel, Quantization, load_base_model
-from loraswap.adapters.errors import QuantizationUnavailableError
-from loraswap.adapters.model_families import stop_token_ids
+from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.package import AdapterManifest, TaskKind
-from loraswap.adapters.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.base_model.families import stop_token_ids
+from loraswap.base_model.loading import LoadedBaseModel, Quantization, load_base_model
+from loraswap.base_model.precision import CpuFeatures, PrecisionChoice, choose_cpu_precision
+from loraswap.core.errors import ConfigurationError, QuantizationUnavailableError
 from loraswap.training.config import TrainConfig
 from loraswap.training.data import Example, label_names, load_examples, split_examples, subsample
 from loraswap.training.evaluate import evaluate
 from loraswap.training.loop import StepCallback, train_loop
 from loraswap.training.package_writer import prepare_output, write_package
-from loraswap.training.profile import build_profile
+from loraswap.training.profile import REFERENCE_SAMPLE, build_profile
 from loraswap.training.tasks import Encoded, TaskModel, build_task_model, encode_all
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Splits:
     val: list[Example]
     test: list[Example]
     val_source: str
+    # Every held-out example (validation before --max-eval-samples): the drift profile's
+    # reference sample is drawn from these only, never from training examples.
+    held_out: list[Example]
 
 
 def require_qlora() -> None:
@@ -70,16 +74,28 @@ def read_splits(cfg: TrainConfig) -> Splits:
     if cfg.eval_data is not None:
         train, val, source = examples, read(cfg.eval_data), str(cfg.eval_data)
     else:
-        train, val = split_examples(examples, cfg.val_fraction, cfg.seed)
-        source = f"{cfg.val_fraction:g} of {cfg.data} (seed {cfg.seed})"
+        fraction = held_out_fraction(cfg.task, len(examples), cfg.val_fraction)
+        train, val = split_examples(examples, fraction, cfg.seed)
+        source = f"{fraction:.3g} of {cfg.data} (seed {cfg.seed})"
     test = read(cfg.test_data) if cfg.test_data is not None else []
     return Splits(subsample(train, cfg.max_train_samples, cfg.seed),
-                  subsample(val, cfg.max_eval_samples, cfg.seed), test, source)
+                  subsample(val, cfg.max_eval_samples, cfg.seed), test, source, val)
+
+
+def held_out_fraction(task: TaskKind, rows: int, val_fraction: float) -> float:
+    """The share of ``rows`` held out: ``val_fraction``, raised for classifiers until the
+    held-out slice holds the drift profile's whole reference sample (``REFERENCE_SAMPLE``
+    inputs), but never more than a quarter of the data. With less, the reference is
+    smaller and the service's alarm levels are wider (``/admin/drift`` says so)."""
+    if task is TaskKind.CAUSAL_LM or rows < 1:
+        return val_fraction
+    wanted = min(REFERENCE_SAMPLE, rows // 4)
+    return max(val_fraction, wanted / rows)
 
 
 def base_quantization(cfg: TrainConfig, cpu: CpuFeatures | None = None) -> PrecisionChoice:
     """The base model's quantization for ``cfg`` and why (``--precision auto``: from the CPU,
-    see :mod:`loraswap.adapters.precision`; ``cpu`` defaults to this machine's features)."""
+    see :mod:`loraswap.base_model.precision`; ``cpu`` defaults to this machine's features)."""
     if cfg.qlora:
         return PrecisionChoice(Quantization.NF4.value, "nf4: --qlora")
     return choose_cpu_precision(cfg.precision, cpu or CpuFeatures.detect(),
@@ -115,8 +131,12 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
     tokenizer.padding_side = "right"
     torch.manual_seed(cfg.seed)
     task_model = build_task_model(cfg, loaded, labels)
+    if cfg.init_adapter is not None:
+        start_from(task_model, cfg.init_adapter)
     train, val, test = (encode_all(cfg.task, tokenizer, part, labels, cfg.length)
                         for part in (splits.train, splits.val, splits.test))
+    held_out = val if len(splits.held_out) == len(splits.val) else encode_all(
+        cfg.task, tokenizer, splits.held_out, labels, cfg.length)
     logger.info("train %d, validation %d (%s), test %d examples; labels: %s",
                 len(train), len(val), splits.val_source, len(test),
                 "-" if labels is None else len(labels))
@@ -136,7 +156,7 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
         metrics.update(_prefixed("test_", _eval(cfg, task_model, test, labels, pad_id)))
     profile = build_profile(
         cfg.task, task_model, train, labels, pad_id, cfg.batch, cfg.seed,
-        stop_ids=stop_token_ids(loaded.model, tokenizer), held_out=val,
+        stop_ids=stop_token_ids(loaded.model, tokenizer), held_out=held_out,
         answer_confidences=final.confidences if cfg.task is TaskKind.CAUSAL_LM else ())
     training = _training_record(cfg, loaded, result.steps, result.epochs, result.stopped_early,
                                 len(train), len(val), len(test), splits.val_source,
@@ -149,6 +169,21 @@ def run_training(cfg: TrainConfig, on_step: StepCallback | None = None) -> Train
     logger.info("wrote %s in %.0fs: %s", cfg.output, seconds,
                 ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return TrainOutcome(cfg.output, manifest, seconds)
+
+
+def start_from(task_model: TaskModel, package: Path) -> None:
+    """Load a package's LoRA and head weights into the fresh task model (a retraining
+    candidate continues from the active version instead of from scratch)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(task_model.model,
+                                       load_file(str(package / WEIGHTS_FILE)))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ConfigurationError(f"{package} does not fit this adapter's LoRA settings "
+                                 f"(unexpected weights: {unexpected[:3]})")
+    logger.info("starting from the weights of %s", package)
 
 
 def _eval(cfg: TrainConfig, task_model: TaskModel, data: list[Encoded],

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from loraswap.adapters.base_model import LoadedBaseModel, Quantization
-from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.words import SplitText
+from loraswap.base_model.loading import LoadedBaseModel, Quantization
+from loraswap.core.errors import ConfigurationError
 from loraswap.training.config import TrainConfig
 from loraswap.training.data import ChatExample, Example, TextExample, TokenExample
 
@@ -257,7 +257,7 @@ def build_task_model(cfg: TrainConfig, loaded: LoadedBaseModel,
     if task is not TaskKind.CAUSAL_LM:
         peft_model.base_model.model.score.register_forward_pre_hook(_cast_to_head)
     # Never call eval(): on an nf4 CPU base it repacks weights and gradients stop (see
-    # adapters.base_model); evaluation switches dropout off instead (set_inference).
+    # base_model.loading); evaluation switches dropout off instead (set_inference).
     peft_model.train()
     return TaskModel(peft_model, loaded.model.model, quantized=cfg.qlora,
                      bidirectional=cfg.bidirectional)

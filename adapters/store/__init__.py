@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from loraswap.adapters.errors import ConfigurationError, StoreError
 from loraswap.adapters.store.base import (
     ObjectStore,
     ObservedStore,
@@ -18,6 +17,7 @@ from loraswap.adapters.store.base import (
 )
 from loraswap.adapters.store.filesystem import FileSystemStore
 from loraswap.adapters.store.s3 import S3Store
+from loraswap.core.errors import ConfigurationError, StoreError
 
 __all__ = [
     "FileSystemStore",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
-from loraswap.adapters.errors import ConflictError, NotFoundError, StoreError
+from loraswap.core.errors import ConflictError, NotFoundError, StoreError
 
 # One key segment: starts with a letter, digit or '_' (so never '.', '..' or a hidden
 # temporary file of the filesystem backend), then a conservative set of characters.

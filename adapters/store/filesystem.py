@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from loraswap.adapters.errors import StoreError
 from loraswap.adapters.store.base import StoreKeyMissing, check_key, check_prefix
+from loraswap.core.errors import StoreError
 
 T = TypeVar("T")
 _TMP_MARK = ".tmp-"

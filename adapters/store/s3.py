@@ -23,8 +23,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from loraswap.adapters.errors import StoreError
 from loraswap.adapters.store.base import StoreKeyMissing, check_key, check_prefix
+from loraswap.core.errors import StoreError
 
 logger = logging.getLogger(__name__)
 

@@ -184,7 +184,7 @@ def drift_samples(server: Server) -> dict[str, float]:
 def capture_check(store_dir: Path) -> dict[str, int]:
     """Rows captured per tenant and the store objects capture wrote."""
     from loraswap.adapters.store import open_store
-    from loraswap.adapters.training_data import read_parquet_batches
+    from loraswap.jobs.training_data import read_parquet_batches
 
     store = open_store(store_dir.as_uri())
     return {"acme_rows": len(read_parquet_batches(store, f"captures/acme/{ADAPTER}/")),
@@ -231,7 +231,7 @@ def main(
     json_out: Annotated[Path | None, typer.Option("--json", help="Save the figures.")] = None,
 ) -> None:
     """Drift off / on / on with capture of every prediction, side by side on one store."""
-    from loraswap.adapters.precision import CpuFeatures
+    from loraswap.base_model.precision import CpuFeatures
 
     texts = read_texts(data or default_data())
     load_before = os.getloadavg()
@@ -296,4 +296,7 @@ def render(report: dict[str, Any], summaries: Any) -> str:
 
 
 if __name__ == "__main__":
+    from loraswap.offline import stay_offline
+
+    stay_offline()
     typer.run(main)

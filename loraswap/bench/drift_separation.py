@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from loraswap.adapters.precision import CpuFeatures
+from loraswap.base_model.precision import CpuFeatures
 from loraswap.bench.drift_overhead import ADMIN, HEADERS, REPO, free_port
 
 TENANT, ADAPTER = "acme", "classifier"
@@ -162,4 +162,7 @@ def main(
 
 
 if __name__ == "__main__":
+    from loraswap.offline import stay_offline
+
+    stay_offline()
     typer.run(main)

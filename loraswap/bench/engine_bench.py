@@ -13,14 +13,14 @@ from typing import Any
 from loraswap.adapters.lora_format import LoraAdapterWeights, read_lora_adapter
 from loraswap.bench.report import LoadLatencyResult, RequestTiming, ScenarioResult
 from loraswap.bench.roofline import StepTotals
+from loraswap.core.identity import AdapterRef, AdapterVersionRef, Version
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.engine_thread import EngineThread
 from loraswap.service.engine.observer import EngineObserver, NullObserver
 from loraswap.service.engine.requests import GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 
-Adapter = tuple[AdapterKey, LoraAdapterWeights]
+Adapter = tuple[AdapterVersionRef, LoraAdapterWeights]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class EngineRun:
 
 def read_adapters(folders: list[Path]) -> list[Adapter]:
     """Decode adapter folders (untimed preparation) into (key, weights) pairs."""
-    return [(AdapterKey(f.name, "1"), read_lora_adapter(f)) for f in folders]
+    return [(AdapterRef(None, f.name).at(Version.of(1)), read_lora_adapter(f)) for f in folders]
 
 
 def make_engine(model: Any, tokenizer: Any, num_adapters: int, run: EngineRun,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.precision import CpuFeatures
+from loraswap.base_model.precision import CpuFeatures
 
 
 @dataclass(frozen=True)

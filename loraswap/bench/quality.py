@@ -17,8 +17,8 @@ from typing import Annotated
 
 import typer
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
 from loraswap.adapters.package import read_manifest
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ def zero_shot_specs(data: Path) -> dict[str, ZeroShot]:
 def run_zero_shot(selected: list[QualityRun], data: Path, out: Path,
                   base_model: Path) -> None:
     """Score the zero-shot prompt baselines and store them in ``out/zeroshot.json``."""
-    from loraswap.adapters.base_model import Quantization, load_base_model
     from loraswap.adapters.package import TaskKind
+    from loraswap.base_model.loading import Quantization, load_base_model
     from loraswap.training.data import TextExample, load_examples
     from loraswap.training.zeroshot import zero_shot_metrics
 
@@ -136,8 +136,8 @@ def generation_samples(data: Path, out: Path, base_model: Path, count: int = 3,
     import torch
     from peft import PeftModel
 
-    from loraswap.adapters.base_model import Quantization, load_base_model
     from loraswap.adapters.package import TaskKind
+    from loraswap.base_model.loading import Quantization, load_base_model
     from loraswap.training.data import ChatExample, load_examples, split_examples
 
     examples = load_examples(data / "alpaca_1k" / "alpaca_data_1k.json", TaskKind.CAUSAL_LM)

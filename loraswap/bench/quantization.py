@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
 
 MODES = ("fp32", "bf16", "int8", "nf4")
 PROMPTS = (
@@ -65,7 +65,7 @@ def _worker(mode: str, model_dir: Path, threads: int) -> dict[str, Any]:
     # difference is the model. bitsandbytes only where it would be used.
     import transformers  # noqa: F401
 
-    from loraswap.adapters.base_model import Quantization, load_base_model
+    from loraswap.base_model.loading import Quantization, load_base_model
 
     if mode in ("int8", "nf4"):
         import bitsandbytes  # noqa: F401

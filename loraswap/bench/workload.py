@@ -111,7 +111,7 @@ def ensure_adapters(root: Path, base_dir: Path, count: int, spec: AdapterSpec) -
 def load_base(path: Path, device: str = "cpu", precision: str = "bf16") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) in ``precision`` (bf16 or fp32): the one place the
     benchmark loads it."""
-    from loraswap.adapters.base_model import Quantization, load_base_model
+    from loraswap.base_model.loading import Quantization, load_base_model
 
     loaded = load_base_model(path, Quantization(precision), device)
     return loaded.model, loaded.tokenizer

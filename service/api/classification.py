@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraswap.adapters.errors import ConfigurationError, InvalidRequestError
 from loraswap.adapters.words import WORD_PIECE, SplitText
+from loraswap.core.errors import ConfigurationError, InvalidRequestError
 from loraswap.service.api.prompts import PromptLimits
 from loraswap.service.api.protocol import Entity, SequenceClassOutput, TokenClassOutput
 from loraswap.service.drift.records import WordPredictions

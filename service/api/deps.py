@@ -18,14 +18,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loraswap.service.api.serving_admin import AdminService
 from loraswap.service.api.serving_openai import OpenAIServing
 from loraswap.service.api.serving_predict import PredictService
-from loraswap.service.auth import Tenant, check_admin_token
-from loraswap.service.state import ServiceState, ServingComponents
+from loraswap.service.api.state import ServiceState, ServingComponents
+from loraswap.service.auth import Tenant, check_admin_token, check_webhook_token
 
 # auto_error=False: a missing key is our AuthenticationError (401, right body), not FastAPI's.
 _bearer = HTTPBearer(auto_error=False,
                      description="A tenant API key (or one from LORASWAP_API_KEYS).")
 _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
                            description="The admin token (LORASWAP_ADMIN_TOKEN).")
+_webhook_bearer = HTTPBearer(
+    auto_error=False, scheme_name="RetrainWebhookToken",
+    description="The retrain webhook token (LORASWAP_RETRAIN_WEBHOOK_TOKEN) or the admin token.")
 
 
 _UNCHECKED = object()
@@ -81,6 +84,17 @@ async def require_admin(
     configured = state.settings.admin_token
     check_admin_token(configured.get_secret_value() if configured else None,
                       credentials.credentials if credentials else None)
+
+
+async def require_webhook(
+    state: Annotated[ServiceState, Depends(get_state)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_webhook_bearer)],
+) -> None:
+    """401 unless the request carries the retrain webhook's token or the admin token."""
+    admin, webhook = state.settings.admin_token, state.settings.retrain_webhook_token
+    check_webhook_token(admin.get_secret_value() if admin else None,
+                        webhook.get_secret_value() if webhook else None,
+                        credentials.credentials if credentials else None)
 
 
 async def get_admin_service(state: Annotated[ServiceState, Depends(get_state)]) -> AdminService:

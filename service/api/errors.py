@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from loraswap.adapters.errors import (
+from loraswap.core.errors import (
     AdapterValidationError,
     ConflictError,
     InvalidRequestError,

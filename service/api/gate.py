@@ -25,9 +25,9 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
-from loraswap.adapters.errors import PermissionDeniedError
+from loraswap.core.errors import PermissionDeniedError
 from loraswap.service.api.errors import ErrorFormat
-from loraswap.service.auth import Authenticator, check_admin_token
+from loraswap.service.auth import Authenticator, check_admin_token, check_webhook_token
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MULTIPART_OVERHEAD = 1 << 20
@@ -40,6 +40,7 @@ class Access(StrEnum):
     OPEN = "open"
     TENANT = "tenant"
     ADMIN = "admin"
+    WEBHOOK = "webhook"  # the retrain webhook's own token, or the admin token
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class RequestGate:
     dev_hosts: frozenset[str] | None  # None: no Host check (production has tokens)
     max_json_bytes: int
     max_upload_bytes: int
+    webhook_token: str | None = None  # LORASWAP_RETRAIN_WEBHOOK_TOKEN
 
     async def admit(self, request: Request, *, access: Access, json_body: bool) -> Request:
         """The request to hand on (its body capped), after every check passed."""
@@ -65,6 +67,8 @@ class RequestGate:
                                                            token)
         elif access is Access.ADMIN:
             check_admin_token(self.admin_token, _bearer(request))
+        elif access is Access.WEBHOOK:
+            check_webhook_token(self.admin_token, self.webhook_token, _bearer(request))
         if json_body:
             limit, setting = self.max_json_bytes, "LORASWAP_MAX_REQUEST_BYTES"
         else:
@@ -180,6 +184,12 @@ class AdminRoute(GatedRoute):
     """``/admin``: the admin token."""
 
     access = Access.ADMIN
+
+
+class WebhookRoute(GatedRoute):
+    """``POST /admin/retrain``: the webhook token (Alertmanager's), or the admin token."""
+
+    access = Access.WEBHOOK
 
 
 class AdminUploadRoute(AdminRoute):

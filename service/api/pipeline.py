@@ -7,12 +7,14 @@ Every inference request, native or OpenAI, goes the same way:
 3. **check** — the API's rules for that target (task, parameters), before any cost;
 4. **admit** — a lease on the tenant's rate and concurrency limits, counted per input, and
    the request's places in the engine's queue (its tenant's share), before any work;
-5. **submit** — tokenized off the event loop, weights decoded, queued in those places;
-6. **render** — the whole answer or a stream, and the lease given back when it ends.
+5. **encode** — the plan's inputs tokenized off the event loop (:meth:`RequestPlan.encode`);
+6. **load and queue** — weights decoded, every input queued in those places;
+7. **render** — the plan turns the queued batch into the whole answer or a stream
+   (:meth:`RequestPlan.render`), and the lease is given back when it ends.
 
-The API modules (:mod:`loraswap.service.api.serving_predict`,
-:mod:`loraswap.service.api.serving_openai`) only translate their protocol into a
-:class:`RequestPlan` and the engine's results back.
+This class drives every step; the API modules (:mod:`loraswap.service.api.serving_predict`,
+:mod:`loraswap.service.api.serving_openai`) only describe a request as a
+:class:`RequestPlan` (checks, encoding, rendering) and never call back into the pipeline.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.adapter_source import AdapterResolver
+from loraswap.service.api.answers import new_request_id
 from loraswap.service.api.batches import ClassificationBatch, SubmittedBatch, until_disconnect
 from loraswap.service.auth import Tenant, check_access, fairness_key
 from loraswap.service.engine.classify import ClassificationRequest, ClassificationStream
@@ -55,7 +58,24 @@ class Prepared(Protocol):
         ...
 
 
-class RequestPlan(Protocol):
+class Work(Protocol):
+    """A request's inputs as the engine takes them (what :meth:`RequestPlan.encode` makes)."""
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """Token ids of each engine request."""
+        ...
+
+    @property
+    def params(self) -> list[SamplingParams] | None:
+        """Each prompt's sampling for generation; None: classify them."""
+        ...
+
+
+W = TypeVar("W", bound=Work)
+
+
+class RequestPlan(Protocol[W]):
     """What an API asks of the pipeline for one request, in its own protocol's terms."""
 
     @property
@@ -73,13 +93,22 @@ class RequestPlan(Protocol):
         """Whether the answer is streamed."""
         ...
 
+    @property
+    def id_prefix(self) -> str:
+        """The prefix of the answer's id (``pred``, ``cmpl``, ``chatcmpl``)."""
+        ...
+
     def check(self, target: ServingTarget) -> None:
         """Refuse (4xx) what this API does not allow on ``target``; nothing is spent yet."""
         ...
 
-    async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
-                     tenant: Tenant | None, places: QueuePlaces) -> Prepared:
-        """Tokenize, load and queue the work in ``places`` (the lease is held)."""
+    def encode(self, target: ServingTarget) -> W:
+        """Tokenize the inputs for ``target`` (blocking: runs on the tokenizer thread)."""
+        ...
+
+    def render(self, target: ServingTarget, work: W,
+               batch: SubmittedBatch | ClassificationBatch, request_id: str) -> Prepared:
+        """The answer of the queued ``batch`` (``target`` now holds its weights)."""
         ...
 
 
@@ -109,7 +138,7 @@ class ServingPipeline:
         """Stop the tokenizer thread."""
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def answer(self, request: Request, tenant: Tenant | None, plan: RequestPlan,
+    async def answer(self, request: Request, tenant: Tenant | None, plan: RequestPlan[W],
                      ) -> BaseModel | StreamingResponse:
         """Run ``plan`` through the pipeline and answer the HTTP request."""
         target = await self.resolve(tenant, plan.adapter)
@@ -119,7 +148,12 @@ class ServingPipeline:
               self.engine.reserve(fairness_key(tenant, target.name), plan.inputs) as places):
             # The places are taken before tokenizing: a caller over its share of the queue
             # is a 429 now, without queueing for the tokenizer thread behind everyone else.
-            prepared = await plan.submit(target, self, tenant, places)
+            work = await self.tokenize(lambda: plan.encode(target))
+            target = await self.load(target)
+            request_id = new_request_id(plan.id_prefix)
+            batch = self.queue(target, work, request_id=request_id, tenant=tenant,
+                               places=places)
+            prepared = plan.render(target, work, batch, request_id)
             if plan.stream:
                 return StreamingResponse(lease.hand_to(prepared.sse()),
                                          media_type="text/event-stream")
@@ -157,6 +191,16 @@ class ServingPipeline:
             return target
         return target.loaded(await self.engine.adapter_weights(target.key, target.read))
 
+    def queue(self, target: ServingTarget, work: Work, *, request_id: str,
+              tenant: Tenant | None, places: QueuePlaces | None = None,
+              ) -> SubmittedBatch | ClassificationBatch:
+        """Queue ``work``: generation when it carries sampling, else classification."""
+        if work.params is not None:
+            return self.generate(target, work.prompts, work.params, request_id=request_id,
+                                 tenant=tenant, places=places)
+        return self.classify(target, work.prompts, request_id=request_id, tenant=tenant,
+                             places=places)
+
     def generate(self, target: ServingTarget, prompts: list[list[int]],
                  params: list[SamplingParams], *, request_id: str, tenant: Tenant | None,
                  places: QueuePlaces | None = None) -> SubmittedBatch:
@@ -182,6 +226,7 @@ class ServingPipeline:
         """Queue every input of a seq-cls / token-cls request; all or none stay queued."""
         if target.key is None or target.weights is None or not target.task.has_labels:
             raise InvalidRequestError(f"{target.name!r} is not a classification adapter")
+        target.class_names()  # a head that does not match its labels: 422 before queueing
         streams: list[ClassificationStream] = []
         batch = ClassificationBatch(self.engine, streams)
         key = fairness_key(tenant, target.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import InputTooLongError
 

@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from loraswap.adapters.package import TaskKind
+from loraswap.core.identity import Version
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
 
 # Sampling seeds feed a 64-bit generator (torch.Generator.manual_seed); larger ones overflow.
@@ -159,7 +160,9 @@ class PredictResponse(BaseModel):
 
     id: str
     adapter: str | None
-    adapter_version: str | None = Field(description="Version served; null for the base.")
+    adapter_version: Version | None = Field(
+        description="Version served (a registry number, or a development folder's tag, as a "
+        "string like every loraswap answer); null for the base.")
     task: TaskKind
     outputs: list[PredictOutput | SequenceClassOutput | TokenClassOutput] = Field(
         description="One per input, in order; the shape depends on the task.")

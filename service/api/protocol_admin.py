@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.package import SAFE_NAME, AttentionMode, TaskKind, TextSplit
-from loraswap.adapters.tenants import MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND
-
-
-class TenantPolicyBody(BaseModel):
-    """What a tenant may do, and how much of it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    allow_base_model: bool = Field(default=True, description="May call the base model.")
-    requests_per_second: float | None = Field(
-        default=None, ge=MIN_REQUESTS_PER_SECOND, le=MAX_REQUESTS_PER_SECOND,
-        description="Sustained request rate per replica (0.001 to 10^6); null: no limit.")
-    max_concurrent: int | None = Field(
-        default=None, ge=1, description="Requests in flight per replica; null: no limit.")
-    capture: Literal["off", "all"] | Annotated[float, Field(ge=0, le=1)] = Field(
-        default="off", description="Prediction capture for feedback and retraining: "
-        "\"off\", \"all\", or the share captured (0..1).")
+from loraswap.adapters.package import AttentionMode, TaskKind, TextSplit
+from loraswap.core.identity import SAFE_NAME, Version
+from loraswap.tenants.directory import TenantPolicy
 
 
 class CreateTenantRequest(BaseModel):
@@ -33,7 +18,7 @@ class CreateTenantRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=SAFE_NAME.pattern, description="Tenant id used in tenant/name.")
-    policy: TenantPolicyBody = Field(default_factory=TenantPolicyBody)
+    policy: TenantPolicy = Field(default_factory=TenantPolicy)
 
 
 class TenantInfo(BaseModel):
@@ -41,7 +26,7 @@ class TenantInfo(BaseModel):
 
     name: str
     created_at: datetime
-    policy: TenantPolicyBody
+    policy: TenantPolicy
     keys: int = Field(description="Number of valid API keys.")
     adapters: int = Field(description="Registered adapters.")
 
@@ -77,13 +62,13 @@ class PromoteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: Version = Field(description="A registry version number (3 or \"3\").")
 
 
 class AdapterVersionInfo(BaseModel):
     """One immutable version of an adapter, from its manifest."""
 
-    version: int
+    version: Version
     active: bool
     task: TaskKind
     labels: list[str] | None
@@ -102,8 +87,8 @@ class AdapterVersionInfo(BaseModel):
 class Residency(BaseModel):
     """Where this replica holds the adapter right now."""
 
-    in_slot: list[int] = Field(description="Versions in engine slots.")
-    in_host_memory: list[int] = Field(description="Versions decoded in host memory.")
+    in_slot: list[Version] = Field(description="Versions in engine slots.")
+    in_host_memory: list[Version] = Field(description="Versions decoded in host memory.")
 
 
 class AdapterInfo(BaseModel):
@@ -111,7 +96,7 @@ class AdapterInfo(BaseModel):
 
     tenant: str
     name: str
-    active_version: int | None
+    active_version: Version | None
     pinned: bool
     versions: list[AdapterVersionInfo]
     residency: Residency

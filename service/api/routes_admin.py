@@ -19,8 +19,8 @@ from loraswap.service.api.protocol_admin import (
     PromoteRequest,
     TenantInfo,
     TenantKey,
-    TenantPolicyBody,
 )
+from loraswap.tenants.directory import TenantPolicy
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)
@@ -50,7 +50,7 @@ async def get_tenant(tenant: str, admin: AdminServiceDep) -> TenantInfo:
 
 
 @router.put("/tenants/{tenant}/policy", response_model=TenantInfo)
-async def update_policy(tenant: str, body: TenantPolicyBody,
+async def update_policy(tenant: str, body: TenantPolicy,
                         admin: AdminServiceDep) -> TenantInfo:
     """Replace the tenant's policy (base-model access, rate and concurrency limits)."""
     return await admin.update_policy(tenant, body)

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from loraswap.adapters.archive import extract_upload, write_uploaded_files
-from loraswap.adapters.errors import (
+from loraswap.adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
+from loraswap.core.errors import (
     AdapterValidationError,
     ConflictError,
     InvalidRequestError,
     PayloadTooLargeError,
 )
-from loraswap.adapters.registry import AdapterRecord, AdapterRegistry, AdapterVersion
-from loraswap.adapters.tenants import TenantDirectory, TenantPolicy, TenantRecord
-from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
+from loraswap.core.identity import Version
 from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
@@ -31,11 +31,11 @@ from loraswap.service.api.protocol_admin import (
     Residency,
     TenantInfo,
     TenantKey,
-    TenantPolicyBody,
 )
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.metrics import ServiceMetrics
 from loraswap.service.registry_sync import RegistryWatcher
+from loraswap.tenants.directory import TenantDirectory, TenantPolicy, TenantRecord
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +43,11 @@ T = TypeVar("T")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 
 
-def _policy(body: TenantPolicyBody) -> TenantPolicy:
-    return TenantPolicy(**body.model_dump())
-
-
 def version_info(version: AdapterVersion, active: int | None) -> AdapterVersionInfo:
     """The admin view of one version."""
     m = version.manifest
     return AdapterVersionInfo(
-        version=version.version, active=version.version == active, task=m.task,
+        version=version.key.version, active=version.version == active, task=m.task,
         labels=m.labels, attention=m.attention, text_split=m.text_split,
         base_model=m.base_model.model_dump(),
         lora=m.lora.model_dump(), metrics=m.metrics, files=m.files, created_at=m.created_at,
@@ -81,14 +77,14 @@ class AdminService:
     def _tenant_info(self, record: TenantRecord, counts: dict[str, int]) -> TenantInfo:
         return TenantInfo(
             name=record.name, created_at=record.created_at,
-            policy=TenantPolicyBody(**record.policy.model_dump()),
+            policy=record.policy,
             keys=len(record.key_digests), adapters=counts.get(record.name, 0),
         )
 
     async def create_tenant(self, body: CreateTenantRequest) -> TenantKey:
         """Create a tenant and its first API key (returned once)."""
         record, key = await self._blocking(
-            lambda: self.tenants.create(body.name, _policy(body.policy)))
+            lambda: self.tenants.create(body.name, body.policy))
         logger.info("tenant %s created", record.name)
         return TenantKey(tenant=self._tenant_info(record, {}), api_key=key)
 
@@ -104,9 +100,9 @@ class AdminService:
             lambda: (self.tenants.get(name), self.registry.tenants_with_adapters()))
         return self._tenant_info(record, counts)
 
-    async def update_policy(self, name: str, body: TenantPolicyBody) -> TenantInfo:
+    async def update_policy(self, name: str, body: TenantPolicy) -> TenantInfo:
         """Replace a tenant's policy; replicas apply it within the refresh interval."""
-        record = await self._blocking(lambda: self.tenants.update_policy(name, _policy(body)))
+        record = await self._blocking(lambda: self.tenants.update_policy(name, body))
         counts = await self._blocking(self.registry.tenants_with_adapters)
         return self._tenant_info(record, counts)
 
@@ -130,18 +126,19 @@ class AdminService:
     # ---- adapters ------------------------------------------------------------------------
 
     async def _residency(self, record: AdapterRecord) -> Residency:
-        ref = f"{record.tenant}/{record.name}"
         resident = self.engine.residency()
         return Residency(
-            in_slot=sorted(int(k.version) for k in resident.in_slots if k.name == ref),
-            in_host_memory=sorted(int(k.version) for k in resident.in_host_memory
-                                  if k.name == ref),
+            in_slot=sorted((k.version for k in resident.in_slots if k.ref == record.ref),
+                           key=lambda v: v.number),
+            in_host_memory=sorted((k.version for k in resident.in_host_memory
+                                   if k.ref == record.ref), key=lambda v: v.number),
         )
 
     async def adapter_info(self, record: AdapterRecord) -> AdapterInfo:
         """The admin view of an adapter on this replica."""
         return AdapterInfo(
-            tenant=record.tenant, name=record.name, active_version=record.active,
+            tenant=record.tenant, name=record.name,
+            active_version=None if record.active_key is None else record.active_key.version,
             pinned=record.pinned, residency=await self._residency(record),
             versions=[version_info(v, record.active) for v in record.versions],
         )
@@ -213,26 +210,27 @@ class AdminService:
                     version.version, record.active)
         return version_info(version, record.active)
 
-    async def promote(self, tenant: str, name: str, version: int) -> AdapterInfo:
+    async def promote(self, tenant: str, name: str, version: Version) -> AdapterInfo:
         """Make ``version`` active; new requests get it, running ones finish on theirs."""
-        record = await self._blocking(lambda: self.registry.promote(tenant, name, version))
+        record = await self._blocking(
+            lambda: self.registry.promote(tenant, name, version.number))
         self.metrics.adapter_promoted(tenant, "promote")
-        await self.watcher.apply_pin(f"{tenant}/{name}", record)  # a pin follows the promotion
-        logger.info("promoted %s/%s to v%d", tenant, name, version)
+        await self.watcher.apply_pin(record)  # a pin follows the promotion
+        logger.info("promoted %s/%s to v%s", tenant, name, version)
         return await self.adapter_info(record)
 
     async def rollback(self, tenant: str, name: str) -> AdapterInfo:
         """Return to the previously active version."""
         record = await self._blocking(lambda: self.registry.rollback(tenant, name))
         self.metrics.adapter_promoted(tenant, "rollback")
-        await self.watcher.apply_pin(f"{tenant}/{name}", record)
+        await self.watcher.apply_pin(record)
         logger.info("rolled %s/%s back to v%s", tenant, name, record.active)
         return await self.adapter_info(record)
 
     async def set_pinned(self, tenant: str, name: str, pinned: bool) -> AdapterInfo:
         """Pin (keep resident) or unpin an adapter."""
         record = await self._blocking(lambda: self.registry.set_pinned(tenant, name, pinned))
-        await self.watcher.apply_pin(f"{tenant}/{name}", record)
+        await self.watcher.apply_pin(record)
         return await self.adapter_info(record)
 
     async def delete_version(self, tenant: str, name: str, version: int) -> None:

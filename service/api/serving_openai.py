@@ -19,16 +19,15 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from loraswap.adapters.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
 from loraswap.adapters.package import TaskKind
+from loraswap.core.errors import AdapterNotFoundError, InvalidRequestError, LoraswapError
 from loraswap.service.api.answers import (
     SSE_DONE,
     finish_reason,
-    new_request_id,
     sse_data,
     usage_of,
 )
-from loraswap.service.api.batches import SubmittedBatch
+from loraswap.service.api.batches import ClassificationBatch, SubmittedBatch
 from loraswap.service.api.errors import ErrorFormat, error_body, status_for
 from loraswap.service.api.logprobs_format import TokenTexts, chat_logprobs, completion_logprobs
 from loraswap.service.api.pipeline import ServingPipeline
@@ -56,7 +55,6 @@ from loraswap.service.api.protocol_openai import (
 )
 from loraswap.service.auth import Tenant
 from loraswap.service.drift.records import PredictionSink, submit_generations
-from loraswap.service.engine.fair_queue import QueuePlaces
 from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.requests import GenerationEvent
 from loraswap.service.engine.sampling import SamplingParams
@@ -133,8 +131,8 @@ class PreparedOpenAI:
             {"text": r.text, "tokens": r.completion_tokens, "finish_reason": finish_reason(r)}
             for r in results]
         texts = [self.texts[i // self.n] for i in range(len(results))] if self.texts else []
-        submit_generations(self.sink, self.request_id, self.target.adapter,
-                           self.target.version, texts, outputs, results, self.params)
+        submit_generations(self.sink, self.request_id, self.target.key, texts, outputs,
+                           results, self.params)
 
     async def collect(self) -> CompletionResponse | ChatCompletionResponse:
         """Wait for every choice and answer in OpenAI's shape."""
@@ -227,6 +225,16 @@ class PreparedOpenAI:
         yield SSE_DONE
 
 
+@dataclass(frozen=True)
+class OpenAIWork:
+    """A completions or chat request encoded: its prompts and their sampling."""
+
+    prompts: list[list[int]]  # one per engine request: each prompt n times
+    params: list[SamplingParams]
+    distinct: list[list[int]] = field(default_factory=list)  # each prompt once
+    prompt_texts: list[str] = field(default_factory=list)  # for echo and text offsets
+
+
 @dataclass
 class OpenAIPlan:
     """One completions or chat request, as the pipeline runs it."""
@@ -267,11 +275,15 @@ class OpenAIPlan:
                 f"model {self.model!r} is a {target.task} adapter and does not generate "
                 "text; use POST /v1/predict")
 
-    async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
-                     tenant: Tenant | None, places: QueuePlaces) -> PreparedOpenAI:
-        """Tokenize, load and queue the prompts."""
+    @property
+    def id_prefix(self) -> str:
+        """``chatcmpl-…`` or ``cmpl-…`` answers, as OpenAI names them."""
+        return "chatcmpl" if self.chat else "cmpl"
+
+    def encode(self, target: ServingTarget) -> OpenAIWork:
+        """Tokenize the prompts and set each one's sampling (on the tokenizer thread)."""
         body = self.body
-        prompts = await pipeline.tokenize(self.tokenize)
+        prompts = self.tokenize()
         controls = sampling_controls(body, len(self.prompts.tokenizer))
         n = self.n
         # Choice j of a prompt samples with seed + j: the choices differ, and each one is
@@ -286,18 +298,20 @@ class OpenAIPlan:
                 prompt_logprobs=self.logprobs if self.echo else None, **controls)
             for p in prompts for j in range(n)
         ]
-        choices = [p for p in prompts for _ in range(n)]
-        target = await pipeline.load(target)
-        request_id = new_request_id("chatcmpl" if self.chat else "cmpl")
-        batch = pipeline.generate(target, choices, params, request_id=request_id,
-                                  tenant=tenant, places=places)
         shown = self.echo or self.logprobs is not None
+        return OpenAIWork([p for p in prompts for _ in range(n)], params, prompts,
+                          [self.prompts.tokenizer.decode(p) for p in prompts] if shown else [])
+
+    def render(self, target: ServingTarget, work: OpenAIWork,
+               batch: SubmittedBatch | ClassificationBatch, request_id: str) -> PreparedOpenAI:
+        """The completion or chat answer of the queued ``batch``."""
+        assert isinstance(batch, SubmittedBatch)  # check() admits generation only
         return PreparedOpenAI(
             chat=self.chat, request_id=request_id, model=self.model, batch=batch,
-            include_usage=body.include_usage, created=int(time.time()), target=target,
-            texts=self.texts if self.sink is not None else [], sink=self.sink, params=params,
-            n=n, prompts=prompts, echo=self.echo, logprobs=self.logprobs is not None,
-            prompt_texts=[self.prompts.tokenizer.decode(p) for p in prompts] if shown else [],
+            include_usage=self.body.include_usage, created=int(time.time()), target=target,
+            texts=self.texts if self.sink is not None else [], sink=self.sink,
+            params=work.params, n=self.n, prompts=work.distinct, echo=self.echo,
+            logprobs=self.logprobs is not None, prompt_texts=work.prompt_texts,
             token_texts=TokenTexts(self.prompts.tokenizer) if self.logprobs is not None
             else None)
 
@@ -352,11 +366,11 @@ class OpenAIServing:
         owner = tenant.name if tenant is not None else None
         listing = await asyncio.to_thread(self._pipeline.resolver.listing, owner)
         cards = []
-        if tenant is None or tenant.allow_base_model:
+        if tenant is None or tenant.policy.allow_base_model:
             cards.append(ModelCard(id=self.base_model, created=self.created, owned_by="loraswap",
                                    loraswap=ModelExtension(kind="base", task=GENERATIVE)))
         cards += [ModelCard(id=item.name, created=self.created,
-                            owned_by=item.name.partition("/")[0] if "/" in item.name
+                            owned_by=item.key.tenant if item.key and item.key.tenant
                             else "loraswap",
                             loraswap=ModelExtension(kind="adapter", task=str(item.task)))
                   for item in listing]

@@ -16,11 +16,10 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from loraswap.adapters.errors import InvalidRequestError, LoraswapError
 from loraswap.adapters.package import TaskKind, TextSplit
+from loraswap.core.errors import InvalidRequestError, LoraswapError
 from loraswap.service.api.answers import (
     finish_reason,
-    new_request_id,
     prompt_usage,
     sse_event,
     usage_of,
@@ -46,7 +45,6 @@ from loraswap.service.api.protocol import (
 from loraswap.service.auth import Tenant
 from loraswap.service.drift.records import PredictionSink, submit_answer
 from loraswap.service.engine.classify import ClassificationResult
-from loraswap.service.engine.fair_queue import QueuePlaces
 from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.requests import GenerationEvent
 from loraswap.service.engine.sampling import SamplingParams
@@ -100,7 +98,7 @@ class PreparedPredict:
         """Wait for every output."""
         results = await self.batch.collect()
         response = self.response(results)
-        submit_answer(self.sink, response, self.texts, results,  # drift/capture seam
+        submit_answer(self.sink, self.target.key, response, self.texts, results,  # drift seam
                       params=self.params)
         return response
 
@@ -130,7 +128,7 @@ class PreparedPredict:
             return
         done = [f for f in finals if f is not None]
         response = self.response(done)
-        submit_answer(self.sink, response, self.texts, done,  # drift/capture seam
+        submit_answer(self.sink, self.target.key, response, self.texts, done,  # drift seam
                       params=self.params)
         yield sse_event("done", response)
 
@@ -170,8 +168,8 @@ class PreparedClassification:
                 labels = self.target.class_names()
                 words = [word_predictions(encoded, r.probs, labels)
                          for encoded, r in zip(self.inputs, results, strict=True)]
-            submit_answer(self.sink, response, [i.text for i in self.inputs], results,
-                          words=words)
+            submit_answer(self.sink, self.target.key, response,
+                          [i.text for i in self.inputs], results, words=words)
         return response
 
     async def sse(self) -> AsyncIterator[str]:
@@ -211,6 +209,16 @@ def input_texts(body: PredictRequest) -> list[str]:
     return [json.dumps([m.model_dump() for m in body.inputs if not isinstance(m, str)])]
 
 
+@dataclass(frozen=True)
+class PredictWork:
+    """A ``/v1/predict`` body encoded: prompts, and sampling (generation) or each input's
+    encoding (classification, for the answer's labels and spans)."""
+
+    prompts: list[list[int]]
+    params: list[SamplingParams] | None
+    inputs: list[EncodedInput] = field(default_factory=list)
+
+
 @dataclass
 class PredictPlan:
     """One ``/v1/predict`` body, as the pipeline runs it; ``sink`` records its answers for
@@ -245,12 +253,39 @@ class PredictPlan:
         if target.task.has_labels:
             check_classification_body(self.body, target)
 
-    async def submit(self, target: ServingTarget, pipeline: ServingPipeline,
-                     tenant: Tenant | None, places: QueuePlaces) -> Prepared:
-        """Tokenize, load and queue the inputs for the target's task."""
+    @property
+    def id_prefix(self) -> str:
+        """``pred-…`` answers."""
+        return "pred"
+
+    def encode(self, target: ServingTarget) -> PredictWork:
+        """Tokenize the inputs for the target's task (on the tokenizer thread)."""
         if target.task.has_labels:
-            return await self._classify(target, pipeline, tenant, places)
-        return await self._generate(target, pipeline, tenant, places)
+            tokenizer, limits = self.prompts.tokenizer, self.prompts.limits
+            offsets = target.task is TaskKind.TOKEN_CLS
+            words = target.traits.text_split is TextSplit.WORDS
+            inputs = [encode_input(tokenizer, text, limits, offsets=offsets, words=words)
+                      for text in self._texts()]
+            return PredictWork([i.ids for i in inputs], None, inputs)
+        prompts = self._tokenize_generation()
+        p = self.body.parameters
+        params = [
+            self.prompts.sampling(
+                len(prompt), max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                top_p=p.top_p, seed=p.seed, stop=p.stop, ignore_eos=p.ignore_eos,
+                logprobs=p.logprobs, prompt_logprobs=p.prompt_logprobs)
+            for prompt in prompts
+        ]
+        return PredictWork(prompts, params)
+
+    def render(self, target: ServingTarget, work: PredictWork,
+               batch: SubmittedBatch | ClassificationBatch, request_id: str) -> Prepared:
+        """The generation or classification answer of the queued ``batch``."""
+        if isinstance(batch, ClassificationBatch):
+            return PreparedClassification(request_id, target, work.inputs, batch, self.sink)
+        texts = input_texts(self.body) if self.sink is not None else []  # drift only
+        return PreparedPredict(request_id, target, batch, texts, self.sink, work.params or [],
+                               work.prompts, TokenTexts(self.prompts.tokenizer))
 
     def _texts(self) -> list[str]:
         inputs = self.body.inputs
@@ -262,40 +297,6 @@ class PredictPlan:
             return [self.prompts.from_text(text, raw=body.raw) for text in self._texts()]
         messages = [m.model_dump() for m in body.inputs if not isinstance(m, str)]
         return [self.prompts.from_messages(messages)]
-
-    async def _generate(self, target: ServingTarget, pipeline: ServingPipeline,
-                        tenant: Tenant | None, places: QueuePlaces) -> PreparedPredict:
-        prompts = await pipeline.tokenize(self._tokenize_generation)
-        p = self.body.parameters
-        params = [
-            self.prompts.sampling(
-                len(prompt), max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                top_p=p.top_p, seed=p.seed, stop=p.stop, ignore_eos=p.ignore_eos,
-                logprobs=p.logprobs, prompt_logprobs=p.prompt_logprobs)
-            for prompt in prompts
-        ]
-        target = await pipeline.load(target)
-        request_id = new_request_id("pred")
-        texts = input_texts(self.body) if self.sink is not None else []  # drift only
-        return PreparedPredict(request_id, target, pipeline.generate(
-            target, prompts, params, request_id=request_id, tenant=tenant, places=places),
-            texts, self.sink, params, prompts, TokenTexts(self.prompts.tokenizer))
-
-    async def _classify(self, target: ServingTarget, pipeline: ServingPipeline,
-                        tenant: Tenant | None, places: QueuePlaces) -> PreparedClassification:
-        tokenizer = self.prompts.tokenizer
-        offsets = target.task is TaskKind.TOKEN_CLS
-        words = target.traits.text_split is TextSplit.WORDS
-        limits = self.prompts.limits
-        inputs = await pipeline.tokenize(lambda: [
-            encode_input(tokenizer, text, limits, offsets=offsets, words=words)
-            for text in self._texts()])
-        target = await pipeline.load(target)
-        target.class_names()  # a head that does not match its labels: 422 before queueing
-        request_id = new_request_id("pred")
-        return PreparedClassification(request_id, target, inputs, pipeline.classify(
-            target, [i.ids for i in inputs], request_id=request_id, tenant=tenant,
-            places=places), self.sink)
 
 
 class PredictService:

@@ -91,7 +91,7 @@ def index_entry(record: PredictionRecord) -> CapturedPrediction:
     """The index entry of one captured input."""
     ref = record.ref
     return CapturedPrediction(
-        record.prediction_id, record.index, ref.tenant, ref.adapter, ref.version, record.task,
+        record.prediction_id, record.index, ref.owner, ref.name, ref.version, record.task,
         record.input_text, record.predicted_label, record.output.get("text"))
 
 
@@ -114,6 +114,9 @@ class CaptureWriter:
         self._entries: list[CapturedPrediction] = []  # index entries not written yet
         self._retry_at = 0.0  # after a failed write, size-triggered writes wait until then
         self._recent: OrderedDict[str, str] = OrderedDict()  # uncaptured id -> tenant
+        # Inputs handed over but not in the index yet (submitted, or captured and not
+        # written): feedback on one of these waits for a flush; any other id never does.
+        self._queued: OrderedDict[str, None] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._flushed = threading.Condition()
@@ -124,9 +127,27 @@ class CaptureWriter:
     # ------------------------------------------------------------- request path
     def submit(self, records: list[PredictionRecord]) -> None:
         """Hand one answer's records to the writer thread (never blocks, never wakes it)."""
-        if records and not self._handoff.put(("answer", records)):
+        if not records:
+            return
+        with self._recent_lock:
+            for record in records:
+                self._queued[record.key] = None
+            while len(self._queued) > RECENT_IDS:
+                self._queued.popitem(last=False)
+        if not self._handoff.put(("answer", records)):
             logger.warning("capture queue full: prediction %s not captured",
                            records[0].prediction_id)
+            self._unqueue(records)
+
+    def is_queued(self, key: str) -> bool:
+        """Whether input ``key`` was answered here and is not in the index yet."""
+        with self._recent_lock:
+            return key in self._queued
+
+    def _unqueue(self, keys: list[PredictionRecord] | list[CapturedPrediction]) -> None:
+        with self._recent_lock:
+            for item in keys:
+                self._queued.pop(item.key, None)
 
     def add_feedback(self, row: dict[str, Any], tenant: str, adapter: str) -> None:
         """Queue one feedback row for the next feedback batch of ``tenant/adapter``."""
@@ -207,7 +228,7 @@ class CaptureWriter:
 
     def _capture(self, records: list[PredictionRecord]) -> None:
         """One answer's records: every input captured or none (one decision per answer)."""
-        tenant = records[0].ref.tenant
+        tenant = records[0].ref.owner
         share = self._policy(tenant)
         if share <= 0 or (share < 1 and self._rng.random() >= share):
             with self._recent_lock:
@@ -215,10 +236,12 @@ class CaptureWriter:
                     self._recent[record.key] = tenant
                 while len(self._recent) > RECENT_IDS:
                     self._recent.popitem(last=False)
+                for record in records:
+                    self._queued.pop(record.key, None)
             return
         for record in records:
             self._entries.append(index_entry(record))
-            self._append((CAPTURE_PREFIX, tenant, record.ref.adapter), capture_row(record))
+            self._append((CAPTURE_PREFIX, tenant, record.ref.name), capture_row(record))
         if len(self._entries) >= self._batch_rows and time.monotonic() >= self._retry_at:
             self._write_index()
 
@@ -260,8 +283,11 @@ class CaptureWriter:
             try:
                 self.index.write(entries)
             except Exception:
-                self._entries = self._kept(entries + self._entries, "capture index")
+                waiting = entries + self._entries
+                self._entries = self._kept(waiting, "capture index")
+                self._unqueue(waiting[:len(waiting) - len(self._entries)])
                 raise
+            self._unqueue(entries)
 
     def _kept(self, rows: list[T], what: str) -> list[T]:
         """What a failed write keeps for the next one: at most ``MAX_PENDING_BATCHES``

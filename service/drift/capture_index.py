@@ -28,36 +28,54 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from loraswap.adapters.package import TaskKind
 from loraswap.adapters.store import ObjectStore
 from loraswap.adapters.store.base import StoreKeyMissing
+from loraswap.core.identity import AdapterRef, AdapterVersionRef, Version
 
 INDEX_PREFIX = "capture-index/"
 LEGACY_INDEX_PREFIX = "captures/index/"
 ID_TIME_DIGITS = 8  # hex digits of the UNIX second at the start of an answer id
 HASH_BUCKETS = 64
 CACHE_BYTES = 32 << 20  # entries held in memory, counted by their text (inputs can be long)
+MAX_BUCKETS = 4096  # buckets remembered (an empty one costs a few hundred bytes)
+# A bucket is listed again at most this often: other replicas add objects to it at their
+# flush interval, so listing it for every unknown id a caller invents only costs the store.
+RELIST_SECONDS = 1.0
+FUTURE_SLACK_SECONDS = 120  # clock skew between replicas tolerated for ids "from the future"
 ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its texts (ids, names, the objects)
 
 
 @dataclass(frozen=True)
 class CapturedPrediction:
-    """The index entry of one captured prediction."""
+    """The index entry of one captured prediction (stored as JSON: ``adapter`` is the name
+    within ``tenant``, ``version`` the registry number as a string)."""
 
     prediction_id: str
     index: int
     tenant: str
     adapter: str
     version: str
-    task: str
+    task: TaskKind
     input_text: str
     predicted_label: str | None
     output_text: str | None
+
+    def __post_init__(self) -> None:
+        # Read back from JSON, the task is its string: every reader compares TaskKinds.
+        object.__setattr__(self, "task", TaskKind(self.task))
+
+    @property
+    def ref(self) -> AdapterVersionRef:
+        """The version that answered."""
+        return AdapterRef(self.tenant, self.adapter).at(Version.parse(self.version))
 
     @property
     def key(self) -> str:
@@ -80,6 +98,15 @@ def index_bucket(prediction_id: str) -> str:
     if seconds is None:
         return f"h{zlib.crc32(prediction_id.encode()) % HASH_BUCKETS:02d}"
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y%m%dT%H%M")
+
+
+def _minted_after(prediction_id: str, limit: float) -> bool:
+    """Whether a time-stamped id says it was minted after ``limit`` (UNIX seconds)."""
+    head = prediction_id.rpartition("-")[2][:ID_TIME_DIGITS]
+    try:
+        return len(head) == ID_TIME_DIGITS and int(head, 16) > limit
+    except ValueError:
+        return False
 
 
 def index_object_key(bucket: str) -> str:
@@ -107,6 +134,7 @@ class _Bucket:
     objects: set[str] = field(default_factory=set)
     entries: dict[str, CapturedPrediction] = field(default_factory=dict)
     size: int = 0
+    listed_at: float | None = None  # monotonic time of the last listing, None: never
 
 
 class CaptureIndex:
@@ -117,9 +145,13 @@ class CaptureIndex:
     means "its entries are in the cache": a lookup never skips an entry it has not seen.
     """
 
-    def __init__(self, store: ObjectStore, max_bytes: int = CACHE_BYTES) -> None:
+    def __init__(self, store: ObjectStore, max_bytes: int = CACHE_BYTES, *,
+                 relist_seconds: float = RELIST_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self._max_bytes = max_bytes
+        self._relist = relist_seconds
+        self._clock = clock
         self._lock = threading.Lock()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._size = 0
@@ -136,13 +168,30 @@ class CaptureIndex:
         return len(grouped)
 
     def find(self, key: str, prediction_id: str) -> CapturedPrediction | None:
-        """The entry of input ``key`` (``{id}-{index}``) of ``prediction_id``, or None."""
+        """The entry of input ``key`` (``{id}-{index}``) of ``prediction_id``, or None.
+
+        An unknown id costs only the keyed lookup of the old layout when its id was minted
+        in the future, and at
+        most one listing of its bucket per ``relist_seconds`` shared by every caller (ids
+        are chosen by callers: each must not be a listing of the store)."""
+        if _minted_after(prediction_id, time.time() + FUTURE_SLACK_SECONDS):
+            return self._legacy(key)  # not in any bucket yet: only the keyed lookup
         bucket = index_bucket(prediction_id)
         found = self._cached(bucket, key)
         if found is not None:
             return found
+        now = self._clock()
         with self._lock:
-            known = set(self._buckets[bucket].objects) if bucket in self._buckets else set()
+            cached = self._buckets.get(bucket)
+            fresh = (cached is not None and cached.listed_at is not None
+                     and now - cached.listed_at < self._relist)
+            if not fresh:
+                cached = self._buckets.setdefault(bucket, _Bucket())
+                cached.listed_at = now
+                self._trim()
+            known = set(cached.objects) if cached is not None else set()
+        if fresh:  # listed a moment ago: only the keyed lookup of the old layout
+            return self._legacy(key)
         for name in self.store.list(f"{INDEX_PREFIX}{bucket}/"):
             if name in known or not name.endswith(".jsonl"):
                 continue
@@ -174,11 +223,16 @@ class CaptureIndex:
                     known.entries[entry.key] = entry
                     known.size += entry.size
                     self._size += entry.size
-            # Whole buckets go (their objects with their entries), the oldest first; even
-            # the current one when it alone is over the budget: it is then read again.
-            while self._size > self._max_bytes and self._buckets:
-                _, evicted = self._buckets.popitem(last=False)
-                self._size -= evicted.size
+            self._trim()
+
+    def _trim(self) -> None:
+        """Whole buckets go (their objects with their entries), the oldest first; even the
+        current one when it alone is over the budget: it is then read again. Caller holds
+        the lock."""
+        while self._buckets and (self._size > self._max_bytes
+                                 or len(self._buckets) > MAX_BUCKETS):
+            _, evicted = self._buckets.popitem(last=False)
+            self._size -= evicted.size
 
     def _legacy(self, key: str) -> CapturedPrediction | None:
         try:

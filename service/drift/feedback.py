@@ -11,18 +11,26 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraswap.adapters.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
+from loraswap.adapters.package import TaskKind
 from loraswap.adapters.words import split_words
+from loraswap.core.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
+from loraswap.core.identity import AdapterVersionRef, Version
 from loraswap.service.drift.capture import CapturedPrediction, CaptureWriter
 from loraswap.service.drift.metrics import DriftMetrics
-from loraswap.service.drift.records import AdapterVersionRef
+from loraswap.service.errors import RateLimitedError
+from loraswap.service.limits import Lease
 
 PREDICTION_ID = re.compile(r"^(pred|cmpl|chatcmpl)-[A-Za-z0-9]{1,64}$")
 # Words of one token-cls feedback at most (an input longer than this is not trainable
 # at the default 256-token training length anyway).
 MAX_WORDS = 4096
+# Feedback calls at once on a replica: each may wait (up to FLUSH_SECONDS) for a store
+# write on a thread of the shared executor, which also serves every tenant's key lookups.
+MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT_PER_CALLER = 2  # of those, one caller's: it cannot take every slot
+FLUSH_SECONDS = 10.0
 # The labels of an adapter version (None: unknown, e.g. deleted since the prediction).
-LabelLookup = Callable[[str, str, str], list[str] | None]
+LabelLookup = Callable[[AdapterVersionRef], list[str] | None]
 Tag = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -59,7 +67,7 @@ class FeedbackResponse(BaseModel):
     prediction_id: str
     index: int
     adapter: str
-    version: str
+    version: Version
     correct: bool | None = None
 
 
@@ -67,7 +75,7 @@ class FeedbackService:
     """Checks feedback against the capture index, queues it, keeps live accuracy."""
 
     def __init__(self, capture: CaptureWriter, metrics: DriftMetrics, min_feedback: int,
-                 labels_of: LabelLookup = lambda tenant, adapter, version: None) -> None:
+                 labels_of: LabelLookup = lambda key: None) -> None:
         """``labels_of`` gives a version's labels, to check labels and tags against."""
         self._capture = capture
         self._labels_of = labels_of
@@ -75,11 +83,38 @@ class FeedbackService:
         self._min_feedback = min_feedback
         self._lock = threading.Lock()
         self._counts: dict[AdapterVersionRef, list[int]] = {}  # ref -> [correct, total]
+        self.max_in_flight = MAX_IN_FLIGHT
+        self._in_flight: dict[str, int] = {}  # caller -> calls in flight (under _lock)
 
-    def record(self, body: FeedbackRequest, caller: str | None) -> FeedbackResponse:
+    def slot(self, caller: str) -> Lease:
+        """One of the replica's feedback slots, or 429 when all are taken or ``caller``
+        holds its share (without waiting: a waiting call would hold the event loop or a
+        thread). The share keeps one tenant from taking every slot from the others."""
+        with self._lock:
+            mine = self._in_flight.get(caller, 0)
+            if mine >= MAX_IN_FLIGHT_PER_CALLER or sum(
+                    self._in_flight.values()) >= self.max_in_flight:
+                raise RateLimitedError(
+                    f"feedback is busy on this replica ({mine} of your calls in flight, at "
+                    f"most {MAX_IN_FLIGHT_PER_CALLER} each and {self.max_in_flight} in all); "
+                    "retry shortly", retry_after=1.0)
+            self._in_flight[caller] = mine + 1
+
+        def release() -> None:
+            with self._lock:
+                left = self._in_flight[caller] - 1
+                if left:
+                    self._in_flight[caller] = left
+                else:
+                    del self._in_flight[caller]
+
+        return Lease(release)
+
+    def record(self, body: FeedbackRequest, caller: str) -> FeedbackResponse:
         """Store one feedback row (store I/O: call off the event loop).
 
-        ``caller`` is the caller's tenant (None when auth is off). Unknown ids and ids of
+        ``caller`` is the caller's tenant ("" for one that owns no predictions: anonymous,
+        or a static operator key). Unknown ids and ids of
         another tenant are 404 (alike, so ids of others are not disclosed); an answered
         but uncaptured prediction is 409; ground truth of the wrong kind for the task, a
         label the adapter does not have, and token-cls tags that do not fit the input's
@@ -90,24 +125,25 @@ class FeedbackService:
                                       "from a loraswap answer")
         key = f"{body.prediction_id}-{body.index}"
         entry = self._capture.captured(key)
-        if entry is None and self._capture.was_uncaptured(key) is None:
-            # Feedback can overtake the capture thread: let it finish what is queued.
-            self._capture.flush()
+        if entry is None and self._capture.is_queued(key):
+            # Feedback overtook the capture thread on the replica that answered: let it
+            # write what is queued. Only then: an unknown id must cost no flush.
+            self._capture.flush(FLUSH_SECONDS)
             entry = self._capture.captured(key)
         not_found = NotFoundError(f"no prediction {body.prediction_id!r} (input {body.index}) "
                                   "of yours is known here")
         if entry is None:
             owner = self._capture.was_uncaptured(key)
-            if owner is not None and caller in (None, owner):
+            if owner == caller:
                 raise ConflictError(
                     f"prediction {body.prediction_id!r} was answered but not captured (the "
                     "tenant's capture policy is off or sampled it out), so it cannot take "
                     "feedback; set policy.capture to record predictions")
             raise not_found
-        if caller is not None and entry.tenant != caller:
+        if entry.tenant != caller:
             raise not_found
         correct = self._check(entry, body)
-        ref = AdapterVersionRef(entry.tenant, entry.adapter, entry.version)
+        ref = entry.ref
         row: dict[str, Any] = {
             "prediction_id": entry.prediction_id, "index": entry.index,
             "version": entry.version, "task": entry.task, "input": entry.input_text,
@@ -116,34 +152,30 @@ class FeedbackService:
         }
         self._capture.add_feedback(row, entry.tenant, entry.adapter)
         # Written before it is acknowledged: a crash after the 200 must not lose it.
-        if not self._capture.flush():
+        if not self._capture.flush(FLUSH_SECONDS):
             raise StoreError("the feedback could not be written to the store yet (it is "
                              "retried with the next batch); try again later")
         self._metrics.feedback.labels(*ref.labels).inc()
         if correct is not None:
             self._count(ref, correct)
         return FeedbackResponse(prediction_id=entry.prediction_id, index=entry.index,
-                                adapter=f"{entry.tenant}/{entry.adapter}",
-                                version=entry.version, correct=correct)
+                                adapter=str(ref.ref), version=ref.version, correct=correct)
 
     def _check(self, entry: CapturedPrediction, body: FeedbackRequest) -> bool | None:
         """Whether the prediction was right (None: not judged); 400 for the wrong kind."""
-        if entry.task == "causal-lm":
+        if entry.task is TaskKind.CAUSAL_LM:
             if body.text is None:
                 raise InvalidRequestError("this prediction is a generation: send 'text'")
             return None
-        if entry.task == "token-cls":
+        if entry.task is TaskKind.TOKEN_CLS:
             self._check_tags(entry, body.labels)
             return None
-        if entry.task != "seq-cls":
-            raise InvalidRequestError(f"feedback for {entry.task} predictions is not "
-                                      "supported yet")
         if body.label is None:
             raise InvalidRequestError("this prediction is a classification: send 'label'")
-        known = self._labels_of(entry.tenant, entry.adapter, entry.version)
+        known = self._labels_of(entry.ref)
         if known is not None and body.label not in known:
             raise InvalidRequestError(
-                f"'label' {body.label!r} is not a class of {entry.tenant}/{entry.adapter} "
+                f"'label' {body.label!r} is not a class of {entry.ref.ref} "
                 f"version {entry.version}; its labels: {_shown(known)}")
         return body.label == entry.predicted_label
 
@@ -158,11 +190,11 @@ class FeedbackService:
             raise InvalidRequestError(
                 f"'labels' has {len(tags)} tags but the input has {len(words)} words "
                 f"({_shown(words)}); send one tag per word")
-        known = self._labels_of(entry.tenant, entry.adapter, entry.version)
+        known = self._labels_of(entry.ref)
         unknown = sorted({t for t in tags if t not in known}) if known is not None else []
         if unknown:
             raise InvalidRequestError(
-                f"'labels' holds tags {_shown(unknown)} that {entry.tenant}/{entry.adapter} "
+                f"'labels' holds tags {_shown(unknown)} that {entry.ref.ref} "
                 f"version {entry.version} does not know; its labels: {_shown(known or [])}")
 
     def _count(self, ref: AdapterVersionRef, correct: bool) -> None:

@@ -9,11 +9,14 @@ trains, evaluates and decides (``training/retrain.py``); a profiling job is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,9 +24,9 @@ from typing import Any, Protocol
 import httpx
 import yaml
 
-from loraswap.adapters.errors import ConfigurationError, StoreError
-from loraswap.adapters.profile_jobs import ProfileJob
-from loraswap.adapters.retrain_runs import RunRecord
+from loraswap.core.errors import ConfigurationError, StoreError
+from loraswap.jobs.profile_jobs import ProfileJob
+from loraswap.jobs.retrain_runs import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ class Launcher(Protocol):
 
     def launch(self, run: RunRecord) -> str:
         """Start it; a description of where it runs (pid, Job name)."""
+        ...
+
+    def cancel(self, run: RunRecord) -> None:
+        """Stop its process if this launcher started one (best effort)."""
         ...
 
 
@@ -57,15 +64,31 @@ def profile_args(job: ProfileJob) -> list[str]:
             "--version", str(job.version), "--job-id", job.id]
 
 
+# What a local run inherits from the server's environment: the interpreter's and the
+# store client's needs, never the server's secrets (admin token, API keys, webhook token).
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH",
+                 "VIRTUAL_ENV", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                 "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_CA_BUNDLE",
+                 "SSL_CERT_FILE")
+DEFAULT_TIMEOUT_SECONDS = 21_600.0  # as the Job template's activeDeadlineSeconds
+
+
 class LocalLauncher:
-    """Separate ``nice 19`` processes on this host; their environment names the store."""
+    """Separate ``nice 19`` processes on this host, with an allow-listed environment (plus
+    ``env``, which names the store) and a deadline after which the process group is
+    killed."""
 
     name = "local"
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, *,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._env = env
         self._log_dir = log_dir
+        self._timeout = timeout_seconds
         self._children: list[subprocess.Popen[bytes]] = []
+        self._runs: dict[str, subprocess.Popen[bytes]] = {}  # run id -> its process
 
     def command(self, run: RunRecord) -> list[str]:
         """The command line of a run (the worktree's code, this interpreter)."""
@@ -73,7 +96,15 @@ class LocalLauncher:
 
     def launch(self, run: RunRecord) -> str:
         """Start the run's process at the lowest CPU priority; its output goes to a log."""
-        return self._start(self.command(run), f"retrain-{run.id}", f"retrain run {run.id}")
+        pid = self._start(self.command(run), f"retrain-{run.id}", f"retrain run {run.id}")
+        self._runs[run.id] = self._children[-1]
+        return pid
+
+    def cancel(self, run: RunRecord) -> None:
+        """Stop the run's process group, if it is one of ours and still running."""
+        child = self._runs.pop(run.id, None)
+        if child is not None and child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
 
     def profile_command(self, job: ProfileJob) -> list[str]:
         """The command line of a profiling job."""
@@ -88,22 +119,35 @@ class LocalLauncher:
         self._reap()
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log = (self._log_dir / f"{log_name}.log").open("ab")
+        inherited = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
         child = subprocess.Popen(
-            command, env={**os.environ, **self._env}, stdout=log,
+            command, env={**inherited, **self._env}, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=lambda: os.nice(19), start_new_session=True)
         log.close()
         self._children.append(child)
+        deadline = threading.Timer(self._timeout, _kill_group, args=(child, what))
+        deadline.daemon = True
+        deadline.start()
         logger.info("%s started as pid %d (nice 19)", what, child.pid)
         return f"pid {child.pid}"
 
     def _reap(self) -> None:
         self._children = [c for c in self._children if c.poll() is None]
+        self._runs = {k: c for k, c in self._runs.items() if c.poll() is None}
 
     def wait_all(self, timeout: float) -> None:
         """Wait for the processes this launcher started (tests, shutdown)."""
         for child in self._children:
             child.wait(timeout=timeout)
+
+
+def _kill_group(child: subprocess.Popen[bytes], what: str) -> None:
+    """Kill a process group that ran past its deadline (its record expires by heartbeat)."""
+    if child.poll() is None:
+        logger.error("%s ran past its deadline: killing pid %d", what, child.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
 
 
 def render_job(template: dict[str, Any], run: RunRecord) -> dict[str, Any]:
@@ -175,6 +219,20 @@ class KubernetesLauncher:
     def launch(self, run: RunRecord) -> str:
         """POST the run's Job to the API server; the Job's name."""
         return self._create(render_job(self._template(), run))
+
+    def cancel(self, run: RunRecord) -> None:
+        """Delete the run's Job and its pod (the Role's ``delete`` verb on jobs)."""
+        namespace = self._namespace or self._read("namespace")
+        token = self._token or self._read("token")
+        name = render_job({"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {
+            "spec": {"containers": [{"name": CONTAINER}]}}}}, run)["metadata"]["name"]
+        response = self._client.delete(
+            f"{self._api_url}/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
+            params={"propagationPolicy": "Background"},
+            headers={"Authorization": f"Bearer {token}"})
+        if response.status_code >= 300 and response.status_code != 404:
+            raise StoreError(f"deleting Job {name} failed: {response.status_code} "
+                             f"{response.text[:300]}")
 
     def launch_profile(self, job: ProfileJob) -> str:
         """POST a profiling job's Job (same template) to the API server; its name."""

@@ -12,26 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loraswap.core.identity import AdapterVersionRef
+from loraswap.service.drift.assess import Assessed, assess, scores_of
+from loraswap.service.drift.calibration import ALARM_CONFIDENCE
 from loraswap.service.drift.handoff import POLL_SECONDS, Handoff
 from loraswap.service.drift.metrics import DriftMetrics
-from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
-from loraswap.service.drift.reference import (
-    CONFIDENCE,
-    EMBEDDING,
-    INPUT_LENGTH,
-    OUTPUT_LENGTH,
-    PREDICTED_LABEL,
-    TOKEN_LOGPROB,
-    ReferenceProfile,
-)
-from loraswap.service.drift.scores import bin_counts, js_distance, mmd_rbf, psi
+from loraswap.service.drift.records import PredictionRecord
+from loraswap.service.drift.reference import EMBEDDING, ReferenceProfile
 from loraswap.service.drift.windows import VersionWindow
 
 logger = logging.getLogger(__name__)
+
+# A held-out reference under this many values widens its signal's alarm level
+# noticeably (its own noise, 1/m, is then at least half a 100-input window's, 1/n).
+SMALL_REFERENCE = 200
 
 # Reads a version's reference (profile.json) from the registry; may do I/O.
 ReferenceLoader = Callable[[AdapterVersionRef], ReferenceProfile]
@@ -124,8 +121,8 @@ class DriftMonitor:
         window.add(record)
 
     def _track(self, ref: AdapterVersionRef) -> VersionWindow | None:
-        for other in [r for r in self._windows if (r.tenant, r.adapter) ==
-                      (ref.tenant, ref.adapter) and r != ref]:
+        for other in [r for r in self._windows if (r.owner, r.name) ==
+                      (ref.owner, ref.name) and r != ref]:
             self.retire(other)
         if len(self._windows) >= self.config.max_versions:
             self._metrics.dropped.labels("max_versions").inc()
@@ -141,13 +138,13 @@ class DriftMonitor:
             self._windows.pop(ref, None)
         self._metrics.remove_version(ref)
         self._on_retire(ref)
-        logger.info("drift: stopped tracking %s/%s version %s", *ref.labels)
+        logger.info("drift: stopped tracking %s", ref)
 
     def retire_inactive(self) -> None:
         """Retire windows of versions that no longer serve (promotion, rollback, deletion)."""
         for ref in list(self._windows):
             try:
-                active = self._active_version(ref.tenant, ref.adapter)
+                active = self._active_version(ref.owner, ref.name)
             except Exception:  # the adapter is gone (or the store failed): not serving
                 active = None
             if active != ref.version:
@@ -163,14 +160,13 @@ class DriftMonitor:
             try:
                 reference = self._references(ref)
             except Exception:  # the store failed, or the version is being deleted
-                logger.warning("drift: re-reading the reference of %s/%s version %s failed",
-                               *ref.labels, exc_info=True)
+                logger.warning("drift: re-reading the reference of %s failed", ref, exc_info=True)
                 continue
             if reference.provisional:
                 window.reference = reference  # a newer reason; nothing to score yet
             else:
                 window.use_reference(reference)
-                logger.info("drift: %s/%s version %s has a profile now", *ref.labels)
+                logger.info("drift: %s has a profile now", ref)
 
     def score_all(self) -> None:
         """Recompute the scores of every window that changed; retire stale ones."""
@@ -190,67 +186,47 @@ class DriftMonitor:
         self._metrics.window_samples.labels(*ref.labels).set(window.samples)
         if window.samples < self.config.min_samples:
             return
-        for signal, method, value in scores_of(window, self.config.min_samples):
-            self._metrics.set_score(ref, signal, method, value)
+        for item in assess(window, self.config.min_samples):
+            self._metrics.set_score(ref, item.signal, item.method, item.score, item.level)
 
     # ---------------------------------------------------------------- views
     def snapshot(self, tenant: str, adapter: str) -> dict[str, object] | None:
         """The tracked version of an adapter: samples, scores and absent signals."""
         with self._lock:
             found = [(r, w) for r, w in self._windows.items()
-                     if (r.tenant, r.adapter) == (tenant, adapter)]
+                     if (r.owner, r.name) == (tenant, adapter)]
         if not found:
             return None
         ref, window = found[0]
         enough = window.samples >= self.config.min_samples
+        # Levels are cached with the window; one the drift thread has not computed yet is
+        # computed here (the same value: seeded).
+        assessed = assess(window, self.config.min_samples) if enough else []
         return {
             "version": ref.version, "window_samples": window.samples,
             "min_samples": self.config.min_samples,
-            "scores": ({f"{s}/{m}": round(v, 6) for s, m, v in
-                        scores_of(window, self.config.min_samples)} if enough else {}),
+            "scores": {f"{a.signal}/{a.method}": round(a.score, 6) for a in assessed},
+            "signals": {f"{a.signal}/{a.method}": a.view() for a in assessed},
+            "alarm": any(a.alarm for a in assessed),
+            "alarm_confidence": ALARM_CONFIDENCE,
+            "small_references": small_references(assessed),
             "absent_signals": dict(window.reference.missing),
             "label_reference": window.reference.label_source,
             "comparable_generations": len(window.generations),
         }
 
 
-def scores_of(window: VersionWindow, min_samples: int) -> list[tuple[str, str, float]]:
-    """Every score the window and its reference support: ``(signal, method, value)``."""
-    reference = window.reference
-    out: list[tuple[str, str, float]] = []
-    if reference.input_length is not None and window.lengths:
-        ref = reference.input_length
-        out.append((INPUT_LENGTH, "psi", psi(ref.counts, bin_counts(window.lengths, ref.edges))))
-    if reference.confidence is not None and len(window.confidences) >= min_samples:
-        ref = reference.confidence
-        out.append((CONFIDENCE, "psi",
-                    psi(ref.counts, bin_counts(window.confidences, ref.edges))))
-    if reference.labels is not None and len(window.labels) >= min_samples:
-        names = list(reference.labels)
-        expected = [reference.labels[n] for n in names]
-        counts = window.label_counts()
-        seen = [counts[n] for n in names]
-        out.append((PREDICTED_LABEL, "psi", psi(expected, seen)))
-        out.append((PREDICTED_LABEL, "js", js_distance(expected, seen)))
-    embedding = reference.embedding
-    if embedding is not None and len(window.embeddings) >= min_samples:
-        out.append((EMBEDDING, "mmd", mmd_rbf(embedding.sample, window.embedding_matrix(),
-                                              embedding.bandwidth)))
-    return out + generation_scores(window, min_samples)
+__all__ = ["DriftConfig", "DriftMonitor", "scores_of"]
 
 
-def generation_scores(window: VersionWindow, min_samples: int) -> list[tuple[str, str, float]]:
-    """Output length and token log-probability PSI of the window's comparable generations,
-    each against its reference mixed in the window's own proportions of decodings."""
-    reference = window.reference.generation
-    live = list(window.generations)
-    if reference is None or len(live) < min_samples:
-        return []
-    decodings = Counter(g.decoding for g in live)
-    out = []
-    for signal, mixture, values in (
-            (OUTPUT_LENGTH, reference.output_length, [g.length for g in live]),
-            (TOKEN_LOGPROB, reference.token_logprob, [g.logprob for g in live])):
-        out.append((signal, "psi", psi(mixture.expected(decodings),
-                                       bin_counts(values, mixture.edges))))
+def small_references(assessed: list[Assessed]) -> dict[str, str]:
+    """Signals whose reference is small enough to widen their alarm level, and by how
+    much (what the admin view says when the held-out data was small)."""
+    out = {}
+    for item in assessed:
+        if 0 < item.reference < SMALL_REFERENCE and item.signal != EMBEDDING:
+            out[f"{item.signal}/{item.method}"] = (
+                f"reference of {item.reference} values (< {SMALL_REFERENCE}): the alarm "
+                f"level {item.level:.3g} is wider than a {SMALL_REFERENCE}-value reference "
+                "would give; train with more held-out data to narrow it")
     return out

@@ -12,22 +12,29 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.errors import NotFoundError
 from loraswap.adapters.package import PROFILE_FILE
-from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunStore
-from loraswap.adapters.tenants import TenantDirectory
+from loraswap.core.errors import NotFoundError
+from loraswap.core.identity import AdapterVersionRef, Version
+from loraswap.jobs.profile_jobs import ProfileJob, ProfileJobs
+from loraswap.jobs.retrain_runs import RunStore
 from loraswap.service.drift.capture import CaptureWriter
 from loraswap.service.drift.feedback import FeedbackService
 from loraswap.service.drift.launchers import KubernetesLauncher, Launcher, LocalLauncher
 from loraswap.service.drift.metrics import DriftMetrics
 from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
 from loraswap.service.drift.profiles import ProfileService
-from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.records import PredictionRecord
 from loraswap.service.drift.reference import ReferenceProfile, parse_profile
-from loraswap.service.drift.retrain import DriftScores, FlushFeedback, RetrainService
+from loraswap.service.drift.retrain import (
+    DriftScores,
+    Eligibility,
+    FlushFeedback,
+    RetrainLimits,
+    RetrainService,
+)
 from loraswap.service.settings import Settings
+from loraswap.tenants.directory import TenantDirectory
 
 
 class CapturePolicies:
@@ -62,17 +69,17 @@ def registry_references(registry: AdapterRegistry) -> Any:
     jobs = ProfileJobs(registry.store)
 
     def load(ref: AdapterVersionRef) -> ReferenceProfile:
-        version = int(ref.version)
-        manifest = registry.version(ref.tenant, ref.adapter, version).manifest
+        version = ref.version.number
+        manifest = registry.version(ref.owner, ref.name, version).manifest
         task = str(manifest.task)  # which signals apply
         if PROFILE_FILE in manifest.files:
-            folder = registry.local_folder(ref.tenant, ref.adapter, version)
+            folder = registry.local_folder(ref.owner, ref.name, version)
             return parse_profile(json.loads((folder / PROFILE_FILE).read_text("utf-8")),
                                  task=task)
-        uploaded = jobs.read_profile(ref.tenant, ref.adapter, version)
+        uploaded = jobs.read_profile(ref.owner, ref.name, version)
         if uploaded is not None:
             return parse_profile(uploaded, task=task)
-        return no_profile(ref, jobs.get(ref.tenant, ref.adapter, version), task)
+        return no_profile(ref, jobs.get(ref.owner, ref.name, version), task)
     return load
 
 
@@ -80,7 +87,7 @@ def no_profile(ref: AdapterVersionRef, job: ProfileJob | None,
                task: str | None = None) -> ReferenceProfile:
     """The reference of a version without any profile: every signal absent, the reason
     naming the admin call that computes one and the state of its latest job."""
-    upload = (f"PUT /admin/adapters/{ref.tenant}/{ref.adapter}/versions/{ref.version}/"
+    upload = (f"PUT /admin/adapters/{ref.owner}/{ref.name}/versions/{ref.version}/"
               "reference/{file}")
     if job is None or job.status == "done":
         reason = f"no profile.json: upload a reference dataset with {upload}"
@@ -89,24 +96,24 @@ def no_profile(ref: AdapterVersionRef, job: ProfileJob | None,
                   f"corrected reference dataset with {upload}")
     else:
         reason = (f"no profile.json yet: profiling job {job.id} is {job.status} (GET "
-                  f"/admin/adapters/{ref.tenant}/{ref.adapter}/versions/{ref.version}/profile)")
+                  f"/admin/adapters/{ref.owner}/{ref.name}/versions/{ref.version}/profile)")
     empty = parse_profile(None, task=task)
     return replace(empty, missing={signal: reason for signal in empty.missing},
                    provisional=True)
 
 
 def registry_active(registry: AdapterRegistry) -> Any:
-    """The active version of ``tenant/adapter`` as a string (None: none)."""
-    def active(tenant: str, adapter: str) -> str | None:
-        return str(registry.active(tenant, adapter).version)
+    """The active version of ``tenant/adapter`` (None: none)."""
+    def active(tenant: str, adapter: str) -> Version | None:
+        return registry.active(tenant, adapter).key.version
     return active
 
 
 def registry_labels(registry: AdapterRegistry) -> Any:
     """The labels of an adapter version (None when it is gone), for feedback checks."""
-    def labels(tenant: str, adapter: str, version: str) -> list[str] | None:
+    def labels(key: AdapterVersionRef) -> list[str] | None:
         try:
-            return registry.version(tenant, adapter, int(version)).manifest.labels
+            return registry.version(key.owner, key.name, key.version.number).manifest.labels
         except NotFoundError:
             return None
     return labels
@@ -167,7 +174,8 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
         launcher = KubernetesLauncher(settings.retrain_job_template)
     else:
         launcher = LocalLauncher(run_environment(settings),
-                                 Path(tempfile.gettempdir()) / "loraswap-retrain")
+                                 Path(tempfile.gettempdir()) / "loraswap-retrain",
+                                 timeout_seconds=settings.retrain_timeout_seconds)
     scores: DriftScores = lambda tenant, adapter: {}  # noqa: E731
     flush: FlushFeedback = lambda: None  # noqa: E731
     metrics = drift.metrics if drift is not None else DriftMetrics(metrics_registry)
@@ -181,10 +189,35 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
 
         def flush() -> None:
             capture.flush()  # a failed write leaves the latest feedback to the next run
+    limits = RetrainLimits(
+        max_concurrent=settings.retrain_max_concurrent_runs,
+        max_concurrent_per_tenant=settings.retrain_max_concurrent_runs_per_tenant,
+        max_per_tenant_per_day=settings.retrain_max_runs_per_tenant_per_day,
+        stale_seconds=settings.retrain_stale_seconds)
     return RetrainService(RunStore(registry.store), launcher,
                           cooldown_seconds=settings.retrain_cooldown_seconds,
                           flush_feedback=flush, drift_scores=scores,
-                          count=lambda t, a, o: metrics.retrain_runs.labels(t, a, o).inc())
+                          count=lambda t, a, o: metrics.retrain_runs.labels(t, a, o).inc(),
+                          eligible=registry_eligibility(registry), limits=limits,
+                          refused=lambda reason: metrics.retrain_refusals.labels(reason).inc())
+
+
+def registry_eligibility(registry: AdapterRegistry) -> Eligibility:
+    """Why an alert's adapter cannot be retrained: not registered (no active version), or
+    its active version has no drift profile (package ``profile.json`` or uploaded)."""
+    jobs = ProfileJobs(registry.store)
+
+    def eligible(tenant: str, adapter: str) -> str | None:
+        try:
+            active = registry.active(tenant, adapter)
+        except NotFoundError:
+            return f"{tenant}/{adapter} is not a registered adapter with an active version"
+        if PROFILE_FILE in active.manifest.files or jobs.read_profile(
+                tenant, adapter, active.version) is not None:
+            return None
+        return (f"{tenant}/{adapter} version {active.version} has no drift profile, so no "
+                "drift alert can be about it")
+    return eligible
 
 
 def build_profiles(settings: Settings, registry: AdapterRegistry) -> ProfileService:
@@ -196,7 +229,8 @@ def build_profiles(settings: Settings, registry: AdapterRegistry) -> ProfileServ
     if settings.quantization is not None:  # the job profiles in the served precision
         env["LORASWAP_QUANTIZATION"] = settings.quantization.value
     return ProfileService(registry, LocalLauncher(
-        env, Path(tempfile.gettempdir()) / "loraswap-profile"))
+        env, Path(tempfile.gettempdir()) / "loraswap-profile",
+        timeout_seconds=settings.retrain_timeout_seconds))
 
 
 def run_environment(settings: Settings) -> dict[str, str]:
@@ -206,5 +240,6 @@ def run_environment(settings: Settings) -> dict[str, str]:
         "LORASWAP_BASE_MODEL": str(settings.base_model),
         "LORASWAP_ADAPTER_CACHE_DIR": str(settings.adapter_cache_dir),
         "LORASWAP_RETRAIN_FEEDBACK_HOLDOUT": str(settings.retrain_feedback_holdout),
+        "LORASWAP_RETRAIN_MIN_GAIN": str(settings.retrain_min_gain),
         "HF_DATASETS_OFFLINE": "1",
     }

@@ -18,17 +18,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.errors import ConflictError
 from loraswap.adapters.package import PROFILE_FILE, AdapterManifest
-from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs, reference_key
-from loraswap.adapters.reference_data import (
+from loraswap.adapters.registry import AdapterRegistry, check_version_number
+from loraswap.core.errors import ConflictError
+from loraswap.jobs.profile_jobs import ProfileJob, ProfileJobs, reference_key
+from loraswap.jobs.reference_data import (
     ReferenceColumns,
     ReferenceRows,
     check_file_name,
     read_reference,
 )
-from loraswap.adapters.registry import AdapterRegistry, check_version_number
-from loraswap.adapters.retrain_runs import now_iso
+from loraswap.jobs.retrain_runs import now_iso
 from loraswap.service.drift.launchers import ProfileLauncher
 
 logger = logging.getLogger(__name__)

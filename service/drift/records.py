@@ -9,22 +9,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from loraswap.adapters.package import TaskKind
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.drift.scores import FloatArray
-
-
-@dataclass(frozen=True)
-class AdapterVersionRef:
-    """One registered adapter version (the labels of every drift series)."""
-
-    tenant: str
-    adapter: str
-    version: str
-
-    @property
-    def labels(self) -> tuple[str, str, str]:
-        """``tenant, adapter, version`` for Prometheus."""
-        return self.tenant, self.adapter, self.version
-
 
 # How a generation was decoded, as far as drift is concerned: the profile of a causal-lm
 # adapter holds reference generations of both kinds (training/profile.py), and a window
@@ -94,8 +81,8 @@ class PredictionRecord:
 
     prediction_id: str
     index: int
-    ref: AdapterVersionRef
-    task: str
+    ref: AdapterVersionRef  # a registered version (tenant/name@number)
+    task: TaskKind
     input_text: str
     input_tokens: int
     output: dict[str, Any]
@@ -127,15 +114,13 @@ class PredictionSink(Protocol):
         ...
 
 
-def registry_ref(adapter: str | None, version: str | None) -> AdapterVersionRef | None:
-    """The ref of a registered ``tenant/name`` adapter (None: base or dev adapter)."""
-    if adapter is None or version is None or adapter.count("/") != 1:
-        return None
-    tenant, name = adapter.split("/")
-    return AdapterVersionRef(tenant, name, version)
+def registered(key: AdapterVersionRef | None) -> AdapterVersionRef | None:
+    """``key`` when it is a registered version; None for the base model and development
+    adapters, which drift does not watch (they have no registry version or profile)."""
+    return key if key is not None and key.ref.is_registered else None
 
 
-def classification_records(prediction_id: str, ref: AdapterVersionRef, task: str,
+def classification_records(prediction_id: str, ref: AdapterVersionRef, task: TaskKind,
                            texts: list[str], outputs: list[dict[str, Any]],
                            results: list[Any], words: list[WordPredictions] | None = None,
                            ) -> list[PredictionRecord]:
@@ -169,7 +154,7 @@ def generation_records(prediction_id: str, ref: AdapterVersionRef, texts: list[s
         signals = None if sampling is None else GenerationSignals(
             tuple(result.token_logprobs), decoding_of(sampling), sampling.max_new_tokens)
         records.append(PredictionRecord(
-            prediction_id=prediction_id, index=index, ref=ref, task="causal-lm",
+            prediction_id=prediction_id, index=index, ref=ref, task=TaskKind.CAUSAL_LM,
             input_text=text, input_tokens=result.prompt_tokens, output=output,
             embedding=PredictionRecord.as_vector(result.embedding),
             output_tokens=result.completion_tokens, mean_logprob=result.mean_logprob,
@@ -177,22 +162,24 @@ def generation_records(prediction_id: str, ref: AdapterVersionRef, texts: list[s
     return records
 
 
-def submit_generations(sink: PredictionSink | None, prediction_id: str, adapter: str | None,
-                       version: str | None, texts: list[str], outputs: list[dict[str, Any]],
-                       results: list[Any], params: list[Any] | None) -> None:
+def submit_generations(sink: PredictionSink | None, prediction_id: str,
+                       key: AdapterVersionRef | None, texts: list[str],
+                       outputs: list[dict[str, Any]], results: list[Any],
+                       params: list[Any] | None) -> None:
     """Records of one answered generation request (native or OpenAI) to the sink; base
     model and development adapters have no registry version: nothing is sent."""
-    ref = registry_ref(adapter, version)
+    ref = registered(key)
     if sink is None or ref is None:
         return
     sink.submit(generation_records(prediction_id, ref, texts, outputs, results, params))
 
 
-def submit_answer(sink: PredictionSink | None, response: Any, texts: list[str],
-                  results: list[Any], *, params: list[Any] | None = None,
+def submit_answer(sink: PredictionSink | None, key: AdapterVersionRef | None, response: Any,
+                  texts: list[str], results: list[Any], *, params: list[Any] | None = None,
                   words: list[WordPredictions] | None = None) -> None:
     """The native API's one call: records of an answered ``PredictResponse`` to the sink.
 
+    ``key``: the version that answered (the request's resolved target).
     ``params``: each generation's SamplingParams; ``words``: each token-cls input's word
     predictions. Base-model and development-adapter answers have no registry version:
     nothing is sent.
@@ -200,12 +187,11 @@ def submit_answer(sink: PredictionSink | None, response: Any, texts: list[str],
     if sink is None:
         return
     outputs = [o.model_dump(mode="json") for o in response.outputs]
-    task = str(response.task)
-    if task == "causal-lm":
-        submit_generations(sink, response.id, response.adapter, response.adapter_version,
-                           texts, outputs, results, params)
+    task = TaskKind(response.task)
+    if task is TaskKind.CAUSAL_LM:
+        submit_generations(sink, response.id, key, texts, outputs, results, params)
         return
-    ref = registry_ref(response.adapter, response.adapter_version)
+    ref = registered(key)
     if ref is not None:
         sink.submit(classification_records(response.id, ref, task, texts, outputs, results,
                                            words))

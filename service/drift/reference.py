@@ -128,6 +128,9 @@ class ReferenceProfile:
     provisional: bool = False
     generation: GenerationReference | None = None
     label_source: str | None = None
+    # Inputs behind ``labels`` (the reference sample; older profiles: the counts' total),
+    # which the alarm level of the label signals needs (0: unknown, levels as for 100).
+    label_inputs: int = 0
 
 
 # Each PSI bin holds at least this share of the reference (so at most 10 bins). PSI of two
@@ -136,7 +139,9 @@ class ReferenceProfile:
 MIN_BIN_SHARE = 0.1
 # A histogram of fewer reference values is noise, not a reference: with 16 validation
 # confidences, PSI against an in-distribution window of 100 averages ~0.5 (no drift).
-MIN_REFERENCE_COUNT = 100
+# From 30 values on, the alarm level accounts for the reference's own noise (a small
+# reference widens it, service/drift/calibration.py) and /admin/drift says so.
+MIN_REFERENCE_COUNT = 30
 # Reference generations are expensive (64 prompts per decoding by default), so a decoding
 # needs only this many, and their bins are coarser: at least 20 % of the reference each
 # (at most 5 bins). PSI's no-drift bias is about (bins - 1) * (1/reference + 1/window):
@@ -234,15 +239,24 @@ def _generation(section: Any) -> GenerationReference | None:
     return GenerationReference(cap, lengths, logprobs)
 
 
-def _labels(profile: dict[str, Any]) -> tuple[dict[str, float] | None, str | None]:
-    """Predicted-label shares of the reference sample, else the training labels'."""
+def _labels(profile: dict[str, Any]) -> tuple[dict[str, float] | None, str | None, int]:
+    """Predicted-label shares of the reference sample, else the training labels'; and how
+    many inputs they come from (the sample's inputs; else the counts' total)."""
     for key, source in (("predicted_label_distribution", "predictions"),
                         ("label_distribution", "training labels")):
         section = profile.get(key)
         shares = section.get("shares") if isinstance(section, dict) else None
-        if isinstance(shares, dict) and shares:
-            return {str(k): float(v) for k, v in shares.items()}, source
-    return None, None
+        if isinstance(section, dict) and isinstance(shares, dict) and shares:
+            sample = section.get("sample")
+            counts = section.get("counts")
+            if isinstance(sample, dict):
+                inputs = sum(int(v) for v in sample.values())
+            elif isinstance(counts, dict):
+                inputs = int(sum(float(v) for v in counts.values()))
+            else:
+                inputs = 0
+            return {str(k): float(v) for k, v in shares.items()}, source, inputs
+    return None, None, 0
 
 
 def parse_profile(profile: dict[str, Any] | None, task: str | None = None) -> ReferenceProfile:
@@ -265,13 +279,14 @@ def parse_profile(profile: dict[str, Any] | None, task: str | None = None) -> Re
         missing[EMBEDDING] = ("profile.json has no served-space embedding profile "
                               "(embedding_served; retrain or re-profile the adapter)")
     confidence = labels = source = generation = None
+    label_inputs = 0
     if CONFIDENCE in signals:
         confidence = _binned(profile.get("confidence"))
         if confidence is None:
             missing[CONFIDENCE] = ("profile.json has no confidence histogram of at least "
                                    f"{MIN_REFERENCE_COUNT} reference inputs")
     if PREDICTED_LABEL in signals:
-        labels, source = _labels(profile)
+        labels, source, label_inputs = _labels(profile)
         if labels is None:
             missing[PREDICTED_LABEL] = "profile.json has no label distribution"
     if OUTPUT_LENGTH in signals:
@@ -281,4 +296,5 @@ def parse_profile(profile: dict[str, Any] | None, task: str | None = None) -> Re
                       f"{MIN_GENERATION_COUNT} prompts; retrain or re-profile the adapter")
             missing[OUTPUT_LENGTH] = missing[TOKEN_LOGPROB] = reason
     return ReferenceProfile(length, confidence, labels, embedding, missing,
-                            generation=generation, label_source=source)
+                            generation=generation, label_source=source,
+                            label_inputs=label_inputs)

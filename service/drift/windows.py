@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from loraswap.service.drift.calibration import AlarmLevels
 from loraswap.service.drift.records import PredictionRecord
 from loraswap.service.drift.reference import ReferenceProfile
 from loraswap.service.drift.scores import FloatArray
@@ -39,6 +40,8 @@ class VersionWindow:
     embeddings: deque[FloatArray] = field(init=False)
     generations: deque[LiveGeneration] = field(init=False)
     dirty: bool = False
+    # Alarm levels against ``reference`` (computed once per signal and window size).
+    levels: AlarmLevels = field(init=False, default_factory=AlarmLevels)
 
     def __post_init__(self) -> None:
         self.lengths = deque(maxlen=self.size)
@@ -92,6 +95,7 @@ class VersionWindow:
         projected on the old reference's basis, and generations were kept only if the old
         reference could compare them, so both start again."""
         self.reference = reference
+        self.levels = AlarmLevels()
         self.embeddings.clear()
         self.generations.clear()
         self.dirty = True

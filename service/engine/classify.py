@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
 from loraswap.adapters.compatibility import check_head
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.lora_format import ClassificationHead, LoraAdapterWeights
 from loraswap.adapters.package import AttentionMode, TaskKind
+from loraswap.core.errors import LoraswapError
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.observer import EngineObserver
-from loraswap.service.engine.residency import AdapterKey, LoraSlotManager
+from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner
 
 
@@ -45,7 +46,7 @@ class ClassificationRequest:
     request_id: str
     prompt_ids: list[int]
     task: TaskKind
-    adapter: AdapterKey
+    adapter: AdapterVersionRef
     adapter_weights: LoraAdapterWeights = field(repr=False)
     # Requests sharing a fairness key share one turn of the round-robin admission.
     fairness_key: str = "default"
@@ -66,7 +67,7 @@ class ClassificationRequest:
     @property
     def adapter_label(self) -> str:
         """The adapter's name for metrics and logs."""
-        return self.adapter.name
+        return str(self.adapter.ref)
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,9 @@ class SlotHeads:
 
     def __init__(self, device: torch.device) -> None:
         self._device = device
-        self._heads: dict[int, tuple[AdapterKey, torch.Tensor, torch.Tensor | None]] = {}
+        self._heads: dict[int, tuple[AdapterVersionRef, torch.Tensor, torch.Tensor | None]] = {}
 
-    def get(self, slot: int, key: AdapterKey, head: ClassificationHead,
+    def get(self, slot: int, key: AdapterVersionRef, head: ClassificationHead,
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias of ``key``'s head, copied to the device on first use in ``slot``."""
         cached = self._heads.get(slot)

@@ -11,16 +11,19 @@ import torch
 
 from loraswap.adapters.compatibility import check_head
 from loraswap.adapters.lora_format import LoraAdapterWeights
-from loraswap.adapters.model_families import stop_token_ids
+from loraswap.base_model.families import stop_token_ids
+from loraswap.core.errors import ConfigurationError
+from loraswap.core.identity import AdapterRef, AdapterVersionRef
 from loraswap.service.engine.classify import ClassificationRequest, ClassificationStream
 from loraswap.service.engine.detokenizer import Tokenizer
 from loraswap.service.engine.engine_thread import EngineThread
 from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.kv_pool import KvBlockPool, KvLayout
 from loraswap.service.engine.lora_slots import LoraSlotTable
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationRequest, RequestStream
-from loraswap.service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
-from loraswap.service.engine.runner import KvCache, LlamaRunner, model_shape, projection_groups
+from loraswap.service.engine.residency import HostLoraCache, LoraSlotManager
+from loraswap.service.engine.runner import LlamaRunner, ModelShape, model_shape, projection_groups
 from loraswap.service.engine.scheduler import ContinuousBatchScheduler
 from loraswap.service.engine.sequences import SchedulerConfig
 
@@ -31,13 +34,24 @@ T = TypeVar("T")
 class ResidencyView:
     """Which adapter versions are resident on this replica, per tier."""
 
-    in_slots: tuple[AdapterKey, ...]
-    in_host_memory: tuple[AdapterKey, ...]
+    in_slots: tuple[AdapterVersionRef, ...]
+    in_host_memory: tuple[AdapterVersionRef, ...]
+
+
+# Share of the GPU memory left after the weights and the slot table that the KV pool takes
+# by default (the rest: activations of a step, the allocator's slack).
+GPU_KV_FRACTION = 0.85
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Sizes of the engine's preallocated tables and queues."""
+    """Sizes of the engine's preallocated tables and queues.
+
+    ``kv_cache_bytes``: the KV pool's budget; None takes, on a GPU, a fraction
+    (:data:`GPU_KV_FRACTION`) of the memory free once weights and slot table are in, and on
+    a CPU what the old per-row cache reserved (``max_batch_size`` × ``max_model_len``
+    tokens). Either way the pool must hold one ``max_model_len`` sequence.
+    """
 
     max_loras: int = 16
     max_lora_rank: int = 16
@@ -47,6 +61,9 @@ class EngineConfig:
     max_prefill_tokens: int = 2048
     max_queue: int = 256
     max_queue_per_tenant: int | None = None
+    kv_cache_bytes: int | None = None
+    kv_block_size: int = 16
+    prefix_cache: bool = True
 
 
 class LoraEngine:
@@ -70,8 +87,8 @@ class LoraEngine:
             max_loras=config.max_loras, max_rank=config.max_lora_rank,
             dtype=lora_dtype, device=device,
         )
-        self.cache = KvCache(shape, config.max_batch_size, config.max_model_len, dtype, device)
-        self.runner = LlamaRunner(model, self.table, self.cache, observer)
+        self.pool = self._kv_pool(shape, dtype, device)
+        self.runner = LlamaRunner(model, self.table, self.pool, observer)
         self.slots = LoraSlotManager(self.table, observer)
         self._owns_thread = thread is None
         self.thread = thread or EngineThread()
@@ -83,10 +100,31 @@ class LoraEngine:
                 max_prefill_tokens=config.max_prefill_tokens, max_queue=config.max_queue,
                 stop_token_ids=stop_token_ids(model, tokenizer),
                 max_queue_per_key=config.max_queue_per_tenant,
+                prefix_cache=config.prefix_cache,
             ),
             observer, pad_token_id=getattr(model.config, "pad_token_id", None),
             wake=self.thread.wake,
         )
+
+    def _kv_pool(self, shape: ModelShape, dtype: torch.dtype,
+                 device: torch.device) -> KvBlockPool:
+        config, size = self.config, self.config.kv_block_size
+        layout = KvLayout(shape.num_layers, shape.num_kv_heads, shape.head_dim, dtype)
+        budget = config.kv_cache_bytes
+        if budget is None and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = int(free * GPU_KV_FRACTION)
+        if budget is None:
+            budget = config.max_batch_size * config.max_model_len * layout.bytes_per_token
+        num_blocks = budget // (size * layout.bytes_per_token)
+        needed = -(-config.max_model_len // size)
+        if num_blocks < needed:
+            raise ConfigurationError(
+                f"the KV cache budget of {budget} bytes holds {num_blocks} blocks of {size} "
+                f"tokens; one sequence of max_model_len {config.max_model_len} needs {needed} "
+                f"({needed * size * layout.bytes_per_token} bytes): raise "
+                "LORASWAP_KV_CACHE_BYTES or lower LORASWAP_MAX_MODEL_LEN")
+        return KvBlockPool(layout, num_blocks, size, device)
 
     def start(self) -> None:
         """Start stepping the scheduler on the engine thread."""
@@ -107,7 +145,7 @@ class LoraEngine:
         return await self.thread.run(fn)
 
     async def adapter_weights(
-        self, key: AdapterKey, read: Callable[[], LoraAdapterWeights]
+        self, key: AdapterVersionRef, read: Callable[[], LoraAdapterWeights]
     ) -> LoraAdapterWeights:
         """Decoded weights of ``key`` from the host tier, read (and checked) on a miss."""
 
@@ -119,7 +157,7 @@ class LoraEngine:
 
         return await self.host.get(key, read_checked)
 
-    async def pin(self, key: AdapterKey, weights: LoraAdapterWeights) -> bool:
+    async def pin(self, key: AdapterVersionRef, weights: LoraAdapterWeights) -> bool:
         """Keep ``key`` resident (other versions of its adapter lose their pin) and load it
         into a slot now; False when every slot is busy (it then stays once loaded)."""
 
@@ -133,9 +171,9 @@ class LoraEngine:
 
         return await self.thread.run(pin_and_load)
 
-    async def unpin(self, name: str) -> None:
-        """Let adapter ``name`` be evicted like any other."""
-        await self.thread.run(lambda: self.slots.unpin(name))
+    async def unpin(self, ref: AdapterRef) -> None:
+        """Let adapter ``ref`` be evicted like any other."""
+        await self.thread.run(lambda: self.slots.unpin(ref))
 
     def residency(self) -> ResidencyView:
         """Adapter versions in slots (the slot manager's snapshot) and in host memory
@@ -182,6 +220,8 @@ class LoraEngine:
             "max_lora_rank": self.config.max_lora_rank,
             "waiting": self.scheduler.num_waiting,
             "running": self.scheduler.num_running,
-            "kv_cache_bytes": self.cache.num_bytes,
+            "kv_cache_bytes": self.pool.num_bytes,
+            "kv_blocks_total": self.pool.num_blocks,
+            "kv_blocks_used": self.pool.used,
             "slot_table_bytes": self.table.num_bytes,
         }

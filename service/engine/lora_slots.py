@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from loraswap.adapters.compatibility import check_rank
-from loraswap.adapters.errors import AdapterIncompatibleError
 from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.core.errors import AdapterIncompatibleError
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,19 @@ class EngineObserver(Protocol):
         """A request ended with ``reason`` after generating ``tokens`` tokens."""
         return None
 
+    def kv_blocks(self, *, used: int, total: int, cached: int) -> None:
+        """KV pool blocks held by running sequences, in the pool, and holding cached
+        prefixes nobody uses (after a scheduler step)."""
+        return None
+
+    def preempted(self, adapter: str) -> None:
+        """A running sequence gave its KV blocks back to be recomputed later."""
+        return None
+
+    def prefix_lookup(self, *, queried: int, hit: int) -> None:
+        """A prompt's full blocks were looked up in the prefix cache: ``hit`` were found."""
+        return None
+
     def engine_step(self, kind: StepKind, seconds: float, tokens: int) -> None:
         """One forward pass of ``kind`` over ``tokens`` real tokens took ``seconds``."""
         return None

@@ -7,10 +7,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.core.errors import LoraswapError
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.logits import TokenLogprob
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import RequestCancelledError
 
@@ -22,16 +22,25 @@ class GenerationRequest:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
-    adapter: AdapterKey | None = None
+    adapter: AdapterVersionRef | None = None
     adapter_weights: LoraAdapterWeights | None = field(default=None, repr=False)
     # Requests sharing a fairness key share one turn of the round-robin admission.
     fairness_key: str = "default"
     arrived_at: float = field(default_factory=time.perf_counter)
 
     @property
+    def cache_scope(self) -> str:
+        """Who may share this prompt's cached KV blocks: the fairness key (the tenant, when
+        auth is on), the adapter and its version. Never wider: LoRA on k/v changes the
+        cache, and a block shared across tenants would leak one's prompt to another's
+        timing."""
+        adapter = (str(self.adapter.ref), str(self.adapter.version)) if self.adapter else None
+        return repr((self.fairness_key, adapter))
+
+    @property
     def adapter_label(self) -> str:
         """The adapter's name for metrics and logs ("base" for none)."""
-        return self.adapter.name if self.adapter else "base"
+        return str(self.adapter.ref) if self.adapter else "base"
 
 
 @dataclass(frozen=True)

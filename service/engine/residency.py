@@ -13,22 +13,11 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from loraswap.adapters.lora_format import LoraAdapterWeights
+from loraswap.core.identity import AdapterRef, AdapterVersionRef
 from loraswap.service.engine.lora_slots import LoraSlotTable
 from loraswap.service.engine.observer import EngineObserver
-
-
-@dataclass(frozen=True)
-class AdapterKey:
-    """Identity of one servable adapter version: its public name and a version tag."""
-
-    name: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
 
 
 class LoraSlotManager:
@@ -37,22 +26,23 @@ class LoraSlotManager:
     def __init__(self, table: LoraSlotTable, observer: EngineObserver) -> None:
         self.table = table
         self._observer = observer
-        self._slot_of: OrderedDict[AdapterKey, int] = OrderedDict()  # LRU order, oldest first
+        # LRU order, oldest first
+        self._slot_of: OrderedDict[AdapterVersionRef, int] = OrderedDict()
         self._refs = [0] * (table.max_loras + 1)
         self._free = list(range(table.max_loras, 0, -1))
         # One pinned version per adapter name: promoting re-pins, so an old version is not
         # kept resident for ever.
-        self.pinned: set[AdapterKey] = set()
+        self.pinned: set[AdapterVersionRef] = set()
         # Replaced (never mutated) on the engine thread whenever the slots' contents change,
         # so probes, scrapes and the registry watcher can read it from any thread.
-        self._resident: tuple[AdapterKey, ...] = ()
+        self._resident: tuple[AdapterVersionRef, ...] = ()
 
     @property
-    def resident(self) -> tuple[AdapterKey, ...]:
+    def resident(self) -> tuple[AdapterVersionRef, ...]:
         """Adapters now in slots (a snapshot, safe to read from any thread)."""
         return self._resident
 
-    def acquire(self, key: AdapterKey, weights: LoraAdapterWeights) -> int | None:
+    def acquire(self, key: AdapterVersionRef, weights: LoraAdapterWeights) -> int | None:
         """Slot holding ``key`` (loading it if needed), referenced; None if all are busy."""
         slot = self._slot_of.get(key)
         if slot is not None:
@@ -65,20 +55,20 @@ class LoraSlotManager:
                 return None
             started = time.perf_counter()
             self.table.load(slot, weights)
-            self._observer.adapter_loaded(key.name, "slot", time.perf_counter() - started)
+            self._observer.adapter_loaded(str(key.ref), "slot", time.perf_counter() - started)
             self._slot_of[key] = slot
             self._resident = tuple(self._slot_of)
         self._refs[slot] += 1
         self._observer.resident_adapters("slot", len(self._slot_of))
         return slot
 
-    def pin(self, key: AdapterKey) -> None:
+    def pin(self, key: AdapterVersionRef) -> None:
         """Never evict ``key``; unpins other versions of the same adapter."""
-        self.pinned = {k for k in self.pinned if k.name != key.name} | {key}
+        self.pinned = {k for k in self.pinned if k.ref != key.ref} | {key}
 
-    def unpin(self, name: str) -> None:
-        """Let every version of adapter ``name`` be evicted again."""
-        self.pinned = {k for k in self.pinned if k.name != name}
+    def unpin(self, ref: AdapterRef) -> None:
+        """Let every version of adapter ``ref`` be evicted again."""
+        self.pinned = {k for k in self.pinned if k.ref != ref}
 
     def release(self, slot: int) -> None:
         """Drop one running sequence's reference to ``slot``."""
@@ -91,7 +81,7 @@ class LoraSlotManager:
                 del self._slot_of[key]
                 self._resident = tuple(self._slot_of)
                 self.table.clear(slot)
-                self._observer.adapter_evicted(key.name, "slot")
+                self._observer.adapter_evicted(str(key.ref), "slot")
                 return slot
         return None
 
@@ -107,18 +97,18 @@ class HostLoraCache:
         self.capacity = capacity
         self._observer = observer
         self._run_blocking = run_blocking
-        self._entries: OrderedDict[AdapterKey, LoraAdapterWeights] = OrderedDict()
-        self._loading: dict[AdapterKey, asyncio.Future[LoraAdapterWeights]] = {}
+        self._entries: OrderedDict[AdapterVersionRef, LoraAdapterWeights] = OrderedDict()
+        self._loading: dict[AdapterVersionRef, asyncio.Future[LoraAdapterWeights]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def keys(self) -> list[AdapterKey]:
+    def keys(self) -> list[AdapterVersionRef]:
         """Adapters now decoded in host memory, least recently used first."""
         return list(self._entries)
 
     async def get(
-        self, key: AdapterKey, load: Callable[[], LoraAdapterWeights]
+        self, key: AdapterVersionRef, load: Callable[[], LoraAdapterWeights]
     ) -> LoraAdapterWeights:
         """The decoded adapter; ``load`` (blocking, run off the loop) only on a miss."""
         cached = self._entries.get(key)
@@ -135,7 +125,7 @@ class HostLoraCache:
         try:
             started = time.perf_counter()
             weights = await self._run_blocking(load)
-            self._observer.adapter_loaded(key.name, "host", time.perf_counter() - started)
+            self._observer.adapter_loaded(str(key.ref), "host", time.perf_counter() - started)
         except BaseException as exc:
             future.set_exception(exc)
             # Waiters re-raise it; mark it retrieved so asyncio does not warn when none wait.
@@ -147,9 +137,9 @@ class HostLoraCache:
         self._insert(key, weights)
         return weights
 
-    def _insert(self, key: AdapterKey, weights: LoraAdapterWeights) -> None:
+    def _insert(self, key: AdapterVersionRef, weights: LoraAdapterWeights) -> None:
         self._entries[key] = weights
         while len(self._entries) > self.capacity:
             old, _ = self._entries.popitem(last=False)
-            self._observer.adapter_evicted(old.name, "host")
+            self._observer.adapter_evicted(str(old.ref), "host")
         self._observer.resident_adapters("host", len(self._entries))

@@ -1,12 +1,13 @@
-"""Forward pass of a Llama-style base model with per-row LoRA slots and a KV cache.
+"""Forward pass of a Llama-style base model with per-sequence LoRA slots and a paged KV cache.
 
 The runner re-uses the loaded Hugging Face model's modules (embedding, norms, projections,
 rotary embedding, head), so a bitsandbytes 4-bit or 8-bit base runs unchanged, but it owns
-the batching: each row of a decode step is one sequence with its own cache row, position
-and adapter slot. Plain (unquantized) q/k/v and gate/up weights are fused into one GEMM
+the batching: a step is a flat list of tokens from many sequences (decodes and prompt
+chunks), each with its own positions, block table and adapter slot (see
+``paged_attention.py``). Plain (unquantized) q/k/v and gate/up weights are fused into one GEMM
 each; the original modules keep views into the fused tensors, so nothing is duplicated.
 
-The families served (:data:`loraswap.adapters.model_families.SUPPORTED_MODEL_TYPES`) share the Llama
+The families served (:data:`loraswap.base_model.families.SUPPORTED_MODEL_TYPES`) share the Llama
 decoder block and differ only in what lives inside modules the runner calls anyway, plus
 two things it handles itself: q/k/v biases (Qwen2; fused with the weights) and per-head
 RMS norms of queries and keys before the rotary embedding (Qwen3). Gemma's scaled
@@ -26,9 +27,11 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from loraswap.adapters.model_families import check_model_config
+from loraswap.base_model.families import check_model_config
+from loraswap.service.engine.kv_pool import KvBlockPool
 from loraswap.service.engine.lora_slots import LoraBatchPlan, LoraSlotTable, ProjectionGroup
 from loraswap.service.engine.observer import EngineObserver, NullObserver, StepKind
+from loraswap.service.engine.paged_attention import PagedStep, StepChunk
 
 # Per-step attention: writes the new keys/values into the cache and attends.
 _Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,23 +91,6 @@ class ModelShape:
     vocab_size: int
 
 
-class KvCache:
-    """Preallocated keys and values: ``[layers, rows, kv_heads, max_len, head_dim]``."""
-
-    def __init__(self, shape: ModelShape, max_rows: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        size = (shape.num_layers, max_rows, shape.num_kv_heads, max_len, shape.head_dim)
-        self.keys = torch.zeros(size, dtype=dtype, device=device)
-        self.values = torch.zeros(size, dtype=dtype, device=device)
-        self.max_rows = max_rows
-        self.max_len = max_len
-
-    @property
-    def num_bytes(self) -> int:
-        """Memory held by the cache."""
-        return 2 * self.keys.numel() * self.keys.element_size()
-
-
 def model_shape(model: Any) -> ModelShape:
     """Read the dimensions of a causal LM of a supported family, refusing anything else."""
     config = model.config
@@ -134,31 +120,25 @@ def projection_groups(shape: ModelShape) -> list[ProjectionGroup]:
 
 
 @dataclass(frozen=True)
-class Prefilled:
-    """What a prefill step gives back: the last token's logits and the drift hook.
-
-    ``pooled``: each prompt's final-normed hidden states averaged over its tokens, the
-    vector ``training/profile.py`` stores as ``embedding_served`` (adapter applied, as
-    served), from this same forward pass: one norm and one mean more, no extra pass.
-
-    ``prompt_hidden``: for the prompts that asked (``echo`` with logprobs), the final-normed
-    hidden states of every position but the last, which :meth:`LlamaRunner.head_logits`
-    turns into the logits that predict each next prompt token; None for the others.
-    """
+class StepOutput:
+    """What a step gives back: float32 logits of each chunk's last token ``[chunks, vocab]``,
+    and for each chunk that asked (``hidden_from``), the final-normed hidden states of its
+    prompt tokens (float32 ``[tokens, hidden]``): ``training/profile.py`` stores their mean
+    as ``embedding_served`` (adapter applied, as served), from this same forward pass."""
 
     logits: torch.Tensor
-    pooled: list[list[float]]
-    prompt_hidden: tuple[torch.Tensor | None, ...] = ()
+    hidden: list[torch.Tensor | None]
 
 
 class LlamaRunner:
-    """Runs prefill and decode steps over rows of the KV cache, with LoRA slots per row.
+    """Runs steps of mixed prefill chunks and decodes over the paged KV cache, with a LoRA
+    slot per sequence.
 
     Every step is timed (``clock``) and reported to ``observer`` with its real tokens, so
     ``/metrics`` shows where the time goes on the machine at hand.
     """
 
-    def __init__(self, model: Any, slots: LoraSlotTable, cache: KvCache,
+    def __init__(self, model: Any, slots: LoraSlotTable, pool: KvBlockPool,
                  observer: EngineObserver | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         # ``model`` is a transformers causal LM of a supported family (untyped, hence Any).
@@ -167,7 +147,7 @@ class LlamaRunner:
         self._clock = clock
         self.shape = model_shape(model)
         self.slots = slots
-        self.cache = cache
+        self.pool = pool
         decoder = model.model
         self._embed = decoder.embed_tokens
         self._norm = decoder.norm
@@ -201,39 +181,6 @@ class LlamaRunner:
         return tokens, positions, mask, lengths
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], rows: list[int], slots: list[int],
-                keep_hidden: list[bool] | None = None) -> Prefilled:
-        """Run whole prompts into cache ``rows``; float32 logits of each last token and
-        each prompt's mean-pooled final-normed hidden state (and, for the prompts flagged
-        in ``keep_hidden``, their hidden states: see :class:`Prefilled`)."""
-        tokens, positions, mask, lengths = self._padded(prompts)
-        width = tokens.shape[1]
-        row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
-
-        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.cache.keys[layer, row_index, :, :width] = k
-            self.cache.values[layer, row_index, :, :width] = v
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-
-        row_slots = torch.tensor(slots, dtype=torch.long).repeat_interleave(width)
-        with self._timed("prefill", sum(len(p) for p in prompts)):
-            hidden = self._forward(tokens, positions, attend, self.slots.plan(row_slots))
-            normed = self._norm(hidden)
-            last = normed[torch.arange(len(prompts), device=self.device), lengths - 1]
-            logits: torch.Tensor = self._head(last).float()
-            real = (positions < lengths[:, None]).unsqueeze(-1)
-            pooled = (normed.float() * real).sum(1) / lengths[:, None].float()
-            kept = tuple(normed[i, : len(p) - 1].clone() if keep_hidden and keep_hidden[i]
-                         else None for i, p in enumerate(prompts))
-            return Prefilled(logits, pooled.cpu().tolist(), kept)
-
-    @torch.inference_mode()
-    def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
-        """float32 logits of final-normed hidden states (from :attr:`Prefilled.prompt_hidden`)."""
-        logits: torch.Tensor = self._head(normed).float()
-        return logits
-
-    @torch.inference_mode()
     def encode(self, prompts: list[list[int]], slots: list[int],
                bidirectional: list[bool] | None = None) -> torch.Tensor:
         """Final-normed hidden states ``[prompts, max_len, hidden]`` of whole prompts.
@@ -260,39 +207,48 @@ class LlamaRunner:
             return normed
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-               ) -> torch.Tensor:
-        """One token for each of cache rows ``0..len(tokens)-1``; float32 logits per row.
-
-        ``positions[i]`` is where row ``i``'s new token goes; rows that hold no sequence
-        pass token 0 at position 0 with slot 0 and their logits are ignored.
-        """
-        num_rows = tokens.shape[0]
-        span = int(positions.max()) + 1
-        rows = torch.arange(num_rows, device=self.device)
-        mask = (torch.arange(span, device=self.device)[None, :] <= positions[:, None])
-        mask = mask[:, None, None, :]
+    def step(self, chunks: list[StepChunk], hidden_until: list[int] | None = None,
+             ) -> StepOutput:
+        """Run ``chunks`` (single-token decodes first) through the model in one pass, writing
+        their keys and values into the pool; the last token's logits of each chunk, and for
+        a chunk ``i`` with ``hidden_until[i] > start`` the normed hidden states of its
+        positions below ``hidden_until[i]`` (its prompt tokens)."""
+        paged = PagedStep(chunks, self.pool.block_size, self.device)
+        lengths = [len(c.tokens) for c in chunks]
+        tokens = torch.tensor([t for c in chunks for t in c.tokens], dtype=torch.long)
+        row_slots = torch.tensor([c.slot for c in chunks], dtype=torch.long).repeat_interleave(
+            torch.tensor(lengths))
+        keys, values = self.pool.keys, self.pool.values
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            keys, values = self.cache.keys[layer], self.cache.values[layer]
-            keys[rows, :, positions] = k[:, :, 0]
-            values[rows, :, positions] = v[:, :, 0]
-            return F.scaled_dot_product_attention(
-                q, keys[:num_rows, :, :span], values[:num_rows, :, :span],
-                attn_mask=mask, enable_gqa=True,
-            )
+            return paged.attend(keys[layer], values[layer], q, k, v)
 
-        # Idle rows sit at position 0; a running sequence is always past its prompt.
-        with self._timed("decode", int((positions > 0).sum())):
-            hidden = self._forward(tokens[:, None], positions[:, None], attend,
-                                   self.slots.plan(slots))
-            return self._logits(hidden[:, 0])
+        kind: StepKind = "decode" if paged.num_decode == len(chunks) else "prefill"
+        with self._timed(kind, len(tokens)):
+            hidden = self._forward(tokens.to(self.device)[:, None], paged.positions[:, None],
+                                   attend, self.slots.plan(row_slots))[:, 0]
+            ends = torch.tensor(lengths).cumsum(0) - 1
+            logits = self._logits(hidden[ends.to(self.device)])
+            pooled: list[torch.Tensor | None] = []
+            first = 0
+            for chunk, until in zip(chunks, hidden_until or [0] * len(chunks), strict=True):
+                count = min(until, chunk.end) - chunk.start
+                pooled.append(self._norm(hidden[first : first + count]).float()
+                              if count > 0 else None)
+                first += len(chunk.tokens)
+            return StepOutput(logits, pooled)
 
     @contextmanager
     def _timed(self, kind: StepKind, tokens: int) -> Iterator[None]:
         started = self._clock()
         yield
         self._observer.engine_step(kind, self._clock() - started, tokens)
+
+    @torch.inference_mode()
+    def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """float32 logits of final-normed hidden states (:attr:`StepOutput.hidden`)."""
+        logits: torch.Tensor = self._head(normed.to(self.dtype)).float()
+        return logits
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self._head(self._norm(hidden)).float()

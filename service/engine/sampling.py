@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loraswap.adapters.errors import InvalidRequestError, LoraswapError
+from loraswap.core.errors import InvalidRequestError, LoraswapError
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
 from loraswap.service.engine.logits import (
     MAX_TOP_LOGPROBS,

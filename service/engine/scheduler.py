@@ -1,30 +1,32 @@
 """Continuous batching: the scheduler, stepped by the engine thread, owns the running batch.
 
-Each iteration (1) drops cancelled sequences, (2) admits waiting requests into free cache
-rows and prefills them together (bounded by a prompt-token budget, so decoding never
-stalls for long), (3) runs one decode step for every running sequence. Finished sequences
-leave at once and free their row and their slot reference.
+Each iteration (1) drops cancelled sequences, (2) plans the running batch: one token for
+every decoding sequence, taking a new KV block when one crosses a block boundary, and the
+next chunk of every prompt still being prefilled, within a per-step prompt-token budget
+(``max_prefill_tokens``), (3) admits waiting requests while the batch has room, the budget
+is not spent and the pool has the blocks for their prompt (shared prefix blocks from the
+prefix cache count as had), (4) runs all of it in one forward pass. Finished sequences leave
+at once and give back their blocks and their slot reference. When the pool runs out during
+(2), the newest running sequence is preempted and recomputed later (:mod:`kv_batch`).
 
 Classification requests (seq-cls, token-cls adapters) wait in the same queue and are
 admitted by the same rules, but need no cache row: the ones admitted in a step run
 together in one forward pass (:class:`BatchClassifier`) and finish in that step.
 
-Fairness: see :class:`FairQueue` (round-robin across tenants, FIFO within one; places
-reserved before tokenizing; a full queue makes room for a caller holding less).
+Waiting requests are the admission queue's (:mod:`loraswap.service.engine.admission`: the
+one place the event loop and the engine thread meet); this module is the engine thread's
+step loop over the running batch.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
-
-from loraswap.adapters.errors import LoraswapError
+from loraswap.core.errors import LoraswapError
+from loraswap.service.engine.admission import AdmissionQueue, Queued
 from loraswap.service.engine.classify import (
     BatchClassifier,
     ClassificationRequest,
@@ -32,27 +34,20 @@ from loraswap.service.engine.classify import (
     PendingClassification,
 )
 from loraswap.service.engine.detokenizer import IncrementalText, Tokenizer
-from loraswap.service.engine.fair_queue import FairQueue, QueuePlaces
-from loraswap.service.engine.logits import TokenLogprob, prompt_logprobs
+from loraswap.service.engine.fair_queue import QueuePlaces
+from loraswap.service.engine.kv_batch import PagedBatch
+from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest, RequestStream
 from loraswap.service.engine.residency import LoraSlotManager
 from loraswap.service.engine.runner import LlamaRunner
-from loraswap.service.engine.sampling import (
-    Picked,
-    TokenSampler,
-    chosen_logprobs,
-    pick_rows,
-    token_of,
-)
+from loraswap.service.engine.sampling import Picked, TokenSampler
 from loraswap.service.engine.sequences import GenerationSequence, SchedulerConfig
 from loraswap.service.errors import NotReadyError, OverloadedError, RequestCancelledError
 
 logger = logging.getLogger(__name__)
 
 
-# What waits in the queue: a generation sequence or a classification request.
-_Queued = GenerationSequence | PendingClassification
 Q = TypeVar("Q", GenerationSequence, PendingClassification)
 
 
@@ -71,40 +66,39 @@ class ContinuousBatchScheduler:
         self._tokenizer = tokenizer
         self.config = config
         self._observer = observer
-        self._waiting: FairQueue[_Queued] = FairQueue(lambda item: item.request.fairness_key)
+        self._queue = AdmissionQueue(config)
         self._classifier = BatchClassifier(runner, slots, observer, pad_token_id)
-        # Classifications in the queue: with every cache row busy, only they can be admitted.
-        self._classify_waiting = 0
-        self._running: dict[int, GenerationSequence] = {}  # cache row -> sequence
-        self._free_rows = list(range(config.max_batch_size))
-        self._lock = threading.Lock()  # guards the waiting queue (submit vs. admission)
-        self._closed = False
+        self._batch = PagedBatch(runner.pool, observer, config.prefix_cache)
+        self._running = self._batch.running  # admission order, oldest first
+        self._preempted = self._batch.preempted  # readmitted first, oldest first
+        self._pool = runner.pool
         self._waiting_for_slot = False
-        self._queued: dict[int, _Queued] = {}  # id(stream) -> its waiting item
         # Names of the running batch's adapters, replaced after each step (read elsewhere).
         self._running_adapters: tuple[str, ...] = ()
-        self._admitting: list[GenerationSequence] = []  # taken from the queue, not yet running
+        self._admitting: list[GenerationSequence] = []  # in this step's forward pass
         self._classifying: list[PendingClassification] = []  # admitted in this step
         self._wake = wake
 
     @property
     def num_waiting(self) -> int:
         """Requests admitted to the queue but not yet running."""
-        return self._waiting.size
+        return self._queue.size
 
     @property
     def num_running(self) -> int:
         """Sequences in the running batch."""
         return len(self._running)
 
+    @property
+    def kv_usage(self) -> float:
+        """Fraction (0-1) of the KV pool's blocks that running sequences hold."""
+        return self._batch.kv_usage
+
     def adapter_names(self) -> tuple[list[str], list[str]]:
         """Adapter names (no versions, no base) of the running batch and of the queue, for
         the gateway's ``lora_requests_info`` gauge; safe to call from any thread (the running
         names are the snapshot the engine thread published after its last step)."""
-        with self._lock:
-            waiting = [item.request.adapter.name for item in self._waiting.items()
-                       if item.request.adapter is not None]
-        return list(self._running_adapters), waiting
+        return list(self._running_adapters), self._queue.adapter_names()
 
     def submit(self, request: GenerationRequest, stream: RequestStream,
                places: QueuePlaces | None = None) -> None:
@@ -124,78 +118,22 @@ class ContinuousBatchScheduler:
         self._enqueue(PendingClassification(request, stream), places)
 
     def reserve(self, key: str, places: int) -> QueuePlaces:
-        """Hold ``places`` of ``key``'s share for its next engine requests, before they are
-        tokenized: a caller over its share, or a full queue that no heavier caller can make
-        room in, is refused (:class:`OverloadedError`) before any work is spent on it."""
-        with self._lock:
-            self._make_room(key, places, check_share=True, dry_run=True)
-            self._waiting.reserve(key, places)
-        return QueuePlaces(key, places, self._unreserve)
+        """Hold ``places`` of ``key``'s share of the queue (:meth:`AdmissionQueue.reserve`)."""
+        return self._queue.reserve(key, places)
 
-    def _unreserve(self, key: str, places: int) -> None:
-        with self._lock:
-            self._waiting.unreserve(key, places)
-
-    def _enqueue(self, item: _Queued, places: QueuePlaces | None) -> None:
-        key = item.request.fairness_key
-        reserved = places is not None and places.key == key and places.take()
-        with self._lock:
-            if reserved:
-                self._waiting.unreserve(key, 1)  # its share was checked at the reservation
-            pushed_out = self._make_room(key, 1, check_share=not reserved)
-            self._waiting.push(item)
-            self._queued[id(item.stream)] = item
-            self._classify_waiting += isinstance(item, PendingClassification)
-        self._shed(pushed_out)
-        self.kick()
-
-    def _make_room(self, key: str, places: int, *, check_share: bool,
-                   dry_run: bool = False) -> list[_Queued]:
-        """Check that ``places`` more items of ``key`` fit (its share, the queue) and make
-        room in a full queue (:meth:`FairQueue.room_for`); the items pushed out (none on a
-        dry run). Called with the lock held."""
-        if self._closed:
-            raise NotReadyError("server is shutting down")
-        full = self._waiting.size + places > self.config.max_queue
-        held = self._waiting.held(key)
-        share = self.config.queue_share
-        if check_share and held + places > share:
-            # A share that is the whole queue is not worth naming.
-            raise self._queue_full() if full or share >= self.config.max_queue else OverloadedError(
-                f"this caller already has {held} requests queued, its share of the queue is "
-                f"{share}; retry later", retry_after=1)
-        victims = self._waiting.room_for(key, places, self.config.max_queue)
-        if victims is None:
-            raise self._queue_full()
-        if dry_run:
-            return []
-        pushed_out = self._waiting.push_out(victims)
-        for item in pushed_out:
-            self._queued.pop(id(item.stream), None)
-            self._classify_waiting -= isinstance(item, PendingClassification)
-        return pushed_out
-
-    def _shed(self, pushed_out: list[_Queued]) -> None:
-        """End the requests pushed out of a full queue with a 429."""
-        for item in pushed_out:
-            self._drop(item, "shed", OverloadedError(
+    def _enqueue(self, item: Queued, places: QueuePlaces | None) -> None:
+        for pushed_out in self._queue.push(item, places):
+            self._drop(pushed_out, "shed", OverloadedError(
                 f"request queue is full ({self.config.max_queue} waiting) and this caller "
                 "holds the most of it; retry later", retry_after=1))
-
-    def _queue_full(self) -> OverloadedError:
-        return OverloadedError(
-            f"request queue is full ({self.config.max_queue} waiting); retry later",
-            retry_after=1)
+        self.kick()
 
     def withdraw(self, stream: RequestStream | ClassificationStream) -> None:
         """Take a cancelled request out of the queue now, so it frees its place at once
         (a running one is dropped at the next step)."""
-        with self._lock:
-            item = self._queued.pop(id(stream), None)
-            if item is None or not self._waiting.remove(item):
-                return
-            self._classify_waiting -= isinstance(item, PendingClassification)
-        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
+        item = self._queue.withdraw(stream)
+        if item is not None:
+            self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
 
     def kick(self) -> None:
         """Make the engine thread reconsider its queues now (after a submit or cancel)."""
@@ -204,48 +142,53 @@ class ContinuousBatchScheduler:
 
     def has_work(self) -> bool:
         """Whether a step would do something (lock-free: called under the thread's lock)."""
-        return bool(self._running) or (self._waiting.size > 0 and not self._waiting_for_slot)
+        return bool(self._running) or (
+            (self._queue.size > 0 or bool(self._preempted)) and not self._waiting_for_slot)
 
     def step(self) -> None:
         """One iteration: drop cancelled, admit and prefill, decode; never raises.
 
-        A failure is contained to the requests it concerns: a prefill or classification
+        A failure is contained to the requests it concerns: a forward or classification
         pass that raises is retried one request at a time, so only the request that breaks
-        it fails; a row whose logits or sampling fail ends that request alone. Only an
-        exception in the shared decode pass fails the sequences that pass was running.
+        it fails; a row whose logits or sampling fail ends that request alone.
         """
         try:
             self._step()
         except Exception:
             logger.exception("engine step failed; failing the requests it was running")
             error = LoraswapError("engine step failed")
-            failed: list[_Queued] = [*self._running.values(), *self._admitting,
-                                     *self._classifying]
+            failed: list[Queued] = [*self._running, *self._admitting, *self._classifying]
             for item in failed:
                 self._drop(item, "error", error)
         self._admitting, self._classifying = [], []
 
     def _step(self) -> None:
         self._reap_cancelled()
-        admitted, classify = self._admit()
+        scheduled, budget = self._batch.plan(self.config.max_prefill_tokens)
+        admitted, classify = self._admit(budget)
         self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they
         # need are all pinned. Sleep until something changes (a submit or cancel kicks us).
-        stuck = not admitted and not classify and not self._running and self._waiting.size > 0
-        if admitted:
-            self._isolated(admitted, self._prefill)
+        stuck = not admitted and not classify and not self._running and self._queue.size > 0
         if classify:
             self._isolated(classify, self._classifier.run)
+        batch = scheduled + admitted
+        if batch:
+            # Single-token chunks (decodes) first: the runner attends to them together.
+            batch.sort(key=lambda seq: seq.chunk != 1)
+            self._isolated(batch, self._forward)
         self._admitting, self._classifying = [], []
-        if self._running:
-            self._decode()
         self._waiting_for_slot = stuck
         self._publish_running()
-        self._observer.scheduler_state(waiting=self._waiting.size, running=len(self._running))
+        self._observer.scheduler_state(waiting=self._queue.size + len(self._preempted),
+                                       running=len(self._running))
+        self._observer.kv_blocks(used=self._pool.used, total=self._pool.num_blocks,
+                                 cached=self._pool.num_cached)
 
     def _publish_running(self) -> None:
         """Replace the immutable snapshot of running adapters that other threads read."""
-        self._running_adapters = tuple(seq.request.adapter.name for seq in self._running.values()
+        self._running_adapters = tuple(str(seq.request.adapter.ref)
+                                       for seq in self._running
                                        if seq.request.adapter is not None)
 
     def _isolated(self, items: list[Q], run: Callable[[list[Q]], None]) -> None:
@@ -263,52 +206,34 @@ class ContinuousBatchScheduler:
             self._isolated([item], run)
 
     def _reap_cancelled(self) -> None:
-        for seq in list(self._running.values()):
+        for seq in [*self._running, *self._preempted]:
             if seq.stream.cancelled:
                 self._finish(seq, "cancelled", RequestCancelledError("request cancelled"))
 
-    def _admit(self) -> tuple[list[GenerationSequence], list[PendingClassification]]:
-        """Waiting requests to run this step: generations (each takes a cache row) and
-        classifications (no row), within one prompt-token budget."""
-        admitted: list[GenerationSequence] = []
-        classify: list[PendingClassification] = []
-        budget = self.config.max_prefill_tokens
-        with self._lock:
-            progress = True
-            while progress and self._waiting.size and (self._free_rows or self._classify_waiting):
-                progress = False
-                for key in self._waiting.keys_in_turn():
-                    if not (self._free_rows or self._classify_waiting):
-                        break
-                    item = self._waiting.peek(key)
-                    if item.stream.cancelled:
-                        self._pop(key)
-                        self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
-                        continue
-                    if isinstance(item, GenerationSequence) and not self._free_rows:
-                        continue  # waits for a cache row; classifications of other keys go on
-                    need = len(item.request.prompt_ids)
-                    if (admitted or classify) and need > budget:
-                        return admitted, classify
-                    if not self._take_slot(item):
-                        continue  # its adapter waits for a slot; other keys go on
-                    self._pop(key)
-                    budget -= need
-                    progress = True
-                    if isinstance(item, GenerationSequence):
-                        item.row = heapq.heappop(self._free_rows)
-                        admitted.append(item)
-                    else:
-                        classify.append(item)
-        return admitted, classify
+    def _admit(self, budget: int,
+               ) -> tuple[list[GenerationSequence], list[PendingClassification]]:
+        """Requests to start this step: preempted sequences first (oldest first), then
+        waiting ones in fairness order; a generation needs room in the batch, some of the
+        prompt budget and the blocks of its prompt, a classification its whole prompt in
+        the budget (it needs no blocks)."""
+        admitted, budget = self._batch.readmit(budget, self.config.max_batch_size)
+        if self._preempted:  # nothing new goes ahead of a sequence waiting to resume
+            return admitted, []
+        chosen = self._queue.select(self.config.max_batch_size - len(self._running), budget,
+                                    self._take_slot, self._start)
+        for item in chosen.cancelled:
+            self._drop(item, "cancelled", RequestCancelledError("request cancelled"))
+        return admitted + chosen.generations, chosen.classifications
 
-    def _pop(self, key: str) -> _Queued:
-        item = self._waiting.pop(key)
-        self._queued.pop(id(item.stream), None)
-        self._classify_waiting -= isinstance(item, PendingClassification)
-        return item
+    def _start(self, seq: GenerationSequence, budget: int) -> bool:
+        """Join the batch with blocks for its prompt; False (its slot given back) while the
+        pool lacks them."""
+        if self._batch.start(seq, budget):
+            return True
+        self._slots.release(seq.slot)
+        return False
 
-    def _take_slot(self, item: _Queued) -> bool:
+    def _take_slot(self, item: Queued) -> bool:
         request = item.request
         if request.adapter is None or request.adapter_weights is None:
             item.slot = 0
@@ -319,48 +244,21 @@ class ContinuousBatchScheduler:
         item.slot = slot
         return True
 
-    def _prefill(self, seqs: list[GenerationSequence]) -> None:
-        out = self._runner.prefill(
-            [s.request.prompt_ids for s in seqs], [s.row for s in seqs], [s.slot for s in seqs],
-            keep_hidden=[s.request.params.prompt_logprobs is not None for s in seqs],
-        )
-        tokens = pick_rows(out.logits, [s.sampler for s in seqs])
-        logprobs = chosen_logprobs(out.logits, [token_of(t) for t in tokens])
-        hidden = out.prompt_hidden or (None,) * len(seqs)
-        for seq, token, logprob, pooled, states in zip(seqs, tokens, logprobs, out.pooled, hidden,
-                                                       strict=True):
-            top = seq.request.params.prompt_logprobs
-            if states is not None and top is not None:
-                seq.prompt_logprobs = tuple(prompt_logprobs(
-                    states, seq.request.prompt_ids, top, self._runner.head_logits))
-            self._running[seq.row] = seq
-            now = time.perf_counter()
-            self._observer.first_token(seq.request.adapter_label, now - seq.request.arrived_at)
+    def _forward(self, seqs: list[GenerationSequence]) -> None:
+        """One forward pass over the planned chunks; each sequence whose chunk reached its
+        last known token takes the token sampled from it."""
+        sampled = self._batch.forward(self._runner, seqs)
+        now = time.perf_counter()
+        for seq, token, logprob in sampled:
+            if seq.output_ids:
+                self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
+            else:
+                self._observer.first_token(seq.request.adapter_label,
+                                           now - seq.request.arrived_at)
             seq.last_token_at = now
-            seq.embedding = pooled
             self._accept_or_fail(seq, token, logprob)
 
-    def _decode(self) -> None:
-        width = max(self._running) + 1
-        tokens = torch.zeros(width, dtype=torch.long)
-        positions = torch.zeros(width, dtype=torch.long)
-        slots = torch.zeros(width, dtype=torch.long)
-        samplers: list[TokenSampler | None] = [None] * width
-        for row, seq in self._running.items():
-            tokens[row] = seq.output_ids[-1]
-            positions[row] = seq.next_position
-            slots[row] = seq.slot
-            samplers[row] = seq.sampler
-        logits = self._runner.decode(tokens, positions, slots)
-        chosen = pick_rows(logits, samplers)
-        logprobs = chosen_logprobs(logits, [token_of(t) for t in chosen])
-        now = time.perf_counter()
-        for row, seq in list(self._running.items()):
-            self._observer.output_token(seq.request.adapter_label, now - seq.last_token_at)
-            seq.last_token_at = now
-            self._accept_or_fail(seq, chosen[row], logprobs[row])
-
-    def _accept_or_fail(self, seq: GenerationSequence, token: Picked | LoraswapError | None,
+    def _accept_or_fail(self, seq: GenerationSequence, token: Picked | LoraswapError,
                         logprob: float) -> None:
         """Take a row's token; a row error, or any failure handling the token (decoding its
         text, matching stop strings), ends this request alone."""
@@ -369,8 +267,6 @@ class ContinuousBatchScheduler:
             self._finish(seq, "error", token)
             return
         try:
-            if token is None:  # pragma: no cover - every running row has a sampler
-                raise LoraswapError("no token for a running row")
             seq.logprobs.append(logprob)
             self._accept(seq, token.token, token.logprob)
         except Exception:
@@ -379,10 +275,10 @@ class ContinuousBatchScheduler:
 
     def _accept(self, seq: GenerationSequence, token: int, entry: TokenLogprob | None) -> None:
         seq.output_ids.append(token)
-        params = seq.request.params
-        reason: str | None = None
         entries = (entry,) if entry is not None else ()
         prompt, seq.prompt_logprobs = seq.prompt_logprobs, None
+        params = seq.request.params
+        reason: str | None = None
         is_eos = ((token in self.config.stop_token_ids and not params.ignore_eos)
                   or token in params.stop_token_ids)
         delta = "" if is_eos else seq.text.add(token)
@@ -399,7 +295,7 @@ class ContinuousBatchScheduler:
         self._finish(seq, reason, None, last=GenerationEvent(
             text=delta, token_ids=(token,), logprobs=entries, prompt_logprobs=prompt))
 
-    def _drop(self, item: _Queued, reason: str, error: LoraswapError) -> None:
+    def _drop(self, item: Queued, reason: str, error: LoraswapError) -> None:
         """End a request of either kind with ``error`` (cancelled, failed, shutting down)."""
         if isinstance(item, GenerationSequence):
             self._finish(item, reason, error)
@@ -411,15 +307,13 @@ class ContinuousBatchScheduler:
         if seq.done:
             return
         seq.done = True
-        if self._running.get(seq.row) is seq:
-            del self._running[seq.row]
+        if self._batch.release(seq):
             # Before the final event: whoever sees the request end sees it gone from the
             # running adapters (gateway metrics), not one step later.
             self._publish_running()
-        if seq.row >= 0:  # holds a cache row and a slot reference: give both back once
-            heapq.heappush(self._free_rows, seq.row)
+        if seq.holds_slot:  # give the slot reference back once
             self._slots.release(seq.slot)
-            seq.row, seq.slot = -1, 0
+            seq.holds_slot, seq.slot = False, 0
         prompt_tokens = len(seq.request.prompt_ids)
         completion = len(seq.output_ids)
         seq.stream.push(GenerationEvent(
@@ -434,13 +328,7 @@ class ContinuousBatchScheduler:
     def shutdown(self) -> None:
         """Fail everything running or waiting (the server is stopping)."""
         error = NotReadyError("server is shutting down")
-        for seq in list(self._running.values()):
+        for seq in [*self._running, *self._preempted]:
             self._finish(seq, "error", error)
-        with self._lock:
-            self._closed = True
-            pending = self._waiting.drain()
-            self._queued.clear()
-            self._classify_waiting = 0
-        for item in pending:
+        for item in self._queue.close():
             self._drop(item, "error", error)
-

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from loraswap.service.engine.detokenizer import IncrementalText
 from loraswap.service.engine.logits import TokenLogprob
 from loraswap.service.engine.requests import GenerationRequest, RequestStream
@@ -12,7 +14,11 @@ from loraswap.service.engine.sampling import TokenSampler
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Limits of the running batch and the waiting queue."""
+    """Limits of the running batch and the waiting queue.
+
+    ``max_prefill_tokens`` is the step's budget of prompt tokens: a longer prompt is
+    prefilled in chunks over several steps, each also decoding every running sequence.
+    """
 
     max_batch_size: int
     max_model_len: int
@@ -22,6 +28,7 @@ class SchedulerConfig:
     # Most requests one fairness key (tenant) may have waiting: one tenant's burst leaves
     # the rest of the queue to the others.
     max_queue_per_key: int | None = None
+    prefix_cache: bool = True
 
     @property
     def queue_share(self) -> int:
@@ -30,24 +37,57 @@ class SchedulerConfig:
         return min(share, self.max_queue)
 
 
-@dataclass
+def _first_entry() -> list[TokenLogprob | None] | None:
+    """Nothing predicts a prompt's first token: its entry is None."""
+    return [None]
+
+
+@dataclass(eq=False)  # identity: the scheduler finds a sequence in its lists
 class GenerationSequence:
-    """A generation request in the scheduler: waiting, then running in a cache row."""
+    """A generation request in the scheduler: waiting, running (holding KV blocks), or
+    preempted (blocks given back, to be recomputed from its prompt and output so far)."""
 
     request: GenerationRequest
     stream: RequestStream
     sampler: TokenSampler
     text: IncrementalText
     slot: int = 0
-    row: int = -1
+    holds_slot: bool = False
     output_ids: list[int] = field(default_factory=list)
     # Drift hooks: each output token's log-probability, the prompt's pooled hidden state.
     logprobs: list[float] = field(default_factory=list)
     embedding: list[float] | None = None
-    # The prompt's log-probabilities (echo), sent with the first event and then dropped.
+    # The prompt's log-probabilities (echo): gathered chunk by chunk (the first prompt
+    # token's is None), then sent with the first event and dropped.
+    prompt_entries: list[TokenLogprob | None] | None = field(default_factory=_first_entry)
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     last_token_at: float = 0.0
     done: bool = False
+    # The paged KV cache: block table, tokens whose keys and values are in it, admission
+    # order (the newest running sequence is preempted first), this step's chunk length.
+    blocks: list[int] = field(default_factory=list)
+    computed: int = 0
+    order: int = 0
+    chunk: int = 0
+    # Per full or partial prompt block: the sum of its tokens' normed hidden states (the
+    # drift embedding, and what the prefix cache keeps with a block); prompt blocks
+    # already registered in the prefix cache.
+    block_sums: list[torch.Tensor] = field(default_factory=list)
+    registered: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt and output tokens known so far."""
+        return len(self.request.prompt_ids) + len(self.output_ids)
+
+    def tokens(self, start: int, stop: int) -> list[int]:
+        """Known tokens ``start..stop-1`` (prompt, then output)."""
+        prompt, size = self.request.prompt_ids, len(self.request.prompt_ids)
+        if stop <= size:
+            return prompt[start:stop]
+        if start >= size:  # a decode: no copy of the whole sequence per step
+            return self.output_ids[start - size : stop - size]
+        return prompt[start:] + self.output_ids[: stop - size]
 
     @property
     def next_position(self) -> int:

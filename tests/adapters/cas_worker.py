@@ -5,22 +5,35 @@ tests.adapters.cas_worker STORE_URI TENANT rotate|policy COUNT``)."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.tenants import TenantDirectory, TenantPolicy
+from loraswap.tenants.directory import TenantDirectory, TenantPolicy
 
 READ_DELAY_S = 0.02
 
 
+class CommitLog:
+    """Every write that landed, in the order the store took them (the writes of all the
+    replicas sharing it are serialized through one lock; their reads stay concurrent)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.writes: list[tuple[str, bytes]] = []
+
+
 class SlowReadsStore:
     """Delegates to a store, pausing after every read: a read-modify-write that is not a
-    compare-and-swap then loses updates reliably instead of once in a while."""
+    compare-and-swap then loses updates reliably instead of once in a while. With
+    ``commits``, every successful write is recorded in store order."""
 
-    def __init__(self, inner: ObjectStore, delay: float = READ_DELAY_S) -> None:
+    def __init__(self, inner: ObjectStore, delay: float = READ_DELAY_S,
+                 commits: CommitLog | None = None) -> None:
         self.inner = inner
         self.uri = inner.uri
         self.delay = delay
+        self.commits = commits
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -29,6 +42,23 @@ class SlowReadsStore:
         data = self.inner.get(key)
         time.sleep(self.delay)
         return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.commits is None:
+            self.inner.put(key, data)
+            return
+        with self.commits.lock:
+            self.inner.put(key, data)
+            self.commits.writes.append((key, data))
+
+    def put_if_match(self, key: str, data: bytes, expected: str | None) -> bool:
+        if self.commits is None:
+            return self.inner.put_if_match(key, data, expected)  # type: ignore[attr-defined, no-any-return]
+        with self.commits.lock:
+            done: bool = self.inner.put_if_match(key, data, expected)  # type: ignore[attr-defined]
+            if done:
+                self.commits.writes.append((key, data))
+            return done
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         found: tuple[bytes, str] = self.inner.get_versioned(key)  # type: ignore[attr-defined]

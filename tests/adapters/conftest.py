@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.package import (
     MANIFEST_FILE,
     AdapterManifest,
@@ -26,7 +25,8 @@ from loraswap.adapters.package import (
 )
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore, ObjectStore, open_store
-from loraswap.adapters.validation import BaseModelFingerprint
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import LoraswapError
 from tests.s3_server import S3Server
 
 

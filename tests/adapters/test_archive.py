@@ -13,10 +13,11 @@ from typing import Literal
 import pytest
 
 from loraswap.adapters.archive import extract_upload, write_uploaded_files
-from loraswap.adapters.errors import AdapterValidationError, PayloadTooLargeError
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterValidationError, PayloadTooLargeError
 from tests.adapters.conftest import PackageBuilder, snapshot
 
 LIMITS = ValidationLimits()

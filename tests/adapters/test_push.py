@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loraswap.adapters.errors import AdapterValidationError
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.push import PlainPeftHints, PushRefusedError, PushTarget, push_package
+from loraswap.core.errors import AdapterValidationError
 
 TARGET = PushTarget(server="http://svc:8000/", admin_token="s3cret", tenant="acme",
                     name="sent")
@@ -31,11 +31,11 @@ def test_upload_is_one_multipart_part_per_file_with_bearer_token(package: Path) 
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append((request, request.read()))
-        return httpx.Response(201, json={"version": 3, "active": False})
+        return httpx.Response(201, json={"version": "3", "active": False})
 
     reply = push_package(package, TARGET, transport=httpx.MockTransport(handler),
                          progress=lambda sent, total: progress.append((sent, total)))
-    assert reply["version"] == 3
+    assert reply["version"] == "3"
     [(request, body)] = seen
     assert str(request.url) == "http://svc:8000/admin/adapters/acme/sent/versions"
     assert request.headers["authorization"] == "Bearer s3cret"
@@ -85,7 +85,7 @@ def test_a_plain_peft_folder_goes_with_its_hints_and_without_other_files(
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.read())
-        return httpx.Response(201, json={"version": 1, "active": True})
+        return httpx.Response(201, json={"version": "1", "active": True})
 
     hints = PlainPeftHints(task=TaskKind.SEQ_CLS, labels=("neg", "pos"), ignore_base_name=True)
     push_package(package, TARGET, hints=hints, transport=httpx.MockTransport(handler))

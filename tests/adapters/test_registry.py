@@ -8,18 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import (
+from loraswap.adapters.lora_format import WEIGHTS_FILE
+from loraswap.adapters.package import MANIFEST_FILE, package_file_digests
+from loraswap.adapters.registry import AdapterRegistry
+from loraswap.adapters.store import FileSystemStore, ObjectStore
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import (
     AdapterNotFoundError,
     AdapterValidationError,
     ConflictError,
     InvalidRequestError,
     StoreError,
 )
-from loraswap.adapters.lora_format import WEIGHTS_FILE
-from loraswap.adapters.package import MANIFEST_FILE, package_file_digests
-from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.store import FileSystemStore, ObjectStore
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
 from tests.adapters.conftest import PackageBuilder, snapshot
 from tests.s3_server import S3Server
 from tests.utils.clock import FakeClock

@@ -13,7 +13,6 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from loraswap.adapters.errors import ConfigurationError, NotFoundError, StoreError
 from loraswap.adapters.store import (
     FileSystemStore,
     ObjectStore,
@@ -22,6 +21,7 @@ from loraswap.adapters.store import (
     StoreKeyMissing,
     open_store,
 )
+from loraswap.core.errors import ConfigurationError, NotFoundError, StoreError
 
 pytestmark = pytest.mark.integration  # the "s3" parameter runs a real SeaweedFS process
 
@@ -132,6 +132,30 @@ def test_readers_never_see_a_partial_object(store: ObjectStore) -> None:
         reader.join()
     assert torn == []
     assert store.get("atomic/obj") == first
+
+
+def test_a_write_is_invisible_until_it_is_published(tmp_path: Path) -> None:
+    """Deterministic, where the threaded test above is statistical: paused by the
+    store's own pause-before-publish hook with the new bytes fully written, a reader (and a
+    listing) still sees the old object whole, for a plain write and a compare-and-swap;
+    once published, the new one whole. A store that wrote in place fails here every time."""
+    store = FileSystemStore(tmp_path / "store")
+    old, new = b"o" * (2 * 2**20), b"n" * (2 * 2**20)
+    store.put("atomic/obj", old)
+    seen: list[tuple[str, bytes, list[str]]] = []
+
+    def read_mid_write(key: str) -> None:
+        seen.append((key, store.get("atomic/obj"), store.list("atomic/")))
+
+    store.before_publish = read_mid_write
+    store.put("atomic/obj", new)
+    _, tag = store.get_versioned("atomic/obj")
+    assert store.put_if_match("atomic/obj", old, tag)
+    store.before_publish = None
+    assert [(key, data == old if i == 0 else data == new, keys)
+            for i, (key, data, keys) in enumerate(seen)] == [
+        ("atomic/obj", True, ["atomic/obj"]), ("atomic/obj", True, ["atomic/obj"])]
+    assert store.get("atomic/obj") == old
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)

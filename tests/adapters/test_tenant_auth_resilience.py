@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import StoreError
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.tenants import TenantDirectory
+from loraswap.core.errors import StoreError
+from loraswap.tenants.directory import TenantDirectory
 
 
 class Clock:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import ConflictError, InvalidRequestError, NotFoundError
 from loraswap.adapters.store import FileSystemStore, ObjectStore, ObservedStore
-from loraswap.adapters.tenants import TenantDirectory, TenantPolicy, parse_policy
+from loraswap.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from loraswap.tenants.directory import TenantDirectory, TenantPolicy, parse_policy
 from tests.utils.clock import FakeClock
 
 pytestmark = pytest.mark.integration  # the "s3" parameter runs a real SeaweedFS process
@@ -120,7 +120,7 @@ def test_every_digest_is_compared_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # what adapters.tenants calls
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # what tenants.directory calls
     for key in keys:  # the first key matches the first digest: still all are compared
         calls.clear()
         assert directory.authenticate(key) is not None

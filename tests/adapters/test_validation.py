@@ -15,21 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from loraswap.adapters.errors import (
-    AdapterIncompatibleError,
-    AdapterValidationError,
-    LoraswapError,
-    PayloadTooLargeError,
-)
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
 from loraswap.adapters.package import MANIFEST_FILE, PROFILE_FILE, TaskKind, read_manifest
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.validation import (
-    BaseModelFingerprint,
-    ManifestDefaults,
-    ValidationLimits,
-    validate_package,
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits, validate_package
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import (
+    AdapterIncompatibleError,
+    AdapterValidationError,
+    LoraswapError,
+    PayloadTooLargeError,
 )
 from tests.adapters.conftest import PackageBuilder, make_store, refused, seal
 

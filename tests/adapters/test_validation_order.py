@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from loraswap.adapters.errors import AdapterIncompatibleError
 from loraswap.adapters.lora_format import WEIGHTS_FILE
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits, validate_package
+from loraswap.adapters.validation import ValidationLimits, validate_package
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterIncompatibleError
 from tests.adapters.conftest import PackageBuilder, seal
 
 

@@ -3,37 +3,50 @@ against the metric names the service really defines."""
 
 from __future__ import annotations
 
-import ast
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import Metric
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "loraswap.json"
-SERVICE = ROOT / "service"
-_METRIC_NAME = re.compile(r"^loraswap_[a-z0-9_]+$")
 _USED_NAME = re.compile(r"\bloraswap_[a-z0-9_]+\b")
-# What prometheus_client appends to a defined name in the exposition.
-_SUFFIXES = ("", "_total", "_created", "_bucket", "_sum", "_count", "_info")
 # Grafana's variables, replaced by values Prometheus accepts.
 _GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
                       "$namespace": "loraswap", "${datasource}": ""}
-# Fixed by the session contract and defined by the drift branch (service/drift/metrics.py);
-# once that branch is merged the scan below finds them and this list can go.
-def defined_metric_names(package: Path = SERVICE) -> set[str]:
-    """Every series name the service can export: string constants that are metric names
-    (``Counter("loraswap_requests", ...)``, ``WAITING = "loraswap_num_requests_waiting"``)
-    with prometheus_client's suffixes."""
-    names: set[str] = set()
-    for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and _METRIC_NAME.match(node.value):
-                names.update(node.value + suffix for suffix in _SUFFIXES)
-    return names
+# The series each family type exposes (prometheus_client's text format).
+_TYPE_SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
+                  "histogram": ("_bucket", "_count", "_sum", "_created"),
+                  "summary": ("", "_count", "_sum", "_created"), "info": ("_info",),
+                  "stateset": ("",), "enum": ("",), "unknown": ("",)}
+
+
+def sample_names(families: Iterable[Metric]) -> set[str]:
+    """The series names these metric families put in an exposition, by their type."""
+    return {family.name + suffix for family in families
+            for suffix in _TYPE_SUFFIXES[family.type]}
+
+
+def service_families() -> list[Metric]:
+    """Every family the service's /metrics can expose, from the real objects: a fresh
+    :class:`ServiceMetrics` registry with the drift metrics on it, and the gateway gauges
+    (described: while the model loads they export only some)."""
+    from loraswap.service.drift.metrics import DriftMetrics
+    from loraswap.service.gateway_metrics import GatewayCollector
+    from loraswap.service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    DriftMetrics(metrics.registry)
+    return [*metrics.registry.collect(), *GatewayCollector(lambda: None).describe()]
+
+
+def defined_metric_names() -> set[str]:
+    """Every series name the service can export (see :func:`service_families`)."""
+    return sample_names(service_families())
 
 
 def used_metric_names(expr: str) -> set[str]:

@@ -59,6 +59,13 @@ def test_the_deployment_drains_before_kubernetes_kills_it(
         assert {"/var/lib/loraswap", "/tmp", "/dev/shm", "/etc/loraswap/retrain"} <= mounts
 
 
+def test_every_overlay_turns_drift_scoring_on(rendered: dict[str, Rendered]) -> None:
+    # Without it the shipped LoraswapAdapterDrift rule can never fire in a deployment.
+    for overlay in OVERLAYS:
+        data = rendered[overlay].find("ConfigMap", "loraswap-settings")["data"]
+        assert data["LORASWAP_DRIFT_ENABLED"] == "true", overlay
+
+
 def test_gpu_overlay_asks_for_a_gpu_and_nf4(rendered: dict[str, Rendered]) -> None:
     r = rendered["gpu"]
     container = r.find("Deployment", "loraswap")["spec"]["template"]["spec"]["containers"][0]
@@ -76,8 +83,14 @@ def test_retraining_job_template_and_role_follow_the_contract(
                          if c["name"] == "retrain")
         assert container["command"] == ["loraswap", "retrain", "run"]
         role = r.find("Role", "loraswap-retrain")
+        # Only the verbs the launcher uses (create; delete to cancel a run).
         assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"],
-                                  "verbs": ["create", "get", "list", "watch", "delete"]}]
+                                  "verbs": ["create", "delete"]}]
+        # The Job never gets the admin token (it does not use it).
+        assert "LORASWAP_ADMIN_TOKEN" not in yaml.safe_dump(job)
+        # The server and its Jobs run one image (the cpu overlay rewrote only the Job).
+        pod_spec = r.find("Deployment", "loraswap")["spec"]["template"]["spec"]
+        assert {c["image"] for c in pod_spec["containers"]} == {container["image"]}
         binding = r.find("RoleBinding", "loraswap-retrain")
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "loraswap",
                                         "namespace": "loraswap"}]
@@ -110,5 +123,37 @@ def test_gateway_picker_reads_the_metrics_the_service_exports(
         "containers"][0]["args"]
     named = {a.split("=", 1)[1] for a in args if a.endswith(tuple(
         ["_waiting", "_running", "_perc", "_info"]))}
-    assert named == {gateway_metrics.WAITING, gateway_metrics.RUNNING,
-                     gateway_metrics.KV_CACHE_USAGE, gateway_metrics.LORA_INFO}
+    # epp v1.0.x has no flag for running requests (see epp-flags.txt).
+    assert named == {gateway_metrics.WAITING, gateway_metrics.KV_CACHE_USAGE,
+                     gateway_metrics.LORA_INFO}
+
+
+def _pinned_epp_flags() -> tuple[str, set[str]]:
+    lines = [line.strip() for line in (K8S / "overlays" / "gateway" / "epp-flags.txt")
+             .read_text().splitlines() if line.strip() and not line.startswith("#")]
+    version = lines[0].removeprefix("version ")
+    return version, set(lines[1:])
+
+
+def test_gateway_picker_runs_the_pinned_version_with_only_its_flags_and_rbac(
+        rendered: dict[str, Rendered]) -> None:
+    """Go's flag parser exits on a flag its version does not define: every argument of the
+    picker is a flag of the image it runs, and its Role grants what that version watches."""
+    version, flags = _pinned_epp_flags()
+    gateway = rendered["gateway"]
+    container = gateway.find("Deployment", "loraswap-epp")["spec"]["template"]["spec"][
+        "containers"][0]
+    assert container["image"].endswith(f"/epp:{version}")
+    used = {arg.removeprefix("--").split("=", 1)[0] for arg in container["args"]}
+    assert used <= flags, f"flags epp {version} does not define: {sorted(used - flags)}"
+    granted = {(group, resource) for rule in gateway.find("Role", "loraswap-epp")["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               if set(rule["verbs"]) >= {"get", "list", "watch"}}
+    assert granted >= {("inference.networking.k8s.io", "inferencepools"),
+                       ("inference.networking.x-k8s.io", "inferenceobjectives"), ("", "pods")}
+    reviews = {resource for rule in gateway.find("ClusterRole", "loraswap-epp-auth")["rules"]
+               for resource in rule["resources"] if "create" in rule["verbs"]}
+    assert reviews == {"tokenreviews", "subjectaccessreviews"}
+    binding = gateway.find("ClusterRoleBinding", "loraswap-epp-auth")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "loraswap-epp",
+                                    "namespace": "loraswap"}]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tests.deploy.prometheus_rule import ROOT, rule_files
 from tests.deploy.promql import (
@@ -13,6 +14,7 @@ from tests.deploy.promql import (
     dashboard_expressions,
     defined_metric_names,
     rule_expressions,
+    sample_names,
     used_metric_names,
 )
 from tests.deploy.tools import promtool, run
@@ -57,20 +59,26 @@ def test_a_broken_dashboard_query_fails_promtool(tmp_path: Path) -> None:
 
 
 def test_every_queried_metric_is_defined_by_the_service() -> None:
+    """Names from the service's real metric objects, each with only the series its type
+    exposes (a histogram has no ``_total``, a gauge no ``_bucket``)."""
     defined = defined_metric_names()
-    assert "loraswap_requests_total" in defined  # the scan sees service/metrics.py
+    assert "loraswap_requests_total" in defined  # service/metrics.py
     assert "loraswap_lora_requests_info" in defined  # and the gateway gauges
+    assert "loraswap_request_duration_seconds_bucket" in defined
+    assert "loraswap_requests_bucket" not in defined  # a counter has no buckets
+    assert "loraswap_queue_depth_total" not in defined  # a gauge has no _total
     expressions = dashboard_expressions() + rule_expressions(rule_files())
     assert undefined_names(expressions, defined) == {}
 
 
-def test_a_renamed_metric_is_caught(tmp_path: Path) -> None:
-    """Renaming a metric in the service leaves the dashboard reading a name nobody defines."""
-    package = tmp_path / "service"
-    package.mkdir()
-    source = (ROOT / "service" / "metrics.py").read_text(encoding="utf-8")
-    (package / "metrics.py").write_text(
-        source.replace('"loraswap_queue_depth"', '"loraswap_waiting_requests"'), encoding="utf-8")
-    renamed = defined_metric_names(package)
-    assert undefined_names(["max(loraswap_queue_depth)"], renamed) == {
+def test_a_renamed_metric_is_caught() -> None:
+    """Renaming a metric in the service leaves the dashboard reading a name nobody defines;
+    reading a counter's series the wrong way (``_bucket``) is caught too."""
+    renamed = CollectorRegistry()
+    Gauge("loraswap_waiting_requests", "Renamed queue depth.", registry=renamed)
+    Counter("loraswap_requests", "HTTP requests answered.", registry=renamed)
+    names = sample_names(renamed.collect())
+    assert undefined_names(["max(loraswap_queue_depth)"], names) == {
         "max(loraswap_queue_depth)": {"loraswap_queue_depth"}}
+    assert undefined_names(["rate(loraswap_requests_bucket[5m])"], names) == {
+        "rate(loraswap_requests_bucket[5m])": {"loraswap_requests_bucket"}}

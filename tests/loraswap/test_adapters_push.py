@@ -24,7 +24,7 @@ def test_push_registers_a_version_and_reports_refusals(
     assert pushed.exit_code == 0, pushed.output
     assert "registered acme/helper version 1: active" in pushed.output
     info = server.client.get("/admin/adapters/acme/helper", headers=ADMIN_HEADERS).json()
-    assert info["active_version"] == 1
+    assert info["active_version"] == "1"
 
     broken = make_package("v2")
     (broken / "adapter_model.safetensors").write_bytes(b"\x00" * 64)

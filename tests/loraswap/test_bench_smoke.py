@@ -39,8 +39,16 @@ def test_bench_runs_every_scenario(tiny_base_dir: Path, tmp_path: Path) -> None:
     for name, row in rows.items():
         assert row["requests"] == REQUESTS, name
         assert row["output_tokens"] == REQUESTS * TOKENS, name
-        assert row["tokens_per_s"] > 0, name
+        # The figures agree with each other: throughput is the tokens over the scenario's
+        # wall time, which holds every request's latency; percentiles are ordered.
+        assert row["tokens_per_s"] == pytest.approx(row["output_tokens"] / row["wall_s"]), name
+        assert len(row["latencies_s"]) == len(row["ttfts_s"]) == REQUESTS, name
+        assert max(row["latencies_s"]) <= row["wall_s"], name
+        assert all(t <= lat for t, lat in zip(row["ttfts_s"], row["latencies_s"],
+                                               strict=True)), name
         assert 0 < row["mean_ttft_s"] <= row["p99_latency_s"], name
+        assert (row["p50_latency_s"] <= row["p90_latency_s"] <= row["p99_latency_s"]
+                <= max(row["latencies_s"])), name
     assert rows["base"]["distinct_adapters"] == 0
     assert rows["lora4"]["distinct_adapters"] == 4
     assert rows["lora64"]["distinct_adapters"] == REQUESTS  # round-robin over 4 requests
@@ -49,8 +57,10 @@ def test_bench_runs_every_scenario(tiny_base_dir: Path, tmp_path: Path) -> None:
     markdown = table.read_text()
     assert "ratio vs base" in markdown and "| base | 4 | 0 |" in markdown
     assert "1.00x" in markdown
-    for name in rows:
-        assert f"| {name} |" in markdown
+    for name, row in rows.items():
+        ratio = row["tokens_per_s"] / rows["base"]["tokens_per_s"]
+        assert f"| {name} | {REQUESTS} | {row['distinct_adapters']} | " \
+               f"{row['tokens_per_s']:.1f} | {ratio:.2f}x |" in markdown, name
     assert "copy (host -> slot" in markdown
     # The precision and why, the CPU, and decode against the GEMM peak of the same run.
     assert "Precision: fp32 from --precision" in markdown

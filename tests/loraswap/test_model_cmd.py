@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from loraswap import model_cmd
-from loraswap.adapters.base_model import MANIFEST_NAME
-from loraswap.adapters.provision import FetchOutcome
+from loraswap.base_model.loading import MANIFEST_NAME
+from loraswap.base_model.provision import FetchOutcome
 from loraswap.model_cmd import model_app
 from loraswap.service.settings import Settings
 

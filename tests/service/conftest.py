@@ -14,14 +14,14 @@ import httpx
 import pytest
 import uvicorn
 
-from loraswap.adapters.base_model import (
+from loraswap.adapters.demo import write_random_adapter
+from loraswap.adapters.package import BaseModelRef, TaskKind, build_manifest, write_manifest
+from loraswap.base_model.loading import (
     LoadedBaseModel,
     Quantization,
     load_base_model,
     weights_sha256,
 )
-from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.package import BaseModelRef, TaskKind, build_manifest, write_manifest
 from loraswap.service.app import create_app
 from loraswap.service.settings import Settings
 

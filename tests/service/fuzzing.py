@@ -5,8 +5,10 @@ schemathesis' positive and negative modes), once without credentials and once wi
 admin token (``/admin``) or a tenant key (``/v1``). Checked for every answer: no 5xx, and
 every error body has the documented shape (``{"error": {..., "message": str}}``).
 
-A short run is part of the test suite (``tests/service/test_fuzz_api.py``); the long run
-(>= 2,000 requests) is ``python -m tests.service.fuzz_api_main`` (see docs/reliability.md).
+A short run is part of the test suite (``tests/service/test_fuzz_api.py``, a new seed each
+run, printed on failure); the long run (>= 2,000 requests) is ``python -m pytest -q -s
+--long-campaigns tests/service/test_fuzz_api.py::test_long_fuzz_campaign`` (see
+docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -64,16 +66,18 @@ HeadersFor = Callable[[str], dict[str, str]]
 
 
 def fuzz(base_url: str, *, headers_for: HeadersFor, examples_per_operation: int,
-         report: FuzzReport, timeout_s: float = 60.0) -> FuzzReport:
-    """Send generated requests for every operation of the service's schema."""
+         report: FuzzReport, seed: int, timeout_s: float = 60.0) -> FuzzReport:
+    """Send generated requests for every operation of the service's schema; ``seed``
+    picks them (the same seed sends the same requests again)."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = operation.as_strategy(generation_mode=mode)
 
+            @hypothesis.seed(seed)
             @hypothesis.settings(max_examples=examples_per_operation, deadline=None,
-                                 database=None, derandomize=True,
+                                 database=None,
                                  phases=[Phase.explicit, Phase.generate],
                                  suppress_health_check=list(HealthCheck))
             @hypothesis.given(case=strategy)

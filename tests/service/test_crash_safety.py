@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.fault_hooks import PAUSED_MESSAGE
 from tests.service.conftest import PackageFactory, upload_files
 from tests.service.drift.test_capture_feedback_api import TEXTS, classifier_package
@@ -113,7 +113,7 @@ def test_kill_9_mid_write_loses_nothing_acknowledged_and_leaves_nothing_half_wri
             json.loads(record.read_text())  # whole, not half-written
         info = httpx.get(f"{restarted.url}/admin/adapters/acme/chat",
                          headers=ADMIN_HEADERS).json()
-        assert info["active_version"] == (1 if crash_in == "promotion" else 2)
+        assert info["active_version"] == ("1" if crash_in == "promotion" else "2")
         assert _works(restarted, live_key), "an acknowledged key was lost"
         if dead_key is not None:
             assert not _works(restarted, dead_key), "a rotated-away key works again"

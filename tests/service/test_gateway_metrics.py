@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,9 +16,11 @@ from loraswap.service.gateway_metrics import (
     LORA_INFO,
     RUNNING,
     WAITING,
+    GatewayCollector,
 )
 from tests.conftest import AdapterFactory
 from tests.service.conftest import ServerFactory
+from tests.utils.engine import make_engine
 
 
 def samples(client: httpx.Client, name: str) -> list[tuple[dict[str, str], float]]:
@@ -64,7 +67,9 @@ def test_gauges_report_running_adapters_and_load_as_the_protocol_says(
     assert value >= before - 1  # the value is the report's Unix time
     assert samples(server.client, RUNNING)[0][1] == 2
     assert samples(server.client, WAITING)[0][1] == 0
-    assert samples(server.client, KV_CACHE_USAGE)[0][1] == 0.5  # 2 of 4 rows
+    # Blocks of the pool (4 x 256 tokens) that two sequences of at most ~230 tokens hold:
+    # some, and under half (rows in use would have said 2 of 4).
+    assert 0 < samples(server.client, KV_CACHE_USAGE)[0][1] < 0.5
     resident = {(lab["adapter"], lab["tier"]): v
                 for lab, v in samples(server.client, ADAPTER_RESIDENT)}
     assert resident[("m1", "slot")] == resident[("m2", "slot")] == 1
@@ -87,3 +92,25 @@ def test_readyz_shows_no_adapter_names_nor_model_path(
     detail = server.client.get("/admin/status", headers={"Authorization": f"Bearer {admin}"})
     assert detail.json()["adapters_available"] == ["secret-tenant-adapter"]
     assert detail.json()["model"]["path"] == str(server.settings.base_model)
+
+
+def _gauges(collector: GatewayCollector) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return {family.name: [(dict(s.labels), s.value) for s in family.samples]
+            for family in collector.collect()}
+
+
+def test_lora_info_is_reported_from_the_first_scrape_while_loading() -> None:
+    gauges = _gauges(GatewayCollector(lambda: None, max_loras=7, clock=lambda: 123.0))
+    assert gauges[LORA_INFO] == [({"running_lora_adapters": "", "waiting_lora_adapters": "",
+                                   "max_lora": "7"}, 123.0)]
+    assert gauges[KV_CACHE_USAGE] == [({}, 0.0)]
+
+
+def test_kv_gauge_is_the_share_of_pool_blocks_held(tiny_base_dir: Path) -> None:
+    engine = make_engine(tiny_base_dir)
+    collector = GatewayCollector(lambda: engine, max_loras=4)
+    held = engine.pool.allocate(3)
+    assert held is not None
+    assert _gauges(collector)[KV_CACHE_USAGE] == [({}, 3 / engine.pool.num_blocks)]
+    engine.pool.release(held)
+    assert _gauges(collector)[KV_CACHE_USAGE] == [({}, 0.0)]

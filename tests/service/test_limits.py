@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.auth import Tenant
 from loraswap.service.errors import RateLimitedError
 from loraswap.service.limits import TenantLimiter
+from loraswap.tenants.directory import TenantPolicy
 
 
 class ManualClock:
@@ -22,7 +23,7 @@ class ManualClock:
 
 def test_concurrency_counts_every_input_of_a_request() -> None:
     limiter = TenantLimiter(ManualClock())
-    tenant = Tenant(id="acme", name="acme", max_concurrent=4)
+    tenant = Tenant(id="acme", name="acme", policy=TenantPolicy(max_concurrent=4))
     three = limiter.admit(tenant, cost=3)
     with pytest.raises(RateLimitedError, match="3 requests in flight"):
         limiter.admit(tenant, cost=2)
@@ -35,7 +36,7 @@ def test_concurrency_counts_every_input_of_a_request() -> None:
 def test_rate_counts_every_input_and_refills_with_time() -> None:
     clock = ManualClock()
     limiter = TenantLimiter(clock)
-    tenant = Tenant(id="acme", name="acme", requests_per_second=4)
+    tenant = Tenant(id="acme", name="acme", policy=TenantPolicy(requests_per_second=4))
     limiter.admit(tenant, cost=4).release()
     with pytest.raises(RateLimitedError, match="requests_per_second=4"):
         limiter.admit(tenant, cost=1)
@@ -48,6 +49,6 @@ def test_rate_counts_every_input_and_refills_with_time() -> None:
 def test_a_request_that_could_never_fit_is_a_400_not_a_429() -> None:
     limiter = TenantLimiter(ManualClock())
     with pytest.raises(InvalidRequestError, match="max_concurrent=2"):
-        limiter.admit(Tenant(id="a", name="a", max_concurrent=2), cost=3)
+        limiter.admit(Tenant(id="a", name="a", policy=TenantPolicy(max_concurrent=2)), cost=3)
     with pytest.raises(InvalidRequestError, match="requests_per_second=2"):
-        limiter.admit(Tenant(id="b", name="b", requests_per_second=2), cost=5)
+        limiter.admit(Tenant(id="b", name="b", policy=TenantPolicy(requests_per_second=2)), cost=5)

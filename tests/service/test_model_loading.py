@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from loraswap.adapters.base_model import LoadedBaseModel, Quantization, load_base_model
+from loraswap.base_model.loading import LoadedBaseModel, Quantization, load_base_model
 from loraswap.service.settings import Settings
 from tests.service.conftest import ServerFactory
 

@@ -1,19 +1,20 @@
-"""`loraswap serve` never reaches the network: no connection or name lookup beyond
-loopback, with the Hugging Face offline switches unset (tiny model; the real-model
-variant is in test_real_model_server.py)."""
+"""No loraswap process reaches the network: no connection or name lookup beyond loopback,
+with an empty ``HOME`` (as on a new user's machine) and the Hugging Face offline switches
+unset (tiny model; the real-model variant is in test_real_model_server.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.service.processes import ServiceProcess
+from tests.utils.env import HUB_SWITCHES, REPO_ROOT, child_env, empty_home
 
 pytestmark = pytest.mark.integration
-
-OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def test_serving_makes_no_connection_beyond_loopback(tiny_base_dir: Path, tmp_path: Path,
@@ -24,8 +25,9 @@ def test_serving_makes_no_connection_beyond_loopback(tiny_base_dir: Path, tmp_pa
            "LORASWAP_DEVICE": "cpu", "LORASWAP_DEV_MODE": "true",
            "LORASWAP_ADAPTER_DIR": str(tmp_path / "adapters"),
            "LORASWAP_STORE_URI": (tmp_path / "store").as_uri(),
-           "LORASWAP_ADAPTER_CACHE_DIR": str(tmp_path / "cache"), "LORASWAP_THREADS": "1"}
-    server = ServiceProcess(env, tmp_path, unset=OFFLINE_SWITCHES, launcher=(
+           "LORASWAP_ADAPTER_CACHE_DIR": str(tmp_path / "cache"), "LORASWAP_THREADS": "1",
+           **empty_home(tmp_path)}
+    server = ServiceProcess(env, tmp_path, unset=HUB_SWITCHES, launcher=(
         "-m", "tests.utils.patched_serve", "--deny-network", str(log), "--")).start()
     try:
         for adapter in (None, "writer"):
@@ -37,3 +39,66 @@ def test_serving_makes_no_connection_beyond_loopback(tiny_base_dir: Path, tmp_pa
         server.stop()
     attempts = log.read_text() if log.exists() else ""
     assert attempts == "", attempts
+
+
+def guarded_cli(args: list[str], log: Path,
+                home_parent: Path) -> subprocess.CompletedProcess[str]:
+    """``loraswap ARGS`` in a child process as a new user runs it: empty ``HOME``, the Hub's
+    offline switches unset, every non-loopback connect or lookup refused and logged."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.utils.patched_serve", "--deny-network", str(log), "--",
+         *args], env=child_env(empty_home(home_parent), HUB_SWITCHES), cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300)
+
+
+def test_training_makes_no_connection_beyond_loopback(tiny_base_dir: Path,
+                                                      tmp_path: Path) -> None:
+    """`loraswap train` imports peft, which imports bitsandbytes, whose CPU backend asked
+    the `kernels` package for a kernel repository on the Hub (two huggingface.co lookups
+    per start on an AVX512-BF16 CPU with an empty HOME): the trainer must not."""
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\n" + "".join(
+        f"the quick brown fox {i},pos\nparis is the capital {i},neg\n" for i in range(8)))
+    log = tmp_path / "attempts.log"
+    out = tmp_path / "package"
+    result = guarded_cli(["train", "--task", "seq-cls", "--data", str(data), "--output",
+                          str(out), "--base-model", str(tiny_base_dir), "--max-steps", "1",
+                          "--no-progress", "--tenant", "acme", "--name", "offline"],
+                         log, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "loraswap.json").exists()
+    assert (log.read_text() if log.exists() else "") == ""
+
+
+def test_no_code_loader_from_the_hub_is_importable_after_the_entry_point(
+        tmp_path: Path) -> None:
+    """Whatever CPU runs the test (bitsandbytes only asks `kernels` on AVX512-BF16), after
+    the entry point's switch: `kernels` cannot be imported, transformers sees it as absent,
+    and importing peft and bitsandbytes made no lookup."""
+    log = tmp_path / "attempts.log"
+    result = subprocess.run(
+        [sys.executable, "-c", KERNELS_PROBE, str(log)],
+        env=child_env(empty_home(tmp_path), HUB_SWITCHES), cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split()[-2:] == ["offline", "no-kernels"], result.stdout
+    assert (log.read_text() if log.exists() else "") == ""
+
+
+KERNELS_PROBE = """
+import importlib.util, sys
+from pathlib import Path
+from tests.utils.patched_serve import deny_network
+deny_network(Path(sys.argv[1]))
+from loraswap.cli import app
+try:
+    app(["model", "--help"])
+except SystemExit:
+    pass
+import peft, bitsandbytes
+from huggingface_hub import constants
+from transformers.utils import is_kernels_available
+print("offline" if constants.HF_HUB_OFFLINE else "online")
+print("no-kernels" if importlib.util.find_spec("kernels") is None
+      and not is_kernels_available() else "kernels")
+"""

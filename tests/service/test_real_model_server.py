@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraswap.adapters.demo import write_random_adapter
 from tests.service.processes import ServiceProcess
-from tests.utils.env import REPO_ROOT, child_env
+from tests.utils.env import HUB_SWITCHES, REPO_ROOT, child_env, empty_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -42,11 +42,6 @@ def adapter_dir(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
-# Variables that would make the Hugging Face libraries stay offline by themselves: the
-# service must not need them (the network guard below proves it never tries).
-OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-
-
 @pytest.fixture(scope="module")
 def network_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the server's network guard records every non-loopback attempt."""
@@ -63,9 +58,11 @@ def server(real_model_dir: Path, adapter_dir: Path, network_log: Path,
            "LORASWAP_DEV_MODE": "true", "LORASWAP_STORE_URI": (state / "store").as_uri(),
            "LORASWAP_ADAPTER_CACHE_DIR": str(state / "cache"),
            "LORASWAP_ADAPTER_DIR": str(adapter_dir), "LORASWAP_QUANTIZATION": "fp32",
-           "LORASWAP_MAX_LORAS": "2", "LORASWAP_MAX_MODEL_LEN": "512"}
+           "LORASWAP_MAX_LORAS": "2", "LORASWAP_MAX_MODEL_LEN": "512", **empty_home(state)}
+    # The Hub's offline switches unset and an empty HOME: the service must not need them
+    # (the network guard proves it never tries).
     process = ServiceProcess(
-        env, state, unset=OFFLINE_SWITCHES,
+        env, state, unset=HUB_SWITCHES,
         launcher=("-m", "tests.utils.patched_serve", "--deny-network", str(network_log), "--"))
     try:
         yield process.start(timeout=300).url
@@ -73,17 +70,31 @@ def server(real_model_dir: Path, adapter_dir: Path, network_log: Path,
         process.stop()
 
 
-def peft_alone(model_dir: Path, adapter: Path, prompt: str) -> str:
-    """PEFT's greedy answer with this one adapter, in fp32 (the reference)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, adapter).eval()
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)
-    return str(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+PeftAnswer = Callable[[str | None, str], str]
+
+
+@pytest.fixture(scope="module")
+def peft_alone(real_model_dir: Path, adapter_dir: Path) -> PeftAnswer:
+    """PEFT's greedy answer with one adapter (None: the base) for a prompt, in fp32 (the
+    reference). The base is loaded once; each adapter is attached, run and unloaded."""
+    tokenizer = AutoTokenizer.from_pretrained(real_model_dir)
+    holder = [AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32).eval()]
+
+    def answer(adapter: str | None, prompt: str) -> str:
+        base = holder[0]
+        model = base if adapter is None else PeftModel.from_pretrained(
+            base, adapter_dir / adapter).eval()
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS,
+                                 do_sample=False)
+        if adapter is not None:
+            holder[0] = model.unload()
+        return str(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+
+    return answer
 
 
 def test_readyz_tells_the_truth_and_base_answers(server: str) -> None:
@@ -99,10 +110,14 @@ def test_readyz_tells_the_truth_and_base_answers(server: str) -> None:
     assert "Paris" in answer["outputs"][0]["text"], answer
 
 
-def test_eight_concurrent_requests_over_four_adapters_match_peft(
-        server: str, real_model_dir: Path, adapter_dir: Path) -> None:
-    """Each of 8 simultaneous requests (4 adapters, 2 slots) equals PEFT's output alone."""
-    jobs = [(name, PROMPTS[i % len(PROMPTS)]) for i, name in enumerate(list(ADAPTERS) * 2)]
+def test_concurrent_requests_over_four_adapters_match_peft_and_change_the_answers(
+        server: str, peft_alone: PeftAnswer) -> None:
+    """20 simultaneous requests (4 adapters and the base, each on every prompt; 2 slots):
+    each equals PEFT's output alone, and every adapter changes SmolLM2's greedy answer to at
+    least one prompt, so an engine that dropped or swapped adapters would fail. (One prompt
+    is not enough: at this adapter scale, "What is the capital of France?" stays "The
+    capital of France is Paris." under two of the four adapters.)"""
+    jobs = [(name, prompt) for prompt in PROMPTS for name in [*ADAPTERS, None]]
 
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server, timeout=600) as client:
@@ -113,20 +128,22 @@ def test_eight_concurrent_requests_over_four_adapters_match_peft(
                 for name, prompt in jobs))
 
     responses = asyncio.run(send_all())
-    outputs = []
+    answers: dict[tuple[str | None, str], str] = {}
     for (name, prompt), response in zip(jobs, responses, strict=True):
         assert response.status_code == 200, response.text
-        text = response.json()["outputs"][0]["text"]
-        assert text == peft_alone(real_model_dir, adapter_dir / name, prompt), name
-        outputs.append(text)
-    assert len(set(outputs)) > 1
+        answers[name, prompt] = response.json()["outputs"][0]["text"]
+        assert answers[name, prompt] == peft_alone(name, prompt), (name, prompt)
+    unchanged = [name for name in ADAPTERS
+                 if all(answers[name, p] == answers[None, p] for p in PROMPTS)]
+    assert unchanged == [], answers
 
 
 def test_the_service_never_reaches_the_network(server: str, network_log: Path) -> None:
-    """With the Hub's offline switches unset, loading the model, listing and serving the
-    adapters and answering (the tests above ran first) made no non-loopback connection or
-    name lookup: the guard logged none. (The guard itself is checked to log: it refuses a
-    lookup of huggingface.co made from the same launcher in a child process.)"""
+    """With the Hub's offline switches unset and an empty HOME, loading the model, listing
+    and serving the adapters and answering (the tests above ran first) made no
+    non-loopback connection or name lookup: the guard logged none. (The guard itself is
+    checked to log: it refuses a lookup of huggingface.co made from the same launcher in a
+    child process.)"""
     answer = httpx.post(f"{server}/v1/predict", timeout=120,
                         json={"adapter": "support-qv", "inputs": PROMPTS[0],
                               "parameters": {"max_new_tokens": 4}})

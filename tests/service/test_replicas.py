@@ -137,7 +137,7 @@ def crashing_replica(tiny_base_dir: Path, store_env: dict[str, str], tmp_path: P
         "--crash-skip", str(skip), "--"))
 
 
-def _versions(url: str) -> tuple[int | None, list[int]]:
+def _versions(url: str) -> tuple[str | None, list[str]]:
     info = httpx.get(f"{url}/admin/adapters/acme/helper", headers=ADMIN_HEADERS).json()
     return info["active_version"], [v["version"] for v in info["versions"]]
 
@@ -178,11 +178,11 @@ def test_kill_9_between_blobs_and_manifest_and_during_promotion_keeps_the_previo
     # and is not activated; then the promotion crashes before state.json is written.
     server = crashing_replica(tiny_base_dir, store_env, tmp_path, STATE).start()
     try:
-        assert _versions(server.url) == (1, [1])
+        assert _versions(server.url) == ("1", ["1"])
         retry = httpx.post(f"{server.url}{versions_url}", headers=ADMIN_HEADERS, timeout=60,
                            files=upload_files(v2))
         assert retry.status_code == 201, retry.text
-        assert retry.json()["version"] == 3
+        assert retry.json()["version"] == "3"
         _expect_crash(server, lambda: httpx.post(
             f"{server.url}/admin/adapters/acme/helper/promote", headers=ADMIN_HEADERS,
             json={"version": 3}, timeout=60))
@@ -191,10 +191,10 @@ def test_kill_9_between_blobs_and_manifest_and_during_promotion_keeps_the_previo
 
     restarted = replica(tiny_base_dir, store_env, tmp_path, "a").start()
     try:
-        assert _versions(restarted.url) == (1, [1, 3])
+        assert _versions(restarted.url) == ("1", ["1", "3"])
         promoted = httpx.post(f"{restarted.url}/admin/adapters/acme/helper/promote",
                               headers=ADMIN_HEADERS, json={"version": 3})
         assert promoted.status_code == 200, promoted.text
-        assert _versions(restarted.url) == (3, [1, 3])
+        assert _versions(restarted.url) == ("3", ["1", "3"])
     finally:
         restarted.stop()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
 from loraswap.training.datasets_io import concatenate, from_rows, load_table, text_label_table
 
 

@@ -13,12 +13,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-from loraswap.adapters.base_model import Quantization
 from loraswap.adapters.package import TaskKind
-from loraswap.adapters.profile_jobs import ProfileJob, ProfileJobs, reference_key
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import ObjectStore, open_store
-from loraswap.adapters.validation import BaseModelFingerprint, ManifestDefaults, ValidationLimits
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.base_model.loading import Quantization
+from loraswap.jobs.profile_jobs import ProfileJob, ProfileJobs, reference_key
 from loraswap.service.drift.reference import parse_profile
 from loraswap.training.profile_job import ProfileJobSettings, execute_job
 from tests.peft_adapters import lora_config, save_peft_adapter

@@ -12,12 +12,13 @@ import pytest
 
 from loraswap.adapters.package import TaskKind
 from loraswap.training.data import load_examples
-from loraswap.training.retrain import gate
+from loraswap.training.retrain import two_set_gate
 from loraswap.training.retrain_data import (
     TASK_DATA,
     CausalLmData,
     DataReading,
     TokenClsData,
+    deduplicate,
     held_out,
     prompt_messages,
 )
@@ -116,13 +117,51 @@ def test_instruction_and_chat_originals_become_conversations(tmp_path: Path) -> 
         "red, yellow, blue", "hello"]
 
 
-@pytest.mark.parametrize(("higher", "candidate", "active", "promote", "sign"), [
-    (True, 0.8, 0.7, True, ">="), (True, 0.7, 0.7, True, ">="), (True, 0.6, 0.7, False, "<"),
-    (False, 1.2, 1.3, True, "<="), (False, 1.3, 1.3, True, "<="),
-    (False, 1.4, 1.3, False, ">"), (False, math.nan, 1.3, False, "not a number"),
+def versions(new: float, old: float | None, n_new: int = 200, n_old: int = 400,
+             metric: str = "accuracy") -> dict[str, float]:
+    out = {f"new_traffic/{metric}": new, "new_traffic/examples": float(n_new)}
+    if old is not None:
+        out |= {f"original/{metric}": old, "original/examples": float(n_old)}
+    return out
+
+
+@pytest.mark.parametrize(("candidate", "active", "promote", "why"), [
+    # Better on the new traffic by the margin, the original within its noise: promoted.
+    (versions(0.80, 0.86), versions(0.70, 0.87), True, ">= margin"),
+    # A tie on the new traffic keeps the active version (the old gate promoted ties).
+    (versions(0.70, 0.87), versions(0.70, 0.87), False, "< margin"),
+    # Under the margin: kept.
+    (versions(0.705, 0.87), versions(0.70, 0.87), False, "< margin"),
+    # Far better on the new traffic but worse on the original beyond 400 examples' noise
+    # (1.645 × sqrt(2 × 0.87 × 0.13 / 400) ≈ 0.039): kept.
+    (versions(0.90, 0.80), versions(0.70, 0.87), False, "> noise"),
+    # No test split: judged on the new traffic alone.
+    (versions(0.80, None), versions(0.70, None), True, ">= margin"),
+    # No held-out feedback: nothing shows a gain, kept.
+    ({"original/accuracy": 0.9, "original/examples": 10.0},
+     {"original/accuracy": 0.5, "original/examples": 10.0}, False, "no held-out feedback"),
+    (versions(math.nan, 0.87), versions(0.70, 0.87), False, "< margin"),
 ])
-def test_the_gate_follows_the_metric_direction(higher: bool, candidate: float, active: float,
-                                               promote: bool, sign: str) -> None:
-    decided, reason = gate("m", higher, candidate, active)
-    assert decided is promote
-    assert sign in reason
+def test_the_gate_needs_a_gain_on_new_traffic_and_no_regression_beyond_noise(
+        candidate: dict[str, float], active: dict[str, float], promote: bool,
+        why: str) -> None:
+    decided, reason = two_set_gate("accuracy", True, candidate, active, 0.01)
+    assert decided is promote, reason
+    assert why in reason
+
+
+def test_a_lower_loss_is_the_gain_for_causal_lm() -> None:
+    candidate = versions(1.20, 1.52, metric="eval_loss")
+    active = versions(1.30, 1.50, metric="eval_loss")
+    decided, reason = two_set_gate("eval_loss", False, candidate, active, 0.01)
+    assert decided, reason  # 0.1 nats better; 0.02 worse on the original, within 5 %
+    decided, reason = two_set_gate("eval_loss", False, active, candidate, 0.01)
+    assert not decided and "< margin" in reason
+
+
+def test_repeated_feedback_inputs_count_once_and_the_latest_label_wins() -> None:
+    rows = [{"text": "Where is my card?", "label": "card_arrival"},
+            {"text": "top up failed", "label": "top_up_failed"},
+            {"text": "  where is  my CARD? ", "label": "lost_card"}]
+    kept = deduplicate(rows, TaskKind.SEQ_CLS)
+    assert kept == [rows[1], rows[2]]

@@ -1,4 +1,4 @@
-"""Retraining runs of causal-lm and token-cls adapters on the tiny model, end to end.
+"""Retraining runs of causal-lm, token-cls and seq-cls adapters on the tiny model, end to end.
 
 An active version is trained and registered with its data in the store, feedback rows
 are written where the service writes them, and ``execute_run`` trains a candidate,
@@ -26,10 +26,11 @@ from safetensors.torch import load_file, save_file
 from loraswap.adapters.lora_format import WEIGHTS_FILE
 from loraswap.adapters.package import package_file_digests, read_manifest, write_manifest
 from loraswap.adapters.registry import AdapterRegistry
-from loraswap.adapters.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.adapters.store import FileSystemStore
-from loraswap.adapters.training_data import upload_to_store
-from loraswap.adapters.validation import BaseModelFingerprint, ValidationLimits
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
+from loraswap.jobs.training_data import upload_to_store
 from loraswap.training import retrain
 from loraswap.training.config import build_config
 from loraswap.training.runner import TrainOutcome, run_training
@@ -64,14 +65,15 @@ class Setup:
             cache_dir=self.root / "run-cache", feedback_holdout=0.5))
 
 
-def spoil(package: Path) -> None:
-    """Make a package answer badly: noise in its LoRA B factors; a classification head
-    that says ``O`` (tag 0) for every token. Its manifest's digests follow."""
+def spoil(package: Path, scale: float) -> None:
+    """Make a package answer badly: noise in its LoRA B factors (and A factors when
+    ``scale`` > 2: far worse); a classification head that says ``O`` (tag 0) for every
+    token. Its manifest's digests follow."""
     generator = torch.Generator().manual_seed(0)
     tensors = load_file(str(package / WEIGHTS_FILE))
     for name, tensor in tensors.items():
-        if "lora_B" in name:
-            tensors[name] = torch.randn(tensor.shape, generator=generator) * 2.0
+        if "lora_B" in name or ("lora_A" in name and scale > 2):
+            tensors[name] = torch.randn(tensor.shape, generator=generator) * scale
         elif "score" in name:
             tensors[name] = torch.zeros_like(tensor)
             if name.endswith("bias"):
@@ -107,27 +109,35 @@ def make_setup(root: Path, base: Path, task: str, adapter: str, train: Path,
         "base_model": base, "max_steps": steps, "batch_size": 8, "progress": False,
         "learning_rate": 1e-2, "precision": "fp32", "val_fraction": 0.2}))
     retrain.record_data_store(outcome.output, keys)
-    spoil(outcome.output)
+    # Mildly: the candidate continues from these weights and must be able to recover.
+    spoil(outcome.output, scale=0.5)
     setup = Setup(root, store, adapter, base)
     setup.registry().register(TENANT, adapter, outcome.output, activate=True)
     return setup
 
 
 def spoiling_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fault seam: the next candidate comes out of training spoiled."""
+    """The fault seam: the next candidate comes out of training spoiled (more than the
+    first active version was: the candidates continue from it, so they start spoiled)."""
     def train_then_spoil(cfg: Any, on_step: Callable[..., None] | None = None) -> TrainOutcome:
         outcome = run_training(cfg, on_step)
-        spoil(outcome.output)
+        spoil(outcome.output, scale=8.0)
         return outcome
 
     monkeypatch.setattr(retrain, "run_training", train_then_spoil)
 
 
 def check_same_heldout(run: RunRecord) -> None:
+    """Both versions scored on the same two held-out sets (test split, new traffic)."""
     assert run.status == "finished", run.reason
-    examples = {side: e["examples"] for side, e in run.evaluations.items()}
-    assert examples == {"active": run.data["heldout_total"],
-                        "candidate": run.data["heldout_total"]}
+    for side in ("active", "candidate"):
+        scores = run.evaluations[side]
+        assert scores["original/examples"] == run.data["heldout"]["original"]
+        assert scores["new_traffic/examples"] == run.data["heldout"]["new_traffic"]
+    assert run.data["heldout_total"] == sum(run.data["heldout"].values())
+    # The candidate continued from the active version's weights, on a recorded mix.
+    assert run.data["mix"]["start"] == "active version"
+    assert run.data["mix"]["replay_original"] <= run.data["original_train"]
 
 
 @pytest.fixture
@@ -149,10 +159,13 @@ def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
     setup = make_setup(tmp_path, tiny_base_dir, "causal-lm", "writer", *sft_files, steps=12)
     chat = json.dumps([{"role": "user", "content": "name three primary colors"}])
     put_feedback(setup.store, "writer", [
-        *(feedback_row(i, "causal-lm", "what is the capital of france?",
+        *(feedback_row(i, "causal-lm", f"what is the capital of france? ({i})",
                        text="paris is the capital of france.") for i in range(8)),
-        *(feedback_row(10 + i, "causal-lm", chat, text="red, yellow and blue")
-          for i in range(4)),
+        *(feedback_row(10 + i, "causal-lm", chat.replace("colors", f"colors {i}"),
+                       text="red, yellow and blue") for i in range(4)),
+        # The same question twice, differently spaced: one example.
+        feedback_row(30, "causal-lm", "what  is the capital of France? (0)",
+                     text="paris is the capital of france."),
         feedback_row(20, "causal-lm", "say nothing", text=" ")])
 
     first = setup.run()
@@ -160,13 +173,16 @@ def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
     assert (first.task, first.gate_metric, first.gate_direction) == (
         "causal-lm", "eval_loss", "lower")
     assert first.data["original_train"] == 16 and first.data["feedback_dropped"] == 1
+    # The split keeps one row per normalised input (issue 23): the re-spelt duplicate is
+    # counted, not split.
     assert first.data["feedback_train"] + first.data["feedback_holdout"] == 12
-    # The held-out set: the test split plus the held-out feedback.
-    assert first.data["heldout_total"] == 1 + first.data["feedback_holdout"]
-    active, candidate = (first.evaluations[s]["eval_loss"] for s in ("active", "candidate"))
+    assert first.data["feedback_duplicates"] == 1
+    assert first.data["heldout"]["original"] == 1
+    active, candidate = (first.evaluations[s]["new_traffic/eval_loss"]
+                         for s in ("active", "candidate"))
     assert candidate < active  # the active version was spoiled
-    assert first.decision == "promoted" and "<=" in (first.reason or "")
-    assert setup.registry().active(TENANT, "writer").version == first.candidate_version == 2
+    assert first.decision == "promoted" and ">= margin" in (first.reason or "")
+    assert setup.registry().active(TENANT, "writer").key.version == first.candidate_version == "2"
     data_store = setup.registry().active(TENANT, "writer").manifest.training["data_store"]
     assert setup.store.exists(data_store["trained_on"])
 
@@ -174,10 +190,10 @@ def test_a_causal_lm_run_promotes_on_lower_loss_and_keeps_a_worse_candidate(
     second = setup.run()  # starts from version 2's record of the original data
     check_same_heldout(second)
     assert second.data["original_train"] == 16
-    assert second.evaluations["candidate"]["eval_loss"] > \
-        second.evaluations["active"]["eval_loss"]
+    assert second.evaluations["candidate"]["new_traffic/eval_loss"] > \
+        second.evaluations["active"]["new_traffic/eval_loss"]
     assert second.decision == "kept"
-    assert "eval_loss" in (second.reason or "") and "> active" in (second.reason or "")
+    assert "eval_loss" in (second.reason or "") and "< margin" in (second.reason or "")
     assert "version 3 registered inactive" in (second.reason or "")
     assert setup.registry().active(TENANT, "writer").version == 2
     assert RunStore(setup.store).claim(TENANT, "writer", "after") is None  # released
@@ -191,7 +207,7 @@ def test_a_token_cls_run_promotes_on_higher_f1_and_keeps_a_worse_candidate(
     setup = make_setup(tmp_path, tiny_base_dir, "token-cls", "ner", train, test, steps=30)
     tags = ["O", "B-Disease", "I-Disease", "I-Disease", "O", "O", "O", "O"]
     put_feedback(setup.store, "ner", [
-        *(feedback_row(i, "token-cls", "the zzqxv-disease of the dog.", labels=tags)
+        *(feedback_row(i, "token-cls", f"the zzqxv-disease of the dog {i}", labels=tags)
           for i in range(8)),
         feedback_row(20, "token-cls", "the dog", labels=["O"])])  # not one tag per word
 
@@ -201,15 +217,53 @@ def test_a_token_cls_run_promotes_on_higher_f1_and_keeps_a_worse_candidate(
                                                                      "higher")
     assert first.data["feedback_dropped"] == 1
     assert first.data["feedback_train"] + first.data["feedback_holdout"] == 8
-    assert first.data["heldout_total"] == 2 + first.data["feedback_holdout"]
-    assert first.evaluations["active"]["f1"] == 0.0  # spoiled: every word tagged O
-    assert first.evaluations["candidate"]["f1"] > 0.5
-    assert first.decision == "promoted" and ">=" in (first.reason or "")
+    assert first.data["heldout"]["original"] == 2
+    assert first.evaluations["active"]["new_traffic/f1"] == 0.0  # spoiled: every word O
+    assert first.evaluations["candidate"]["new_traffic/f1"] > 0.5
+    assert first.decision == "promoted" and ">= margin" in (first.reason or "")
     assert setup.registry().active(TENANT, "ner").version == 2
 
     spoiling_training(monkeypatch)
     second = setup.run()
     check_same_heldout(second)
-    assert second.evaluations["candidate"]["f1"] == 0.0
-    assert second.decision == "kept" and "< active" in (second.reason or "")
+    assert second.evaluations["candidate"]["new_traffic/f1"] == 0.0
+    assert second.decision == "kept" and "< margin" in (second.reason or "")
     assert setup.registry().active(TENANT, "ner").version == 2
+
+
+def test_a_seq_cls_run_promotes_on_higher_accuracy_and_keeps_a_worse_candidate(
+        tiny_base_dir: Path, tmp_path: Path, csv_data: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seq-cls gate (the package evaluator's accuracy, higher is better) decides both
+    ways: a spoiled active version (always its first label) loses to a trained candidate,
+    and a spoiled candidate is kept out."""
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\n" + "".join(
+        f"{p} {i},pos\n{n} {i},neg\n" for i, (p, n) in enumerate(zip(
+            ("the quick brown fox", "the lazy dog jumps"),
+            ("paris is the capital", "capital of france"), strict=True))))
+    setup = make_setup(tmp_path, tiny_base_dir, "seq-cls", "mood", csv_data, test, steps=30)
+    put_feedback(setup.store, "mood", [
+        *(feedback_row(i, "seq-cls", f"brown fox over the dog {i}", label="pos")
+          for i in range(4)),
+        *(feedback_row(10 + i, "seq-cls", f"name three primary colors {i}", label="neg")
+          for i in range(4))])
+
+    first = setup.run()
+    check_same_heldout(first)
+    assert (first.task, first.gate_metric, first.gate_direction) == ("seq-cls", "accuracy",
+                                                                     "higher")
+    active, candidate = (first.evaluations[s]["new_traffic/accuracy"]
+                         for s in ("active", "candidate"))
+    assert active <= 0.75  # spoiled: one label for everything, on mixed new traffic
+    assert candidate > active
+    assert first.decision == "promoted" and ">= margin" in (first.reason or "")
+    assert setup.registry().active(TENANT, "mood").version == 2
+
+    spoiling_training(monkeypatch)
+    second = setup.run()
+    check_same_heldout(second)
+    assert second.evaluations["candidate"]["new_traffic/accuracy"] < \
+        second.evaluations["active"]["new_traffic/accuracy"]
+    assert second.decision == "kept" and "< margin" in (second.reason or "")
+    assert setup.registry().active(TENANT, "mood").version == 2

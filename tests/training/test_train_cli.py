@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from loraswap.adapters.errors import QuantizationUnavailableError
 from loraswap.adapters.package import read_manifest
 from loraswap.cli import app
+from loraswap.core.errors import QuantizationUnavailableError
 from loraswap.training.config import build_config
 from loraswap.training.runner import run_training
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from loraswap.adapters.errors import ConfigurationError
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.words import SplitText
+from loraswap.core.errors import ConfigurationError
 from loraswap.training.config import build_config, read_config_file
 from loraswap.training.data import (
     ChatExample,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loraswap.adapters.precision import CpuFeatures
+from loraswap.base_model.precision import CpuFeatures
 from loraswap.training.runner import base_quantization
 from tests.training.conftest import ConfigFactory
 

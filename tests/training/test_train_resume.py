@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
 from loraswap.training.checkpoint import STATE_JSON
 from loraswap.training.config import TrainConfig
 from loraswap.training.runner import run_training

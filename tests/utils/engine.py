@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import EngineObserver, NullObserver
+from loraswap.service.engine.paged_attention import StepChunk
 
 DEFAULT_ENGINE_LIMITS = {"max_loras": 4, "max_lora_rank": 16, "max_batch_size": 8,
                          "max_model_len": 128}
@@ -25,6 +26,21 @@ def make_engine(base_dir: Path, observer: EngineObserver | None = None,
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     config = EngineConfig(**{**DEFAULT_ENGINE_LIMITS, **overrides})  # type: ignore[arg-type]
     return LoraEngine(model, tokenizer, config, observer or NullObserver())
+
+
+def prefill_logits(engine: LoraEngine, prompts: list[list[int]],
+                   slots: list[int]) -> torch.Tensor:
+    """Float32 last-token logits of whole prompts (two tokens or more) prefilled together
+    through the paged KV cache, as the scheduler runs them; their blocks are given back."""
+    pool = engine.pool
+    tables = [pool.allocate(pool.blocks_for(len(prompt))) for prompt in prompts]
+    try:
+        chunks = [StepChunk(prompt, 0, table or [], slot)
+                  for prompt, table, slot in zip(prompts, tables, slots, strict=True)]
+        return engine.runner.step(chunks).logits
+    finally:
+        for table in tables:
+            pool.release(table or [])
 
 
 class StepGate(NullObserver):

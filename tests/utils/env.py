@@ -19,3 +19,20 @@ def child_env(extra: dict[str, str], unset: Sequence[str] = ()) -> dict[str, str
     kept = {k: v for k, v in os.environ.items()
             if not k.startswith(ISOLATED_ENV_PREFIXES) and k not in unset}
     return {**kept, "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+# What makes the Hugging Face libraries offline by themselves (and that loraswap sets inside
+# its own processes): the network tests unset them, so the product must not rely on a shell
+# that exports them.
+HUB_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+                "HF_HUB_DISABLE_TELEMETRY", "USE_HUB_KERNELS", "HF_HOME", "HF_HUB_CACHE",
+                "XDG_CACHE_HOME")
+
+
+def empty_home(parent: Path) -> dict[str, str]:
+    """``HOME`` for a child process as on a new user's machine: an empty folder (no cached
+    Hub files, no agent registry, no kernels), with the Hub's cache variables unset (pass
+    :data:`HUB_SWITCHES` as ``unset``)."""
+    home = parent / "empty-home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home)}

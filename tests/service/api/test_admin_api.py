@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
 from loraswap.service.app import create_app
 from loraswap.service.settings import Settings
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory, upload_files
@@ -90,23 +90,23 @@ def test_versions_promote_and_rollback_without_restart(
     key = create_tenant(server, "acme")
     first = upload(server, "acme", "helper", make_package("v1", seed=1))
     assert first.status_code == 201, first.text
-    assert first.json()["version"] == 1 and first.json()["active"] is True
+    assert first.json()["version"] == "1" and first.json()["active"] is True
     answer_v1 = predict(server, key, "acme/helper")
     assert answer_v1["adapter_version"] == "1"
 
     second = upload(server, "acme", "helper", make_package("v2", seed=2))
-    assert second.json()["version"] == 2 and second.json()["active"] is False
+    assert second.json()["version"] == "2" and second.json()["active"] is False
     assert predict(server, key, "acme/helper")["adapter_version"] == "1"
 
     promoted = server.client.post("/admin/adapters/acme/helper/promote",
                                   headers=ADMIN_HEADERS, json={"version": 2})
-    assert promoted.status_code == 200 and promoted.json()["active_version"] == 2
+    assert promoted.status_code == 200 and promoted.json()["active_version"] == "2"
     answer_v2 = predict(server, key, "acme/helper")
     assert answer_v2["adapter_version"] == "2"
     assert answer_v2["outputs"][0]["text"] != answer_v1["outputs"][0]["text"]
 
     rolled = server.client.post("/admin/adapters/acme/helper/rollback", headers=ADMIN_HEADERS)
-    assert rolled.json()["active_version"] == 1
+    assert rolled.json()["active_version"] == "1"
     again = predict(server, key, "acme/helper")
     assert again["adapter_version"] == "1"
     assert again["outputs"][0]["text"] == answer_v1["outputs"][0]["text"]
@@ -121,7 +121,7 @@ def test_a_version_can_be_imported_from_a_store_uri(
     imported = server.client.post("/admin/adapters/acme/helper/versions/import",
                                   headers=ADMIN_HEADERS, json={"source_uri": folder.as_uri()})
     assert imported.status_code == 201, imported.text
-    assert imported.json()["version"] == 1 and imported.json()["active"] is True
+    assert imported.json()["version"] == "1" and imported.json()["active"] is True
     assert predict(server, key, "acme/helper")["adapter_version"] == "1"
     missing = server.client.post("/admin/adapters/acme/helper/versions/import",
                                  headers=ADMIN_HEADERS,
@@ -136,12 +136,12 @@ def test_listing_shows_metadata_and_residency(
     upload(server, "acme", "helper", make_package("v1", rank=8))
     predict(server, key, "acme/helper")
     info = server.client.get("/admin/adapters/acme/helper", headers=ADMIN_HEADERS).json()
-    assert info["active_version"] == 1 and info["pinned"] is False
+    assert info["active_version"] == "1" and info["pinned"] is False
     version = info["versions"][0]
     assert version["task"] == "causal-lm" and version["lora"]["r"] == 8
     assert (version["attention"], version["text_split"]) == ("causal", "none")
     assert set(version["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
-    assert info["residency"] == {"in_slot": [1], "in_host_memory": [1]}
+    assert info["residency"] == {"in_slot": ["1"], "in_host_memory": ["1"]}
     listed = server.client.get("/admin/adapters?tenant=acme", headers=ADMIN_HEADERS).json()
     assert [a["name"] for a in listed] == ["helper"]
     models = server.client.get("/v1/models", headers=_bearer(key)).json()["data"]
@@ -157,17 +157,17 @@ def test_a_pinned_adapter_stays_resident_and_follows_promotions(
         upload(server, "acme", name, make_package(name, seed=index))
     upload(server, "acme", "kept", make_package("kept-v2", seed=9))
     pinned = server.client.put("/admin/adapters/acme/kept/pin", headers=ADMIN_HEADERS).json()
-    assert pinned["pinned"] is True and pinned["residency"]["in_slot"] == [1]
+    assert pinned["pinned"] is True and pinned["residency"]["in_slot"] == ["1"]
     for name in ("other1", "other2", "other3", "other1"):  # one free slot, taking turns
         predict(server, key, f"acme/{name}")
     info = server.client.get("/admin/adapters/acme/kept", headers=ADMIN_HEADERS).json()
-    assert info["residency"]["in_slot"] == [1]
+    assert info["residency"]["in_slot"] == ["1"]
     promoted = server.client.post("/admin/adapters/acme/kept/promote", headers=ADMIN_HEADERS,
                                   json={"version": 2}).json()
-    assert promoted["residency"]["in_slot"] == [2]  # the pin moved; v1 may be evicted
+    assert promoted["residency"]["in_slot"] == ["2"]  # the pin moved; v1 may be evicted
     predict(server, key, "acme/other2")
     info = server.client.get("/admin/adapters/acme/kept", headers=ADMIN_HEADERS).json()
-    assert info["residency"]["in_slot"] == [2]
+    assert info["residency"]["in_slot"] == ["2"]
     server.client.delete("/admin/adapters/acme/kept/pin", headers=ADMIN_HEADERS)
     for name in ("other1", "other3"):
         predict(server, key, f"acme/{name}")
@@ -189,7 +189,7 @@ def test_the_active_version_cannot_be_deleted(
                                    headers=ADMIN_HEADERS)
     assert deleted.status_code == 204
     info = server.client.get("/admin/adapters/acme/helper", headers=ADMIN_HEADERS).json()
-    assert [v["version"] for v in info["versions"]] == [1]
+    assert [v["version"] for v in info["versions"]] == ["1"]
     busy = server.client.delete("/admin/tenants/acme", headers=ADMIN_HEADERS)
     assert busy.status_code == 409 and "acme/helper" in busy.json()["error"]["message"]
 

@@ -52,7 +52,7 @@ def test_plain_lora_folder_registers_and_serves_like_peft(
     response = upload(server, "chat", folder)
     assert response.status_code == 201, response.text
     body = response.json()
-    assert body["task"] == "causal-lm" and body["version"] == 1
+    assert body["task"] == "causal-lm" and body["version"] == "1"
     assert body["inferred"]["task"] == "causal-lm: from adapter_config.json task_type 'CAUSAL_LM'"
     listed = server.client.get("/admin/adapters/acme/chat", headers=ADMIN_HEADERS).json()
     assert listed["versions"][0]["inferred"] == body["inferred"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraswap.adapters.errors import ConflictError
+from loraswap.core.errors import ConflictError
 from loraswap.service.lifecycle import Lifecycle
 from tests.service.conftest import ServerFactory
 

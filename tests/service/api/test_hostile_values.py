@@ -10,19 +10,15 @@ from typing import Any
 import httpx
 import pytest
 
-from loraswap.adapters.errors import AdapterValidationError
 from loraswap.adapters.package import (
     CONFIG_FILE,
     package_file_digests,
     read_manifest,
     write_manifest,
 )
-from loraswap.adapters.validation import (
-    BaseModelFingerprint,
-    ManifestDefaults,
-    ValidationLimits,
-    validate_package,
-)
+from loraswap.adapters.validation import ManifestDefaults, ValidationLimits, validate_package
+from loraswap.base_model.fingerprint import BaseModelFingerprint
+from loraswap.core.errors import AdapterValidationError
 from tests.service.conftest import LiveServer, PackageFactory, ServerFactory, upload_files
 
 LONE_SURROGATE = '"\\ud800 hello"'  # a JSON string that decodes to a lone surrogate

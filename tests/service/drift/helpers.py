@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.drift.metrics import DriftMetrics
 from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
-from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.records import PredictionRecord
 from loraswap.service.drift.reference import parse_profile
 
-REF = AdapterVersionRef("acme", "sentiment", "1")
+REF = AdapterVersionRef.parse("acme/sentiment@1")
 DIM = 16
 
 
@@ -91,7 +92,7 @@ def score(registry: CollectorRegistry, signal: str, method: str,
           ref: AdapterVersionRef = REF) -> float | None:
     """The exported gauge value, None when the series is absent."""
     return registry.get_sample_value("loraswap_drift_score", {
-        "tenant": ref.tenant, "adapter": ref.adapter, "version": ref.version,
+        **dict(zip(("tenant", "adapter", "version"), ref.labels, strict=True)),
         "signal": signal, "method": method})
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from loraswap.adapters.package import build_manifest, read_manifest, write_manifest
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.jobs.training_data import read_parquet_batches
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
 from tests.service.drift.helpers import profile
@@ -116,7 +116,7 @@ def test_drift_capture_feedback_and_retirement_over_http(
     assert signals == {"input_length", "confidence", "predicted_label", "embedding"}
     assert all('version="1"' in line for line in scores)
     samples = metric_lines(server, "loraswap_drift_window_samples")
-    assert samples == ['loraswap_drift_window_samples{adapter="sentiment",tenant="acme",'
+    assert samples == ['loraswap_drift_window_samples{adapter="acme/sentiment",tenant="acme",'
                        'version="1"} 6.0']
 
     # Feedback: right and wrong labels, then the 4xx answers.
@@ -193,7 +193,7 @@ def test_generations_are_captured_and_take_text_feedback(
     # No profile.json: the window is tracked, but no score is exported (absent, not 0).
     assert wait_for(lambda: metric_lines(server, "loraswap_drift_window_samples"))
     assert not [line for line in metric_lines(server, "loraswap_drift_score")
-                if 'adapter="writer"' in line]
+                if 'adapter="acme/writer"' in line]
 
 
 def test_feedback_finds_a_prediction_captured_by_another_replica(

@@ -4,6 +4,7 @@ waits for the store."""
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from loraswap.adapters.errors import StoreError
 from loraswap.adapters.store import ObjectStore, open_store
 from loraswap.adapters.store.filesystem import FileSystemStore
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.core.errors import StoreError
+from loraswap.core.identity import AdapterVersionRef
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.api.answers import new_request_id
 from loraswap.service.drift.capture import CaptureWriter
 from loraswap.service.drift.capture_index import (
@@ -25,9 +27,9 @@ from loraswap.service.drift.capture_index import (
     index_bucket,
 )
 from loraswap.service.drift.handoff import Handoff
-from loraswap.service.drift.records import AdapterVersionRef, PredictionRecord
+from loraswap.service.drift.records import PredictionRecord
 
-REF = AdapterVersionRef("acme", "sentiment", "1")
+REF = AdapterVersionRef.parse("acme/sentiment@1")
 
 
 class CountingStore(FileSystemStore):
@@ -59,9 +61,10 @@ def answer(prediction_id: str, inputs: int = 1, ref: AdapterVersionRef = REF,
         confidence=0.9) for i in range(inputs)]
 
 
-def writer(store: ObjectStore, share: float = 1.0) -> CaptureWriter:
+def writer(store: ObjectStore, share: float = 1.0,
+           rng: random.Random | None = None) -> CaptureWriter:
     capture = CaptureWriter(store, lambda tenant: share if tenant == "acme" else 0.0,
-                            batch_rows=64, flush_seconds=600, poll_seconds=0.01)
+                            batch_rows=64, flush_seconds=600, poll_seconds=0.01, rng=rng)
     capture.start()
     return capture
 
@@ -188,8 +191,11 @@ def test_uncaptured_answers_are_remembered_and_not_written(tmp_path: Path) -> No
 
 
 def test_a_shared_policy_captures_whole_answers(tmp_path: Path) -> None:
+    """One draw per answer, against the share: with a seeded generator the captured
+    answers are exactly those whose draw fell below 0.5 (a per-input draw, a draw against
+    1 - share or a share ignored all pick another set), each with every input."""
     store = FileSystemStore(tmp_path / "store")
-    capture = writer(store, share=0.5)
+    capture = writer(store, share=0.5, rng=random.Random(7))
     ids = [new_request_id("pred") for _ in range(200)]
     for prediction_id in ids:
         capture.submit(answer(prediction_id, inputs=2))
@@ -197,7 +203,10 @@ def test_a_shared_policy_captures_whole_answers(tmp_path: Path) -> None:
     rows = read_parquet_batches(store, "captures/acme/sentiment/")
     per_answer = Counter(row["prediction_id"] for row in rows)
     assert set(per_answer.values()) == {2}  # every input of a captured answer
-    assert 60 <= len(per_answer) <= 140  # about half the answers
+    replay = random.Random(7)
+    expected = {prediction_id for prediction_id in ids if replay.random() < 0.5}
+    assert 60 <= len(expected) <= 140  # the seed gives a share near one half
+    assert set(per_answer) == expected
 
 
 class BlockedStore(FileSystemStore):

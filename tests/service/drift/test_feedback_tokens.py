@@ -10,28 +10,29 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.adapters.package import TaskKind
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.core.errors import InvalidRequestError
+from loraswap.core.identity import AdapterVersionRef
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.drift.capture import CapturedPrediction
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackService
 from loraswap.service.drift.metrics import DriftMetrics
-from loraswap.service.drift.records import AdapterVersionRef
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import ServerFactory, upload_files
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 TEXT = "Ada Lovelace lived in London."  # words: Ada Lovelace lived in London .
 TAGS = ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]
-REF = AdapterVersionRef("acme", "ner", "1")
+REF = AdapterVersionRef.parse("acme/ner@1")
 
 
 class FakeCapture:
     """The capture side of one captured token-cls prediction; keeps the feedback rows."""
 
     def __init__(self) -> None:
-        self.entry = CapturedPrediction("pred-abc", 0, *REF.labels, "token-cls", TEXT, None,
-                                        None)
+        self.entry = CapturedPrediction("pred-abc", 0, REF.owner, REF.name, REF.version,
+                                        TaskKind.TOKEN_CLS, TEXT, None, None)
         self.rows: list[dict[str, Any]] = []
 
     def captured(self, key: str) -> CapturedPrediction | None:
@@ -51,9 +52,9 @@ class FakeCapture:
 def service() -> tuple[FeedbackService, FakeCapture]:
     """A feedback service that knows the adapter's labels, over one captured prediction."""
     capture = FakeCapture()
-    labels = {REF.labels: NER_LABELS}
+    labels = {REF: NER_LABELS}
     feedback = FeedbackService(capture, DriftMetrics(CollectorRegistry()), 2,  # type: ignore
-                               lambda t, a, v: labels.get((t, a, v)))
+                               labels.get)
     return feedback, capture
 
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import yaml
 
-from loraswap.adapters.errors import ConfigurationError
-from loraswap.adapters.profile_jobs import ProfileJob
-from loraswap.adapters.retrain_runs import RunRecord, RunTrigger
+from loraswap.core.errors import ConfigurationError
+from loraswap.jobs.profile_jobs import ProfileJob
+from loraswap.jobs.retrain_runs import RunRecord, RunTrigger
 from loraswap.service.drift.launchers import (
     KubernetesLauncher,
     LocalLauncher,
@@ -86,6 +86,7 @@ def test_the_job_is_posted_to_the_namespace_with_the_token(tmp_path: Path) -> No
     assert json.loads(request.content)["metadata"]["name"] == f"loraswap-retrain-{RUN.id}"
 
 
+@pytest.mark.integration  # starts the local launcher's child process
 def test_the_local_run_is_a_separate_process_at_the_lowest_priority(tmp_path: Path) -> None:
     launcher = LocalLauncher({"LORASWAP_STORE_URI": tmp_path.as_uri()}, tmp_path / "logs")
     command = launcher.command(RUN)

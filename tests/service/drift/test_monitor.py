@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from loraswap.service.drift.records import AdapterVersionRef
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.drift.reference import parse_profile
 from tests.service.drift.helpers import monitor, profile, records, score
 
@@ -32,7 +32,7 @@ def test_scores_are_absent_until_the_window_has_enough_samples() -> None:
         mon.process(record)
     mon.score_all()
     assert score(registry, "input_length", "psi") is None
-    labels = {"tenant": "acme", "adapter": "sentiment", "version": "1"}
+    labels = {"tenant": "acme", "adapter": "acme/sentiment", "version": "1"}
     assert registry.get_sample_value("loraswap_drift_window_samples", labels) == 49
     mon.process(records(1, seed=9)[0])
     mon.score_all()
@@ -47,7 +47,7 @@ def test_traffic_of_a_new_version_removes_the_old_versions_series() -> None:
     mon.score_all()
     assert score(registry, "embedding", "mmd") is not None
     active[("acme", "sentiment")] = "2"
-    v2 = AdapterVersionRef("acme", "sentiment", "2")
+    v2 = AdapterVersionRef.parse("acme/sentiment@2")
     for record in records(60, ref=v2):
         mon.process(record)
     mon.score_all()
@@ -85,7 +85,7 @@ def test_versions_beyond_the_bound_are_not_tracked() -> None:
     mon, registry, _ = monitor({("acme", f"a{i}"): "1" for i in range(3)})
     mon.config = type(mon.config)(window_size=200, min_samples=50, max_versions=2)
     for i in range(3):
-        mon.process(records(1, ref=AdapterVersionRef("acme", f"a{i}", "1"))[0])
+        mon.process(records(1, ref=AdapterVersionRef.parse(f"acme/a{i}@1"))[0])
     mon.score_all()
     assert registry.get_sample_value("loraswap_drift_records_dropped_total",
                                      {"reason": "max_versions"}) == 1
@@ -101,4 +101,4 @@ def test_a_reference_histogram_of_too_few_values_is_no_reference() -> None:
     document["confidence"]["count"] = 16
     reference = parse_profile(document)
     assert reference.confidence is None and "16" not in reference.missing["confidence"]
-    assert "at least 100" in reference.missing["confidence"]
+    assert "at least 30" in reference.missing["confidence"]

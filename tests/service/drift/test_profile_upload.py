@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loraswap.adapters.profile_jobs import ProfileJob
+from loraswap.jobs.profile_jobs import ProfileJob
 from tests.peft_adapters import lora_config, save_peft_adapter, upload_parts
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
 from tests.service.drift.test_capture_feedback_api import (
@@ -64,7 +64,8 @@ def put(server: LiveServer, path: str, body: bytes, **params: Any) -> httpx.Resp
 
 def mood_scores(server: LiveServer) -> set[str]:
     return {line.split('signal="')[1].split('"')[0]
-            for line in metric_lines(server, "loraswap_drift_score") if 'adapter="mood"' in line}
+            for line in metric_lines(server, "loraswap_drift_score")
+            if 'adapter="acme/mood"' in line}
 
 
 def profile_log(job_id: str) -> str:
@@ -80,7 +81,7 @@ def test_a_plain_peft_import_gets_gauges_once_its_reference_is_profiled(
 
     # Tracked, but every signal absent (not zero), and the view says how to fix it.
     wait_for(lambda: [line for line in metric_lines(server, "loraswap_drift_window_samples")
-                      if 'adapter="mood"' in line])
+                      if 'adapter="acme/mood"' in line])
     view = server.client.get("/admin/drift/acme/mood", headers=ADMIN_HEADERS).json()
     assert view["tracked"] is True and view["window_samples"] == len(TEXTS)
     assert set(view["absent_signals"]) >= {"input_length", "confidence", "predicted_label",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.profile_jobs import JobStatus, ProfileJob
+from loraswap.core.identity import AdapterVersionRef
+from loraswap.jobs.profile_jobs import JobStatus, ProfileJob
 from loraswap.service.drift.metrics import DriftMetrics
 from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
 from loraswap.service.drift.pipeline import no_profile
-from loraswap.service.drift.records import AdapterVersionRef
 from loraswap.service.drift.reference import EMBEDDING, ReferenceProfile, parse_profile
 from tests.service.drift.helpers import REF, FakeClock, profile, records, score
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from loraswap.adapters.retrain_runs import RunRecord, RunStore
 from loraswap.adapters.store import open_store
+from loraswap.jobs.retrain_runs import RunRecord, RunStore
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService
 
 
@@ -26,7 +26,7 @@ class RecordingLauncher:
 
 
 def payload(status: str = "firing", starts_at: str = "2026-11-30T10:00:00Z",
-            fingerprint: str = "abc123", adapter: str = "sentiment") -> AlertmanagerWebhook:
+            fingerprint: str = "abc123", adapter: str = "acme/sentiment") -> AlertmanagerWebhook:
     alert: dict[str, Any] = {
         "status": status, "startsAt": starts_at, "fingerprint": fingerprint,
         "labels": {"alertname": "LoraswapAdapterDrift", "tenant": "acme",
@@ -61,7 +61,7 @@ def test_the_same_delivery_twice_and_a_repeat_start_one_run(service) -> None:  #
     assert len(launcher.launched) == 1
     assert [o for _, _, o in COUNTED] == ["started", "duplicate", "duplicate"]
     run = retrain.runs.get(first.alerts[0].run_id or "")
-    assert run.trigger.kind == "alert" and run.trigger.alert_labels["adapter"] == "sentiment"
+    assert run.trigger.kind == "alert" and run.trigger.alert_labels["adapter"] == "acme/sentiment"
 
 
 def test_a_resolved_notification_starts_nothing(service) -> None:  # type: ignore[no-untyped-def]
@@ -95,16 +95,29 @@ def test_one_run_per_adapter_at_a_time_then_a_cooldown(service) -> None:  # type
     assert len(launcher.launched) == 3
 
 
-def test_alerts_without_tenant_and_adapter_labels_are_ignored(service) -> None:  # type: ignore[no-untyped-def]
+def test_alerts_without_a_registered_adapter_label_are_ignored(service) -> None:  # type: ignore[no-untyped-def]
     retrain, launcher, _ = service
     body = payload()
-    del body.alerts[0].labels["tenant"]
+    del body.alerts[0].labels["adapter"]
     assert retrain.handle_webhook(body).alerts[0].outcome == "ignored"
+    for bad in ("sentiment", "other/sentiment", "acme/Bad Name"):
+        body = payload(adapter=bad, fingerprint=bad)
+        if bad == "sentiment":
+            del body.alerts[0].labels["tenant"]  # a bare name and no tenant: a dev adapter
+        assert retrain.handle_webhook(body).alerts[0].outcome == "ignored", bad
     assert launcher.launched == []
 
 
+def test_an_alert_with_the_bare_name_and_a_tenant_label_still_starts_a_run(service) -> None:  # type: ignore[no-untyped-def]
+    """Rules written before the labels were unified put the bare name in ``adapter``."""
+    retrain, launcher, _ = service
+    [outcome] = retrain.handle_webhook(payload(adapter="sentiment")).alerts
+    assert (outcome.outcome, outcome.adapter) == ("started", "acme/sentiment")
+    assert [(r.tenant, r.adapter) for r in launcher.launched] == [("acme", "sentiment")]
+
+
 def test_a_manual_run_is_refused_while_one_runs(service) -> None:  # type: ignore[no-untyped-def]
-    from loraswap.adapters.errors import ConflictError
+    from loraswap.core.errors import ConflictError
 
     retrain, _, _ = service
     retrain.start_manual("acme", "sentiment")

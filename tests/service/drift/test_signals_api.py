@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from loraswap.adapters.store import open_store
-from loraswap.adapters.training_data import read_parquet_batches
+from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.training.config import build_config
 from loraswap.training.runner import run_training
 from tests.service.conftest import LiveServer, ServerFactory
@@ -95,11 +95,11 @@ def test_generation_and_word_tag_gauges_appear_for_trained_adapters(
     post(server, acme, "/v1/predict", {"adapter": "acme/tagger", "inputs": [
         f"the zzqxv disease of the {w}" for w in WORDS[:4]]})
 
-    writer = wait_for(lambda: scores_of(server, "writer") or None)
+    writer = wait_for(lambda: scores_of(server, "acme/writer") or None)
     assert {("output_length", "psi"), ("token_logprob", "psi"),
             ("embedding", "mmd"), ("input_length", "psi")} <= writer.keys()
     assert not {("confidence", "psi"), ("predicted_label", "psi")} & writer.keys()
-    tagger = wait_for(lambda: scores_of(server, "tagger") or None)
+    tagger = wait_for(lambda: scores_of(server, "acme/tagger") or None)
     assert {("predicted_label", "psi"), ("predicted_label", "js"), ("confidence", "psi"),
             ("embedding", "mmd"), ("input_length", "psi")} <= tagger.keys()
     assert all(value >= 0 for value in [*writer.values(), *tagger.values()])
@@ -130,8 +130,8 @@ def test_openai_answers_feed_drift_capture_and_feedback(
 
     # Four answers (two choices, a chat, a stream): four inputs in the window.
     wait_for(lambda: [line for line in metric_lines(server, "loraswap_drift_window_samples")
-                      if 'adapter="writer"' in line and line.endswith(" 4.0")])
-    writer = wait_for(lambda: scores_of(server, "writer") or None)
+                      if 'adapter="acme/writer"' in line and line.endswith(" 4.0")])
+    writer = wait_for(lambda: scores_of(server, "acme/writer") or None)
     assert {("output_length", "psi"), ("token_logprob", "psi")} <= writer.keys()
 
     # Feedback by the OpenAI answer's id (text: a generation; a label is refused).

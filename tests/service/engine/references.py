@@ -24,6 +24,7 @@ from transformers import (
 
 from loraswap.adapters.lora_format import read_lora_adapter
 from loraswap.adapters.package import AttentionMode, TaskKind, read_manifest
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.classify import (
     ClassificationRequest,
     ClassificationResult,
@@ -32,7 +33,6 @@ from loraswap.service.engine.classify import (
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import EngineObserver, NullObserver
 from loraswap.service.engine.requests import GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 
 PAD = 2  # the tiny bases' config.pad_token_id
@@ -82,7 +82,7 @@ async def engine_greedy(engine: LoraEngine, name: str | None, folder: Path | Non
     """Greedy tokens from the (started) engine for one request, EOS ignored."""
     key = weights = None
     if name is not None and folder is not None:
-        key = AdapterKey(name, "1")
+        key = AdapterVersionRef.parse(f"{name}@1")
         weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
     request = GenerationRequest(
         request_id=rid, prompt_ids=prompt, adapter=key, adapter_weights=weights,
@@ -142,7 +142,7 @@ def peft_probs(base_dir: Path, folder: Path, prompt: list[int], lora: bool = Tru
 async def submit_classify(engine: LoraEngine, name: str, folder: Path, prompt: list[int],
                           rid: str) -> ClassificationStream:
     """Queue a classification request for the adapter package in ``folder``."""
-    key = AdapterKey(name, "1")
+    key = AdapterVersionRef.parse(f"{name}@1")
     weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder, name))
     return engine.classify(ClassificationRequest(
         request_id=rid, prompt_ids=prompt, task=task_of(folder), adapter=key,

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.classify import (
     pooled_position,
 )
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.engine.observer import EngineObserver
 from loraswap.service.engine.requests import GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import OverloadedError, RequestCancelledError
 from tests.service.engine import references
@@ -65,13 +65,13 @@ async def read_weights(engine: LoraEngine, adapters: dict[str, Path], *names: st
     (the engine thread may be held by a :class:`StepGate`)."""
     for name in names:
         folder = adapters[name]
-        await engine.adapter_weights(AdapterKey(name, "1"),
+        await engine.adapter_weights(AdapterVersionRef.parse(f"{name}@1"),
                                      lambda f=folder, n=name: read_lora_adapter(f, n))
 
 
 async def submit_generate(engine: LoraEngine, folder: Path, prompt: list[int],
                           ) -> asyncio.Future[list[int]]:
-    key = AdapterKey("writer", "1")
+    key = AdapterVersionRef.parse("writer@1")
     weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
     stream = engine.submit(GenerationRequest(
         request_id="gen", prompt_ids=prompt, adapter=key, adapter_weights=weights,
@@ -175,7 +175,7 @@ async def test_classification_needs_no_cache_row(tiny_base_dir: Path,
     engine.start()
     try:
         await read_weights(engine, adapters, "ner")
-        key = AdapterKey("writer", "1")
+        key = AdapterVersionRef.parse("writer@1")
         weights = await engine.adapter_weights(key, lambda: read_lora_adapter(adapters["writer"]))
         streams = [engine.submit(GenerationRequest(
             request_id=f"g{i}", prompt_ids=PROMPTS[0], adapter=key, adapter_weights=weights,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.engine.detokenizer import IncrementalText
 from loraswap.service.engine.sampling import SamplingParams, TokenSampler, sample_rows
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams, chosen_logprobs
 from loraswap.training.profile_generation import generate
 from loraswap.training.tasks import TaskModel
@@ -31,7 +31,7 @@ async def run(engine: LoraEngine, folder: Path | None, prompt: list[int], rid: s
               params: SamplingParams) -> GenerationEvent:
     key = weights = None
     if folder is not None:
-        key = AdapterKey("writer", "1")
+        key = AdapterVersionRef.parse("writer@1")
         weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
     request = GenerationRequest(request_id=rid, prompt_ids=prompt, params=params, adapter=key,
                                 adapter_weights=weights)

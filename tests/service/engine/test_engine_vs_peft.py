@@ -11,9 +11,9 @@ from peft import PeftModel
 from transformers import LlamaForCausalLM
 
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.engine.requests import GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 from tests.utils.engine import StepGate, make_engine
 
@@ -53,7 +53,7 @@ async def generation_request(engine: LoraEngine, name: str | None,
     """A greedy request for ``NEW_TOKENS`` tokens with the adapter's weights read."""
     key = weights = None
     if name is not None:
-        key = AdapterKey(name, "1")
+        key = AdapterVersionRef.parse(f"{name}@1")
         folder = adapters[name]
         weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
     return GenerationRequest(

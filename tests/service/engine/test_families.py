@@ -12,8 +12,8 @@ import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
 from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.errors import ModelLoadError
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.core.errors import ModelLoadError
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver
 from tests.conftest import write_classifier_adapter
@@ -27,6 +27,7 @@ from tests.service.engine.references import (
     results_of,
     submit_classify,
 )
+from tests.utils.engine import prefill_logits
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTERS = {  # name: (rank, targets, seed)
@@ -72,7 +73,7 @@ def test_mixed_batch_logits_match_peft(base_dir: Path) -> None:
         engine.table.load(slot, read_lora_adapter(base_dir / "adapters" / name))
     slot_of = {name: slot for slot, name in enumerate(ADAPTERS, start=1)}
     slots = [slot_of[name] if name else 0 for name in NAMES]
-    logits = engine.runner.prefill(PROMPTS, list(range(len(PROMPTS))), slots).logits
+    logits = prefill_logits(engine, PROMPTS, slots)
     for row, (name, prompt) in enumerate(zip(NAMES, PROMPTS, strict=True)):
         expected = peft_last_logits(base_dir, adapter(base_dir, name), prompt)
         torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.engine import LoraEngine
 from loraswap.service.engine.requests import GenerationEvent, GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
 from loraswap.service.engine.sampling import SamplingParams
 from tests.service.engine.references import causal_lm
 from tests.utils.engine import make_engine
@@ -24,7 +24,7 @@ async def run(engine: LoraEngine, name: str | None, folder: Path | None, prompt:
               params: SamplingParams, rid: str) -> GenerationEvent:
     key = weights = None
     if name is not None and folder is not None:
-        key = AdapterKey(name, "1")
+        key = AdapterVersionRef.parse(f"{name}@1")
         weights = await engine.adapter_weights(key, lambda: read_lora_adapter(folder))
     return await engine.submit(GenerationRequest(
         request_id=rid, prompt_ids=prompt, params=params, adapter=key,

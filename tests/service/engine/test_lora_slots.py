@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from loraswap.adapters.errors import AdapterIncompatibleError
 from loraswap.adapters.lora_format import LoraAdapterWeights, LoraConfigSummary
+from loraswap.core.errors import AdapterIncompatibleError
 from loraswap.service.engine.lora_slots import LoraSlotTable, ProjectionGroup
 
 GROUPS = [
@@ -16,14 +18,14 @@ GROUPS = [
 
 
 def adapter(name: str, rank: int, modules: dict[str, tuple[int, int]], seed: int,
-            alpha: float = 8.0, layers: int = 2) -> LoraAdapterWeights:
+            alpha: float = 8.0, layers: int = 2, rslora: bool = False) -> LoraAdapterWeights:
     generator = torch.Generator().manual_seed(seed)
     factors = {
         (layer, module): (torch.randn(rank, fan_in, generator=generator),
                           torch.randn(fan_out, rank, generator=generator))
         for layer in range(layers) for module, (fan_in, fan_out) in modules.items()
     }
-    config = LoraConfigSummary(r=rank, lora_alpha=alpha, use_rslora=False,
+    config = LoraConfigSummary(r=rank, lora_alpha=alpha, use_rslora=rslora,
                                target_modules=tuple(modules), task_type=None,
                                base_model_name_or_path=None)
     return LoraAdapterWeights(name=name, config=config, factors=factors)
@@ -35,7 +37,10 @@ def table(max_loras: int = 3, max_rank: int = 4) -> LoraSlotTable:
 
 
 def reference_delta(weights: LoraAdapterWeights, layer: int, members: tuple[str, ...],
-                    x: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+                    x: torch.Tensor, widths: tuple[int, ...],
+                    scale: float | None = None) -> torch.Tensor:
+    """x·Aᵀ·Bᵀ·scale per member. ``scale`` given: worked out by the test from alpha and r,
+    not read from the code under test (``config.scaling``)."""
     parts = []
     for module, width in zip(members, widths, strict=True):
         pair = weights.factors.get((layer, module))
@@ -43,17 +48,21 @@ def reference_delta(weights: LoraAdapterWeights, layer: int, members: tuple[str,
             parts.append(torch.zeros(x.shape[0], width))
         else:
             lora_a, lora_b = pair
-            parts.append(x @ lora_a.t() @ lora_b.t() * weights.config.scaling)
+            factor = weights.config.scaling if scale is None else scale
+            parts.append(x @ lora_a.t() @ lora_b.t() * factor)
     return torch.cat(parts, dim=-1)
 
 
 def test_mixed_rows_get_their_own_adapter_delta() -> None:
-    """Rows of 3 adapters (ranks 2/4, different targets) plus base rows, interleaved and
-    unevenly sized: every row's delta equals its own adapter's B·A·scale."""
+    """Rows of 3 adapters (ranks 2/4, different targets, alpha/r of 1.5 and 2, one rsLoRA:
+    alpha/sqrt(r) = 2.5) plus base rows, interleaved and unevenly sized: every row's delta
+    equals its own adapter's B·A·scale, the scale worked out here from alpha and r."""
     slots = table()
-    a = adapter("a", 2, {"q_proj": (8, 8), "v_proj": (8, 4)}, seed=1)
-    b = adapter("b", 4, {"k_proj": (8, 4), "down_proj": (12, 8)}, seed=2)
-    c = adapter("c", 4, {"q_proj": (8, 8), "k_proj": (8, 4), "v_proj": (8, 4)}, seed=3)
+    a = adapter("a", 2, {"q_proj": (8, 8), "v_proj": (8, 4)}, seed=1, alpha=3.0)
+    b = adapter("b", 4, {"k_proj": (8, 4), "down_proj": (12, 8)}, seed=2, alpha=8.0)
+    c = adapter("c", 4, {"q_proj": (8, 8), "k_proj": (8, 4), "v_proj": (8, 4)}, seed=3,
+                alpha=5.0, rslora=True)
+    scales = {1: 3.0 / 2, 2: 8.0 / 4, 3: 5.0 / math.sqrt(4)}
     for slot, weights in enumerate((a, b, c), start=1):
         slots.load(slot, weights)
     row_slots = torch.tensor([1, 0, 3, 3, 2, 1, 3, 0, 3])
@@ -65,13 +74,15 @@ def test_mixed_rows_get_their_own_adapter_delta() -> None:
     by_slot = {1: a, 2: b, 3: c}
     for row, slot in enumerate(row_slots.tolist()):
         expected = (torch.zeros(16) if slot == 0 else reference_delta(
-            by_slot[slot], 1, ("q_proj", "k_proj", "v_proj"), x[row:row + 1], (8, 4, 4))[0])
+            by_slot[slot], 1, ("q_proj", "k_proj", "v_proj"), x[row:row + 1], (8, 4, 4),
+            scales[slot])[0])
         torch.testing.assert_close(y[row], expected, rtol=1e-5, atol=1e-5)
     down_x, down_y = torch.randn(len(row_slots), 12), torch.zeros(len(row_slots), 8)
     plan.add_delta(0, "down", down_x, down_y)
     for row, slot in enumerate(row_slots.tolist()):
         if slot == 2:
-            expected = reference_delta(b, 0, ("down_proj",), down_x[row:row + 1], (8,))[0]
+            expected = reference_delta(b, 0, ("down_proj",), down_x[row:row + 1], (8,),
+                                       scales[2])[0]
             torch.testing.assert_close(down_y[row], expected, rtol=1e-5, atol=1e-5)
         else:  # adapters a and c do not target down_proj
             assert torch.count_nonzero(down_y[row]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loraswap.adapters.base_model import Quantization, load_base_model
+from loraswap.base_model.loading import Quantization, load_base_model
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver
 from loraswap.service.engine.requests import GenerationRequest

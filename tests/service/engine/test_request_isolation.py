@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from loraswap.adapters.base_model import Quantization, load_base_model
-from loraswap.adapters.errors import InvalidRequestError, LoraswapError
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.errors import InvalidRequestError, LoraswapError
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS, StopString
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver
+from loraswap.service.engine.paged_attention import StepChunk
 from loraswap.service.engine.requests import GenerationRequest
-from loraswap.service.engine.residency import AdapterKey
-from loraswap.service.engine.runner import Prefilled
+from loraswap.service.engine.runner import StepOutput
 from loraswap.service.engine.sampling import SamplingParams, TokenSampler, sample_rows
 from loraswap.service.errors import OverloadedError, RowFailedError
 from tests.conftest import AdapterFactory
@@ -32,7 +33,7 @@ def make_engine(base_dir: Path, **config: int) -> LoraEngine:
 
 
 def gen(rid: str, *, key: str = "t", tokens: int = 6, temperature: float = 0.0,
-        adapter: AdapterKey | None = None, weights: object = None) -> GenerationRequest:
+        adapter: AdapterVersionRef | None = None, weights: object = None) -> GenerationRequest:
     return GenerationRequest(
         request_id=rid, prompt_ids=[5, 6, 7, 8], fairness_key=key,
         params=SamplingParams(max_new_tokens=tokens, ignore_eos=True, temperature=temperature,
@@ -52,7 +53,7 @@ async def test_a_row_with_nan_logits_fails_alone(tiny_base_dir: Path,
     try:
         alone = await engine.submit(gen("alone")).collect()
         healthy = engine.submit(gen("healthy"))
-        bad = engine.submit(gen("bad", key="other", adapter=AdapterKey("poisoned", "1"),
+        bad = engine.submit(gen("bad", key="other", adapter=AdapterVersionRef.parse("poisoned@1"),
                                 weights=poisoned))
         with pytest.raises(RowFailedError, match="non-finite logits"):
             await bad.collect()
@@ -93,16 +94,15 @@ def test_sampling_a_row_that_raises_reports_that_row_only() -> None:
 async def test_a_prefill_that_raises_fails_only_the_request_that_breaks_it(
         tiny_base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = make_engine(tiny_base_dir, max_batch_size=4)
-    real_prefill = engine.runner.prefill
+    real_step = engine.runner.step
     poison = [9, 9, 9, 9]
 
-    def prefill(prompts: list[list[int]], rows: list[int], slots: list[int],
-                keep_hidden: list[bool] | None = None) -> Prefilled:
-        if poison in prompts:
+    def step(chunks: list[StepChunk], hidden_until: list[int] | None = None) -> StepOutput:
+        if any(chunk.tokens == poison for chunk in chunks):
             raise RuntimeError("kernel fault")
-        return real_prefill(prompts, rows, slots, keep_hidden)
+        return real_step(chunks, hidden_until)
 
-    monkeypatch.setattr(engine.runner, "prefill", prefill)
+    monkeypatch.setattr(engine.runner, "step", step)
     good = engine.submit(gen("good"))
     bad_request = gen("bad", key="other")
     bad_request.prompt_ids = poison

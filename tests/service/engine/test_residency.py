@@ -7,9 +7,10 @@ import threading
 
 import torch
 
+from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.engine.lora_slots import LoraSlotTable
 from loraswap.service.engine.observer import NullObserver
-from loraswap.service.engine.residency import AdapterKey, HostLoraCache, LoraSlotManager
+from loraswap.service.engine.residency import HostLoraCache, LoraSlotManager
 from tests.service.engine.test_lora_slots import GROUPS, adapter
 
 
@@ -35,8 +36,8 @@ def manager(slots: int) -> tuple[LoraSlotManager, CountingObserver]:
 WEIGHTS = {n: adapter(n, 2, {"q_proj": (8, 8)}, seed=i) for i, n in enumerate("abcd")}
 
 
-def key(name: str) -> AdapterKey:
-    return AdapterKey(name, "1")
+def key(name: str) -> AdapterVersionRef:
+    return AdapterVersionRef.parse(f"{name}@1")
 
 
 def test_least_recently_used_idle_slot_is_evicted() -> None:
@@ -62,13 +63,13 @@ def test_slots_in_use_or_pinned_are_never_evicted() -> None:
     slots.release(slot_b)
     assert slots.acquire(key("c"), WEIGHTS["c"]) is None  # a busy, b pinned: c waits
     assert observer.evicted == []
-    slots.unpin("b")
+    slots.unpin(key("b").ref)
     assert slots.acquire(key("c"), WEIGHTS["c"]) == slot_b
 
 
 def test_pinning_a_new_version_lets_the_old_one_go() -> None:
     slots, _ = manager(1)
-    old, new = AdapterKey("b", "1"), AdapterKey("b", "2")
+    old, new = AdapterVersionRef.parse("b@1"), AdapterVersionRef.parse("b@2")
     slot = slots.acquire(old, WEIGHTS["b"])
     assert slot is not None
     slots.pin(old)

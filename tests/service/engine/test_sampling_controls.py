@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from loraswap.adapters.errors import InvalidRequestError
+from loraswap.core.errors import InvalidRequestError
 from loraswap.service.engine.sampling import SamplingParams, TokenSampler
 
 VOCAB = 12

@@ -10,15 +10,16 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
-from loraswap.adapters.base_model import Quantization, load_base_model
 from loraswap.adapters.demo import write_random_adapter
-from loraswap.adapters.errors import LoraswapError
 from loraswap.adapters.lora_format import read_lora_adapter
+from loraswap.base_model.loading import Quantization, load_base_model
+from loraswap.core.errors import LoraswapError
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.observer import NullObserver
 from loraswap.service.engine.requests import GenerationRequest
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import OverloadedError, RequestCancelledError
+from tests.utils.engine import prefill_logits
 
 
 def engine_for(base_dir: Path, quantization: Quantization = Quantization.FP32,
@@ -86,7 +87,7 @@ async def test_nf4_base_with_adapters_matches_peft_on_the_same_base(
     weights = read_lora_adapter(folder)
     engine.table.load(1, weights)
     prompt = [5, 6, 7, 8, 9, 10]
-    ours = engine.runner.prefill([prompt, prompt], [0, 1], [1, 0]).logits
+    ours = prefill_logits(engine, [prompt, prompt], [1, 0])
     reference_base = load_base_model(wide_logits_base_dir, Quantization.NF4, "cpu").model
     peft_model = PeftModel.from_pretrained(reference_base, folder).eval()
     with torch.inference_mode():
@@ -107,7 +108,7 @@ async def test_bf16_mixed_batch_logits_match_peft_within_tolerance(
     for slot, folder in enumerate(folders, start=1):
         engine.table.load(slot, read_lora_adapter(folder))
     prompt = [11, 12, 13, 14]
-    ours = engine.runner.prefill([prompt] * 3, [0, 1, 2], [1, 2, 0]).logits
+    ours = prefill_logits(engine, [prompt] * 3, [1, 2, 0])
     model = LlamaForCausalLM.from_pretrained(wide_logits_base_dir, dtype=torch.bfloat16).eval()
     with torch.inference_mode():
         base = model(torch.tensor([prompt])).logits[0, -1].float()
@@ -124,19 +125,19 @@ async def test_bf16_mixed_batch_logits_match_peft_within_tolerance(
 async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(
         tiny_base_dir: Path) -> None:
     engine = engine_for(tiny_base_dir, max_batch_size=2)
-    real_decode = engine.runner.decode
+    real_step = engine.runner.step
     calls = {"n": 0}
 
     def broken_once(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated kernel failure")
-        return real_decode(*args, **kwargs)
+        return real_step(*args, **kwargs)
 
-    engine.runner.decode = broken_once  # type: ignore[method-assign]
+    engine.runner.step = broken_once  # type: ignore[method-assign]
     engine.start()
     try:
-        with pytest.raises(LoraswapError, match="engine step failed"):
+        with pytest.raises(LoraswapError, match="engine failed this request"):
             await engine.submit(request("doomed", "t", tokens=8)).collect()
         result = await engine.submit(request("after", "t", tokens=8)).collect()
     finally:

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from loraswap.adapters.base_model import MANIFEST_NAME, read_manifest, weights_sha256
-from loraswap.adapters.errors import ModelLoadError, ProvisioningError, RegistryUnreachableError
+from loraswap.base_model.loading import MANIFEST_NAME, read_manifest, weights_sha256
+from loraswap.core.errors import ModelLoadError, ProvisioningError, RegistryUnreachableError
 
 logger = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loraswap.adapters.errors import (
+from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing, update_object
+from loraswap.core.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     StoreError,
     describe_problems,
 )
-from loraswap.adapters.package import SAFE_NAME, SAFE_NAME_RULE
-from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing, update_object
+from loraswap.core.identity import SAFE_NAME, SAFE_NAME_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +53,22 @@ def key_digest(key: str) -> str:
 
 
 class TenantPolicy(BaseModel):
-    """What a tenant may do: use the bare base model, request rate, concurrency."""
+    """What a tenant may do, and how much of it: the stored policy, the admin API's body and
+    answer, and what the request path enforces (one model for all three)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    allow_base_model: bool = True
-    requests_per_second: float | None = Field(default=None, ge=MIN_REQUESTS_PER_SECOND,
-                                              le=MAX_REQUESTS_PER_SECOND)
-    max_concurrent: int | None = Field(default=None, ge=1)
-    # Prediction capture for drift feedback and retraining (drift helper): "off", "all",
-    # or the share of predictions captured (0..1).
-    capture: Literal["off", "all"] | Annotated[float, Field(ge=0, le=1)] = "off"
+    allow_base_model: bool = Field(default=True, description="May call the base model.")
+    requests_per_second: float | None = Field(
+        default=None, ge=MIN_REQUESTS_PER_SECOND, le=MAX_REQUESTS_PER_SECOND,
+        description="Sustained request rate per replica (0.001 to 10^6); null: no limit.")
+    max_concurrent: int | None = Field(
+        default=None, ge=1, description="Requests in flight per replica; null: no limit.")
+    # Prediction capture for drift feedback and retraining: "off", "all", or the share of
+    # predictions captured (0..1).
+    capture: Literal["off", "all"] | Annotated[float, Field(ge=0, le=1)] = Field(
+        default="off", description="Prediction capture for feedback and retraining: "
+        "\"off\", \"all\", or the share captured (0..1).")
 
     @property
     def capture_share(self) -> float:

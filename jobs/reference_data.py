@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.data_tables import TABLE_BUILDERS, TABLE_KINDS, load_table
-from loraswap.adapters.errors import InvalidRequestError
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.words import WORD_PIECE
+from loraswap.core.errors import InvalidRequestError
+from loraswap.jobs.data_tables import TABLE_BUILDERS, TABLE_KINDS, load_table
 
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_LABEL_COLUMN = "label"

@@ -27,11 +27,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraswap.adapters.errors import ConflictError
 from loraswap.adapters.registry import version_prefix
-from loraswap.adapters.retrain_runs import new_run_id, now_iso
 from loraswap.adapters.store import ObjectStore, update_object
 from loraswap.adapters.store.base import StoreKeyMissing
+from loraswap.core.errors import ConflictError
+from loraswap.core.identity import Version
+from loraswap.jobs.retrain_runs import new_run_id, now_iso
 
 JOB_FILE = "profile-job.json"
 UPLOADED_PROFILE_FILE = "uploaded-profile.json"
@@ -52,7 +53,7 @@ class ProfileJob(BaseModel):
     id: str = Field(default_factory=new_run_id)
     tenant: str
     adapter: str
-    version: int
+    version: Version
     status: JobStatus = "queued"
     filename: str
     reference_key: str
@@ -118,7 +119,8 @@ class ProfileJobs:
                         f"{job.version} is {current.status}; wait for it to end")
             return job.model_dump_json(indent=2).encode()
 
-        update_object(self.store, self._job_key(job.tenant, job.adapter, job.version), replace)
+        update_object(self.store, self._job_key(job.tenant, job.adapter, job.version.number),
+                      replace)
         return job
 
     def update(self, job: ProfileJob, change: Callable[[ProfileJob], None]) -> ProfileJob | None:
@@ -136,7 +138,8 @@ class ProfileJobs:
             result[0] = current
             return current.model_dump_json(indent=2).encode()
 
-        update_object(self.store, self._job_key(job.tenant, job.adapter, job.version), apply)
+        update_object(self.store, self._job_key(job.tenant, job.adapter, job.version.number),
+                      apply)
         return result[0]
 
     def save_profile(self, tenant: str, adapter: str, version: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loraswap.adapters.errors import ModelLoadError
+from loraswap.core.errors import ModelLoadError
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma"})
 """``config.model_type`` values accepted: families whose decoder block is Llama's, up to

@@ -8,32 +8,40 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from loraswap.adapters.errors import PayloadTooLargeError
-from loraswap.adapters.reference_data import (
+from loraswap.core.errors import PayloadTooLargeError
+from loraswap.jobs.reference_data import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TEXT_COLUMN,
     ReferenceColumns,
 )
-from loraswap.adapters.training_data import store_bytes
-from loraswap.service.api.deps import ComponentsDep, StateDep, TenantDep, require_admin
-from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute
+from loraswap.jobs.retrain_runs import RUN_ID
+from loraswap.jobs.training_data import store_bytes
+from loraswap.service.api.deps import (
+    ComponentsDep,
+    StateDep,
+    TenantDep,
+    require_admin,
+    require_webhook,
+)
+from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute, WebhookRoute
 from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.state import ServingComponents
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackResponse
 from loraswap.service.drift.pipeline import DriftPipeline
 from loraswap.service.drift.profiles import ProfileService
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from loraswap.service.errors import FeatureDisabledError, NotReadyError
-from loraswap.service.state import ServingComponents
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 429, 503)
 }
 
 router = APIRouter(responses=ERRORS, route_class=NativeRoute)
 
 
-def get_drift(components: ComponentsDep) -> DriftPipeline:
-    """The drift pipeline; 503 naming the setting when drift is off."""
+async def get_drift(components: ComponentsDep) -> DriftPipeline:
+    """The drift pipeline; 503 naming the setting when drift is off (a coroutine, as every
+    dependency: no thread-pool hop per request)."""
     return require_drift(components)
 
 
@@ -49,20 +57,25 @@ DriftDep = Annotated[DriftPipeline, Depends(get_drift)]
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, tags=["feedback"])
-async def feedback(body: FeedbackRequest, tenant: TenantDep,
-                   drift: DriftDep) -> FeedbackResponse:
-    """Ground truth for a captured prediction: ``label`` (seq-cls) or ``text`` (causal-lm)."""
-    caller = tenant.name if tenant is not None else None
-    if tenant is not None and caller is None:  # a static operator key owns no predictions
-        caller = ""
-    return await asyncio.to_thread(drift.feedback.record, body, caller)
+async def feedback(body: FeedbackRequest, tenant: TenantDep, drift: DriftDep,
+                   state: StateDep) -> FeedbackResponse:
+    """Ground truth for a captured prediction: ``label`` (seq-cls) or ``text`` (causal-lm).
+
+    Within the tenant's rate and concurrency limits, like a prediction, and one of the
+    replica's few feedback slots (a call may wait for a store write on a shared thread)."""
+    # Captured predictions are of registered tenant adapters, which only their tenant's key
+    # can call: an anonymous caller (dev mode without keys) or a static operator key owns
+    # none of them, so it may give feedback on none.
+    caller = tenant.name if tenant is not None and tenant.name else ""
+    with state.limiter.admit(tenant), drift.feedback.slot(caller):
+        return await asyncio.to_thread(drift.feedback.record, body, caller)
 
 
 admin_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
                          dependencies=[Depends(require_admin)], route_class=AdminRoute)
 
 
-def get_retrain(components: ComponentsDep) -> RetrainService:
+async def get_retrain(components: ComponentsDep) -> RetrainService:
     """The retraining service."""
     if components.retrain is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("retraining is not configured")
@@ -72,7 +85,7 @@ def get_retrain(components: ComponentsDep) -> RetrainService:
 RetrainDep = Annotated[RetrainService, Depends(get_retrain)]
 
 
-def get_profiles(components: ComponentsDep) -> ProfileService:
+async def get_profiles(components: ComponentsDep) -> ProfileService:
     """The profiling service."""
     if components.profiles is None:  # pragma: no cover - the app factory always builds it
         raise NotReadyError("profiling is not configured")
@@ -82,10 +95,17 @@ def get_profiles(components: ComponentsDep) -> ProfileService:
 ProfilesDep = Annotated[ProfileService, Depends(get_profiles)]
 
 
-@admin_router.post("/retrain", response_model=WebhookAnswer)
+# Alertmanager's credential may post alerts and nothing else in /admin.
+webhook_router = APIRouter(prefix="/admin", tags=["admin"], responses=ERRORS,
+                           dependencies=[Depends(require_webhook)], route_class=WebhookRoute)
+
+
+@webhook_router.post("/retrain", response_model=WebhookAnswer)
 async def retrain_webhook(body: AlertmanagerWebhook, retrain: RetrainDep) -> WebhookAnswer:
-    """Alertmanager's webhook (payload version 4): each new firing alert naming a
-    ``tenant`` and ``adapter`` starts at most one run."""
+    """Alertmanager's webhook (payload version 4): each new firing alert of a shipped
+    retraining rule naming a registered ``tenant``/``adapter`` with a profile starts at
+    most one run, within the caps (LORASWAP_RETRAIN_MAX_*). Takes the webhook token
+    (LORASWAP_RETRAIN_WEBHOOK_TOKEN) or the admin token."""
     return await asyncio.to_thread(retrain.handle_webhook, body)
 
 
@@ -99,6 +119,17 @@ async def list_runs(retrain: RetrainDep) -> list[dict[str, Any]]:
 async def get_run(run_id: str, retrain: RetrainDep) -> dict[str, Any]:
     """One run: trigger, drift scores, data sizes, both evaluations, decision."""
     record = await asyncio.to_thread(retrain.runs.get, run_id)
+    return record.model_dump(mode="json")
+
+
+@admin_router.post("/retrain/{run_id}/cancel")
+async def cancel_run(run_id: str, retrain: RetrainDep) -> dict[str, Any]:
+    """Cancel a queued or running run (404 unknown, 409 already ended): its adapter is
+    freed at once, its Job or process stopped, and it registers nothing. (A path whose
+    first part is not a run id is the manual start of an adapter named ``cancel``.)"""
+    if not RUN_ID.fullmatch(run_id):
+        return await start_run(run_id, "cancel", retrain)
+    record = await asyncio.to_thread(retrain.cancel, run_id)
     return record.model_dump(mode="json")
 
 
@@ -170,8 +201,10 @@ async def profile_status(tenant: str, name: str, version: int,
 
 @admin_router.get("/drift/{tenant}/{name}")
 async def drift_view(tenant: str, name: str, drift: DriftDep) -> dict[str, Any]:
-    """The tracked version's window, scores and the signals that are absent, with why."""
-    snapshot = drift.monitor.snapshot(tenant, name)
+    """The tracked version's window, each score with its alarm level and whether it is in
+    alarm, and the signals that are absent, with why. In a thread: a level not computed
+    yet is simulated (up to a few seconds for the embedding)."""
+    snapshot = await asyncio.to_thread(drift.monitor.snapshot, tenant, name)
     if snapshot is None:
         return {"tracked": False, "reason": "no traffic on the active version of "
                 f"{tenant}/{name} since this replica started (or it is not a registered "

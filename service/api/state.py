@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from loraswap.adapters.base_model import BaseModelInfo
 from loraswap.adapters.store import ObjectStore
-from loraswap.adapters.tenants import TenantDirectory
+from loraswap.base_model.loading import BaseModelInfo
 from loraswap.service.adapter_source import AdapterResolver
 from loraswap.service.api.gate import RequestGate
 from loraswap.service.api.pipeline import ServingPipeline
@@ -25,6 +24,7 @@ from loraswap.service.limits import TenantLimiter
 from loraswap.service.metrics import ServiceMetrics
 from loraswap.service.registry_sync import RegistryWatcher
 from loraswap.service.settings import Settings
+from loraswap.tenants.directory import TenantDirectory
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from loraswap.adapters.errors import InvalidRequestError, StoreError
-from loraswap.adapters.package import SAFE_NAME
 from loraswap.adapters.store.base import ObjectStore
+from loraswap.core.errors import InvalidRequestError, StoreError
+from loraswap.core.identity import SAFE_NAME
 
 DATA_PREFIX = "training-data/"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,100}$")

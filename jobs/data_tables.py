@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from loraswap.adapters.errors import ConfigurationError
+from loraswap.core.errors import ConfigurationError
 
 TABLE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",
                   ".ndjson": "json", ".parquet": "parquet"}

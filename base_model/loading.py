@@ -1,6 +1,6 @@
 """Loading the base model: the one place the service and training get it from.
 
-The base model is a causal LM of a Llama-style family (see :mod:`loraswap.adapters.model_families`)
+The base model is a causal LM of a Llama-style family (see :mod:`loraswap.base_model.families`)
 stored as safetensors plus a tokenizer (``loraswap model fetch`` provides
 SmolLM2-135M-Instruct). It can be loaded in four
 precisions (:class:`Quantization`). Whatever was asked for, :class:`BaseModelInfo` reports
@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -24,10 +25,10 @@ from typing import Any
 
 import torch
 
-from loraswap.adapters.errors import ModelLoadError, QuantizationUnavailableError
-from loraswap.adapters.model_families import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
-from loraswap.adapters.model_families import check_model_config
-from loraswap.adapters.precision import CpuFeatures, choose_cpu_precision
+from loraswap.base_model.families import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
+from loraswap.base_model.families import check_model_config
+from loraswap.base_model.precision import CpuFeatures, choose_cpu_precision
+from loraswap.core.errors import ModelLoadError, QuantizationUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def resolve_quantization(requested: Quantization | None, device: torch.device,
 def choose_quantization(requested: Quantization | None, device: torch.device,
                         cpu: CpuFeatures | None = None) -> tuple[Quantization, str]:
     """The quantization to use and why: the requested one, else nf4 on CUDA and, on a CPU,
-    bf16 where it is native (AVX512-BF16 or AMX, see :mod:`loraswap.adapters.precision`), fp32
+    bf16 where it is native (AVX512-BF16 or AMX, see :mod:`loraswap.base_model.precision`), fp32
     otherwise. ``cpu`` defaults to this machine's features.
 
     bitsandbytes' CPU kernels are slower than plain matmuls for a model this small, so the
@@ -343,13 +344,12 @@ def _inspect_precision(model: Any) -> tuple[Quantization | None, str, str]:
     linear4: list[Any] = []
     linear8: list[Any] = []
     plain: list[torch.nn.Linear] = []
-    try:
-        import bitsandbytes as bnb
-
-        linear4_type: type | None = bnb.nn.Linear4bit
-        linear8_type: type | None = bnb.nn.Linear8bitLt
-    except Exception:  # without bitsandbytes no module can be quantized
-        linear4_type = linear8_type = None
+    # Only a model loaded after bitsandbytes was imported can hold its modules: importing it
+    # here for a bf16/fp32 base would cost its start-up (and its CPU backend's kernel
+    # lookup) for nothing.
+    bnb = sys.modules.get("bitsandbytes")
+    linear4_type: type | None = bnb.nn.Linear4bit if bnb is not None else None
+    linear8_type: type | None = bnb.nn.Linear8bitLt if bnb is not None else None
     for module in model.modules():
         if linear4_type is not None and isinstance(module, linear4_type):
             linear4.append(module)

@@ -1,0 +1,1 @@
+"""Tenants, their policies and API keys, stored beside the adapters."""

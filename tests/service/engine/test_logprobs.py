@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 import torch
 
 from loraswap.adapters.lora_format import read_lora_adapter
@@ -38,17 +39,22 @@ def reference_logprobs(base_dir: Path, folder: Path | None, ids: list[int]) -> t
     return torch.log_softmax(logits, dim=-1)
 
 
+@pytest.mark.parametrize("limits", [{}, {"max_prefill_tokens": 3, "kv_block_size": 2}],
+                         ids=["whole-prefill", "chunked-prefill"])
 async def test_logprobs_equal_peft_log_softmax_in_a_mixed_batch(
-        tiny_base_dir: Path, make_adapter) -> None:  # type: ignore[no-untyped-def]
+        tiny_base_dir: Path, make_adapter, limits: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
+    """Also with prompts split over several prefill chunks (3 tokens a step): the prompt's
+    log-probabilities are gathered chunk by chunk."""
     folders = {"a": make_adapter("a", rank=4, seed=1),
                "b": make_adapter("b", rank=8, targets=("q_proj", "v_proj", "down_proj"),
                                  seed=2)}
-    engine = make_engine(tiny_base_dir)
+    engine = make_engine(tiny_base_dir, **limits)
     asked = SamplingParams(max_new_tokens=5, ignore_eos=True, temperature=0.8, seed=7,
                            logprobs=TOP, prompt_logprobs=TOP)
     plain = SamplingParams(max_new_tokens=5, ignore_eos=True)
     specs: list[tuple[str | None, list[int], SamplingParams]] = [
-        ("a", [5, 6, 7, 8, 9], asked), ("b", [11, 12, 13], asked), (None, [40, 41, 42], asked),
+        ("a", [5, 6, 7, 8, 9, 10, 11, 12], asked), ("b", [11, 12, 13], asked),
+        (None, [40, 41, 42], asked),
         ("a", [70, 71, 72], plain)]
     engine.start()
     try:

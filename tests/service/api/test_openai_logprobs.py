@@ -141,3 +141,20 @@ def test_predict_returns_the_same_logprobs_as_completions(served) -> None:  # ty
         [e["logprob"] for e in output["logprobs"]]
     assert values == pytest.approx(openai_lp.token_logprobs, abs=1e-6)
     assert all(len(e["top"]) == 2 for e in output["logprobs"])
+
+
+def test_each_choice_counts_against_the_tenant_limit(live_server) -> None:  # type: ignore[no-untyped-def]
+    """n choices are n requests for the tenant's limits: with max_concurrent=2, n=3 can
+    never fit (400 naming the limit), n=2 does."""
+    server = live_server(admin_token="admin-secret-0123456789", dev_mode=False)
+    created = server.client.post(
+        "/admin/tenants", headers={"Authorization": "Bearer admin-secret-0123456789"},
+        json={"name": "acme", "policy": {"max_concurrent": 2}})
+    assert created.status_code == 201, created.text
+    headers = {"Authorization": f"Bearer {created.json()['api_key']}"}
+    body = {"model": "base", "prompt": "hi", "max_tokens": 2}
+    refused = server.client.post("/v1/completions", headers=headers, json={**body, "n": 3})
+    assert refused.status_code == 400 and "max_concurrent=2" in refused.text
+    fine = server.client.post("/v1/completions", headers=headers, json={**body, "n": 2})
+    assert fine.status_code == 200, fine.text
+    assert len(fine.json()["choices"]) == 2

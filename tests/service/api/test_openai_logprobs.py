@@ -158,3 +158,26 @@ def test_each_choice_counts_against_the_tenant_limit(live_server) -> None:  # ty
     fine = server.client.post("/v1/completions", headers=headers, json={**body, "n": 2})
     assert fine.status_code == 200, fine.text
     assert len(fine.json()["choices"]) == 2
+
+
+def test_streamed_completion_logprobs_equal_whole(served) -> None:  # type: ignore[no-untyped-def]
+    """Chunks carry their tokens' logprobs (the first one the echoed prompt's too), and their
+    concatenation is the whole answer's."""
+    _server, client, _ = served
+    kwargs: dict[str, Any] = dict(model="alpha", prompt="the quick brown fox", max_tokens=4,
+                                  echo=True, logprobs=2, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    whole = client.completions.create(**kwargs).choices[0]
+    text, tokens, values, offsets = "", [], [], []
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            text += choice.text
+            if choice.logprobs is not None:
+                tokens += choice.logprobs.tokens or []
+                values += choice.logprobs.token_logprobs or []
+                offsets += choice.logprobs.text_offset or []
+    assert whole.logprobs is not None
+    assert text == whole.text
+    assert tokens == whole.logprobs.tokens
+    assert values == pytest.approx(whole.logprobs.token_logprobs)
+    assert offsets == whole.logprobs.text_offset

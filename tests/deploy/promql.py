@@ -41,7 +41,7 @@ def service_families() -> list[Metric]:
 
     metrics = ServiceMetrics()
     DriftMetrics(metrics.registry)
-    return [*metrics.registry.collect(), *GatewayCollector(lambda: None).describe()]
+    return [*metrics.registry.collect(), *GatewayCollector(lambda: None, max_loras=1).describe()]
 
 
 def defined_metric_names() -> set[str]:

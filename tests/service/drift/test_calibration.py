@@ -93,7 +93,7 @@ def test_levels_are_exported_beside_scores_and_the_view_says_which_alarm() -> No
     for record in records(200, seed=3):
         mon.process(record)
     mon.score_all()
-    labels = {"tenant": "acme", "adapter": "sentiment", "version": "1",
+    labels = {"tenant": "acme", "adapter": "acme/sentiment", "version": "1",
               "signal": "input_length", "method": "psi"}
     calm_level = registry.get_sample_value("loraswap_drift_alarm_level", labels)
     assert calm_level is not None and calm_level > 0

@@ -4,7 +4,6 @@ shares and cancelled requests leaving the queue at once."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from pathlib import Path
 
@@ -139,8 +138,7 @@ def test_stop_strings_longer_than_the_bound_are_refused() -> None:
 
 
 def test_one_caller_cannot_fill_the_whole_queue(tiny_base_dir: Path) -> None:
-    engine = make_engine(tiny_base_dir, max_batch_size=1, max_queue=4)
-    engine.scheduler.config = dataclasses.replace(engine.scheduler.config, max_queue_per_key=2)
+    engine = make_engine(tiny_base_dir, max_batch_size=1, max_queue=4, max_queue_per_tenant=2)
 
     async def submit_all() -> None:
         engine.submit(gen("a1", key="flood"))

@@ -21,12 +21,15 @@ from tests.utils.env import HUB_SWITCHES, REPO_ROOT, child_env, empty_home
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# name -> (rank, targets, seed)
-ADAPTERS: dict[str, tuple[int, tuple[str, ...], int]] = {
-    "support-qv": (8, ("q_proj", "v_proj"), 11),
-    "legal-attn": (16, ("q_proj", "k_proj", "v_proj", "o_proj"), 12),
-    "retail-mlp": (4, ("gate_proj", "up_proj", "down_proj"), 13),
-    "medical-all": (8, ALL, 14),
+# name -> (rank, targets, seed, scale of B). Seeded, so each adapter is the same every
+# run; each scale is one at which that adapter changes SmolLM2's fp32 greedy answer to at
+# least two of the four prompts (measured with PEFT; at 0.05 "support-qv" changed none and
+# "retail-mlp" one), while the answers stay text the engine must reproduce token for token.
+ADAPTERS: dict[str, tuple[int, tuple[str, ...], int, float]] = {
+    "support-qv": (8, ("q_proj", "v_proj"), 11, 0.15),
+    "legal-attn": (16, ("q_proj", "k_proj", "v_proj", "o_proj"), 12, 0.05),
+    "retail-mlp": (4, ("gate_proj", "up_proj", "down_proj"), 13, 0.15),
+    "medical-all": (8, ALL, 14, 0.05),
 }
 PROMPTS = ["What is the capital of France?", "Name three primary colors.",
            "Write a haiku about the sea.", "Give me one tip for staying healthy."]
@@ -36,9 +39,9 @@ NEW_TOKENS = 16
 @pytest.fixture(scope="module")
 def adapter_dir(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("real-adapters")
-    for name, (rank, targets, seed) in ADAPTERS.items():
+    for name, (rank, targets, seed, scale) in ADAPTERS.items():
         write_random_adapter(real_model_dir, root / name, rank=rank, targets=targets, seed=seed,
-                             scale=0.05)
+                             scale=scale)
     return root
 
 
@@ -115,8 +118,8 @@ def test_concurrent_requests_over_four_adapters_match_peft_and_change_the_answer
     """20 simultaneous requests (4 adapters and the base, each on every prompt; 2 slots):
     each equals PEFT's output alone, and every adapter changes SmolLM2's greedy answer to at
     least one prompt, so an engine that dropped or swapped adapters would fail. (One prompt
-    is not enough: at this adapter scale, "What is the capital of France?" stays "The
-    capital of France is Paris." under two of the four adapters.)"""
+    is not enough: "What is the capital of France?" stays "The capital of France is
+    Paris." under two of the four adapters.)"""
     jobs = [(name, prompt) for prompt in PROMPTS for name in [*ADAPTERS, None]]
 
     async def send_all() -> list[httpx.Response]:

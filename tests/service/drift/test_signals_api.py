@@ -5,9 +5,12 @@ service reads), and the OpenAI endpoints feeding drift, capture and feedback."""
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from loraswap.adapters.store import open_store
@@ -39,15 +42,20 @@ def trained(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "instruction": f"write a haiku about the {WORDS[i % 10]} and the {WORDS[i // 10 % 10]}",
         "input": "", "output": "the quick brown fox jumps over the lazy dog"}) + "\n"
         for i in range(120)), encoding="utf-8")
+    csv_data = root / "mood.csv"
+    csv_data.write_text("text,label\n" + "".join(
+        f"the {WORDS[i % 10]} is lovely and bright {i},pos\n"
+        f"a dull grey {WORDS[i % 10]} again {i},neg\n" for i in range(60)), encoding="utf-8")
     conll = root / "ner.tsv"
     conll.write_text("".join(
         f"the\tO\nzzqxv\tB-Disease\ndisease\tI-Disease\nof\tO\nthe\tO\n{WORDS[i % 10]}\tO\n\n"
         for i in range(120)), encoding="utf-8")
     packages = {}
-    for task, data in (("causal-lm", sft), ("token-cls", conll)):
+    for task, data in (("causal-lm", sft), ("token-cls", conll), ("seq-cls", csv_data)):
         cfg = build_config({}, {
             "task": task, "data": data, "output": root / task, "base_model": tiny_base_dir,
-            "max_steps": 2, "batch_size": 8, "progress": False, "learning_rate": 5e-3,
+            # The classifier learns its two labels, so both sides hold both.
+            "max_steps": 30 if task == "seq-cls" else 2, "batch_size": 8, "progress": False, "learning_rate": 5e-3,
             "precision": "fp32"})
         packages[task] = run_training(cfg).output
     return packages
@@ -109,6 +117,68 @@ def test_generation_and_word_tag_gauges_appear_for_trained_adapters(
     assert "output_length" not in view["absent_signals"]
     tags = server.client.get("/admin/drift/acme/tagger", headers=ADMIN_HEADERS).json()
     assert tags["label_reference"] == "predictions"
+
+
+def psi_of(reference: dict[str, float], live: dict[str, int]) -> float:
+    """PSI as docs/drift.md states it, written out here: shares floored at 1e-4 and
+    renormalised, then sum of (live - ref) * ln(live / ref)."""
+    names = sorted(reference)
+    ref = np.maximum(np.array([reference[n] for n in names]) / sum(reference.values()), 1e-4)
+    cur = np.array([live.get(n, 0) for n in names], dtype=float) / sum(live.values())
+    ref, cur = ref / ref.sum(), np.maximum(cur, 1e-4) / np.maximum(cur, 1e-4).sum()
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def js_of(reference: dict[str, float], live: dict[str, int]) -> float:
+    """Jensen-Shannon distance, base 2 (square root of the divergence)."""
+    names = sorted(reference)
+    p = np.array([reference[n] for n in names]) / sum(reference.values())
+    q = np.array([live.get(n, 0) for n in names], dtype=float) / sum(live.values())
+    m = (p + q) / 2
+    divergence = sum(a * math.log2(a / b) for x in (p, q) for a, b in zip(x, m, strict=True)
+                     if a > 0) / 2
+    return math.sqrt(max(divergence, 0.0))
+
+
+def test_label_gauges_equal_the_scores_computed_from_the_profile_and_the_answers(
+        server: LiveServer, trained: dict[str, Path]) -> None:
+    """The seq-cls label gauges are not just present: each equals the PSI / JS distance
+    computed here from the predicted-label shares training wrote in profile.json and the
+    labels the service answered, and the window gauge counts the inputs sent."""
+    server.wait_ready()
+    acme = create_tenant(server, "acme", "off")
+    register(server, "acme", "mood", trained["seq-cls"])
+    texts = [f"the {w} is lovely and bright" for w in WORDS] + [
+        f"a dull grey {w} today" for w in WORDS[:5]]
+    answer = post(server, acme, "/v1/predict", {"adapter": "acme/mood", "inputs": texts})
+    live = Counter(str(o["label"]) for o in answer["outputs"])
+    profile = json.loads((trained["seq-cls"] / "profile.json").read_text())
+    reference = profile["predicted_label_distribution"]["shares"]
+    assert set(live) == set(reference) and min(reference.values()) > 0.1, (live, reference)
+
+    # Scored once the whole answer is in the window (the drift thread may score a part).
+    wait_for(lambda: window_samples(server, "acme/mood") == [len(texts)], 30,
+             what="the window to hold every input",
+             on_fail=lambda: str(window_samples(server, "acme/mood")))
+    expected = {("predicted_label", "psi"): psi_of(reference, live),
+                ("predicted_label", "js"): js_of(reference, live)}
+
+    def label_scores() -> dict[tuple[str, str], float]:
+        scores = scores_of(server, "acme/mood")
+        return {k: v for k, v in scores.items() if k in expected}
+
+    wait_for(lambda: all(label_scores().get(k) == pytest.approx(v, rel=1e-6, abs=1e-9)
+                         for k, v in expected.items()), 10,
+             what="the label gauges to equal the scores computed here",
+             on_fail=lambda: f"gauges {label_scores()}, computed {expected}, live {live}, "
+                             f"reference {reference}")
+
+
+def window_samples(server: LiveServer, adapter: str) -> list[float]:
+    """The ``loraswap_drift_window_samples`` values of the adapter."""
+    return [float(line.rsplit(" ", 1)[1])
+            for line in metric_lines(server, "loraswap_drift_window_samples")
+            if f'adapter="{adapter}"' in line]
 
 
 def test_openai_answers_feed_drift_capture_and_feedback(

@@ -22,6 +22,7 @@ from loraswap.adapters.store import (
     open_store,
 )
 from loraswap.core.errors import ConfigurationError, NotFoundError, StoreError
+from tests.adapters.conftest import make_store
 
 pytestmark = pytest.mark.integration  # the "s3" parameter runs a real SeaweedFS process
 
@@ -155,6 +156,42 @@ def test_a_write_is_invisible_until_it_is_published(tmp_path: Path) -> None:
     assert [(key, data == old if i == 0 else data == new, keys)
             for i, (key, data, keys) in enumerate(seen)] == [
         ("atomic/obj", True, ["atomic/obj"]), ("atomic/obj", True, ["atomic/obj"])]
+    assert store.get("atomic/obj") == old
+
+
+def test_an_s3_write_is_invisible_until_the_server_has_it_whole(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The S3 store's counterpart of the test above, on the real SeaweedFS server: before
+    every request the store sends for the object being written (boto3's ``before-send``
+    event, the last moment before the server sees it), a reader and a listing still see
+    the old object whole, for a plain write and a compare-and-swap; afterwards, the new one.
+    A store that deleted first, wrote in pieces or wrote under a temporary key and renamed
+    would show a missing, partial or extra object at one of those pauses."""
+    store = make_store("s3", tmp_path, request)
+    assert isinstance(store, S3Store)
+    old, new = b"o" * (2 * 2**20), b"n" * (2 * 2**20)
+    store.put("atomic/obj", old)
+    reader = S3Store(store.bucket, store.prefix)  # its own client: no hook on its reads
+    phase = ["put"]
+    seen: list[tuple[str, str, list[str]]] = []
+
+    def read_before_send(request: Any, **_: Any) -> None:
+        if request.method in ("PUT", "POST", "DELETE"):
+            data = reader.get("atomic/obj")
+            state = "old" if data == old else "new" if data == new else f"{len(data)} bytes"
+            seen.append((phase[0], state, reader.list("atomic/")))
+
+    store.client.meta.events.register("before-send.s3", read_before_send)
+    try:
+        store.put("atomic/obj", new)
+        _, tag = store.get_versioned("atomic/obj")
+        phase[0] = "swap"
+        assert store.put_if_match("atomic/obj", old, tag)
+    finally:
+        store.client.meta.events.unregister("before-send.s3", read_before_send)
+    assert {p for p, _, _ in seen} == {"put", "swap"}, seen
+    assert [(p, state, keys) for p, state, keys in seen] == [
+        (p, "old" if p == "put" else "new", ["atomic/obj"]) for p, _, _ in seen]
     assert store.get("atomic/obj") == old
 
 

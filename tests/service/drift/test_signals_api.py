@@ -55,8 +55,8 @@ def trained(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         cfg = build_config({}, {
             "task": task, "data": data, "output": root / task, "base_model": tiny_base_dir,
             # The classifier learns its two labels, so both sides hold both.
-            "max_steps": 30 if task == "seq-cls" else 2, "batch_size": 8, "progress": False, "learning_rate": 5e-3,
-            "precision": "fp32"})
+            "max_steps": 30 if task == "seq-cls" else 2, "batch_size": 8,
+            "progress": False, "learning_rate": 5e-3, "precision": "fp32"})
         packages[task] = run_training(cfg).output
     return packages
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.package import PROFILE_FILE
+from loraswap.adapters.package import PROFILE_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.core.errors import NotFoundError
 from loraswap.core.identity import AdapterVersionRef, Version
@@ -71,7 +71,7 @@ def registry_references(registry: AdapterRegistry) -> Any:
     def load(ref: AdapterVersionRef) -> ReferenceProfile:
         version = ref.version.number
         manifest = registry.version(ref.owner, ref.name, version).manifest
-        task = str(manifest.task)  # which signals apply
+        task = manifest.task  # which signals apply
         if PROFILE_FILE in manifest.files:
             folder = registry.local_folder(ref.owner, ref.name, version)
             return parse_profile(json.loads((folder / PROFILE_FILE).read_text("utf-8")),
@@ -84,7 +84,7 @@ def registry_references(registry: AdapterRegistry) -> Any:
 
 
 def no_profile(ref: AdapterVersionRef, job: ProfileJob | None,
-               task: str | None = None) -> ReferenceProfile:
+               task: TaskKind | None = None) -> ReferenceProfile:
     """The reference of a version without any profile: every signal absent, the reason
     naming the admin call that computes one and the state of its latest job."""
     upload = (f"PUT /admin/adapters/{ref.owner}/{ref.name}/versions/{ref.version}/"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
@@ -10,7 +10,7 @@ from loraswap.adapters.package import TaskKind
 from loraswap.adapters.validation import ManifestDefaults
 from loraswap.service.api.deps import AdminServiceDep, require_admin
 from loraswap.service.api.gate import AdminRoute
-from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.protocol import error_responses
 from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
@@ -22,9 +22,7 @@ from loraswap.service.api.protocol_admin import (
 )
 from loraswap.tenants.directory import TenantPolicy
 
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)
-}
+ADMIN_ERRORS = error_responses(400, 401, 404, 409, 413, 422, 503)
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                    responses=ADMIN_ERRORS, route_class=AdminRoute)

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     drift_capture_flush_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="Longest time a captured prediction or "
         "feedback record waits before its Parquet batch is written.")
+    capture_retention_days: float = Field(
+        default=30.0, gt=0, le=36_500, description="Captured predictions, their index and "
+        "feedback older than this many days are deleted by the sweeper (training-data "
+        "copies stay until their adapter is deleted).")
+    capture_sweep_seconds: float = Field(
+        default=3600.0, ge=1, le=86_400, description="How often each replica sweeps the "
+        "store for captured data past retention and data of deleted tenants.")
     drift_reference_refresh_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="How often a tracked version without a "
         "profile re-reads its reference, so a profile computed from an uploaded reference "

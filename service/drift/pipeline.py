@@ -241,5 +241,8 @@ def run_environment(settings: Settings) -> dict[str, str]:
         "LORASWAP_ADAPTER_CACHE_DIR": str(settings.adapter_cache_dir),
         "LORASWAP_RETRAIN_FEEDBACK_HOLDOUT": str(settings.retrain_feedback_holdout),
         "LORASWAP_RETRAIN_MIN_GAIN": str(settings.retrain_min_gain),
+        "LORASWAP_RETRAIN_WARM_START": str(settings.retrain_warm_start).lower(),
+        "LORASWAP_RETRAIN_REPLAY_RATIO": str(settings.retrain_replay_ratio),
+        "LORASWAP_RETRAIN_FEEDBACK_REPEAT": str(settings.retrain_feedback_repeat),
         "HF_DATASETS_OFFLINE": "1",
     }

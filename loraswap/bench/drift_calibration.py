@@ -194,7 +194,7 @@ def main(
     if manifest.task is not TaskKind.SEQ_CLS or not manifest.labels:
         raise typer.BadParameter("drift-calibration measures seq-cls packages")
     labels = list(manifest.labels)
-    reference = parse_profile(json.loads((package / PROFILE_FILE).read_text()), "seq-cls")
+    reference = parse_profile(json.loads((package / PROFILE_FILE).read_text()), TaskKind.SEQ_CLS)
     loaded = load_base_model(base_model, None, "cpu")
     task_model = load_task_model(loaded, manifest.task, labels, package,
                                  bidirectional=manifest.attention is AttentionMode.BIDIRECTIONAL)

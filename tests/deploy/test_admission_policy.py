@@ -134,6 +134,25 @@ FORGERIES: dict[str, tuple[Callable[[Job], None], str]] = {
     "a Secret key in env": (
         lambda j: container(j).update(env=[{"name": "T", "valueFrom": {"secretKeyRef": {
             "name": "loraswap-admin", "key": "token"}}}]), "no Secret or ConfigMap beyond"),
+    "another store in env": (
+        lambda j: container(j).update(env=[{"name": "LORASWAP_STORE_URI",
+                                             "value": "s3://elsewhere"}]), "no env"),
+    "a postStart hook": (
+        lambda j: container(j).update(lifecycle={"postStart": {"exec": {
+            "command": ["sh", "-c", "aws s3 rm --recursive s3://loraswap-adapters"]}}}),
+        "no hooks or probes"),
+    "an exec probe": (
+        lambda j: container(j).update(livenessProbe={"exec": {"command": ["sh"]}}),
+        "no hooks or probes"),
+    "the base model writable": (
+        lambda j: container(j)["volumeMounts"][0].pop("readOnly"),
+        "mounted read-only"),
+    "a host alias for the store": (
+        lambda j: pod(j).update(hostAliases=[{"ip": "203.0.113.9", "hostnames": ["s3"]}]),
+        "DNS changes"),
+    "another DNS server": (
+        lambda j: pod(j).update(dnsPolicy="None", dnsConfig={"nameservers": ["203.0.113.9"]}),
+        "DNS changes"),
     "the server's label": (
         lambda j: j["spec"]["template"]["metadata"]["labels"].update(
             {"app.kubernetes.io/component": "server"}), "component=retrain"),

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         description="Serve /metrics (and the probes) on this port of the same host instead "
         "of the API port, so tenants never see other tenants' adapter names.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that may only read /metrics on the API port (Prometheus' "
+        "credential; the admin token works too). Outside dev mode /metrics on the API port "
+        "needs one of them; the separate LORASWAP_METRICS_PORT listener needs none.",
+    )
     drain_seconds: float = Field(
         default=30.0, ge=0, le=3600,
         description="On SIGTERM: longest wait for in-flight requests before exiting "
@@ -222,6 +228,12 @@ class Settings(BaseSettings):
                 "LORASWAP_DEV_MODE=true for local development (the /admin API is then open)"
             )
         _check_token("LORASWAP_ADMIN_TOKEN", token)
+        if self.metrics_token is not None:
+            scrape = self.metrics_token.get_secret_value()
+            _check_token("LORASWAP_METRICS_TOKEN", scrape)
+            if scrape == token:
+                raise ConfigurationError("LORASWAP_METRICS_TOKEN must differ from "
+                                         "LORASWAP_ADMIN_TOKEN (it may only read /metrics)")
         if self.retrain_webhook_token is not None:
             webhook = self.retrain_webhook_token.get_secret_value()
             _check_token("LORASWAP_RETRAIN_WEBHOOK_TOKEN", webhook)

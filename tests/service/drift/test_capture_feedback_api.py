@@ -58,7 +58,7 @@ def tiny_embedding_profile() -> dict[str, Any]:
 
 
 def metric_lines(server: LiveServer, name: str) -> list[str]:
-    text = server.client.get("/metrics").text
+    text = server.client.get("/metrics", headers=ADMIN_HEADERS).text
     return [line for line in text.splitlines() if line.startswith(name + "{")]
 
 

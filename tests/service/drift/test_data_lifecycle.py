@@ -144,6 +144,9 @@ def test_delete_erases_a_tenants_data_and_a_reused_name_starts_empty(
     store.put(f"feedback/{old_owner}/sentiment/batch-{stamp(datetime.now(UTC))}-0002.parquet",
               parquet([{"input": "acme-secret later", "label": "negative"}]))
 
+    # Training data for a tenant that does not exist is refused (it would be the next one's).
+    assert server.client.put("/admin/training-data/acme/sentiment/t.csv", headers=ADMIN_HEADERS,
+                             content=b"text\nx\n").status_code == 404
     # The name is reused: a new id, a new owner, none of the old data.
     again = create_tenant(server, "acme", "all")
     new_owner = owner(store, "acme")

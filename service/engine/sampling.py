@@ -22,6 +22,7 @@ import torch
 
 from loraswap.core.errors import InvalidRequestError, LoraswapError
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
+from loraswap.service.engine.grammar import CompiledGrammar, RowConstraint
 from loraswap.service.engine.logits import (
     MAX_TOP_LOGPROBS,
     PenaltyState,
@@ -63,6 +64,9 @@ class SamplingParams:
     # alternatives. ``prompt_logprobs`` likewise for the prompt's tokens (echo).
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # Structured output: the grammar every generated token must keep the text inside
+    # (compiled by the API, :mod:`loraswap.service.engine.grammar`); None: free.
+    grammar: CompiledGrammar | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -103,9 +107,9 @@ class SamplingParams:
 
     @property
     def processes_logits(self) -> bool:
-        """Whether the raw logits change before sampling (bias or a penalty)."""
+        """Whether the raw logits change before sampling (bias, a penalty, a grammar)."""
         return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
-                    or self.repetition_penalty != 1.0)
+                    or self.repetition_penalty != 1.0 or self.grammar is not None)
 
     @property
     def greedy(self) -> bool:
@@ -123,6 +127,7 @@ class TokenSampler:
     prompt_ids: tuple[int, ...] = ()
     generator: torch.Generator = field(init=False)
     penalties: PenaltyState = field(init=False)
+    constraint: RowConstraint | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator()
@@ -131,9 +136,12 @@ class TokenSampler:
         else:
             self.generator.manual_seed(self.params.seed)
         self.penalties = PenaltyState(self.prompt_ids)
+        if self.params.grammar is not None:
+            self.constraint = self.params.grammar.start()
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
-        """One row of raw logits after ``logit_bias`` and the penalties (a copy if any)."""
+        """One row of raw logits after ``logit_bias``, the penalties and the grammar's mask
+        (a copy if any)."""
         params = self.params
         if not params.processes_logits:
             return logits
@@ -142,6 +150,8 @@ class TokenSampler:
             out = self.penalties.apply(out, repetition=params.repetition_penalty,
                                        frequency=params.frequency_penalty,
                                        presence=params.presence_penalty)
+        if self.constraint is not None:
+            out = self.constraint.mask(out)
         return out
 
     def sample(self, logits: torch.Tensor) -> int:
@@ -179,6 +189,8 @@ class TokenSampler:
             entry = token_logprob(torch.log_softmax(processed.float(), dim=-1), token,
                                   self.params.logprobs)
         self.penalties.record(token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
         return token, entry
 
 
@@ -225,6 +237,8 @@ def token_of(picked: Picked | LoraswapError | None) -> int | LoraswapError:
 def _pick_one(sampler: TokenSampler, logits: torch.Tensor) -> Picked | LoraswapError:
     try:
         token, entry = sampler.pick(logits)
+    except LoraswapError as exc:  # the row's grammar failed (RowFailedError)
+        return exc
     except (RuntimeError, ValueError) as exc:  # torch raises these for invalid distributions
         return RowFailedError(f"sampling failed for this request: {exc}")
     return Picked(token, entry)

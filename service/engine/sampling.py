@@ -139,6 +139,18 @@ class TokenSampler:
         if self.params.grammar is not None:
             self.constraint = self.params.grammar.start()
 
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        """The generator for logits on ``device``: sampling stays where the logits are (a
+        CUDA multinomial needs a CUDA generator). On first use off the CPU it is replaced by
+        one on that device, seeded with the request's seed (or a draw of the CPU one), so
+        a seed gives the same tokens on one device type every time."""
+        if self.generator.device.type != device.type:
+            seed = self.params.seed
+            if seed is None:
+                seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            self.generator = torch.Generator(device=device).manual_seed(seed)
+        return self.generator
+
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """One row of raw logits after ``logit_bias``, the penalties and the grammar's mask
         (a copy if any)."""
@@ -175,9 +187,10 @@ class TokenSampler:
             # Keep the smallest prefix whose mass reaches top_p (always at least one token).
             keep = cumulative - sorted_probs < params.top_p
             sorted_probs = sorted_probs * keep
-            choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
+            choice = torch.multinomial(sorted_probs, 1,
+                                       generator=self._generator_on(probs.device))
             return int(order[choice])
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return int(torch.multinomial(probs, 1, generator=self._generator_on(probs.device)))
 
     def pick(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         """Next token from one row of raw logits, with its log-probability entry if the
@@ -210,8 +223,10 @@ def pick_rows(logits: torch.Tensor, samplers: list[TokenSampler | None],
     one batched argmax; every other row is processed alone. A row whose logits are not
     all finite (an adapter with huge weights, a numerical fault) fails alone.
     """
-    greedy = logits.argmax(dim=-1).tolist()
-    finite = torch.isfinite(logits).all(dim=-1).tolist()
+    # One device-to-host transfer for both (on a GPU each ``tolist`` is a synchronisation).
+    greedy, finite_flags = torch.stack(
+        [logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1).long()]).tolist()
+    finite = [bool(flag) for flag in finite_flags]
     picked: list[Picked | LoraswapError | None] = []
     for row, sampler in enumerate(samplers):
         if sampler is None:

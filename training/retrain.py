@@ -37,14 +37,15 @@ from loraswap.base_model.loading import Quantization, load_base_model
 from loraswap.core.errors import AdapterNotFoundError, ConfigurationError
 from loraswap.core.identity import Version
 from loraswap.jobs.retrain_runs import CANCELLED, RunRecord, RunStore, now_iso
+from loraswap.jobs.tenant_data import feedback_prefix
 from loraswap.jobs.training_data import read_parquet_batches, upload_to_store
+from loraswap.tenants.directory import TenantDirectory
 from loraswap.training.config import TrainConfig
 from loraswap.training.datasets_io import concatenate
 from loraswap.training.metrics import SELECTION_METRIC
 from loraswap.training.package_eval import evaluate_package
 from loraswap.training.retrain_bounds import check_config, check_data_store
 from loraswap.training.retrain_data import (
-    FEEDBACK_PREFIX,
     TASK_DATA,
     DataReading,
     TaskData,
@@ -189,7 +190,10 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     limit = config.get("max_train_samples")
     if limit and len(original) > limit:
         original = original.shuffle(seed=settings.seed).select(range(int(limit)))
-    rows = read_parquet_batches(store, f"{FEEDBACK_PREFIX}{run.tenant}/{run.adapter}/")
+    # The feedback of the tenant as it exists now (its data owner carries its immutable
+    # id): a deleted tenant has none, and one re-created under its name starts empty.
+    owner = TenantDirectory(store).get(run.tenant).data_owner
+    rows = read_parquet_batches(store, feedback_prefix(owner, run.adapter))
     test = task_data.original(files["test"], reading, hf_cache) if "test" in files else None
     # Feedback on an input of the original test split is used on neither side (issue 23).
     test_inputs = frozenset(task_data.input_key(row) for row in test) \

@@ -34,7 +34,6 @@ from loraswap.adapters.words import split_words
 from loraswap.training.data import chat_from_row, detect_format, read_conll
 from loraswap.training.datasets_io import from_rows, load_table, select_as, text_label_table
 
-FEEDBACK_PREFIX = "feedback/"
 CHAT_ROLES = ("system", "user", "assistant")
 
 

@@ -74,15 +74,18 @@ def read_traffic(spec: str, count: int) -> TrafficSource:
     return TrafficSource(name, texts[:count])
 
 
-def start_server(work: Path, window: int) -> tuple[subprocess.Popen[bytes], str]:
-    """A drift-on server whose window and minimum sample count are both ``window``."""
+def start_server(work: Path, window: int, extra_env: dict[str, str] | None = None,
+                 ) -> tuple[subprocess.Popen[bytes], str]:
+    """A drift-on server whose window and minimum sample count are both ``window``
+    (``extra_env``: more settings)."""
     port = free_port()
     env = {**os.environ, "LORASWAP_STORE_URI": (work / "store").as_uri(),
            "LORASWAP_PORT": str(port), "LORASWAP_ADAPTER_CACHE_DIR": str(work / "cache"),
            "LORASWAP_ADMIN_TOKEN": ADMIN, "LORASWAP_DRIFT_ENABLED": "true",
            "LORASWAP_DRIFT_WINDOW_SIZE": str(window),
            "LORASWAP_DRIFT_MIN_SAMPLES": str(window),
-           "LORASWAP_DRIFT_SCORE_INTERVAL_SECONDS": "0.5", "LORASWAP_LOG_LEVEL": "WARNING"}
+           "LORASWAP_DRIFT_SCORE_INTERVAL_SECONDS": "0.5", "LORASWAP_LOG_LEVEL": "WARNING",
+           **(extra_env or {})}
     log = work / "server.log"
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "loraswap.cli", "serve"], env=env,

@@ -160,6 +160,9 @@ async def upload_training_data(tenant: str, name: str, filename: str, request: R
                                state: StateDep) -> dict[str, str]:
     """Store a copy of an adapter's training data (``loraswap train --push`` sends it);
     the answer's ``key`` goes into the package manifest (``training.data_store``)."""
+    # Only for an existing tenant: data stored under a deleted tenant's name would be found
+    # by a tenant created again under it.
+    await asyncio.to_thread(state.tenants.get, tenant)
     data = await read_body(request, state.settings.max_upload_bytes, "training data")
     key = await asyncio.to_thread(store_bytes, state.store, tenant, name, filename, data)
     return {"key": key}

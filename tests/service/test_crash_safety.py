@@ -200,7 +200,7 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
         sender = threading.Thread(target=lambda: answers.append(
             _feedback(paused, key, pid, 3, labels[3])))
         sender.start()
-        _wait_for_pause(paused, "feedback/acme/sentiment/batch-")
+        _wait_for_pause(paused, "feedback/acme.")  # feedback/{name}.{id}/sentiment/batch-…
         assert list((store_dir / "feedback").rglob(".*.tmp-*")), "no temporary batch"
         paused.kill()
         sender.join(timeout=60)
@@ -210,7 +210,7 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
 
     assert _acknowledged_in_store(store_dir, pid) == acknowledged, \
         "the interrupted feedback is visible, or acknowledged feedback was lost"
-    _batches_whole(store_dir, "captures/acme/")
+    _batches_whole(store_dir, "captures/")
 
     restarted = replica(tiny_base_dir, env, tmp_path, "restarted").start()
     try:

@@ -31,6 +31,7 @@ from loraswap.adapters.validation import ValidationLimits
 from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.jobs.training_data import upload_to_store
+from loraswap.tenants.directory import TenantDirectory
 from loraswap.training import retrain
 from loraswap.training.config import build_config
 from loraswap.training.runner import TrainOutcome, run_training
@@ -87,7 +88,8 @@ def put_feedback(store: FileSystemStore, adapter: str, rows: list[dict[str, Any]
     """Feedback rows, as one Parquet batch where the service writes them."""
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), sink)
-    store.put(f"feedback/{TENANT}/{adapter}/batch-20260101T000000000000-0001.parquet",
+    owner = TenantDirectory(store).get(TENANT).data_owner  # feedback/{name}.{id}/…
+    store.put(f"feedback/{owner}/{adapter}/batch-20260101T000000000000-0001.parquet",
               sink.getvalue())
 
 
@@ -101,6 +103,7 @@ def make_setup(root: Path, base: Path, task: str, adapter: str, train: Path,
                test: Path | None, steps: int) -> Setup:
     """Train the first version (then spoil it), put its data in the store, register it."""
     store = FileSystemStore(root / "store")
+    TenantDirectory(store).create(TENANT)
     keys = {"train": upload_to_store(store, TENANT, adapter, train)}
     if test is not None:
         keys["test"] = upload_to_store(store, TENANT, adapter, test)

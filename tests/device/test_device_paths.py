@@ -94,8 +94,8 @@ async def test_mixed_batch_logits_and_heads_match_transformers_and_peft(
     finally:
         engine.stop()
     # bf16 compute in both, in a different order (fused q/k/v, batched LoRA): logits spread
-    # ~25 here, so 0.25 is 1%; the adapters move them by far more (checked below).
-    tolerance = 0.25
+    # ~25 here (bf16 steps of 1/16 at 8), so 0.5 is 2%; the adapter moves them by far more.
+    tolerance = 0.5
     for row, (adapter, prompt) in enumerate(zip([lm["all"], None, lm["qv"]], PROMPTS,
                                                 strict=True)):
         with torch.inference_mode():
@@ -103,7 +103,10 @@ async def test_mixed_batch_logits_and_heads_match_transformers_and_peft(
                 torch.tensor([prompt], device=device)).logits[0, -1].float().cpu()
         assert (got[row] - ref).abs().max() < tolerance, (row, (got[row] - ref).abs().max())
         assert got[row].argmax() == ref.argmax()
-    assert (got[0] - got[1]).abs().max() > 20 * tolerance or (got[2] - got[1]).abs().max() > 0
+    with torch.inference_mode():
+        base_row0 = _reference(base, quant, device, None)(
+            torch.tensor([PROMPTS[0]], device=device)).logits[0, -1].float().cpu()
+    assert (got[0] - base_row0).abs().max() > 4 * tolerance  # the adapter was applied
     classifier = _reference(base, quant, device, sentiment, AutoModelForSequenceClassification,
                             num_labels=probs.shape[0])
     with torch.inference_mode():

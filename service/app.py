@@ -80,6 +80,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
             max_model_len=settings.max_model_len, max_prefill_tokens=settings.max_prefill_tokens,
             max_queue=settings.max_queue, max_queue_per_tenant=settings.max_queue_per_tenant,
             kv_cache_bytes=settings.kv_cache_bytes, prefix_cache=settings.prefix_cache,
+            prefill_tokens_per_decode=settings.prefill_tokens_per_decode,
         ),
         state.metrics, thread,
     )

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         default=2048, ge=16, description="Prompt tokens prefilled in one step; a longer "
         "prompt is prefilled in chunks, each step also decoding the running sequences."
     )
+    prefill_tokens_per_decode: float | None = Field(
+        default=None, gt=0, description="While sequences decode, prompt tokens a step "
+        "prefills per decoding sequence (at least one KV block), so a long prompt does not "
+        "stall running streams; unset: 1.0 on a CPU, no cap on a GPU.")
     kv_cache_bytes: int | None = Field(
         default=None, ge=1, description="KV cache pool in bytes (blocks of 16 tokens, taken "
         "as sequences grow); unset: 85% of the GPU memory left after the weights, or on a "

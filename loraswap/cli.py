@@ -1,4 +1,8 @@
-"""``loraswap``: one command line with subcommands (the entry point of every process)."""
+"""``loraswap``: one command line with subcommands (the entry point of every process).
+
+No command reaches the Hugging Face Hub: importing this module imports the ``loraswap``
+package first, which switches the process offline before any subcommand module (some of
+which import transformers at their top) is imported (:mod:`loraswap.offline`)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import typer
 from loraswap.adapters_cmd import adapters_app
 from loraswap.bench_cmd import bench_app
 from loraswap.model_cmd import model_app
-from loraswap.offline import stay_offline
 from loraswap.profile_cmd import profile_app
 from loraswap.retrain_cmd import retrain_app
 from loraswap.train_cmd import train
@@ -18,14 +21,6 @@ app = typer.Typer(
     help="Serve many LoRA adapters on one resident base model.", no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-@app.callback()
-def _offline() -> None:
-    """Runs before every command, ahead of the command's own (lazy) imports of
-    transformers, peft and bitsandbytes: no command reaches the Hugging Face Hub
-    (:mod:`loraswap.offline`)."""
-    stay_offline()
 
 
 app.add_typer(model_app, name="model")

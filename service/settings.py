@@ -206,6 +206,15 @@ class Settings(BaseSettings):
         default=0.01, ge=0, le=1, description="How much better than the active version "
         "a candidate must be on held-out feedback of the new traffic to be promoted "
         "(gate metric units: accuracy / F1 as a fraction, eval loss in nats); ties keep.")
+    retrain_warm_start: bool = Field(
+        default=True, description="A candidate starts from the active version's LoRA and "
+        "head weights (false: a fresh LoRA).")
+    retrain_replay_ratio: float = Field(
+        default=1.0, ge=0, le=100, description="Original training rows replayed per "
+        "feedback training row in a candidate's data.")
+    retrain_feedback_repeat: int = Field(
+        default=2, ge=1, le=20, description="How many times each feedback training row "
+        "appears in a candidate's data.")
 
     def check_secure(self) -> None:
         """Refuse to run with an empty or placeholder admin token outside dev mode."""

@@ -30,7 +30,7 @@ from loraswap.core.errors import (
     InvalidRequestError,
     NotFoundError,
     StoreError,
-    describe_problems,
+    validated,
 )
 from loraswap.core.identity import SAFE_NAME, SAFE_NAME_RULE
 
@@ -122,11 +122,8 @@ class TenantRecord(BaseModel):
 
 def parse_policy(data: object) -> TenantPolicy:
     """A policy from untrusted JSON data; :class:`InvalidRequestError` names the bad field."""
-    try:
-        return TenantPolicy.model_validate(data)
-    except ValidationError as exc:
-        problems = describe_problems(exc.errors(), "policy")
-        raise InvalidRequestError(f"tenant policy is invalid: {problems}") from exc
+    return validated(TenantPolicy, data, root="policy", error=InvalidRequestError,
+                     prefix="tenant policy is invalid")
 
 
 def _check_name(name: str) -> str:

@@ -13,7 +13,7 @@ from loraswap.adapters.package import TaskKind
 from loraswap.adapters.validation import ManifestDefaults
 from loraswap.service.api.deps import AdminServiceDep, require_admin
 from loraswap.service.api.gate import AdminRoute
-from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.protocol import error_responses
 from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
@@ -25,9 +25,7 @@ from loraswap.service.api.protocol_admin import (
 )
 from loraswap.tenants.directory import TenantPolicy
 
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)
-}
+ADMIN_ERRORS = error_responses(400, 401, 404, 409, 413, 422, 503)
 
 EXPORT_QUERY = Query(description="Answer with a zip of the data being erased (its store "
                      "keys as paths) instead of 204. The data is erased either way: to keep "

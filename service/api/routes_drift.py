@@ -24,7 +24,7 @@ from loraswap.service.api.deps import (
     require_webhook,
 )
 from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute, WebhookRoute
-from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.protocol import error_responses
 from loraswap.service.api.state import ServingComponents
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackResponse
 from loraswap.service.drift.pipeline import DriftPipeline
@@ -32,9 +32,7 @@ from loraswap.service.drift.profiles import ProfileService
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from loraswap.service.errors import FeatureDisabledError, NotReadyError
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 429, 503)
-}
+ERRORS = error_responses(400, 401, 404, 409, 413, 429, 503)
 
 router = APIRouter(responses=ERRORS, route_class=NativeRoute)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.package import PROFILE_FILE
+from loraswap.adapters.package import PROFILE_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.core.errors import NotFoundError
 from loraswap.core.identity import AdapterVersionRef, Version
@@ -84,7 +84,7 @@ def registry_references(registry: AdapterRegistry) -> Any:
     def load(ref: AdapterVersionRef) -> ReferenceProfile:
         version = ref.version.number
         manifest = registry.version(ref.owner, ref.name, version).manifest
-        task = str(manifest.task)  # which signals apply
+        task = manifest.task  # which signals apply
         if PROFILE_FILE in manifest.files:
             folder = registry.local_folder(ref.owner, ref.name, version)
             return parse_profile(json.loads((folder / PROFILE_FILE).read_text("utf-8")),
@@ -97,7 +97,7 @@ def registry_references(registry: AdapterRegistry) -> Any:
 
 
 def no_profile(ref: AdapterVersionRef, job: ProfileJob | None,
-               task: str | None = None) -> ReferenceProfile:
+               task: TaskKind | None = None) -> ReferenceProfile:
     """The reference of a version without any profile: every signal absent, the reason
     naming the admin call that computes one and the state of its latest job."""
     upload = (f"PUT /admin/adapters/{ref.owner}/{ref.name}/versions/{ref.version}/"
@@ -255,5 +255,8 @@ def run_environment(settings: Settings) -> dict[str, str]:
         "LORASWAP_ADAPTER_CACHE_DIR": str(settings.adapter_cache_dir),
         "LORASWAP_RETRAIN_FEEDBACK_HOLDOUT": str(settings.retrain_feedback_holdout),
         "LORASWAP_RETRAIN_MIN_GAIN": str(settings.retrain_min_gain),
+        "LORASWAP_RETRAIN_WARM_START": str(settings.retrain_warm_start).lower(),
+        "LORASWAP_RETRAIN_REPLAY_RATIO": str(settings.retrain_replay_ratio),
+        "LORASWAP_RETRAIN_FEEDBACK_REPEAT": str(settings.retrain_feedback_repeat),
         "HF_DATASETS_OFFLINE": "1",
     }

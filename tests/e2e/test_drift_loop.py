@@ -22,8 +22,8 @@ import pytest
 
 from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
 from loraswap.base_model.provision import fetch_base_model
-from tests.e2e.monitoring_stack import (
-    REPO,
+from loraswap.bench.drift_overhead import REPO
+from loraswap.bench.monitoring_stack import (
     fast_rules,
     firing,
     query,

@@ -70,14 +70,22 @@ def test_training_makes_no_connection_beyond_loopback(tiny_base_dir: Path,
     assert (log.read_text() if log.exists() else "") == ""
 
 
+@pytest.mark.parametrize("entry", [
+    "loraswap.cli",  # the `loraswap` command (Dockerfile, k8s Deployment and Jobs)
+    "loraswap.__main__",  # python -m loraswap
+    "loraswap.service.app",  # the app factory, imported by another process
+    "loraswap.jobs.retrain_runs",  # the retraining job's code
+    "loraswap.bench_cmd",  # python -m loraswap.bench_cmd
+])
 def test_no_code_loader_from_the_hub_is_importable_after_the_entry_point(
-        tmp_path: Path) -> None:
-    """Whatever CPU runs the test (bitsandbytes only asks `kernels` on AVX512-BF16), after
-    the entry point's switch: `kernels` cannot be imported, transformers sees it as absent,
-    and importing peft and bitsandbytes made no lookup."""
+        tmp_path: Path, entry: str) -> None:
+    """Whatever CPU runs the test (bitsandbytes only asks `kernels` on AVX512-BF16), once a
+    process has imported any entry point (whose own imports reach transformers): the Hub
+    switches are on, `kernels` cannot be imported, transformers sees it as absent, and
+    importing peft and bitsandbytes made no lookup."""
     log = tmp_path / "attempts.log"
     result = subprocess.run(
-        [sys.executable, "-c", KERNELS_PROBE, str(log)],
+        [sys.executable, "-c", KERNELS_PROBE, str(log), entry],
         env=child_env(empty_home(tmp_path), HUB_SWITCHES), cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -86,13 +94,14 @@ def test_no_code_loader_from_the_hub_is_importable_after_the_entry_point(
 
 
 KERNELS_PROBE = """
-import importlib.util, sys
+import importlib, importlib.util, sys
 from pathlib import Path
 from tests.utils.patched_serve import deny_network
-deny_network(Path(sys.argv[1]))
-from loraswap.cli import app
+log, entry = Path(sys.argv[1]), sys.argv[2]
+deny_network(log)
+sys.argv[1:] = ["model", "--help"]  # what loraswap.__main__ runs
 try:
-    app(["model", "--help"])
+    importlib.import_module(entry)
 except SystemExit:
     pass
 import peft, bitsandbytes

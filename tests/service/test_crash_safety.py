@@ -216,7 +216,8 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
     try:
         for index in (4, 5):  # captured before both crashes: still takes feedback
             assert _feedback(restarted, key, pid, index, labels[index]) == 200
-        accuracy = [line for line in httpx.get(f"{restarted.url}/metrics").text.splitlines()
+        scrape = httpx.get(f"{restarted.url}/metrics", headers=ADMIN_HEADERS).text
+        accuracy = [line for line in scrape.splitlines()
                     if line.startswith("loraswap_live_accuracy{") and "sentiment" in line]
         assert len(accuracy) == 1 and accuracy[0].endswith(" 1.0"), accuracy
     finally:

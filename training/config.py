@@ -108,6 +108,8 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(default=None, ge=1, description="Early stop after this "
                                  "many evaluations without gain.")
     eval_every: int | None = Field(default=None, ge=1, description="Evaluate every N steps.")
+    keep_best: bool = Field(default=True, description="End with the weights of the best "
+                            "validation evaluation (no: the final weights).")
     baseline: bool = Field(default=False, description="Also evaluate the untrained adapter "
                            "(zero-shot) before training.")
     checkpoint_dir: Path | None = Field(default=None, description="Checkpoint folder.")

@@ -17,10 +17,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loraswap.adapters.lora_format import CONFIG_FILE, WEIGHTS_FILE
-from loraswap.core.errors import AdapterValidationError, describe_problems
+from loraswap.core.errors import AdapterValidationError, validated
 from loraswap.core.identity import SAFE_NAME, SAFE_NAME_RULE
 
 MANIFEST_FILE = "loraswap.json"
@@ -207,11 +207,8 @@ def parse_manifest(text: str | bytes, source: str = MANIFEST_FILE) -> AdapterMan
         raw = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AdapterValidationError(f"{source} is not valid JSON: {exc}") from exc
-    try:
-        return AdapterManifest.model_validate(raw)
-    except ValidationError as exc:
-        problems = describe_problems(exc.errors(), "manifest")
-        raise AdapterValidationError(f"{source} is invalid: {problems}") from exc
+    return validated(AdapterManifest, raw, root="manifest", error=AdapterValidationError,
+                     prefix=f"{source} is invalid")
 
 
 def read_manifest(folder: Path) -> AdapterManifest:

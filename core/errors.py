@@ -8,7 +8,11 @@ exactly one place (``service/api/errors.py``), the CLIs print ``str(error)``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class LoraswapError(Exception):
@@ -129,3 +133,13 @@ def describe_problems(errors: Iterable[Mapping[str, Any]], root: str) -> str:
         f"{'.'.join(str(p) for p in err.get('loc', ())) or root}: {err.get('msg', '')}"
         for err in errors
     )
+
+
+def validated(model: type[ModelT], data: object, *, root: str, error: type[LoraswapError],
+              prefix: str) -> ModelT:
+    """``data`` validated as ``model``, else ``error("{prefix}: ...")`` naming every bad
+    field (``root`` names the document itself)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(f"{prefix}: {describe_problems(exc.errors(), root)}") from exc

@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.store.base import ObjectStore, StoreKeyMissing, update_object
-from loraswap.core.errors import NotFoundError
-from loraswap.core.identity import Version
+from loraswap.core.errors import InvalidRequestError, NotFoundError
+from loraswap.core.identity import AdapterRef, Version
 
 RUNS_PREFIX = "retrain/runs/"
 BUSY_PREFIX = "retrain/busy/"
@@ -143,7 +143,7 @@ class RunStore:
         """Hold the adapter for ``run_id``; None if done, else the run holding it. A holder
         that ended, or whose heartbeat is older than ``stale_seconds``, is taken over (its
         record is failed as expired)."""
-        key = f"{BUSY_PREFIX}{tenant}/{adapter}"
+        key = f"{BUSY_PREFIX}{AdapterRef(tenant, adapter)}"
         if self.store.create_exclusive(key, run_id.encode()):
             return None
         try:
@@ -198,13 +198,13 @@ class RunStore:
         """(tenant, adapter, run id) of every run holding an adapter and alive."""
         found = []
         for key in self.store.list(BUSY_PREFIX):
-            tenant, _, adapter = key[len(BUSY_PREFIX):].partition("/")
             try:
+                ref = AdapterRef.parse(key[len(BUSY_PREFIX):])
                 holder = self.store.get(key).decode()
-            except StoreKeyMissing:
-                continue
-            if self.holding(holder, stale_seconds):
-                found.append((tenant, adapter, holder))
+            except (InvalidRequestError, StoreKeyMissing):
+                continue  # not a claim this code wrote, or released meanwhile
+            if ref.is_registered and self.holding(holder, stale_seconds):
+                found.append((ref.owner, ref.name, holder))
         return found
 
     def runs_today(self, tenant: str) -> int:
@@ -225,7 +225,7 @@ class RunStore:
 
     def release(self, tenant: str, adapter: str, run_id: str) -> None:
         """Give the adapter back (only if ``run_id`` holds it)."""
-        key = f"{BUSY_PREFIX}{tenant}/{adapter}"
+        key = f"{BUSY_PREFIX}{AdapterRef(tenant, adapter)}"
         try:
             if self.store.get(key).decode() == run_id:
                 self.store.delete(key)

@@ -1,5 +1,6 @@
 """``loraswap bench``: the project's benchmarks as subcommands (``engine``, ``train-step``,
-``quantization``, ``quality``, ``drift``, ``drift-separation``); ``engine`` measures the
+``quantization``, ``quality``, ``drift``, ``drift-separation``, ``drift-calibration``,
+``loop``); ``engine`` measures the
 engine against PEFT serving in one run.
 
 ``engine`` is also runnable without the main CLI as ``python -m loraswap.bench_cmd [OPTIONS]``.
@@ -165,6 +166,7 @@ def bench_app() -> typer.Typer:
     from loraswap.bench.drift_calibration import main as drift_calibration
     from loraswap.bench.drift_overhead import main as drift
     from loraswap.bench.drift_separation import main as drift_separation
+    from loraswap.bench.loop_cmd import main as loop
     from loraswap.bench.quality import main as quality
     from loraswap.bench.quantization import quantization
 
@@ -183,6 +185,9 @@ def bench_app() -> typer.Typer:
     app.command(name="drift-calibration", help="False-alarm rate of the drift alarm levels "
                 "on held-out data and detection rate on other datasets, resampled windows "
                 "without a server (docs/drift.md).")(drift_calibration)
+    app.command(name="loop", help="The drift loop on real data: train on one dataset, "
+                "serve with drift on, send another with feedback, the alert retrains, both "
+                "versions judged on held-out data of both (docs/drift.md).")(loop)
     return app
 
 

@@ -23,7 +23,9 @@ def run(run_id: Annotated[str, typer.Option("--run-id", help="The run to execute
         store_uri=settings.store_uri, base_model=settings.base_model,
         cache_dir=settings.adapter_cache_dir / ".retrain",
         feedback_holdout=settings.retrain_feedback_holdout,
-        min_gain=settings.retrain_min_gain))
+        min_gain=settings.retrain_min_gain, warm_start=settings.retrain_warm_start,
+        replay_ratio=settings.retrain_replay_ratio,
+        feedback_repeat=settings.retrain_feedback_repeat))
     typer.echo(f"run {record.id}: {record.status}, {record.decision}: {record.reason}")
     if record.status == "failed":
         raise typer.Exit(1)

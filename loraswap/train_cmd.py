@@ -1,96 +1,105 @@
-"""``loraswap train``: train a LoRA adapter package (mounted by ``loraswap.cli``)."""
+"""``loraswap train``: train a LoRA adapter package (mounted by ``loraswap.cli``).
+
+Its options are generated from :class:`~loraswap.training.config.TrainConfig`: one flag per
+field (``--lora-<name>`` for the LoRA settings), with the field's description as help and
+its default as :func:`~loraswap.training.config.default_text` shows it, so a new field is a
+new flag and no default is written twice. Every generated flag defaults to None (not
+given), so that a ``--config`` file's value stands unless the flag overrides it.
+"""
 
 from __future__ import annotations
 
+import enum
+import inspect
 import logging
 import os
+import types
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
+from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.markup import escape
 
-from loraswap.adapters.package import TaskKind
-from loraswap.core.errors import LoraswapError
+from loraswap.core.errors import ConfigurationError, LoraswapError
+from loraswap.training.config import LoraSettings, TrainConfig, default_text
 
 ADMIN_TOKEN_ENV = "LORASWAP_ADMIN_TOKEN"
-
 Opt = typer.Option
+# Short spellings kept beside the generated ``--learning-rate`` and ``--data-format``.
+ALIASES: dict[str, tuple[str, ...]] = {"learning_rate": ("--lr",),
+                                       "data_format": ("--format",)}
+# A list field is one flag whose value is split on commas.
+LIST_SEPARATOR = ","
+LIST_HELP = "Comma-separated."
 
 
-def train(
-    config: Annotated[Path | None, Opt("--config", help="YAML or JSON file of settings; "
-                                       "flags given too override it.")] = None,
-    task: Annotated[TaskKind | None, Opt(help="seq-cls, token-cls or causal-lm.")] = None,
-    data: Annotated[Path | None, Opt(help="Training data (JSONL/JSON/CSV/TSV/CoNLL).")] = None,
-    eval_data: Annotated[Path | None, Opt(help="Validation data (default: a seeded split "
-                                          "of --data).")] = None,
-    test_data: Annotated[Path | None, Opt(help="Test data, evaluated once at the end.")] = None,
-    data_format: Annotated[str | None, Opt("--format", help="auto, jsonl, json, csv, tsv, "
-                                           "conll (default: from the extension).")] = None,
-    text_column: Annotated[str | None, Opt(help="Text column [text].")] = None,
-    label_column: Annotated[str | None, Opt(help="Label column [label].")] = None,
-    output: Annotated[Path | None, Opt(help="Folder to write the package into.")] = None,
-    base_model: Annotated[Path | None, Opt(help="Base model folder.")] = None,
-    precision: Annotated[str | None, Opt(help="auto (default: bf16 where the CPU has "
-                                         "native bf16, else fp32), bf16 or fp32.")] = None,
-    attention: Annotated[str | None, Opt(help="causal or bidirectional (seq-cls / token-cls; "
-                                         "default: bidirectional for token-cls).")] = None,
-    qlora: Annotated[bool | None, Opt("--qlora/--no-qlora", help="4-bit NF4 base "
-                                      "(bitsandbytes).")] = None,
-    epochs: Annotated[float | None, Opt(help="Epochs [3].")] = None,
-    max_steps: Annotated[int | None, Opt(help="Optimizer steps (overrides epochs).")] = None,
-    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate [task default].")] = None,
-    batch_size: Annotated[int | None, Opt(help="Micro-batch size.")] = None,
-    grad_accum: Annotated[int | None, Opt(help="Gradient accumulation steps [1].")] = None,
-    max_length: Annotated[int | None, Opt(help="Truncate inputs to this many tokens.")] = None,
-    max_train_samples: Annotated[int | None, Opt(help="Seeded subsample of training "
-                                                 "data.")] = None,
-    max_eval_samples: Annotated[int | None, Opt(help="Seeded subsample of validation "
-                                                "data.")] = None,
-    val_fraction: Annotated[float | None, Opt(help="Held out when no --eval-data [0.1].")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed [42].")] = None,
-    patience: Annotated[int | None, Opt(help="Early stop after N evaluations without "
-                                        "gain.")] = None,
-    eval_every: Annotated[int | None, Opt(help="Evaluate every N steps [each epoch].")] = None,
-    lora_r: Annotated[int | None, Opt("--lora-r", help="LoRA rank [16].")] = None,
-    lora_alpha: Annotated[float | None, Opt("--lora-alpha", help="LoRA alpha [32].")] = None,
-    lora_dropout: Annotated[float | None, Opt("--lora-dropout", help="[0.05]")] = None,
-    lora_targets: Annotated[str | None, Opt("--lora-targets", help="Comma-separated "
-                                            "projections [all seven].")] = None,
-    baseline: Annotated[bool | None, Opt("--baseline/--no-baseline", help="Also evaluate the "
-                                         "untrained adapter (zero-shot).")] = None,
-    resume: Annotated[bool | None, Opt("--resume/--no-resume", help="Continue from the last "
-                                       "checkpoint.")] = None,
-    checkpoint_dir: Annotated[Path | None, Opt(help="[OUTPUT.checkpoints]")] = None,
-    tenant: Annotated[str | None, Opt(help="Tenant recorded in the manifest.")] = None,
-    name: Annotated[str | None, Opt(help="Adapter name recorded in the manifest.")] = None,
-    push: Annotated[str | None, Opt("--push", help="Service URL to upload the package "
-                                    "to (needs --tenant and --name).")] = None,
-    admin_token: Annotated[str | None, Opt(help=f"Admin token for --push "
-                                           f"[{ADMIN_TOKEN_ENV}].")] = None,
-    no_progress: Annotated[bool, Opt("--no-progress", help="No progress bar.")] = False,
-) -> None:
-    """Train a LoRA adapter (seq-cls, token-cls or causal-lm) and write its package."""
+def config_fields() -> Iterator[tuple[str, str, FieldInfo, str | None]]:
+    """``(parameter, dotted name, field, default text)`` of every settable field:
+    TrainConfig's own, then LoraSettings' as ``lora_<name>``."""
+    for name, field in TrainConfig.model_fields.items():
+        if name != "lora":
+            yield name, name, field, default_text(TrainConfig, name)
+    for name, field in LoraSettings.model_fields.items():
+        path = f"lora.{name}"
+        yield f"lora_{name}", path, field, default_text(LoraSettings, name, path)
+
+
+def _value_type(annotation: Any) -> tuple[Any, str]:
+    """The CLI type of a field's annotation, and a sentence about its values for help."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        return str, LIST_HELP
+    if typing.get_origin(annotation) is Literal:
+        return str, f"Values: {', '.join(map(str, typing.get_args(annotation)))}."
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return str, f"Values: {', '.join(str(m.value) for m in annotation)}."
+    if annotation in (bool, int, float, str, Path):
+        return annotation, ""
+    raise TypeError(f"no CLI type for a TrainConfig field of type {annotation!r}")
+
+
+def field_help(field: FieldInfo, values: str, default: str | None) -> str:
+    """A flag's help: the description, its values, and its default (or that it is
+    required unless the --config file gives it)."""
+    parts = [field.description or ""]
+    if values:
+        parts.append(values)
+    parts.append("Required unless the --config file sets it." if default is None
+                 else f"Default: {default}.")
+    return " ".join(p for p in parts if p)
+
+
+def _option(param: str, field: FieldInfo, default: str | None) -> inspect.Parameter:
+    kind, values = _value_type(field.annotation)
+    flag = "--" + param.replace("_", "-")
+    decls = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag, *ALIASES.get(param, ()))
+    option = typer.Option(*decls, help=field_help(field, values, default),
+                          show_default=False)
+    return inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[kind | None, option])
+
+
+def _overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Flag values as :func:`build_config` takes them (lists split on commas)."""
+    found: dict[str, Any] = {}
+    for param, _, field, _ in config_fields():
+        value = values.get(param)
+        if isinstance(value, str) and _value_type(field.annotation)[1] == LIST_HELP:
+            value = [v.strip() for v in value.split(LIST_SEPARATOR) if v.strip()]
+        found[param] = value
+    return found
+
+
+def _run(config: Path | None, push: str | None, admin_token: str | None,
+         overrides: dict[str, Any]) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    overrides: dict[str, Any] = {
-        "task": task, "data": data, "eval_data": eval_data, "test_data": test_data,
-        "data_format": data_format, "text_column": text_column, "label_column": label_column,
-        "output": output, "base_model": base_model, "precision": precision, "qlora": qlora,
-        "attention": attention,
-        "epochs": epochs, "max_steps": max_steps, "learning_rate": lr,
-        "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length,
-        "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples,
-        "val_fraction": val_fraction, "seed": seed, "patience": patience,
-        "eval_every": eval_every, "baseline": baseline, "resume": resume,
-        "checkpoint_dir": checkpoint_dir, "tenant": tenant, "name": name,
-        "progress": False if no_progress else None,
-        "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-        "lora_targets": None if lora_targets is None else [
-            t.strip() for t in lora_targets.split(",") if t.strip()],
-    }
     token = admin_token or os.environ.get(ADMIN_TOKEN_ENV)
     try:
         from loraswap.training.config import build_config, read_config_file
@@ -99,8 +108,8 @@ def train(
         file_values = read_config_file(config) if config is not None else {}
         cfg = build_config(file_values, overrides)
         if push is not None and not (cfg.tenant and cfg.name and token):
-            raise_usage("--push needs --tenant, --name and an admin token "
-                        f"(--admin-token or {ADMIN_TOKEN_ENV})")
+            raise ConfigurationError("--push needs --tenant, --name and an admin token "
+                                     f"(--admin-token or {ADMIN_TOKEN_ENV})")
         outcome = run_training(cfg)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in outcome.manifest.metrics.items())
         typer.echo(f"wrote {outcome.output} in {outcome.seconds:.0f}s ({metrics})")
@@ -127,8 +136,33 @@ def train(
         raise typer.Exit(code=1) from None
 
 
-def raise_usage(message: str) -> None:
-    """Stop with a configuration error naming what is missing."""
-    from loraswap.core.errors import ConfigurationError
+def _train_command() -> Callable[..., None]:
+    """The ``train`` command: the generated field flags plus ``--config``, ``--push`` and
+    ``--admin-token``."""
+    fixed = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[Path | None, Opt(
+                              "--config", help="YAML or JSON file of settings (the "
+                              "fields below); flags given too override it.")]),
+        inspect.Parameter("push", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[str | None, Opt(
+                              "--push", help="Service URL to upload the package to (needs "
+                              "--tenant and --name).")]),
+        inspect.Parameter("admin_token", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[str | None, Opt(
+                              help=f"Admin token for --push [{ADMIN_TOKEN_ENV}].")]),
+    ]
+    generated = [_option(param, field, default) for param, _, field, default in config_fields()]
 
-    raise ConfigurationError(message)
+    def train(**values: Any) -> None:
+        """Train a LoRA adapter (seq-cls, token-cls or causal-lm) and write its package."""
+        _run(values.pop("config"), values.pop("push"), values.pop("admin_token"),
+             _overrides(values))
+
+    parameters = fixed + generated
+    train.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    train.__annotations__ = {p.name: p.annotation for p in parameters}
+    return train
+
+
+train = _train_command()

@@ -127,13 +127,13 @@ async def decode(label: str) -> None:
         _emit(figure)
 
 
-async def stall(budget: int) -> None:
+async def stall(budget: int, per_decode: float | None) -> None:
     """16 streams of 64 tokens; in one run a 2,000-token prompt arrives after their 8th
     token. p99 of the streams' inter-token gaps, steady and with the long prompt."""
     for with_long in (False, True):
         recorder = Recorder()
         engine, _ = _engine(recorder, max_batch_size=17, max_model_len=4096,
-                            max_prefill_tokens=budget)
+                            max_prefill_tokens=budget, prefill_tokens_per_decode=per_decode)
         rng = random.Random(1)
         engine.start()
         try:
@@ -150,7 +150,8 @@ async def stall(budget: int) -> None:
         finally:
             engine.stop()
         gaps.sort()
-        _emit({"figure": "stall", "budget": budget, "long_prompt": with_long,
+        _emit({"figure": "stall", "budget": budget, "per_decode": per_decode,
+               "long_prompt": with_long,
                "p99_s": gaps[int(0.99 * (len(gaps) - 1))], "max_s": gaps[-1],
                "gaps": len(gaps)})
 
@@ -221,6 +222,8 @@ def main() -> None:
     parser.add_argument("figure", choices=["decode", "stall", "prefix", "concurrency"])
     parser.add_argument("--label", default="new")
     parser.add_argument("--budget", type=int, default=2048)
+    parser.add_argument("--per-decode", type=float, default=None,
+                        help="prefill_tokens_per_decode (default: the engine's, 1.0 on a CPU)")
     args = parser.parse_args()
     torch.manual_seed(0)
     _emit({"cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()})
@@ -229,7 +232,7 @@ def main() -> None:
     elif args.figure == "concurrency":
         asyncio.run(concurrency(256))
     elif args.figure == "stall":
-        asyncio.run(stall(args.budget))
+        asyncio.run(stall(args.budget, args.per_decode))
     else:
         asyncio.run(prefix())
 

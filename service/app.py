@@ -14,6 +14,7 @@ from loraswap.adapters.store import ObjectStore, ObservedStore, open_store
 from loraswap.adapters.validation import ValidationLimits
 from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.base_model.loading import LoadedBaseModel, load_base_model
+from loraswap.jobs.tenant_data import TenantData
 from loraswap.service.adapter_source import LocalAdapterDirectory, RegistryAdapterSource
 from loraswap.service.api.errors import install_error_handlers
 from loraswap.service.api.gate import RequestGate, dev_hosts
@@ -33,6 +34,7 @@ from loraswap.service.api.serving_predict import PredictService
 from loraswap.service.api.state import ServiceState, ServingComponents
 from loraswap.service.auth import TenantAuthenticator, log_auth_mode
 from loraswap.service.drift.pipeline import build_drift, build_profiles, build_retrain
+from loraswap.service.drift.retention import RetentionSweeper
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
 from loraswap.service.engine.engine_thread import EngineThread
 from loraswap.service.fault_hooks import arm_fault_hook
@@ -78,6 +80,7 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
             max_model_len=settings.max_model_len, max_prefill_tokens=settings.max_prefill_tokens,
             max_queue=settings.max_queue, max_queue_per_tenant=settings.max_queue_per_tenant,
             kv_cache_bytes=settings.kv_cache_bytes, prefix_cache=settings.prefix_cache,
+            prefill_tokens_per_decode=settings.prefill_tokens_per_decode,
         ),
         state.metrics, thread,
     )
@@ -99,7 +102,8 @@ def build_components(settings: Settings, loaded: LoadedBaseModel, state: Service
         predict=PredictService(pipeline, prompts, sink=drift),
         openai=OpenAIServing(pipeline, prompts, loaded.info.name, sink=drift),
         admin=AdminService(state.tenants, registry, engine, registry.limits, state.metrics,
-                           watcher),
+                           watcher, forget=drift.capture.forget if drift is not None
+                           else lambda owner, adapter: None),
         watcher=watcher, drift=drift, retrain=build_retrain(
             settings, registry, drift, state.metrics.registry),
         profiles=build_profiles(settings, registry),
@@ -167,12 +171,17 @@ def make_lifespan(state: ServiceState, loader: ModelLoader,
         thread = EngineThread(settings.threads)
         thread.start()
         loading = asyncio.create_task(_load(settings, state, loader, thread))
+        sweeping = asyncio.create_task(RetentionSweeper(
+            TenantData(state.store), state.tenants,
+            retention_days=settings.capture_retention_days,
+            interval_seconds=settings.capture_sweep_seconds).run())
         try:
             yield
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in (loading, sweeping):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if state.components is not None:
                 state.components.pipeline.close()
                 if state.components.drift is not None:

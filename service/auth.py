@@ -140,6 +140,23 @@ def check_webhook_token(admin: str | None, webhook: str | None,
     check_admin_token(admin, presented)
 
 
+def check_metrics_token(admin: str | None, metrics: str | None,
+                        presented: str | None) -> None:
+    """401 unless ``presented`` is the metrics token or the admin token: ``/metrics`` on the
+    API port names every tenant and adapter. Open in dev mode (no admin token)."""
+    if admin is None:
+        return
+    if presented and metrics is not None and hmac.compare_digest(
+            _digest(presented), _digest(metrics)):
+        return
+    if not presented:
+        raise AuthenticationError(
+            "missing token: /metrics on the API port needs 'Authorization: Bearer "
+            "<LORASWAP_METRICS_TOKEN>' (or the admin token); LORASWAP_METRICS_PORT serves "
+            "it on a separate listener instead")
+    check_admin_token(admin, presented)
+
+
 def log_auth_mode(authenticator: Authenticator) -> None:
     """Say at startup whether the API is protected (a warning when it is open)."""
     if authenticator.enabled:

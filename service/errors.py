@@ -61,3 +61,10 @@ class FeatureDisabledError(NotFoundError):
     """The route belongs to a feature this server runs without (404 naming the setting)."""
 
     code = "feature_disabled"
+
+
+class UnsupportedSchemaError(InvalidRequestError):
+    """A ``response_format`` schema or tool grammar that is too large, or uses a JSON Schema
+    construct the grammar engine does not enforce (named in the message)."""
+
+    code = "unsupported_schema"

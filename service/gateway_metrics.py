@@ -71,7 +71,8 @@ class GatewayCollector:
         running_names, waiting_names = scheduler.adapter_names()
         info.add_metric([_names_label(running_names), _names_label(waiting_names),
                          str(engine.config.max_loras)], self._clock())
-        for tier, keys in (("slot", engine.slots.resident), ("host", engine.host.keys())):
+        view = engine.residency()
+        for tier, keys in (("slot", view.in_slots), ("host", view.in_host_memory)):
             for name, count in Counter(str(key.ref) for key in keys).items():
                 resident.add_metric([name, tier], count)
         yield from (waiting, running, usage, info, resident)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from loraswap.service.api.deps import StateDep, require_admin
 from loraswap.service.api.gate import AdminRoute
 from loraswap.service.api.state import ServiceState
+from loraswap.service.auth import check_metrics_token
 from loraswap.service.gateway_metrics import GatewayCollector
 from loraswap.service.lifecycle import DrainGate, Lifecycle
 from loraswap.service.settings import Settings
@@ -64,8 +65,18 @@ async def healthz() -> dict[str, str]:
 
 
 @probe_router.get("/metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
-    """Prometheus text exposition."""
+async def metrics(state: StateDep, request: Request) -> Response:
+    """Prometheus text exposition. On the API port it needs the metrics token or the admin
+    token (outside dev mode): it names every tenant and adapter. The separate metrics
+    listener (LORASWAP_METRICS_PORT), reachable only where the network allows, needs none."""
+    if not getattr(request.app.state, "metrics_listener", False):
+        settings = state.settings
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        check_metrics_token(
+            settings.admin_token.get_secret_value() if settings.admin_token else None,
+            settings.metrics_token.get_secret_value() if settings.metrics_token else None,
+            presented.strip() if scheme.lower() == "bearer" else None)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -121,6 +132,7 @@ def build_metrics_app(state: ServiceState, lifecycle: Lifecycle) -> FastAPI:
     API port's), nothing else."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.loraswap = state
+    app.state.metrics_listener = True  # /metrics without a token: the network guards it
     app.state.lifecycle = lifecycle
     app.include_router(probe_router)
     return app

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         default=2048, ge=16, description="Prompt tokens prefilled in one step; a longer "
         "prompt is prefilled in chunks, each step also decoding the running sequences."
     )
+    prefill_tokens_per_decode: float | None = Field(
+        default=None, gt=0, description="While sequences decode, prompt tokens a step "
+        "prefills per decoding sequence (at least one KV block), so a long prompt does not "
+        "stall running streams; unset: 1.0 on a CPU, no cap on a GPU.")
     kv_cache_bytes: int | None = Field(
         default=None, ge=1, description="KV cache pool in bytes (blocks of 16 tokens, taken "
         "as sequences grow); unset: 85% of the GPU memory left after the weights, or on a "
@@ -120,6 +124,12 @@ class Settings(BaseSettings):
         default=None, ge=1, le=65535,
         description="Serve /metrics (and the probes) on this port of the same host instead "
         "of the API port, so tenants never see other tenants' adapter names.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that may only read /metrics on the API port (Prometheus' "
+        "credential; the admin token works too). Outside dev mode /metrics on the API port "
+        "needs one of them; the separate LORASWAP_METRICS_PORT listener needs none.",
     )
     drain_seconds: float = Field(
         default=30.0, ge=0, le=3600,
@@ -157,6 +167,13 @@ class Settings(BaseSettings):
     drift_capture_flush_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="Longest time a captured prediction or "
         "feedback record waits before its Parquet batch is written.")
+    capture_retention_days: float = Field(
+        default=30.0, gt=0, le=36_500, description="Captured predictions, their index and "
+        "feedback older than this many days are deleted by the sweeper (training-data "
+        "copies stay until their adapter is deleted).")
+    capture_sweep_seconds: float = Field(
+        default=3600.0, ge=1, le=86_400, description="How often each replica sweeps the "
+        "store for captured data past retention and data of deleted tenants.")
     drift_reference_refresh_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="How often a tracked version without a "
         "profile re-reads its reference, so a profile computed from an uploaded reference "
@@ -193,6 +210,15 @@ class Settings(BaseSettings):
         default=0.01, ge=0, le=1, description="How much better than the active version "
         "a candidate must be on held-out feedback of the new traffic to be promoted "
         "(gate metric units: accuracy / F1 as a fraction, eval loss in nats); ties keep.")
+    retrain_warm_start: bool = Field(
+        default=True, description="A candidate starts from the active version's LoRA and "
+        "head weights (false: a fresh LoRA).")
+    retrain_replay_ratio: float = Field(
+        default=1.0, ge=0, le=100, description="Original training rows replayed per "
+        "feedback training row in a candidate's data.")
+    retrain_feedback_repeat: int = Field(
+        default=2, ge=1, le=20, description="How many times each feedback training row "
+        "appears in a candidate's data.")
 
     def check_secure(self) -> None:
         """Refuse to run with an empty or placeholder admin token outside dev mode."""
@@ -206,6 +232,12 @@ class Settings(BaseSettings):
                 "LORASWAP_DEV_MODE=true for local development (the /admin API is then open)"
             )
         _check_token("LORASWAP_ADMIN_TOKEN", token)
+        if self.metrics_token is not None:
+            scrape = self.metrics_token.get_secret_value()
+            _check_token("LORASWAP_METRICS_TOKEN", scrape)
+            if scrape == token:
+                raise ConfigurationError("LORASWAP_METRICS_TOKEN must differ from "
+                                         "LORASWAP_ADMIN_TOKEN (it may only read /metrics)")
         if self.retrain_webhook_token is not None:
             webhook = self.retrain_webhook_token.get_secret_value()
             _check_token("LORASWAP_RETRAIN_WEBHOOK_TOKEN", webhook)

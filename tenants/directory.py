@@ -30,7 +30,7 @@ from loraswap.core.errors import (
     InvalidRequestError,
     NotFoundError,
     StoreError,
-    describe_problems,
+    validated,
 )
 from loraswap.core.identity import SAFE_NAME, SAFE_NAME_RULE
 
@@ -41,6 +41,7 @@ TENANTS_PREFIX = "tenants/"
 # A request rate's bounds: 1/rate (a refill time, a Retry-After) must stay a sane number.
 MIN_REQUESTS_PER_SECOND = 0.001
 MAX_REQUESTS_PER_SECOND = 1e6
+TENANT_ID_PATTERN = r"^[0-9a-f]{16}$"
 
 
 def _now() -> datetime:
@@ -89,11 +90,17 @@ class KeyDigest(BaseModel):
 
 
 class TenantRecord(BaseModel):
-    """``tenants/{name}.json``."""
+    """``tenants/{name}.json``.
+
+    ``id`` is minted when the tenant is created and never changes: the tenant's captured
+    data lives under its :attr:`data_owner`, so a tenant created again under a deleted
+    one's name starts with none of its data. Records written before ids existed have none
+    and own the data under their name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+    id: str | None = Field(default=None, pattern=TENANT_ID_PATTERN)
     created_at: datetime
     key_digests: list[KeyDigest] = Field(default_factory=list)
     policy: TenantPolicy = Field(default_factory=TenantPolicy)
@@ -105,14 +112,18 @@ class TenantRecord(BaseModel):
             raise ValueError(f"tenant name {value!r} is invalid: {SAFE_NAME_RULE}")
         return value
 
+    @property
+    def data_owner(self) -> str:
+        """The store segment owning this tenant's captures, index and feedback
+        (``{name}.{id}``; ``{name}`` for a record from before ids). A name never holds a
+        ``.``, so an owner with an id is never another tenant's name."""
+        return self.name if self.id is None else f"{self.name}.{self.id}"
+
 
 def parse_policy(data: object) -> TenantPolicy:
     """A policy from untrusted JSON data; :class:`InvalidRequestError` names the bad field."""
-    try:
-        return TenantPolicy.model_validate(data)
-    except ValidationError as exc:
-        problems = describe_problems(exc.errors(), "policy")
-        raise InvalidRequestError(f"tenant policy is invalid: {problems}") from exc
+    return validated(TenantPolicy, data, root="policy", error=InvalidRequestError,
+                     prefix="tenant policy is invalid")
 
 
 def _check_name(name: str) -> str:
@@ -223,7 +234,8 @@ class TenantDirectory:
         """Create a tenant with one key; returns the record and the plaintext key (once)."""
         _check_name(name)
         key, digest = _new_key()
-        record = TenantRecord(name=name, created_at=_now(), key_digests=[digest],
+        record = TenantRecord(name=name, id=secrets.token_hex(8), created_at=_now(),
+                              key_digests=[digest],
                               policy=policy or TenantPolicy())
         if not self.store.create_exclusive(self._key(name),
                                            record.model_dump_json(indent=2).encode()):

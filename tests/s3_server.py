@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 ACCESS_KEY = "loraswap-test-access"
 SECRET_KEY = "loraswap-test-secret-0123456789"
@@ -81,6 +79,11 @@ class S3Server:
 
     def client(self) -> Any:
         """A boto3 S3 client for this server."""
+        # Imported here: tests/conftest.py imports this module, and the GPU check's machine
+        # (scripts/gpu-check.sh) has no boto3.
+        import boto3
+        from botocore.config import Config
+
         return boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key, region_name=self.region,

@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loraswap.adapters.lora_format import LLAMA_PROJECTIONS
 from loraswap.adapters.package import AttentionMode, TaskKind
 from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
-from loraswap.core.errors import ConfigurationError, describe_problems
+from loraswap.core.errors import ConfigurationError, validated
 
 DataFormat = Literal["auto", "jsonl", "json", "csv", "tsv", "conll"]
 Precision = Literal["auto", "bf16", "fp32"]
@@ -44,10 +44,11 @@ class LoraSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    r: int | None = Field(default=None, ge=1, le=256)
-    alpha: float | None = Field(default=None, gt=0)
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    targets: list[str] = Field(default_factory=lambda: list(LLAMA_PROJECTIONS), min_length=1)
+    r: int | None = Field(default=None, ge=1, le=256, description="LoRA rank.")
+    alpha: float | None = Field(default=None, gt=0, description="LoRA alpha (scale alpha/r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    targets: list[str] = Field(default_factory=lambda: list(LLAMA_PROJECTIONS), min_length=1,
+                               description="Projections that get a LoRA.")
 
     @model_validator(mode="after")
     def _known_targets(self) -> LoraSettings:
@@ -64,47 +65,64 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: TaskKind
-    data: Path
-    output: Path
-    eval_data: Path | None = None
-    test_data: Path | None = None
-    data_format: DataFormat = "auto"
-    text_column: str | None = Field(default=None, description="default: text (tokens)")
-    label_column: str | None = Field(default=None, description="default: label (tags)")
+    # Each field's description is the help of its `loraswap train` flag (loraswap/train_cmd.py
+    # generates the flags from these fields); a field left None says what it becomes in
+    # UNSET_MEANS below.
+    task: TaskKind = Field(description="What the adapter answers.")
+    data: Path = Field(description="Training data (JSONL/JSON/CSV/TSV/CoNLL).")
+    output: Path = Field(description="Folder to write the package into.")
+    eval_data: Path | None = Field(default=None, description="Validation data.")
+    test_data: Path | None = Field(default=None,
+                                   description="Test data, evaluated once at the end.")
+    data_format: DataFormat = Field(default="auto", description="File format of the data "
+                                    "(auto: from the extension).")
+    text_column: str | None = Field(default=None, description="Text column.")
+    label_column: str | None = Field(default=None, description="Label column.")
     labels: list[str] | None = Field(default=None, description="Fixed label order.")
-    base_model: Path = DEFAULT_BASE_MODEL_DIR
-    precision: Precision = Field(
-        default="auto", description="auto: bf16 where the CPU has native bf16, else fp32")
+    base_model: Path = Field(default=DEFAULT_BASE_MODEL_DIR, description="Base model folder.")
+    precision: Precision = Field(default="auto", description="Training precision (auto: bf16 "
+                                 "where the CPU has native bf16, else fp32).")
     attention: AttentionMode | None = Field(
-        default=None, description="default: bidirectional for token-cls, else causal")
-    qlora: bool = False
-    gradient_checkpointing: bool = False
-    epochs: float = Field(default=3.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    learning_rate: float | None = Field(default=None, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    batch_size: int | None = Field(default=None, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    max_length: int | None = Field(default=None, ge=8)
-    val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    max_train_samples: int | None = Field(default=None, ge=1)
-    max_eval_samples: int | None = Field(default=None, ge=1)
-    seed: int = 42
-    patience: int | None = Field(default=None, ge=1, description="evals without gain")
-    eval_every: int | None = Field(default=None, ge=1, description="steps; default: epoch")
-    baseline: bool = Field(default=False, description="Also evaluate before training.")
-    checkpoint_dir: Path | None = None
-    resume: bool = False
+        default=None, description="Attention mask of seq-cls / token-cls adapters.")
+    qlora: bool = Field(default=False, description="4-bit NF4 base (bitsandbytes).")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass (less memory).")
+    epochs: float = Field(default=3.0, gt=0, description="Epochs.")
+    max_steps: int | None = Field(default=None, ge=1,
+                                  description="Optimizer steps (overrides epochs).")
+    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1,
+                                description="Share of the steps spent warming up.")
+    batch_size: int | None = Field(default=None, ge=1, description="Micro-batch size.")
+    grad_accum: int = Field(default=1, ge=1, description="Gradient accumulation steps.")
+    max_length: int | None = Field(default=None, ge=8,
+                                   description="Truncate inputs to this many tokens.")
+    val_fraction: float = Field(default=0.1, gt=0, lt=1,
+                                description="Share held out for validation without eval_data.")
+    max_train_samples: int | None = Field(default=None, ge=1,
+                                          description="Seeded subsample of the training data.")
+    max_eval_samples: int | None = Field(default=None, ge=1, description="Seeded subsample "
+                                         "of the validation data.")
+    seed: int = Field(default=42, description="Random seed.")
+    patience: int | None = Field(default=None, ge=1, description="Early stop after this "
+                                 "many evaluations without gain.")
+    eval_every: int | None = Field(default=None, ge=1, description="Evaluate every N steps.")
+    keep_best: bool = Field(default=True, description="End with the weights of the best "
+                            "validation evaluation (no: the final weights).")
+    baseline: bool = Field(default=False, description="Also evaluate the untrained adapter "
+                           "(zero-shot) before training.")
+    checkpoint_dir: Path | None = Field(default=None, description="Checkpoint folder.")
+    resume: bool = Field(default=False, description="Continue from the last checkpoint.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     init_adapter: Path | None = Field(
         default=None, description="A package whose LoRA (and head) weights the training "
         "starts from instead of a fresh LoRA: a retraining candidate starts from the "
         "active version (same rank, targets and labels).")
-    tenant: str | None = None
-    name: str | None = None
-    progress: bool = True
+    tenant: str | None = Field(default=None, description="Tenant recorded in the manifest.")
+    name: str | None = Field(default=None, description="Adapter name recorded in the "
+                             "manifest.")
+    progress: bool = Field(default=True, description="Show a progress bar.")
 
     @model_validator(mode="after")
     def _attention_fits_task(self) -> TrainConfig:
@@ -161,6 +179,52 @@ class TrainConfig(BaseModel):
         return values
 
 
+def _per_task(index: int) -> str:
+    return ", ".join(f"{task} {values[index]:g}" for task, values in TASK_DEFAULTS.items())
+
+
+# What a field left None becomes (its default as help shows it): resolved() and the data
+# readers fill these in.
+UNSET_MEANS: dict[str, str] = {
+    "eval_data": "a seeded val_fraction split of data",
+    "test_data": "no test evaluation",
+    "text_column": "text (tokens for token-cls)",
+    "label_column": "label (tags for token-cls)",
+    "labels": "sorted, O first for tags",
+    "attention": ", ".join(f"{task} {mode}" for task, mode in DEFAULT_ATTENTION.items()),
+    "max_steps": "from epochs",
+    "learning_rate": _per_task(0),
+    "lora.r": _per_task(1),
+    "lora.alpha": _per_task(2),
+    "max_length": _per_task(3),
+    "batch_size": _per_task(4),
+    "max_train_samples": "all",
+    "max_eval_samples": "all",
+    "patience": "no early stop",
+    "eval_every": "each epoch",
+    "checkpoint_dir": "OUTPUT.checkpoints",
+    "init_adapter": "a fresh LoRA",
+    "tenant": "none",
+    "name": "none",
+}
+
+
+def default_text(model: type[BaseModel], name: str, path: str | None = None) -> str | None:
+    """How help shows field ``name`` of ``model``'s default (None: the field is required);
+    ``path`` is its dotted name in :class:`TrainConfig` (``lora.r``)."""
+    field = model.model_fields[name]
+    if field.is_required():
+        return None
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return UNSET_MEANS[path or name]
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The mapping in a YAML (``.yaml``/``.yml``) or JSON config file."""
     try:
@@ -198,8 +262,5 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> Trai
         else:
             merged[key] = value
     merged["lora"] = lora
-    try:
-        return TrainConfig.model_validate(merged)
-    except ValidationError as exc:
-        problems = describe_problems(exc.errors(), "config")
-        raise ConfigurationError(f"invalid training configuration: {problems}") from exc
+    return validated(TrainConfig, merged, root="config", error=ConfigurationError,
+                     prefix="invalid training configuration")

@@ -80,7 +80,8 @@ def plan_steps(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
 def train_loop(cfg: TrainConfig, task_model: TaskModel, train: Sequence[Encoded],
                val: Sequence[Encoded], labels: list[str] | None, pad_id: int,
                on_step: StepCallback | None = None) -> LoopResult:
-    """Train ``task_model`` in place; ends holding the best validation weights."""
+    """Train ``task_model`` in place; ends holding the best validation weights (the final
+    ones when ``cfg.keep_best`` is off)."""
     model = task_model.model
     task: TaskKind = cfg.task
     torch.manual_seed(cfg.seed)
@@ -138,7 +139,7 @@ def train_loop(cfg: TrainConfig, task_model: TaskModel, train: Sequence[Encoded]
                 break
     if bar is not None:
         bar.close()
-    if best is not None:
+    if best is not None and cfg.keep_best:
         load_trainable(model, best)
     best_metrics = _best_entry(task, state)
     return LoopResult(state.step, state.step / per_epoch, best_metrics, stopped_early,

@@ -37,21 +37,23 @@ from loraswap.base_model.loading import Quantization, load_base_model
 from loraswap.core.errors import AdapterNotFoundError, ConfigurationError
 from loraswap.core.identity import Version
 from loraswap.jobs.retrain_runs import CANCELLED, RunRecord, RunStore, now_iso
+from loraswap.jobs.tenant_data import feedback_prefix
 from loraswap.jobs.training_data import read_parquet_batches, upload_to_store
+from loraswap.tenants.directory import TenantDirectory
 from loraswap.training.config import TrainConfig
-from loraswap.training.datasets_io import concatenate
 from loraswap.training.metrics import SELECTION_METRIC
 from loraswap.training.package_eval import evaluate_package
 from loraswap.training.retrain_bounds import check_config, check_data_store
 from loraswap.training.retrain_data import (
-    FEEDBACK_PREFIX,
+    MIN_SELECTION_VALIDATION,
     TASK_DATA,
     DataReading,
     TaskData,
+    carve_validation,
     deduplicate,
     normalised_input,
 )
-from loraswap.training.runner import run_training
+from loraswap.training.runner import held_out_fraction, run_training
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 60.0
@@ -87,6 +89,8 @@ class RunData:
 
     train: Path
     heldout: dict[str, Path]
+    validation: Path | None = None  # None: fewer than 2 distinct inputs to hold out
+    keep_best: bool = True  # the validation is large enough to rank checkpoints
 
 
 def execute_run(run_id: str, settings: RetrainSettings) -> RunRecord:
@@ -162,7 +166,7 @@ def _execute(run: RunRecord, store: ObjectStore, settings: RetrainSettings, work
 
     start = (registry.local_folder(run.tenant, run.adapter, active.key.version.number)
              if settings.warm_start else None)
-    outcome = run_training(_candidate_config(config, run, manifest.task, data.train,
+    outcome = run_training(_candidate_config(config, run, manifest.task, data,
                                              work / "candidate", manifest.labels, settings,
                                              start))
     # The candidate reads the same original files the next time (all feedback to date is
@@ -189,7 +193,10 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     limit = config.get("max_train_samples")
     if limit and len(original) > limit:
         original = original.shuffle(seed=settings.seed).select(range(int(limit)))
-    rows = read_parquet_batches(store, f"{FEEDBACK_PREFIX}{run.tenant}/{run.adapter}/")
+    # The feedback of the tenant as it exists now (its data owner carries its immutable
+    # id): a deleted tenant has none, and one re-created under its name starts empty.
+    owner = TenantDirectory(store).get(run.tenant).data_owner
+    rows = read_parquet_batches(store, feedback_prefix(owner, run.adapter))
     test = task_data.original(files["test"], reading, hf_cache) if "test" in files else None
     # Feedback on an input of the original test split is used on neither side (issue 23).
     test_inputs = frozenset(task_data.input_key(row) for row in test) \
@@ -204,8 +211,13 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     mix = replay_mix(len(original), len(fresh), settings)
     replay = original.shuffle(seed=settings.seed).select(range(mix["replay_original"])) \
         if mix["replay_original"] < len(original) else original
-    train = concatenate([replay] + [task_data.table(fresh)] * settings.feedback_repeat) \
-        if fresh else original
+    # The validation split (checkpoint choice, drift reference) is carved out of the
+    # distinct inputs before the feedback is repeated: no validation input is trained on.
+    val_fraction = float(config.get("val_fraction") or 0.1)
+    tables = carve_validation(
+        task_data, list(replay), fresh, settings.feedback_repeat if fresh else 1,
+        lambda rows: held_out_fraction(task_data.task, rows, val_fraction), settings.seed)
+    train = task_data.table(tables.train)
     heldout: dict[str, Path] = {}
     sizes: dict[str, int] = {}
     if test is not None:
@@ -218,8 +230,13 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
     if not heldout:
         raise ConfigurationError("no held-out data: the package has no test split and no "
                                  "feedback could be held out")
-    data = RunData(work / "train.jsonl", heldout)
+    n_val = len(tables.validation)
+    data = RunData(work / "train.jsonl", heldout,
+                   work / "validation.jsonl" if n_val else None,
+                   keep_best=n_val >= MIN_SELECTION_VALIDATION)
     train.to_json(str(data.train), lines=True)
+    if data.validation is not None:
+        task_data.table(tables.validation).to_json(str(data.validation), lines=True)
     run.data = {
         "original_train": len(original), "feedback_train": len(feedback.train),
         "feedback_holdout": len(feedback.heldout), "feedback_dropped": feedback.dropped,
@@ -227,7 +244,11 @@ def _prepare_data(task_data: TaskData, store: ObjectStore, run: RunRecord,
         + len(feedback.heldout) - len(new_rows),
         "feedback_in_test": feedback.in_test,
         "heldout_total": sum(sizes.values()), "heldout": sizes,
-        "train_total": len(train), "original_source": data_store,
+        "train_total": len(train), "validation": n_val,
+        "checkpoint": "best validation evaluation" if data.keep_best else
+        f"final weights (validation {n_val} < {MIN_SELECTION_VALIDATION} rows: too few "
+        "to rank checkpoints)",
+        "original_source": data_store,
         "mix": {**mix, "feedback_repeat": settings.feedback_repeat if fresh else 0,
                 "start": "active version" if settings.warm_start else "fresh LoRA"},
     }
@@ -340,14 +361,15 @@ def _download(store: ObjectStore, key: str, folder: Path) -> Path:
     return target
 
 
-def _candidate_config(config: dict[str, Any], run: RunRecord, task: TaskKind, data: Path,
+def _candidate_config(config: dict[str, Any], run: RunRecord, task: TaskKind, data: RunData,
                       output: Path, labels: list[str] | None,
                       settings: RetrainSettings, start: Path | None) -> TrainConfig:
-    """The active version's settings, on the run's JSONL table (default columns),
-    starting from ``start``'s weights (None: a fresh LoRA)."""
+    """The active version's settings, on the run's JSONL tables (default columns: training
+    and validation), starting from ``start``'s weights (None: a fresh LoRA)."""
     values = {k: v for k, v in config.items() if k in TrainConfig.model_fields}
-    values.update(task=task.value, data=data, data_format="jsonl", text_column=None,
-                  label_column=None, eval_data=None, test_data=None, output=output,
+    values.update(task=task.value, data=data.train, data_format="jsonl", text_column=None,
+                  label_column=None, eval_data=data.validation, test_data=None,
+                  keep_best=data.keep_best, output=output,
                   base_model=settings.base_model, labels=labels, progress=False,
                   max_train_samples=None, tenant=run.tenant, name=run.adapter,
                   baseline=False, resume=False, checkpoint_dir=None, init_adapter=start)

@@ -25,17 +25,21 @@ import hashlib
 import json
 import unicodedata
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.words import split_words
-from loraswap.training.data import chat_from_row, detect_format, read_conll
+from loraswap.training.data import chat_from_row, detect_format, read_conll, split_examples
 from loraswap.training.datasets_io import from_rows, load_table, select_as, text_label_table
 
-FEEDBACK_PREFIX = "feedback/"
 CHAT_ROLES = ("system", "user", "assistant")
+# The fewest validation rows that rank a candidate's checkpoints: with fewer, a score
+# moves in steps of 1/n (two rows: 0, 0.5, 1), ties keep the earliest evaluation, and the
+# candidate would keep its first steps' weights; it keeps its final weights instead.
+MIN_SELECTION_VALIDATION = 16
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,39 @@ def deduplicate(rows: list[dict[str, Any]], task: TaskKind) -> list[dict[str, An
         last.pop(key, None)
         last[key] = row
     return list(last.values())
+
+
+@dataclass
+class CandidateTables:
+    """The candidate's training rows (feedback repeated) and its validation rows: distinct
+    inputs, none of which is also a training input (normalised)."""
+
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+
+
+def carve_validation(task_data: TaskData, replay: list[dict[str, Any]],
+                     fresh: list[dict[str, Any]], repeat: int,
+                     share: Callable[[int], float], seed: int) -> CandidateTables:
+    """Hold out ``share(n)`` of the ``n`` distinct inputs of ``replay`` + ``fresh``
+    **before** the feedback is repeated ``repeat`` times, so no validation input (the candidate's
+    checkpoint choice and its drift reference) is also a training input: a split of the
+    repeated table would hold copies of rows the candidate trains on. Each held-out input
+    is one validation row (the last given); every row of a held-out input leaves training.
+    Fewer than 2 distinct inputs: nothing is held out."""
+    rows = [*replay, *fresh]
+    last: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = task_data.input_key(row)
+        last.pop(key, None)
+        last[key] = row
+    if len(last) < 2:
+        return CandidateTables(replay + fresh * repeat, [])
+    _, held = split_examples(list(last), share(len(last)), seed)
+    gone = set(held)
+    kept_replay = [row for row in replay if task_data.input_key(row) not in gone]
+    kept_fresh = [row for row in fresh if task_data.input_key(row) not in gone]
+    return CandidateTables(kept_replay + kept_fresh * repeat, [last[key] for key in held])
 
 
 TASK_DATA: dict[TaskKind, TaskData] = {

@@ -23,7 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -39,6 +38,7 @@ import typer
 
 from loraswap.adapters.package import PROFILE_FILE, AttentionMode, TaskKind, read_manifest
 from loraswap.base_model.loading import load_base_model
+from loraswap.bench.drift_separation import read_texts
 from loraswap.service.drift.assess import assess
 from loraswap.service.drift.calibration import ALARM_CONFIDENCE, AlarmLevels
 from loraswap.service.drift.reference import ReferenceProfile, parse_profile
@@ -49,22 +49,6 @@ from loraswap.training.reference_profile import classifier_encodings
 from loraswap.training.tasks import Encoded, TaskModel, collate, load_task_model, model_inputs
 
 DEFAULT_BASE = Path.home() / ".cache" / "loraswap" / "models" / "SmolLM2-135M-Instruct"
-
-
-def read_texts(spec: str) -> tuple[str, list[str]]:
-    """``NAME=PATH:COLUMN`` → the name and every non-empty text of that column."""
-    name, sep, rest = spec.partition("=")
-    path_text, colon, column = rest.rpartition(":")
-    if not sep or not colon or not name or not column:
-        raise typer.BadParameter(f"source {spec!r} is not NAME=PATH:COLUMN")
-    path = Path(path_text)
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE
-                                if delimiter == "\t" else csv.QUOTE_MINIMAL)
-        if column not in (reader.fieldnames or []):
-            raise typer.BadParameter(f"{path} has no column {column!r}")
-        return name, [row[column].strip() for row in reader if (row[column] or "").strip()]
 
 
 def cpu_name() -> str:
@@ -194,7 +178,7 @@ def main(
     if manifest.task is not TaskKind.SEQ_CLS or not manifest.labels:
         raise typer.BadParameter("drift-calibration measures seq-cls packages")
     labels = list(manifest.labels)
-    reference = parse_profile(json.loads((package / PROFILE_FILE).read_text()), "seq-cls")
+    reference = parse_profile(json.loads((package / PROFILE_FILE).read_text()), manifest.task)
     loaded = load_base_model(base_model, None, "cpu")
     task_model = load_task_model(loaded, manifest.task, labels, package,
                                  bidirectional=manifest.attention is AttentionMode.BIDIRECTIONAL)

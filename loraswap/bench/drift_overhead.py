@@ -184,11 +184,18 @@ def drift_samples(server: Server) -> dict[str, float]:
 def capture_check(store_dir: Path) -> dict[str, int]:
     """Rows captured per tenant and the store objects capture wrote."""
     from loraswap.adapters.store import open_store
+    from loraswap.jobs.tenant_data import capture_prefix
     from loraswap.jobs.training_data import read_parquet_batches
+    from loraswap.tenants.directory import TenantDirectory
 
     store = open_store(store_dir.as_uri())
-    return {"acme_rows": len(read_parquet_batches(store, f"captures/acme/{ADAPTER}/")),
-            "quiet_rows": len(read_parquet_batches(store, f"captures/quiet/{ADAPTER}/")),
+    tenants = TenantDirectory(store)
+
+    def rows(tenant: str) -> int:  # captures/{name}.{id}/{adapter}/
+        owner = tenants.get(tenant).data_owner
+        return len(read_parquet_batches(store, capture_prefix(owner, ADAPTER)))
+
+    return {"acme_rows": rows("acme"), "quiet_rows": rows("quiet"),
             "batch_objects": len(store.list("captures/")),
             "index_objects": len(store.list("capture-index/"))}
 

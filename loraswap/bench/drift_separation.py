@@ -47,12 +47,13 @@ class TrafficSource:
     texts: list[str]
 
 
-def read_traffic(spec: str, count: int) -> TrafficSource:
-    """``NAME=PATH:COLUMN`` → the first ``count`` non-empty texts of that column."""
+def read_texts(spec: str) -> tuple[str, list[str]]:
+    """``NAME=PATH:COLUMN`` → the name and every non-empty text of that column (a CSV, or
+    a TSV by its extension); the drift benches' one reader of such specs."""
     name, sep, rest = spec.partition("=")
     path_text, colon, column = rest.rpartition(":")
     if not sep or not colon or not name or not column:
-        raise typer.BadParameter(f"traffic spec {spec!r} is not NAME=PATH:COLUMN")
+        raise typer.BadParameter(f"source {spec!r} is not NAME=PATH:COLUMN")
     path = Path(path_text)
     delimiter = "\t" if path.suffix == ".tsv" else ","
     with path.open(encoding="utf-8", newline="") as handle:
@@ -61,21 +62,30 @@ def read_traffic(spec: str, count: int) -> TrafficSource:
         if column not in (reader.fieldnames or []):
             raise typer.BadParameter(f"{path} has no column {column!r} "
                                      f"(it has {reader.fieldnames})")
-        texts = [row[column].strip() for row in reader if (row[column] or "").strip()]
+        return name, [row[column].strip() for row in reader if (row[column] or "").strip()]
+
+
+def read_traffic(spec: str, count: int) -> TrafficSource:
+    """``NAME=PATH:COLUMN`` → the first ``count`` non-empty texts of that column."""
+    name, texts = read_texts(spec)
     if len(texts) < count:
-        raise typer.BadParameter(f"{path} has {len(texts)} texts, the window needs {count}")
+        raise typer.BadParameter(f"{spec.partition('=')[2].rpartition(':')[0]} has "
+                                 f"{len(texts)} texts, the window needs {count}")
     return TrafficSource(name, texts[:count])
 
 
-def start_server(work: Path, window: int) -> tuple[subprocess.Popen[bytes], str]:
-    """A drift-on server whose window and minimum sample count are both ``window``."""
+def start_server(work: Path, window: int, extra_env: dict[str, str] | None = None,
+                 ) -> tuple[subprocess.Popen[bytes], str]:
+    """A drift-on server whose window and minimum sample count are both ``window``
+    (``extra_env``: more settings)."""
     port = free_port()
     env = {**os.environ, "LORASWAP_STORE_URI": (work / "store").as_uri(),
            "LORASWAP_PORT": str(port), "LORASWAP_ADAPTER_CACHE_DIR": str(work / "cache"),
            "LORASWAP_ADMIN_TOKEN": ADMIN, "LORASWAP_DRIFT_ENABLED": "true",
            "LORASWAP_DRIFT_WINDOW_SIZE": str(window),
            "LORASWAP_DRIFT_MIN_SAMPLES": str(window),
-           "LORASWAP_DRIFT_SCORE_INTERVAL_SECONDS": "0.5", "LORASWAP_LOG_LEVEL": "WARNING"}
+           "LORASWAP_DRIFT_SCORE_INTERVAL_SECONDS": "0.5", "LORASWAP_LOG_LEVEL": "WARNING",
+           **(extra_env or {})}
     log = work / "server.log"
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "loraswap.cli", "serve"], env=env,

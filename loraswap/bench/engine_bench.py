@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from loraswap.adapters.lora_format import LoraAdapterWeights, read_lora_adapter
-from loraswap.bench.report import LoadLatencyResult, RequestTiming, ScenarioResult
+from loraswap.bench.report import (
+    LoadLatencyResult,
+    RequestTiming,
+    ScenarioResult,
+    closed_loop_clients,
+)
 from loraswap.bench.roofline import StepTotals
 from loraswap.core.identity import AdapterRef, AdapterVersionRef, Version
 from loraswap.service.engine.engine import EngineConfig, LoraEngine
@@ -85,23 +90,8 @@ async def closed_loop(engine: LoraEngine, prompts: list[list[int]], adapters: li
                       run: EngineRun) -> tuple[list[RequestTiming], float]:
     """``run.concurrency`` clients, each sending its next request when the last one ends;
     adapters round-robin over requests. Returns the timings and the wall time."""
-    timings: list[RequestTiming | None] = [None] * len(prompts)
-    next_index = 0
-
-    async def client() -> None:
-        nonlocal next_index
-        while next_index < len(prompts):
-            index = next_index
-            next_index += 1
-            timings[index] = await timed_request(
-                engine, f"r{index}", prompts[index], _adapter_of(index, adapters),
-                run.max_new_tokens,
-            )
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(min(run.concurrency, len(prompts)))))
-    wall = time.perf_counter() - started
-    return [t for t in timings if t is not None], wall
+    return await closed_loop_clients(len(prompts), run.concurrency, lambda index: timed_request(
+        engine, f"r{index}", prompts[index], _adapter_of(index, adapters), run.max_new_tokens))
 
 
 async def poisson_loop(engine: LoraEngine, prompts: list[list[int]], adapters: list[Adapter],

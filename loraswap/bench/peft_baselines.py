@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from loraswap.bench.report import RequestTiming, ScenarioResult
+from loraswap.bench.report import RequestTiming, ScenarioResult, closed_loop_clients
 
 
 class FirstTokenClock(BaseStreamer):  # type: ignore[misc]  # untyped library base class
@@ -105,29 +105,20 @@ def run_naive_server(peft_model: Any, names: list[str], tokenizer: Any,
         # the caller's torch thread when given, so every scenario runs torch on one thread.
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="naive-model")
         run = submit or worker.submit
-        timings: list[RequestTiming | None] = [None] * len(prompts)
-        next_index = 0
 
-        async def client() -> None:
-            nonlocal next_index
-            while next_index < len(prompts):
-                index = next_index
-                next_index += 1
-                started = time.perf_counter()
-                async with lock:
-                    name, prompt = names[index % len(names)], prompts[index]
-                    tokens, first = await asyncio.wrap_future(
-                        run(functools.partial(generate_one, name, prompt)))
-                ended = time.perf_counter()
-                timings[index] = RequestTiming((first or ended) - started, ended - started,
-                                               tokens)
+        async def request(index: int) -> RequestTiming:
+            started = time.perf_counter()
+            async with lock:
+                name, prompt = names[index % len(names)], prompts[index]
+                tokens, first = await asyncio.wrap_future(
+                    run(functools.partial(generate_one, name, prompt)))
+            ended = time.perf_counter()
+            return RequestTiming((first or ended) - started, ended - started, tokens)
 
-        started = time.perf_counter()
         try:
-            await asyncio.gather(*(client() for _ in range(min(concurrency, len(prompts)))))
+            return await closed_loop_clients(len(prompts), concurrency, request)
         finally:
             worker.shutdown()
-        return [t for t in timings if t is not None], time.perf_counter() - started
 
     timings, wall = asyncio.run(serve())
     used = min(len(names), len(prompts))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,27 @@ class RequestTiming:
     ttft_s: float
     latency_s: float
     output_tokens: int
+
+
+async def closed_loop_clients(count: int, concurrency: int,
+                              request: Callable[[int], Awaitable[RequestTiming]],
+                              ) -> tuple[list[RequestTiming], float]:
+    """Requests ``0..count-1`` sent by ``concurrency`` clients, each sending the next one
+    when its last one ends (a closed loop). Returns the timings in request order and the
+    wall time."""
+    timings: list[RequestTiming | None] = [None] * count
+    next_index = 0
+
+    async def client() -> None:
+        nonlocal next_index
+        while next_index < count:
+            index = next_index
+            next_index += 1
+            timings[index] = await request(index)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(min(concurrency, count))))
+    return [t for t in timings if t is not None], time.perf_counter() - started
 
 
 @dataclass

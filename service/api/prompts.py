@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraswap.core.errors import InvalidRequestError
+from loraswap.service.engine.grammar import GrammarCompiler
 from loraswap.service.engine.sampling import SamplingParams
 from loraswap.service.errors import InputTooLongError
 
@@ -40,6 +41,15 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.limits = limits
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self._grammars: GrammarCompiler | None = None
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Structured-output grammars for this tokenizer (built at first use, about 0.3 s;
+        used on the tokenizer thread like everything here)."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer)
+        return self._grammars
 
     def from_text(self, text: str, *, raw: bool) -> list[int]:
         """A string prompt: as-is when ``raw`` (or without a template), else one user turn."""
@@ -58,15 +68,23 @@ class PromptBuilder:
                 f"prompt token ids {outside[:8]} are outside the vocabulary (0..{vocab - 1})")
         return self._check(list(ids))
 
-    def from_messages(self, messages: list[dict[str, str]]) -> list[int]:
-        """A conversation rendered with the chat template, ready for the assistant's turn."""
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the chat template renders ``tools`` (and tool turns) itself."""
+        return "tools" in str(getattr(self.tokenizer, "chat_template", "") or "")
+
+    def from_messages(self, messages: list[dict[str, Any]],
+                      tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """A conversation rendered with the chat template, ready for the assistant's turn
+        (``tools``: given to a template that renders them)."""
         if not messages:
             raise InvalidRequestError("messages must not be empty")
         if not self.has_chat_template:
             raise InvalidRequestError("the base model has no chat template; send raw text")
-        self.limits.check_text_size("".join(m.get("content", "") for m in messages))
+        self.limits.check_text_size("".join(str(m.get("content") or "") for m in messages))
+        extra = {"tools": tools} if tools else {}
         rendered = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            messages, add_generation_prompt=True, tokenize=False, **extra
         )
         ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return self._check(list(ids))

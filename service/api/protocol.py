@@ -181,3 +181,9 @@ class ErrorResponse(BaseModel):
     """Body of every native-API error."""
 
     error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a native router: each of ``statuses`` answers an
+    :class:`ErrorResponse`."""
+    return {status: {"model": ErrorResponse} for status in statuses}

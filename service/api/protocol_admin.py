@@ -25,6 +25,9 @@ class TenantInfo(BaseModel):
     """A tenant as the admin sees it (never its keys)."""
 
     name: str
+    id: str | None = Field(default=None, description="Immutable id minted at creation: "
+                           "a tenant created again under this name gets another (and none "
+                           "of this one's captured data).")
     created_at: datetime
     policy: TenantPolicy
     keys: int = Field(description="Number of valid API keys.")

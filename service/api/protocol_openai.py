@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from loraswap.service.api.protocol import Seed, UnicodeText, Usage
+from loraswap.service.api.protocol_tools import ToolCall, ToolCallDelta, ToolChoice, ToolDef
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
 
 ModelTask = str
@@ -31,8 +32,8 @@ ModelTask = str
 # Values of unsupported OpenAI fields that ask for nothing, so SDK defaults still pass.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "suffix": (None, ""), "best_of": (None, 1),
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
-    "function_call": (None, "none"), "response_format": (None, {"type": "text"}),
+    "functions": (None, []),
+    "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
 }
 
@@ -50,6 +51,34 @@ def _refuse_unsupported(value: Any, info: ValidationInfo) -> Any:
     if value not in _NEUTRAL[str(info.field_name)]:
         raise ValueError(f"{info.field_name}={value!r} is not supported by loraswap")
     return value
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the answer must validate against."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = Field(default=None, description="Enforced whatever its value.")
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: free text, any JSON object, or a JSON Schema, enforced while
+    decoding (:mod:`loraswap.service.engine.grammar`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format: json_schema goes with type \"json_schema\" "
+                             "(and only with it)")
+        return self
 
 
 class StreamOptions(BaseModel):
@@ -84,6 +113,8 @@ class SamplingFields(BaseModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="vLLM extra.")
     stop_token_ids: list[int] | None = Field(default=None, max_length=16,
                                              description="vLLM extra: token ids that stop.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="json_object / json_schema: enforced while decoding.")
 
     @model_validator(mode="after")
     def _no_unknown_fields(self) -> SamplingFields:
@@ -147,16 +178,28 @@ class OpenAIMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: UnicodeText | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: UnicodeText | list[TextPart] | None = None
+    # An assistant turn's calls; a tool turn answers the call ``tool_call_id``.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> OpenAIMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The content as one string."""
+        content = self.content or ""
+        return content if isinstance(content, str) else "\n".join(p.text for p in content)
 
     def as_template_message(self) -> dict[str, str]:
-        """The message as the chat template expects it."""
+        """The message as the chat template expects it (tool turns: see tool_calls.py)."""
         role = "system" if self.role == "developer" else self.role
-        content = self.content
-        if not isinstance(content, str):
-            content = "\n".join(part.text for part in content)
-        return {"role": role, "content": content}
+        return {"role": role, "content": self.text}
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -170,11 +213,10 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = Field(default=False, description="Return each token's logprob.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20,
                                      description="Alternatives per token (needs logprobs).")
-    tools: Any = None
-    tool_choice: Any = None
+    tools: list[ToolDef] | None = Field(default=None, max_length=64)
+    tool_choice: ToolChoice | None = None
     functions: Any = None
     function_call: Any = None
-    response_format: Any = None
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
@@ -183,16 +225,20 @@ class ChatCompletionRequest(SamplingFields):
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        uses_tools = self.tools and self.tool_choice != "none"
+        if uses_tools and self.response_format and self.response_format.type != "text":
+            raise ValueError("response_format cannot be combined with tools")
         return self
 
-    @field_validator("tools", "tool_choice", "functions", "function_call",
-                     "response_format", "audio", "modalities", "prediction")
+    @field_validator("functions", "function_call", "audio", "modalities", "prediction")
     @classmethod
     def _unsupported_chat(cls, value: Any, info: ValidationInfo) -> Any:
         return _refuse_unsupported(value, info)
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class CompletionLogprobs(BaseModel):
@@ -228,7 +274,8 @@ class AssistantMessage(BaseModel):
     """The generated assistant turn."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -278,6 +325,7 @@ class ChatDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from loraswap.adapters.package import TaskKind
 from loraswap.adapters.validation import ManifestDefaults
 from loraswap.service.api.deps import AdminServiceDep, require_admin
 from loraswap.service.api.gate import AdminRoute
-from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.protocol import error_responses
 from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
@@ -22,9 +25,13 @@ from loraswap.service.api.protocol_admin import (
 )
 from loraswap.tenants.directory import TenantPolicy
 
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)
-}
+ADMIN_ERRORS = error_responses(400, 401, 404, 409, 413, 422, 503)
+
+EXPORT_QUERY = Query(description="Answer with a zip of the data being erased (its store "
+                     "keys as paths) instead of 204. The data is erased either way: to keep "
+                     "a copy safely, GET the export first.")
+ZIP_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/zip": {}}, "description": "The exported data (zip)."}}
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                    responses=ADMIN_ERRORS, route_class=AdminRoute)
@@ -62,11 +69,32 @@ async def rotate_key(tenant: str, admin: AdminServiceDep) -> TenantKey:
     return await admin.rotate_key(tenant)
 
 
-@router.delete("/tenants/{tenant}", status_code=204)
-async def delete_tenant(tenant: str, admin: AdminServiceDep) -> Response:
-    """Delete a tenant that owns no adapters."""
-    await admin.delete_tenant(tenant)
-    return Response(status_code=204)
+def _zip(path: Path | None, name: str) -> Response:
+    """The export file as the answer (deleted once sent), or 204 without one."""
+    if path is None:
+        return Response(status_code=204)
+    return FileResponse(path, media_type="application/zip", filename=f"{name}.zip",
+                        background=BackgroundTask(path.unlink, missing_ok=True))
+
+
+@router.delete("/tenants/{tenant}", status_code=204, responses=ZIP_ANSWER)
+async def delete_tenant(tenant: str, admin: AdminServiceDep,
+                        export: Annotated[bool, EXPORT_QUERY] = False) -> Response:
+    """Delete a tenant that owns no adapters, and erase its captured predictions, capture
+    index, feedback and training data. A tenant created again under this name gets a new
+    id and starts with none of it."""
+    return _zip(await admin.delete_tenant(tenant, export), f"{tenant}-data")
+
+
+@router.get("/tenants/{tenant}/data", responses=ZIP_ANSWER, response_class=FileResponse)
+async def export_tenant_data(
+        tenant: str, admin: AdminServiceDep,
+        adapter: Annotated[str | None, Query(description="Only this adapter's.")] = None,
+) -> Response:
+    """Export the tenant's captured data: a zip of its captures, capture index, feedback
+    and training data, each under its store key (and ``legacy-index.jsonl``: its lines of
+    the earlier layouts that mixed tenants)."""
+    return _zip(await admin.export_data(tenant, adapter), f"{tenant}-data")
 
 
 @router.get("/adapters", response_model=list[AdapterInfo])
@@ -151,8 +179,9 @@ async def delete_version(tenant: str, name: str, version: int,
     return Response(status_code=204)
 
 
-@router.delete("/adapters/{tenant}/{name}", status_code=204)
-async def delete_adapter(tenant: str, name: str, admin: AdminServiceDep) -> Response:
-    """Delete an adapter with every version."""
-    await admin.delete_adapter(tenant, name)
-    return Response(status_code=204)
+@router.delete("/adapters/{tenant}/{name}", status_code=204, responses=ZIP_ANSWER)
+async def delete_adapter(tenant: str, name: str, admin: AdminServiceDep,
+                         export: Annotated[bool, EXPORT_QUERY] = False) -> Response:
+    """Delete an adapter with every version, and erase its captured predictions, feedback
+    and training data."""
+    return _zip(await admin.delete_adapter(tenant, name, export), f"{tenant}-{name}-data")

@@ -24,7 +24,7 @@ from loraswap.service.api.deps import (
     require_webhook,
 )
 from loraswap.service.api.gate import AdminRoute, AdminUploadRoute, NativeRoute, WebhookRoute
-from loraswap.service.api.protocol import ErrorResponse
+from loraswap.service.api.protocol import error_responses
 from loraswap.service.api.state import ServingComponents
 from loraswap.service.drift.feedback import FeedbackRequest, FeedbackResponse
 from loraswap.service.drift.pipeline import DriftPipeline
@@ -32,9 +32,7 @@ from loraswap.service.drift.profiles import ProfileService
 from loraswap.service.drift.retrain import AlertmanagerWebhook, RetrainService, WebhookAnswer
 from loraswap.service.errors import FeatureDisabledError, NotReadyError
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 429, 503)
-}
+ERRORS = error_responses(400, 401, 404, 409, 413, 429, 503)
 
 router = APIRouter(responses=ERRORS, route_class=NativeRoute)
 
@@ -162,6 +160,9 @@ async def upload_training_data(tenant: str, name: str, filename: str, request: R
                                state: StateDep) -> dict[str, str]:
     """Store a copy of an adapter's training data (``loraswap train --push`` sends it);
     the answer's ``key`` goes into the package manifest (``training.data_store``)."""
+    # Only for an existing tenant: data stored under a deleted tenant's name would be found
+    # by a tenant created again under it.
+    await asyncio.to_thread(state.tenants.get, tenant)
     data = await read_body(request, state.settings.max_upload_bytes, "training data")
     key = await asyncio.to_thread(store_bytes, state.store, tenant, name, filename, data)
     return {"key": key}

@@ -23,6 +23,7 @@ from loraswap.core.errors import (
     PayloadTooLargeError,
 )
 from loraswap.core.identity import Version
+from loraswap.jobs.tenant_data import TenantData
 from loraswap.service.api.protocol_admin import (
     AdapterInfo,
     AdapterVersionInfo,
@@ -40,6 +41,9 @@ from loraswap.tenants.directory import TenantDirectory, TenantPolicy, TenantReco
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Told that a tenant's data (``owner``; one ``adapter``'s, or all) is being erased, so the
+# capture writer drops what it holds of it.
+ForgetData = Callable[[str, str | None], None]
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 
 
@@ -60,8 +64,12 @@ class AdminService:
 
     def __init__(self, tenants: TenantDirectory, registry: AdapterRegistry, engine: LoraEngine,
                  limits: ValidationLimits, metrics: ServiceMetrics,
-                 watcher: RegistryWatcher) -> None:
+                 watcher: RegistryWatcher, forget: ForgetData = lambda owner, adapter: None,
+                 ) -> None:
+        """``forget`` is told before a tenant's or an adapter's data is erased."""
         self.tenants = tenants
+        self.data = TenantData(registry.store)
+        self.forget = forget
         self.registry = registry
         self.engine = engine
         self.limits = limits
@@ -76,7 +84,7 @@ class AdminService:
 
     def _tenant_info(self, record: TenantRecord, counts: dict[str, int]) -> TenantInfo:
         return TenantInfo(
-            name=record.name, created_at=record.created_at,
+            name=record.name, id=record.id, created_at=record.created_at,
             policy=record.policy,
             keys=len(record.key_digests), adapters=counts.get(record.name, 0),
         )
@@ -112,16 +120,37 @@ class AdminService:
         logger.info("tenant %s: API key rotated", name)
         return TenantKey(tenant=await self.get_tenant(name), api_key=key)
 
-    async def delete_tenant(self, name: str) -> None:
-        """Delete a tenant that owns no adapters (409 naming them otherwise)."""
-        await self._blocking(lambda: self.tenants.get(name))  # 404 for an unknown tenant
+    async def delete_tenant(self, name: str, export: bool = False) -> Path | None:
+        """Delete a tenant that owns no adapters (409 naming them otherwise), then erase its
+        captured data (captures, capture index, feedback, training data). With ``export``,
+        the data is first written to a zip file, returned (the caller sends and deletes
+        it). The record goes first: a tenant created again under the name has a new data
+        owner whatever happens to the erasure (the sweep finishes a failed one)."""
+        record = await self._blocking(lambda: self.tenants.get(name))  # 404 if unknown
         records = await self._blocking(lambda: self.registry.list(name))
         if records:
             names = ", ".join(f"{r.tenant}/{r.name}" for r in records)
             raise ConflictError(
                 f"tenant {name!r} still owns adapters ({names}); delete them first")
+        archive = await self._blocking(
+            lambda: self.data.export_to_temp(record.data_owner, name)) if export else None
         await self._blocking(lambda: self.tenants.delete(name))
-        logger.info("tenant %s deleted", name)
+        erased = await self._erase(record.data_owner, name, None)
+        logger.info("tenant %s deleted (%d data objects erased)", name, erased)
+        return archive
+
+    async def _erase(self, owner: str, tenant: str, adapter: str | None) -> int:
+        self.forget(owner, adapter)
+        return await self._blocking(lambda: self.data.erase(owner, tenant, adapter))
+
+    async def export_data(self, name: str, adapter: str | None = None) -> Path:
+        """A zip file of the tenant's captured data (``adapter``'s, or all), every object
+        under its store key; the caller sends and deletes it."""
+        record = await self._blocking(lambda: self.tenants.get(name))
+        if adapter is not None:
+            await self._blocking(lambda: self.registry.get(name, adapter))
+        return await self._blocking(
+            lambda: self.data.export_to_temp(record.data_owner, name, adapter))
 
     # ---- adapters ------------------------------------------------------------------------
 
@@ -237,6 +266,15 @@ class AdminService:
         """Delete one version (409 while it is active)."""
         await self._blocking(lambda: self.registry.delete_version(tenant, name, version))
 
-    async def delete_adapter(self, tenant: str, name: str) -> None:
-        """Delete an adapter and all its versions."""
+    async def delete_adapter(self, tenant: str, name: str, export: bool = False,
+                             ) -> Path | None:
+        """Delete an adapter and all its versions, then erase its captures, feedback and
+        training data (first exported to a zip file, returned, with ``export``)."""
+        await self._blocking(lambda: self.registry.get(tenant, name))  # 404 if unknown
+        owner = await self._blocking(lambda: self.tenants.get(tenant).data_owner)
+        archive = await self._blocking(
+            lambda: self.data.export_to_temp(owner, tenant, name)) if export else None
         await self._blocking(lambda: self.registry.delete_adapter(tenant, name))
+        erased = await self._erase(owner, tenant, name)
+        logger.info("adapter %s/%s deleted (%d data objects erased)", tenant, name, erased)
+        return archive

@@ -52,7 +52,10 @@ from loraswap.service.api.protocol_openai import (
     ModelList,
     ModelTask,
     SamplingFields,
+    ToolCallDelta,
 )
+from loraswap.service.api.structured import response_grammar
+from loraswap.service.api.tool_calls import parse_tool_call, template_messages
 from loraswap.service.auth import Tenant
 from loraswap.service.drift.records import PredictionSink, submit_generations
 from loraswap.service.engine.logits import TokenLogprob
@@ -87,6 +90,26 @@ class PreparedOpenAI:
     echo: bool = False
     logprobs: bool = False
     token_texts: TokenTexts | None = None
+    # Chat with tools (tool_choice not "none"): a turn may be a call, sent whole.
+    tools: bool = False
+
+    def _message(self, event: GenerationEvent) -> tuple[AssistantMessage, FinishReason]:
+        """A chat choice's message: its text, or the tool call it is."""
+        call = parse_tool_call(event.text) if self.tools else None
+        if call is None:
+            return AssistantMessage(content=event.text), finish_reason(event)
+        return AssistantMessage(content=None, tool_calls=[call]), "tool_calls"
+
+    def _tool_chunk(self, index: int, event: GenerationEvent) -> BaseModel:
+        """The whole turn of a chat with tools, in one chunk: its text or its call."""
+        message, reason = self._message(event)
+        calls = [ToolCallDelta(index=0, id=c.id, function=c.function)
+                 for c in message.tool_calls or []]
+        delta = ChatDelta(content=message.content, tool_calls=calls or None)
+        return ChatCompletionChunk(
+            id=self.request_id, created=self.created, model=self.model,
+            choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=reason,
+                                     logprobs=self._chat_logprobs(event))])
 
     def _usage(self, results: list[GenerationEvent]) -> Usage:
         """Every choice's completion tokens; each prompt's tokens once (as OpenAI counts)."""
@@ -142,10 +165,9 @@ class PreparedOpenAI:
             return ChatCompletionResponse(
                 id=self.request_id, created=self.created, model=self.model,
                 usage=self._usage(results),
-                choices=[ChatChoice(index=i, message=AssistantMessage(content=r.text),
-                                    logprobs=self._chat_logprobs(r),
-                                    finish_reason=finish_reason(r))
-                         for i, r in enumerate(results)])
+                choices=[ChatChoice(index=i, message=message, logprobs=self._chat_logprobs(r),
+                                    finish_reason=reason)
+                         for i, r in enumerate(results) for message, reason in [self._message(r)]])
         return CompletionResponse(
             id=self.request_id, created=self.created, model=self.model,
             usage=self._usage(results),
@@ -198,6 +220,11 @@ class PreparedOpenAI:
                 echoed, prompt, _ = self._echoed(index, event) if first else ("", [], [])
                 shown = echoed + event.text
                 texts[index] += event.text
+                if self.tools:  # a call is sent whole, once the turn is complete
+                    if event.finished:
+                        finals[index] = dataclasses.replace(event, text=texts[index])
+                        yield self._data(self._tool_chunk(index, finals[index]))
+                    continue
                 offset = offsets[index]
                 if self.logprobs and self.token_texts is not None:
                     offsets[index] += sum(len(self.token_texts(t))
@@ -252,6 +279,7 @@ class OpenAIPlan:
     # Top alternatives per generated token (None: no logprobs); echo: completions only.
     logprobs: int | None = None
     echo: bool = False
+    tools: bool = False
 
     @property
     def n(self) -> int:
@@ -285,6 +313,9 @@ class OpenAIPlan:
         body = self.body
         prompts = self.tokenize()
         controls = sampling_controls(body, len(self.prompts.tokenizer))
+        spec = response_grammar(body)  # response_format, or the tools' call grammar
+        if spec is not None:  # compiled here, off the event loop and the engine thread
+            controls["grammar"] = self.prompts.grammars.compile(spec)
         n = self.n
         # Choice j of a prompt samples with seed + j: the choices differ, and each one is
         # reproducible alone.
@@ -311,7 +342,7 @@ class OpenAIPlan:
             include_usage=self.body.include_usage, created=int(time.time()), target=target,
             texts=self.texts if self.sink is not None else [], sink=self.sink,
             params=work.params, n=self.n, prompts=work.distinct, echo=self.echo,
-            logprobs=self.logprobs is not None, prompt_texts=work.prompt_texts,
+            logprobs=self.logprobs is not None, prompt_texts=work.prompt_texts, tools=self.tools,
             token_texts=TokenTexts(self.prompts.tokenizer) if self.logprobs is not None
             else None)
 
@@ -391,14 +422,16 @@ class OpenAIServing:
     async def chat(self, body: ChatCompletionRequest, request: Request,
                    tenant: Tenant | None) -> BaseModel | StreamingResponse:
         """Answer a conversation rendered with the base model's chat template."""
-        messages = [m.as_template_message() for m in body.messages]
+        messages, tools = template_messages(body.messages, body.tools,
+                                            self._prompts.renders_tools)
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         plan = OpenAIPlan(
             body=body, model=self._echo(body.model), adapter=self._adapter(body.model),
             chat=True,
             max_tokens=self._max_tokens(body.max_completion_tokens or body.max_tokens, field),
-            tokenize=lambda: [self._prompts.from_messages(messages)],
+            tokenize=lambda: [self._prompts.from_messages(messages, tools)],
             prompts=self._prompts, num_prompts=1, texts=[json.dumps(messages)], sink=self._sink,
-            logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+            tools=bool(body.tools) and body.tool_choice != "none")
         return await self._pipeline.answer(request, tenant, plan)
 

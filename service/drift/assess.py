@@ -83,18 +83,15 @@ def measures(window: VersionWindow, min_samples: int) -> list[Measure]:
     """Every score the window and its reference support."""
     reference = window.reference
     out: list[Measure] = []
-    if reference.input_length is not None and window.lengths:
-        ref = reference.input_length
-        out.append(_categorical(INPUT_LENGTH, "psi",
-                                psi(ref.counts, bin_counts(window.lengths, ref.edges)),
-                                ref.counts, int(sum(ref.counts)), len(window.lengths),
-                                psi_rows))
-    if reference.confidence is not None and len(window.confidences) >= min_samples:
-        ref = reference.confidence
-        out.append(_categorical(CONFIDENCE, "psi",
-                                psi(ref.counts, bin_counts(window.confidences, ref.edges)),
-                                ref.counts, int(sum(ref.counts)), len(window.confidences),
-                                psi_rows))
+    # Input length is scored from the first input on, confidence from min_samples.
+    for signal, binned, values, needed in (
+            (INPUT_LENGTH, reference.input_length, window.lengths, 1),
+            (CONFIDENCE, reference.confidence, window.confidences, min_samples)):
+        if binned is not None and values and len(values) >= needed:
+            out.append(_categorical(signal, "psi",
+                                    psi(binned.counts, bin_counts(values, binned.edges)),
+                                    binned.counts, int(sum(binned.counts)), len(values),
+                                    psi_rows))
     if reference.labels is not None and len(window.labels) >= min_samples:
         names = list(reference.labels)
         expected = [reference.labels[n] for n in names]

@@ -1,17 +1,20 @@
 """Captured predictions and feedback in the object store, as append-only batches.
 
-Layout (keys under the registry's store):
+Layout (keys under the registry's store; ``owner`` is the tenant's data owner,
+``{name}.{id}``, see :mod:`loraswap.jobs.tenant_data`, which also exports, erases and
+expires it):
 
-* ``captures/{tenant}/{adapter}/batch-{utc}-{random}.parquet``: captured inputs and outputs
+* ``captures/{owner}/{adapter}/batch-{utc}-{random}.parquet``: captured inputs and outputs
   (one row per input: prediction id, version, task, input, output JSON, predicted label,
   confidence, time);
-* ``capture-index/{YYYYmmddTHHMM}/{utc}-{random}.jsonl``: which tenant/adapter/version a
+* ``capture-index/{owner}/{YYYYmmddTHHMM}/{utc}-{random}.jsonl``: which adapter/version a
   captured prediction belongs to, with its input and predicted label, so feedback is
   checked and joined without scanning batches. One JSON line per captured input, one
-  object per write and minute bucket (the minute is read from the prediction id), so a
-  lookup reads one bucket: see :mod:`loraswap.service.drift.capture_index`. Objects of the earlier
-  one-per-input layout (``captures/index/{id}-{index}.json``) are still found;
-* ``feedback/{tenant}/{adapter}/batch-{utc}-{random}.parquet``: ground truth beside the
+  object per tenant, write and minute bucket (the minute is read from the prediction id),
+  so a lookup reads one bucket of the caller's own: see
+  :mod:`loraswap.service.drift.capture_index`. Objects of the earlier one-per-input layout
+  (``captures/index/{id}-{index}.json``) are still found for tenants from before ids;
+* ``feedback/{owner}/{adapter}/batch-{utc}-{random}.parquet``: ground truth beside the
   capture (prediction id, version, input, label or text, predicted label, time).
 
 Everything is written by one writer thread (never the event loop, which only appends each
@@ -41,14 +44,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loraswap.adapters.store import ObjectStore
+from loraswap.jobs.tenant_data import CAPTURE_PREFIX, FEEDBACK_PREFIX
 from loraswap.service.drift.capture_index import CapturedPrediction, CaptureIndex
 from loraswap.service.drift.handoff import POLL_SECONDS, Handoff
 from loraswap.service.drift.records import PredictionRecord
 
 logger = logging.getLogger(__name__)
 
-CAPTURE_PREFIX = "captures/"
-FEEDBACK_PREFIX = "feedback/"
 # Uncaptured prediction ids remembered (ids only) to tell "not captured" from "unknown".
 RECENT_IDS = 100_000
 # Answers waiting for the writer thread beyond this many are not captured (logged).
@@ -58,6 +60,8 @@ MAX_PENDING_BATCHES = 100
 
 # The owning tenant's capture share (0 = off, 1 = all); may do I/O (cached by the caller).
 CapturePolicy = Callable[[str], float]
+# The data owner of a tenant (None: no such tenant, e.g. deleted); may do I/O (cached).
+OwnerLookup = Callable[[str], str | None]
 T = TypeVar("T")
 
 __all__ = ["CAPTURE_PREFIX", "FEEDBACK_PREFIX", "CaptureWriter", "CapturedPrediction"]
@@ -102,16 +106,19 @@ class CaptureWriter:
     def __init__(self, store: ObjectStore, policy: CapturePolicy, *, batch_rows: int = 256,
                  flush_seconds: float = 5.0, rng: random.Random | None = None,
                  poll_seconds: float = POLL_SECONDS, index: CaptureIndex | None = None,
-                 ) -> None:
+                 owner_of: OwnerLookup = lambda tenant: tenant) -> None:
+        """``owner_of`` gives a tenant's data owner (the default, its name, is the layout
+        of tenants from before ids)."""
         self.store = store
         self.index = index or CaptureIndex(store)
+        self.owner_of = owner_of
         self._policy = policy
         self._batch_rows = batch_rows
         self._flush_seconds = flush_seconds
         self._rng = rng or random.Random()
         self._handoff: Handoff[tuple[str, Any] | None] = Handoff(QUEUE_ANSWERS, poll_seconds)
         self._pending: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-        self._entries: list[CapturedPrediction] = []  # index entries not written yet
+        self._entries: list[tuple[str, CapturedPrediction]] = []  # (owner, entry) not written
         self._retry_at = 0.0  # after a failed write, size-triggered writes wait until then
         self._recent: OrderedDict[str, str] = OrderedDict()  # uncaptured id -> tenant
         # Inputs handed over but not in the index yet (submitted, or captured and not
@@ -149,9 +156,19 @@ class CaptureWriter:
             for item in keys:
                 self._queued.pop(item.key, None)
 
-    def add_feedback(self, row: dict[str, Any], tenant: str, adapter: str) -> None:
-        """Queue one feedback row for the next feedback batch of ``tenant/adapter``."""
-        self._handoff.put(("feedback", (tenant, adapter, row)), force=True)
+    def add_feedback(self, row: dict[str, Any], owner: str, adapter: str) -> None:
+        """Queue one feedback row for the next feedback batch of data owner ``owner``'s
+        ``adapter``."""
+        self._handoff.put(("feedback", (owner, adapter, row)), force=True)
+
+    def forget(self, owner: str, adapter: str | None = None) -> None:
+        """Drop what waits to be written for ``owner`` (its ``adapter``, or all) and what
+        this replica cached of it, because that data is being erased. The writer thread
+        drops it in order with what it was handed; a batch whose write was already under
+        way may still land (the sweep removes objects of owners that no longer exist)."""
+        self._handoff.put(("forget", (owner, adapter)), force=True)
+        self._handoff.wake()
+        self.index.drop(owner)
 
     def was_uncaptured(self, key: str) -> str | None:
         """The tenant of a recent input (``{id}-{index}``) answered but not captured."""
@@ -223,14 +240,25 @@ class CaptureWriter:
         if kind == "answer":
             self._capture(payload)
         elif kind == "feedback":
-            tenant, adapter, row = payload
-            self._append((FEEDBACK_PREFIX, tenant, adapter), row)
+            owner, adapter, row = payload
+            self._append((FEEDBACK_PREFIX, owner, adapter), row)
+        elif kind == "forget":
+            owner, adapter = payload
+            for key in [k for k in self._pending
+                        if k[1] == owner and (adapter is None or k[2] == adapter)]:
+                del self._pending[key]
+            dropped = [e for o, e in self._entries
+                       if o == owner and (adapter is None or e.adapter == adapter)]
+            self._entries = [(o, e) for o, e in self._entries
+                             if not (o == owner and (adapter is None or e.adapter == adapter))]
+            self._unqueue(dropped)
 
     def _capture(self, records: list[PredictionRecord]) -> None:
         """One answer's records: every input captured or none (one decision per answer)."""
         tenant = records[0].ref.owner
         share = self._policy(tenant)
-        if share <= 0 or (share < 1 and self._rng.random() >= share):
+        owner = self.owner_of(tenant) if share > 0 else None
+        if owner is None or (share < 1 and self._rng.random() >= share):
             with self._recent_lock:
                 for record in records:
                     self._recent[record.key] = tenant
@@ -240,8 +268,8 @@ class CaptureWriter:
                     self._queued.pop(record.key, None)
             return
         for record in records:
-            self._entries.append(index_entry(record))
-            self._append((CAPTURE_PREFIX, tenant, record.ref.name), capture_row(record))
+            self._entries.append((owner, index_entry(record)))
+            self._append((CAPTURE_PREFIX, owner, record.ref.name), capture_row(record))
         if len(self._entries) >= self._batch_rows and time.monotonic() >= self._retry_at:
             self._write_index()
 
@@ -279,15 +307,24 @@ class CaptureWriter:
 
     def _write_index(self) -> None:
         entries, self._entries = self._entries, []
-        if entries:
+        by_owner: dict[str, list[CapturedPrediction]] = {}
+        for owner, entry in entries:
+            by_owner.setdefault(owner, []).append(entry)
+        failed: list[tuple[str, CapturedPrediction]] = []
+        failure: Exception | None = None
+        for owner, group in by_owner.items():
             try:
-                self.index.write(entries)
-            except Exception:
-                waiting = entries + self._entries
-                self._entries = self._kept(waiting, "capture index")
-                self._unqueue(waiting[:len(waiting) - len(self._entries)])
-                raise
-            self._unqueue(entries)
+                self.index.write(owner, group)
+            except Exception as exc:
+                failure = exc
+                failed += [(owner, entry) for entry in group]
+            else:
+                self._unqueue(group)
+        if failure is not None:
+            waiting = failed + self._entries
+            self._entries = self._kept(waiting, "capture index")
+            self._unqueue([e for _, e in waiting[:len(waiting) - len(self._entries)]])
+            raise failure
 
     def _kept(self, rows: list[T], what: str) -> list[T]:
         """What a failed write keeps for the next one: at most ``MAX_PENDING_BATCHES``
@@ -301,6 +338,7 @@ class CaptureWriter:
         return rows[-limit:]
 
     # ------------------------------------------------------------------- reads
-    def captured(self, key: str) -> CapturedPrediction | None:
-        """The index entry of a captured input ``{id}-{index}`` (store I/O: off the loop)."""
-        return self.index.find(key, key.rpartition("-")[0])
+    def captured(self, key: str, owner: str) -> CapturedPrediction | None:
+        """The index entry of a captured input ``{id}-{index}`` among data owner
+        ``owner``'s (store I/O: off the loop)."""
+        return self.index.find(key, key.rpartition("-")[0], owner)

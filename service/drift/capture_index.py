@@ -1,15 +1,21 @@
-"""Where feedback finds a captured prediction: batched index objects, bucketed by the minute
-of the prediction id.
+"""Where feedback finds a captured prediction: batched index objects of each tenant, bucketed
+by the minute of the prediction id.
 
 An answer id starts with the second it was minted (``pred-<8 hex seconds><16 hex>``, see
 :func:`loraswap.service.api.answers.new_request_id`), so both the writer and any replica that later
 receives feedback derive the same bucket from the id alone:
 
-* ``capture-index/{YYYYmmddTHHMM}/{utc}-{random}.jsonl``: one JSON line per captured input
-  (:class:`CapturedPrediction`), one object per bucket per write of the capture thread
-  (at most ``batch_rows`` lines), so capture costs O(batches) store writes, not one per
-  input. Objects are never rewritten.
-* A lookup reads only the objects of one bucket that it has not read yet (listing the
+* ``capture-index/{owner}/{YYYYmmddTHHMM}/{utc}-{random}.jsonl``: one JSON line per
+  captured input (:class:`CapturedPrediction`), one object per tenant and bucket per write
+  of the capture thread (at most ``batch_rows`` lines), so capture costs O(batches) store
+  writes, not one per input. ``owner`` is the tenant's data owner
+  (:attr:`loraswap.tenants.directory.TenantRecord.data_owner`): no object holds two
+  tenants' inputs, so one tenant's can be exported, erased and expired alone
+  (:mod:`loraswap.jobs.tenant_data`). Objects are rewritten only to erase an adapter's
+  lines. The earlier layout mixing tenants (``capture-index/{minute}/…``) is no longer
+  read: it is erased per tenant and swept by age.
+* A lookup (by the caller's own owner) reads only the objects of one bucket that it has not
+  read yet (listing the
   bucket, then reading the new objects), so its cost is bounded by the writes of one
   minute, whatever the store holds; an unknown id lists one bucket (usually empty).
 * Ids whose first 8 characters are not hex (never minted by this service) are bucketed by
@@ -39,9 +45,8 @@ from loraswap.adapters.package import TaskKind
 from loraswap.adapters.store import ObjectStore
 from loraswap.adapters.store.base import StoreKeyMissing
 from loraswap.core.identity import AdapterRef, AdapterVersionRef, Version
+from loraswap.jobs.tenant_data import INDEX_PREFIX, LEGACY_INDEX_PREFIX, index_prefix
 
-INDEX_PREFIX = "capture-index/"
-LEGACY_INDEX_PREFIX = "captures/index/"
 ID_TIME_DIGITS = 8  # hex digits of the UNIX second at the start of an answer id
 HASH_BUCKETS = 64
 CACHE_BYTES = 32 << 20  # entries held in memory, counted by their text (inputs can be long)
@@ -109,10 +114,10 @@ def _minted_after(prediction_id: str, limit: float) -> bool:
         return False
 
 
-def index_object_key(bucket: str) -> str:
-    """A new, unique index object key in ``bucket`` (time-ordered)."""
+def index_object_key(owner: str, bucket: str) -> str:
+    """A new, unique index object key of ``owner`` in ``bucket`` (time-ordered)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    return f"{INDEX_PREFIX}{bucket}/{stamp}-{secrets.token_hex(4)}.jsonl"
+    return f"{index_prefix(owner, bucket)}{stamp}-{secrets.token_hex(4)}.jsonl"
 
 
 def to_jsonl(entries: Iterable[CapturedPrediction]) -> bytes:
@@ -156,27 +161,29 @@ class CaptureIndex:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._size = 0
 
-    def write(self, entries: list[CapturedPrediction]) -> int:
-        """Write ``entries`` as one object per bucket; returns the objects written."""
+    def write(self, owner: str, entries: list[CapturedPrediction]) -> int:
+        """Write ``entries`` (all of the tenant whose data owner is ``owner``) as one object
+        per bucket; returns the objects written."""
         grouped: dict[str, list[CapturedPrediction]] = {}
         for entry in entries:
             grouped.setdefault(index_bucket(entry.prediction_id), []).append(entry)
         for bucket, group in grouped.items():
-            key = index_object_key(bucket)
+            key = index_object_key(owner, bucket)
             self.store.put(key, to_jsonl(group))
-            self._remember(bucket, key, group)
+            self._remember(f"{owner}/{bucket}", key, group)
         return len(grouped)
 
-    def find(self, key: str, prediction_id: str) -> CapturedPrediction | None:
-        """The entry of input ``key`` (``{id}-{index}``) of ``prediction_id``, or None.
+    def find(self, key: str, prediction_id: str, owner: str) -> CapturedPrediction | None:
+        """The entry of input ``key`` (``{id}-{index}``) of ``prediction_id`` among the
+        captures of data owner ``owner`` (the caller's own), or None.
 
         An unknown id costs only the keyed lookup of the old layout when its id was minted
         in the future, and at
         most one listing of its bucket per ``relist_seconds`` shared by every caller (ids
         are chosen by callers: each must not be a listing of the store)."""
         if _minted_after(prediction_id, time.time() + FUTURE_SLACK_SECONDS):
-            return self._legacy(key)  # not in any bucket yet: only the keyed lookup
-        bucket = index_bucket(prediction_id)
+            return self._legacy(key, owner)  # not in any bucket yet: only the keyed lookup
+        bucket = f"{owner}/{index_bucket(prediction_id)}"
         found = self._cached(bucket, key)
         if found is not None:
             return found
@@ -191,7 +198,7 @@ class CaptureIndex:
                 self._trim()
             known = set(cached.objects) if cached is not None else set()
         if fresh:  # listed a moment ago: only the keyed lookup of the old layout
-            return self._legacy(key)
+            return self._legacy(key, owner)
         for name in self.store.list(f"{INDEX_PREFIX}{bucket}/"):
             if name in known or not name.endswith(".jsonl"):
                 continue
@@ -201,7 +208,7 @@ class CaptureIndex:
                 continue
             self._remember(bucket, name, entries)
             found = found or next((e for e in entries if e.key == key), None)
-        return found if found is not None else self._legacy(key)
+        return found if found is not None else self._legacy(key, owner)
 
     def _cached(self, bucket: str, key: str) -> CapturedPrediction | None:
         with self._lock:
@@ -234,12 +241,22 @@ class CaptureIndex:
             _, evicted = self._buckets.popitem(last=False)
             self._size -= evicted.size
 
-    def _legacy(self, key: str) -> CapturedPrediction | None:
+    def _legacy(self, key: str, owner: str) -> CapturedPrediction | None:
+        """The one-object-per-input layout of the first versions, for a tenant from before
+        ids (whose owner is its name): a tenant created since never owned such objects."""
+        if "." in owner:
+            return None
         try:
             raw = self.store.get(f"{LEGACY_INDEX_PREFIX}{key}.json")
         except StoreKeyMissing:
             return None
         return CapturedPrediction(**json.loads(raw))
+
+    def drop(self, owner: str) -> None:
+        """Forget what this replica cached of ``owner`` (its data was erased)."""
+        with self._lock:
+            for bucket in [b for b in self._buckets if b.startswith(f"{owner}/")]:
+                self._size -= self._buckets.pop(bucket).size
 
     def cached_bytes(self) -> int:
         """Approximate bytes of the entries held in memory (tests, diagnostics)."""

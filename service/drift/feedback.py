@@ -124,23 +124,25 @@ class FeedbackService:
             raise InvalidRequestError(f"prediction_id {body.prediction_id!r} is not an id "
                                       "from a loraswap answer")
         key = f"{body.prediction_id}-{body.index}"
-        entry = self._capture.captured(key)
-        if entry is None and self._capture.is_queued(key):
+        # Only the caller's own captures are looked at (its data owner's index objects).
+        owner = self._capture.owner_of(caller) if caller else None
+        entry = self._capture.captured(key, owner) if owner is not None else None
+        if entry is None and owner is not None and self._capture.is_queued(key):
             # Feedback overtook the capture thread on the replica that answered: let it
             # write what is queued. Only then: an unknown id must cost no flush.
             self._capture.flush(FLUSH_SECONDS)
-            entry = self._capture.captured(key)
+            entry = self._capture.captured(key, owner)
         not_found = NotFoundError(f"no prediction {body.prediction_id!r} (input {body.index}) "
                                   "of yours is known here")
         if entry is None:
-            owner = self._capture.was_uncaptured(key)
-            if owner == caller:
+            uncaptured_by = self._capture.was_uncaptured(key)
+            if uncaptured_by == caller:
                 raise ConflictError(
                     f"prediction {body.prediction_id!r} was answered but not captured (the "
                     "tenant's capture policy is off or sampled it out), so it cannot take "
                     "feedback; set policy.capture to record predictions")
             raise not_found
-        if entry.tenant != caller:
+        if entry.tenant != caller or owner is None:
             raise not_found
         correct = self._check(entry, body)
         ref = entry.ref
@@ -150,7 +152,7 @@ class FeedbackService:
             "label": body.label, "text": body.text, "labels": body.labels,
             "predicted_label": entry.predicted_label, "received_at": time.time(),
         }
-        self._capture.add_feedback(row, entry.tenant, entry.adapter)
+        self._capture.add_feedback(row, owner, entry.adapter)
         # Written before it is acknowledged: a crash after the 200 must not lose it.
         if not self._capture.flush(FLUSH_SECONDS):
             raise StoreError("the feedback could not be written to the store yet (it is "

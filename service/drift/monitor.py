@@ -121,8 +121,7 @@ class DriftMonitor:
         window.add(record)
 
     def _track(self, ref: AdapterVersionRef) -> VersionWindow | None:
-        for other in [r for r in self._windows if (r.owner, r.name) ==
-                      (ref.owner, ref.name) and r != ref]:
+        for other in [r for r in self._windows if r.ref == ref.ref and r != ref]:
             self.retire(other)
         if len(self._windows) >= self.config.max_versions:
             self._metrics.dropped.labels("max_versions").inc()

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from loraswap.adapters.package import PROFILE_FILE
+from loraswap.adapters.package import PROFILE_FILE, TaskKind
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.core.errors import NotFoundError
 from loraswap.core.identity import AdapterVersionRef, Version
@@ -38,28 +38,41 @@ from loraswap.tenants.directory import TenantDirectory
 
 
 class CapturePolicies:
-    """Each tenant's capture share, re-read from the tenant directory at most every
-    ``refresh_seconds`` (the capture thread asks once per prediction)."""
+    """Each tenant's capture share and data owner, re-read from the tenant directory at
+    most every ``refresh_seconds`` (the capture thread asks once per prediction)."""
 
     def __init__(self, tenants: TenantDirectory, refresh_seconds: float) -> None:
         self._tenants = tenants
         self._refresh = refresh_seconds
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, float]] = {}
+        self._cache: dict[str, tuple[float, str | None, float]] = {}
 
-    def __call__(self, tenant: str) -> float:
+    def _lookup(self, tenant: str) -> tuple[float, str | None]:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(tenant)
-        if cached is not None and now - cached[1] < self._refresh:
-            return cached[0]
+        if cached is not None and now - cached[2] < self._refresh:
+            return cached[0], cached[1]
         try:
-            share = self._tenants.get(tenant).policy.capture_share
+            record = self._tenants.get(tenant)
+            share, owner = record.policy.capture_share, record.data_owner
         except NotFoundError:
-            share = 0.0
+            share, owner = 0.0, None
         with self._lock:
-            self._cache[tenant] = (share, now)
-        return share
+            self._cache[tenant] = (share, owner, now)
+        return share, owner
+
+    def __call__(self, tenant: str) -> float:
+        return self._lookup(tenant)[0]
+
+    def owner(self, tenant: str) -> str | None:
+        """The tenant's data owner (None: no such tenant)."""
+        return self._lookup(tenant)[1]
+
+    def forget(self, tenant: str) -> None:
+        """Drop the cached answer for ``tenant`` (deleted or re-created here)."""
+        with self._lock:
+            self._cache.pop(tenant, None)
 
 
 def registry_references(registry: AdapterRegistry) -> Any:
@@ -71,7 +84,7 @@ def registry_references(registry: AdapterRegistry) -> Any:
     def load(ref: AdapterVersionRef) -> ReferenceProfile:
         version = ref.version.number
         manifest = registry.version(ref.owner, ref.name, version).manifest
-        task = str(manifest.task)  # which signals apply
+        task = manifest.task  # which signals apply
         if PROFILE_FILE in manifest.files:
             folder = registry.local_folder(ref.owner, ref.name, version)
             return parse_profile(json.loads((folder / PROFILE_FILE).read_text("utf-8")),
@@ -84,7 +97,7 @@ def registry_references(registry: AdapterRegistry) -> Any:
 
 
 def no_profile(ref: AdapterVersionRef, job: ProfileJob | None,
-               task: str | None = None) -> ReferenceProfile:
+               task: TaskKind | None = None) -> ReferenceProfile:
     """The reference of a version without any profile: every signal absent, the reason
     naming the admin call that computes one and the state of its latest job."""
     upload = (f"PUT /admin/adapters/{ref.owner}/{ref.name}/versions/{ref.version}/"
@@ -157,9 +170,10 @@ def build_drift(settings: Settings, registry: AdapterRegistry, tenants: TenantDi
         max_versions=settings.drift_max_versions,
         reference_refresh=settings.drift_reference_refresh_seconds)
     feedback_min = settings.drift_min_feedback
-    capture = CaptureWriter(registry.store, CapturePolicies(
-        tenants, settings.registry_refresh_seconds),
-        flush_seconds=settings.drift_capture_flush_seconds)
+    policies = CapturePolicies(tenants, settings.registry_refresh_seconds)
+    capture = CaptureWriter(registry.store, policies,
+                            flush_seconds=settings.drift_capture_flush_seconds,
+                            owner_of=policies.owner)
     feedback = FeedbackService(capture, metrics, feedback_min, registry_labels(registry))
     monitor = DriftMonitor(config, metrics, registry_references(registry),
                            registry_active(registry), on_retire=feedback.forget)
@@ -241,5 +255,8 @@ def run_environment(settings: Settings) -> dict[str, str]:
         "LORASWAP_ADAPTER_CACHE_DIR": str(settings.adapter_cache_dir),
         "LORASWAP_RETRAIN_FEEDBACK_HOLDOUT": str(settings.retrain_feedback_holdout),
         "LORASWAP_RETRAIN_MIN_GAIN": str(settings.retrain_min_gain),
+        "LORASWAP_RETRAIN_WARM_START": str(settings.retrain_warm_start).lower(),
+        "LORASWAP_RETRAIN_REPLAY_RATIO": str(settings.retrain_replay_ratio),
+        "LORASWAP_RETRAIN_FEEDBACK_REPEAT": str(settings.retrain_feedback_repeat),
         "HF_DATASETS_OFFLINE": "1",
     }

@@ -22,12 +22,12 @@ SAMPLED = "sampled"  # temperature 1 and top_p 1: the model's own distribution
 
 def decoding_of(params: Any) -> str | None:
     """:data:`GREEDY`, :data:`SAMPLED`, or None for settings no reference was generated
-    with (another temperature or top_p, stop strings, ``ignore_eos``): their outputs are
-    not comparable with the reference's, so they feed no generation signal.
+    with (another temperature or top_p, stop strings, ``ignore_eos``, a grammar): their
+    outputs are not comparable with the reference's, so they feed no generation signal.
 
     ``params`` is the request's :class:`loraswap.service.engine.sampling.SamplingParams`.
     """
-    if params.stop or params.ignore_eos:
+    if params.stop or params.ignore_eos or getattr(params, "grammar", None) is not None:
         return None
     if params.greedy:
         return GREEDY

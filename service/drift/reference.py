@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from loraswap.adapters.package import TaskKind
 from loraswap.service.drift.scores import FloatArray, median_bandwidth
 
 # Signal names (the ``signal`` label of loraswap_drift_score).
@@ -41,10 +42,10 @@ TOKEN_LOGPROB = "token_logprob"
 ALL_SIGNALS = (INPUT_LENGTH, CONFIDENCE, PREDICTED_LABEL, EMBEDDING, OUTPUT_LENGTH,
                TOKEN_LOGPROB)
 # The signals each task can have (a profile of another task, or none, says why not).
-TASK_SIGNALS: dict[str, tuple[str, ...]] = {
-    "seq-cls": (INPUT_LENGTH, CONFIDENCE, PREDICTED_LABEL, EMBEDDING),
-    "token-cls": (INPUT_LENGTH, CONFIDENCE, PREDICTED_LABEL, EMBEDDING),
-    "causal-lm": (INPUT_LENGTH, OUTPUT_LENGTH, TOKEN_LOGPROB, EMBEDDING),
+TASK_SIGNALS: dict[TaskKind, tuple[str, ...]] = {
+    TaskKind.SEQ_CLS: (INPUT_LENGTH, CONFIDENCE, PREDICTED_LABEL, EMBEDDING),
+    TaskKind.TOKEN_CLS: (INPUT_LENGTH, CONFIDENCE, PREDICTED_LABEL, EMBEDDING),
+    TaskKind.CAUSAL_LM: (INPUT_LENGTH, OUTPUT_LENGTH, TOKEN_LOGPROB, EMBEDDING),
 }
 
 
@@ -259,14 +260,23 @@ def _labels(profile: dict[str, Any]) -> tuple[dict[str, float] | None, str | Non
     return None, None, 0
 
 
-def parse_profile(profile: dict[str, Any] | None, task: str | None = None) -> ReferenceProfile:
+def profile_task(profile: dict[str, Any] | None) -> TaskKind | None:
+    """The task a ``profile.json`` names (None: none, or not a task loraswap knows)."""
+    try:
+        return TaskKind(str((profile or {}).get("task")))
+    except ValueError:
+        return None
+
+
+def parse_profile(profile: dict[str, Any] | None,
+                  task: TaskKind | None = None) -> ReferenceProfile:
     """The reference signals of a ``profile.json`` document (None: no profile at all).
 
     ``task`` (the adapter's, from its manifest) defaults to the profile's own ``task``;
     only that task's signals are read, and ``missing`` names only those.
     """
-    task = task or (profile or {}).get("task")
-    signals = TASK_SIGNALS.get(str(task), ALL_SIGNALS)
+    task = task or profile_task(profile)
+    signals = ALL_SIGNALS if task is None else TASK_SIGNALS[task]
     if profile is None:
         return ReferenceProfile(missing={s: "the package has no profile.json" for s in signals})
     missing: dict[str, str] = {}

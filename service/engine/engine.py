@@ -43,6 +43,12 @@ class ResidencyView:
 GPU_KV_FRACTION = 0.85
 
 
+# Prompt tokens a step prefills per decoding sequence on a CPU by default: measured with
+# ``scripts/kv_bench.py stall`` (docs/benchmarks.md), it keeps the running streams' token
+# gaps within 2x while a 2,000-token prompt is prefilled beside them.
+CPU_PREFILL_TOKENS_PER_DECODE = 1.0
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Sizes of the engine's preallocated tables and queues.
@@ -64,6 +70,9 @@ class EngineConfig:
     kv_cache_bytes: int | None = None
     kv_block_size: int = 16
     prefix_cache: bool = True
+    # None: 1.0 on a CPU, where a step's time grows with its tokens, and no cap on a GPU,
+    # where a decode step is bound by memory and a prompt chunk rides along nearly free.
+    prefill_tokens_per_decode: float | None = None
 
 
 class LoraEngine:
@@ -101,6 +110,10 @@ class LoraEngine:
                 stop_token_ids=stop_token_ids(model, tokenizer),
                 max_queue_per_key=config.max_queue_per_tenant,
                 prefix_cache=config.prefix_cache,
+                prefill_tokens_per_decode=(
+                    config.prefill_tokens_per_decode if config.prefill_tokens_per_decode
+                    is not None else CPU_PREFILL_TOKENS_PER_DECODE if device.type == "cpu"
+                    else None),
             ),
             observer, pad_token_id=getattr(model.config, "pad_token_id", None),
             wake=self.thread.wake,

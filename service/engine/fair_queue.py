@@ -56,11 +56,15 @@ class FairQueue(Generic[T]):
             queue.remove(item)
         except ValueError:
             return False
+        self._took_from(key, queue)
+        return True
+
+    def _took_from(self, key: str, queue: deque[T]) -> None:
+        """Count an item taken from ``key``'s queue; a key left empty loses its turn."""
         self.size -= 1
         if not queue:
             del self._queues[key]
             self._turns.remove(key)
-        return True
 
     def keys_in_turn(self) -> list[str]:
         """Keys with waiting items, next to be served first."""
@@ -128,10 +132,7 @@ class FairQueue(Generic[T]):
     def _pop_newest(self, key: str) -> T:
         queue = self._queues[key]
         item = queue.pop()
-        self.size -= 1
-        if not queue:
-            del self._queues[key]
-            self._turns.remove(key)
+        self._took_from(key, queue)
         return item
 
     def drain(self) -> list[T]:

@@ -38,6 +38,11 @@ class PagedBatch:
         self._admitted_count = 0
 
     @property
+    def decoding(self) -> int:
+        """Running sequences whose prompt is fully computed (one token a step)."""
+        return sum(1 for seq in self.running if seq.num_tokens - seq.computed <= 1)
+
+    @property
     def kv_usage(self) -> float:
         """Fraction (0-1) of the pool's blocks that running sequences hold (cached prefixes
         nobody uses do not count: they are evicted on demand)."""

@@ -9,10 +9,13 @@ vLLM gets the same distribution:
    multiplies a negative one) of every token seen in the prompt or the output so far;
    ``frequency_penalty`` subtracts ``penalty * count`` of each token in the output so far,
    ``presence_penalty`` subtracts ``penalty`` once for each token present in the output;
-3. **log-probabilities are read here**: ``log_softmax`` of the biased and penalized logits,
-   before temperature, min_p, top_k and top_p (vLLM's ``processed_logprobs`` mode; with no
-   bias and no penalty, exactly the model's own distribution under the request's adapter);
-4. sampling (:mod:`loraswap.service.engine.sampling`): temperature, then min_p, top_k,
+3. structured output: tokens outside the request's grammar go to ``-inf``
+   (:mod:`loraswap.service.engine.grammar`);
+4. **log-probabilities are read here**: ``log_softmax`` of the biased, penalized and masked
+   logits, before temperature, min_p, top_k and top_p (vLLM's ``processed_logprobs`` mode;
+   with no bias, penalty or grammar, exactly the model's own distribution under the
+   request's adapter);
+5. sampling (:mod:`loraswap.service.engine.sampling`): temperature, then min_p, top_k,
    top_p.
 
 Prompt tokens' log-probabilities (``echo``) are the model's own distribution: no bias and

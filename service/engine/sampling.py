@@ -22,6 +22,7 @@ import torch
 
 from loraswap.core.errors import InvalidRequestError, LoraswapError
 from loraswap.service.engine.detokenizer import MAX_STOP_CHARS
+from loraswap.service.engine.grammar import CompiledGrammar, RowConstraint
 from loraswap.service.engine.logits import (
     MAX_TOP_LOGPROBS,
     PenaltyState,
@@ -63,6 +64,9 @@ class SamplingParams:
     # alternatives. ``prompt_logprobs`` likewise for the prompt's tokens (echo).
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # Structured output: the grammar every generated token must keep the text inside
+    # (compiled by the API, :mod:`loraswap.service.engine.grammar`); None: free.
+    grammar: CompiledGrammar | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -103,9 +107,9 @@ class SamplingParams:
 
     @property
     def processes_logits(self) -> bool:
-        """Whether the raw logits change before sampling (bias or a penalty)."""
+        """Whether the raw logits change before sampling (bias, a penalty, a grammar)."""
         return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
-                    or self.repetition_penalty != 1.0)
+                    or self.repetition_penalty != 1.0 or self.grammar is not None)
 
     @property
     def greedy(self) -> bool:
@@ -123,6 +127,7 @@ class TokenSampler:
     prompt_ids: tuple[int, ...] = ()
     generator: torch.Generator = field(init=False)
     penalties: PenaltyState = field(init=False)
+    constraint: RowConstraint | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator()
@@ -131,9 +136,24 @@ class TokenSampler:
         else:
             self.generator.manual_seed(self.params.seed)
         self.penalties = PenaltyState(self.prompt_ids)
+        if self.params.grammar is not None:
+            self.constraint = self.params.grammar.start()
+
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        """The generator for logits on ``device``: sampling stays where the logits are (a
+        CUDA multinomial needs a CUDA generator). On first use off the CPU it is replaced by
+        one on that device, seeded with the request's seed (or a draw of the CPU one), so
+        a seed gives the same tokens on one device type every time."""
+        if self.generator.device.type != device.type:
+            seed = self.params.seed
+            if seed is None:
+                seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            self.generator = torch.Generator(device=device).manual_seed(seed)
+        return self.generator
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
-        """One row of raw logits after ``logit_bias`` and the penalties (a copy if any)."""
+        """One row of raw logits after ``logit_bias``, the penalties and the grammar's mask
+        (a copy if any)."""
         params = self.params
         if not params.processes_logits:
             return logits
@@ -142,6 +162,8 @@ class TokenSampler:
             out = self.penalties.apply(out, repetition=params.repetition_penalty,
                                        frequency=params.frequency_penalty,
                                        presence=params.presence_penalty)
+        if self.constraint is not None:
+            out = self.constraint.mask(out)
         return out
 
     def sample(self, logits: torch.Tensor) -> int:
@@ -165,9 +187,10 @@ class TokenSampler:
             # Keep the smallest prefix whose mass reaches top_p (always at least one token).
             keep = cumulative - sorted_probs < params.top_p
             sorted_probs = sorted_probs * keep
-            choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
+            choice = torch.multinomial(sorted_probs, 1,
+                                       generator=self._generator_on(probs.device))
             return int(order[choice])
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return int(torch.multinomial(probs, 1, generator=self._generator_on(probs.device)))
 
     def pick(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         """Next token from one row of raw logits, with its log-probability entry if the
@@ -179,6 +202,8 @@ class TokenSampler:
             entry = token_logprob(torch.log_softmax(processed.float(), dim=-1), token,
                                   self.params.logprobs)
         self.penalties.record(token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
         return token, entry
 
 
@@ -198,8 +223,10 @@ def pick_rows(logits: torch.Tensor, samplers: list[TokenSampler | None],
     one batched argmax; every other row is processed alone. A row whose logits are not
     all finite (an adapter with huge weights, a numerical fault) fails alone.
     """
-    greedy = logits.argmax(dim=-1).tolist()
-    finite = torch.isfinite(logits).all(dim=-1).tolist()
+    # One device-to-host transfer for both (on a GPU each ``tolist`` is a synchronisation).
+    greedy, finite_flags = torch.stack(
+        [logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1).long()]).tolist()
+    finite = [bool(flag) for flag in finite_flags]
     picked: list[Picked | LoraswapError | None] = []
     for row, sampler in enumerate(samplers):
         if sampler is None:
@@ -225,6 +252,8 @@ def token_of(picked: Picked | LoraswapError | None) -> int | LoraswapError:
 def _pick_one(sampler: TokenSampler, logits: torch.Tensor) -> Picked | LoraswapError:
     try:
         token, entry = sampler.pick(logits)
+    except LoraswapError as exc:  # the row's grammar failed (RowFailedError)
+        return exc
     except (RuntimeError, ValueError) as exc:  # torch raises these for invalid distributions
         return RowFailedError(f"sampling failed for this request: {exc}")
     return Picked(token, entry)

@@ -3,11 +3,13 @@
 Each iteration (1) drops cancelled sequences, (2) plans the running batch: one token for
 every decoding sequence, taking a new KV block when one crosses a block boundary, and the
 next chunk of every prompt still being prefilled, within a per-step prompt-token budget
-(``max_prefill_tokens``), (3) admits waiting requests while the batch has room, the budget
-is not spent and the pool has the blocks for their prompt (shared prefix blocks from the
-prefix cache count as had), (4) runs all of it in one forward pass. Finished sequences leave
-at once and give back their blocks and their slot reference. When the pool runs out during
-(2), the newest running sequence is preempted and recomputed later (:mod:`kv_batch`).
+(``max_prefill_tokens``; while sequences decode, ``prefill_tokens_per_decode`` per decoding
+sequence, so a long prompt does not stall the running streams), (3) admits waiting requests
+while the batch has room, the budget is not spent and the pool has the blocks for their
+prompt (shared prefix blocks from the prefix cache count as had), (4) runs all of it in one
+forward pass. Finished sequences leave at once and give back their blocks and their slot
+reference. When the pool runs out during (2), the newest running sequence is preempted and
+recomputed later (:mod:`kv_batch`).
 
 Classification requests (seq-cls, token-cls adapters) wait in the same queue and are
 admitted by the same rules, but need no cache row: the ones admitted in a step run
@@ -164,7 +166,8 @@ class ContinuousBatchScheduler:
 
     def _step(self) -> None:
         self._reap_cancelled()
-        scheduled, budget = self._batch.plan(self.config.max_prefill_tokens)
+        budget = self.config.prefill_budget(self._batch.decoding, self._pool.block_size)
+        scheduled, budget = self._batch.plan(budget)
         admitted, classify = self._admit(budget)
         self._admitting, self._classifying = admitted, classify
         # Requests wait but none could be admitted although nothing runs: the slots they

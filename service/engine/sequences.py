@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +31,18 @@ class SchedulerConfig:
     # the rest of the queue to the others.
     max_queue_per_key: int | None = None
     prefix_cache: bool = True
+    # While sequences decode, a step prefills at most this many prompt tokens per decoding
+    # sequence (at least one block's worth): a step's cost grows with its tokens, so a long
+    # prompt arriving mid-stream lengthens each running stream's token gap by about
+    # (1 + this) times instead of stalling it for the whole prompt. None: no cap.
+    prefill_tokens_per_decode: float | None = None
+
+    def prefill_budget(self, decoding: int, block_size: int) -> int:
+        """Prompt tokens this step may prefill while ``decoding`` sequences decode."""
+        if not decoding or self.prefill_tokens_per_decode is None:
+            return self.max_prefill_tokens
+        capped = max(block_size, math.ceil(decoding * self.prefill_tokens_per_decode))
+        return min(self.max_prefill_tokens, capped)
 
     @property
     def queue_share(self) -> int:

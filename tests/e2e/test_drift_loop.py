@@ -22,8 +22,8 @@ import pytest
 
 from loraswap.base_model.loading import DEFAULT_BASE_MODEL_DIR
 from loraswap.base_model.provision import fetch_base_model
-from tests.e2e.monitoring_stack import (
-    REPO,
+from loraswap.bench.drift_overhead import REPO
+from loraswap.bench.monitoring_stack import (
     fast_rules,
     firing,
     query,
@@ -226,8 +226,9 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
                 json={"adapter": "acme/sentiment", "inputs": "a fine film"}
             ).json()["adapter_version"] == "2", 30, what="the new version to serve",
                 interval=0.5)
-            wait_for(lambda: not version_series(client.get("/metrics").text, "1"), 30,
-                     what="the old version's gauges to go", interval=0.5)
+            wait_for(lambda: not version_series(
+                client.get("/metrics", headers=ADMIN_HEADERS).text, "1"), 30,
+                what="the old version's gauges to go", interval=0.5)
         else:
             assert adapter["active_version"] == "1"
             assert [v["active"] for v in adapter["versions"]] == [True, False]

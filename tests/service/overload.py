@@ -186,7 +186,7 @@ async def run(args: argparse.Namespace, server: ServiceProcess) -> dict[str, obj
         client_cpu = _cpu_seconds(psutil.Process()) - client_cpu_before
         stop.set()
         await sampler
-        scrape = await client.get("/metrics")
+        scrape = await client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
     busy = (sum(cpu) - cpu.idle) - (sum(cpu_before) - cpu_before.idle)
     return {"capacity_rps": round(capacity, 1), "capacity_run": measured,
             "offered_flood_rps": round(flood_rate, 1), "offered_calm_rps": round(calm_rate, 1),

@@ -200,7 +200,7 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
         sender = threading.Thread(target=lambda: answers.append(
             _feedback(paused, key, pid, 3, labels[3])))
         sender.start()
-        _wait_for_pause(paused, "feedback/acme/sentiment/batch-")
+        _wait_for_pause(paused, "feedback/acme.")  # feedback/{name}.{id}/sentiment/batch-…
         assert list((store_dir / "feedback").rglob(".*.tmp-*")), "no temporary batch"
         paused.kill()
         sender.join(timeout=60)
@@ -210,13 +210,14 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
 
     assert _acknowledged_in_store(store_dir, pid) == acknowledged, \
         "the interrupted feedback is visible, or acknowledged feedback was lost"
-    _batches_whole(store_dir, "captures/acme/")
+    _batches_whole(store_dir, "captures/")
 
     restarted = replica(tiny_base_dir, env, tmp_path, "restarted").start()
     try:
         for index in (4, 5):  # captured before both crashes: still takes feedback
             assert _feedback(restarted, key, pid, index, labels[index]) == 200
-        accuracy = [line for line in httpx.get(f"{restarted.url}/metrics").text.splitlines()
+        scrape = httpx.get(f"{restarted.url}/metrics", headers=ADMIN_HEADERS).text
+        accuracy = [line for line in scrape.splitlines()
                     if line.startswith("loraswap_live_accuracy{") and "sentiment" in line]
         assert len(accuracy) == 1 and accuracy[0].endswith(" 1.0"), accuracy
     finally:

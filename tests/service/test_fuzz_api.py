@@ -45,7 +45,7 @@ def fuzz_server(live_server: ServerFactory, make_package: PackageFactory) -> tup
 
 def answered_by_status(server: LiveServer) -> Counter[int]:
     """``loraswap_requests_total`` summed by status, as /metrics shows it."""
-    scrape = server.client.get("/metrics")
+    scrape = server.client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
     assert scrape.status_code == 200
     counted: Counter[int] = Counter()
     for family in text_string_to_metric_families(scrape.text):

@@ -18,6 +18,7 @@ from loraswap.training.retrain_data import (
     CausalLmData,
     DataReading,
     TokenClsData,
+    carve_validation,
     deduplicate,
     held_out,
     prompt_messages,
@@ -165,3 +166,24 @@ def test_repeated_feedback_inputs_count_once_and_the_latest_label_wins() -> None
             {"text": "  where is  my CARD? ", "label": "lost_card"}]
     kept = deduplicate(rows, TaskKind.SEQ_CLS)
     assert kept == [rows[1], rows[2]]
+
+
+def test_validation_is_carved_from_distinct_inputs_before_feedback_is_repeated() -> None:
+    """No validation input of the candidate (its checkpoint choice and drift reference)
+    is, normalised, also one of its training inputs, although feedback repeats and an
+    original row may say the same text in other case and spacing."""
+    data = TASK_DATA[TaskKind.SEQ_CLS]
+    replay = [{"text": f"Original  Row {i}", "label": "pos"} for i in range(20)]
+    fresh = [{"text": f"original row {i}", "label": "neg"} for i in range(0, 20, 2)] + [
+        {"text": f"new input {i}", "label": "pos"} for i in range(10)]
+    tables = carve_validation(data, replay, fresh, 2, lambda rows: 0.25, seed=7)
+    trained = {data.input_key(r) for r in tables.train}
+    validation = [data.input_key(r) for r in tables.validation]
+    assert len(validation) == len(set(validation)) == 8  # a quarter of 30 distinct inputs
+    assert not trained & set(validation)
+    assert len(trained) + len(validation) == 30
+    # The feedback still weighs twice in training.
+    kept_fresh = [r for r in fresh if data.input_key(r) not in validation]
+    assert sum(r in tables.train for r in kept_fresh) == len(kept_fresh)
+    assert len(tables.train) == len([r for r in replay if data.input_key(r) not in
+                                     validation]) + 2 * len(kept_fresh)

@@ -24,15 +24,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from loraswap.adapters.lora_format import WEIGHTS_FILE
-from loraswap.adapters.package import package_file_digests, read_manifest, write_manifest
+from loraswap.adapters.package import (
+    PROFILE_FILE,
+    package_file_digests,
+    read_manifest,
+    write_manifest,
+)
 from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore
 from loraswap.adapters.validation import ValidationLimits
 from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.jobs.retrain_runs import RunRecord, RunStore, RunTrigger, new_run_id
 from loraswap.jobs.training_data import upload_to_store
-from loraswap.training import retrain
+from loraswap.tenants.directory import TenantDirectory
+from loraswap.training import retrain, runner
 from loraswap.training.config import build_config
+from loraswap.training.data import TextExample
+from loraswap.training.retrain_data import MIN_SELECTION_VALIDATION, normalise
 from loraswap.training.runner import TrainOutcome, run_training
 
 TENANT = "acme"
@@ -87,7 +95,8 @@ def put_feedback(store: FileSystemStore, adapter: str, rows: list[dict[str, Any]
     """Feedback rows, as one Parquet batch where the service writes them."""
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), sink)
-    store.put(f"feedback/{TENANT}/{adapter}/batch-20260101T000000000000-0001.parquet",
+    owner = TenantDirectory(store).get(TENANT).data_owner  # feedback/{name}.{id}/…
+    store.put(f"feedback/{owner}/{adapter}/batch-20260101T000000000000-0001.parquet",
               sink.getvalue())
 
 
@@ -101,6 +110,7 @@ def make_setup(root: Path, base: Path, task: str, adapter: str, train: Path,
                test: Path | None, steps: int) -> Setup:
     """Train the first version (then spoil it), put its data in the store, register it."""
     store = FileSystemStore(root / "store")
+    TenantDirectory(store).create(TENANT)
     keys = {"train": upload_to_store(store, TENANT, adapter, train)}
     if test is not None:
         keys["test"] = upload_to_store(store, TENANT, adapter, test)
@@ -125,6 +135,24 @@ def spoiling_training(monkeypatch: pytest.MonkeyPatch) -> None:
         return outcome
 
     monkeypatch.setattr(retrain, "run_training", train_then_spoil)
+
+
+def recording_splits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[set[str], set[str]]]:
+    """The normalised inputs each candidate trained on and held out (its validation, the
+    only rows its drift reference is drawn from), as the trainer split them."""
+    seen: list[tuple[set[str], set[str]]] = []
+    read = runner.read_splits
+
+    def record(cfg: Any) -> runner.Splits:
+        splits = read(cfg)
+        def inputs(part: list[Any]) -> set[str]:
+            return {normalise(e.text) for e in part if isinstance(e, TextExample)}
+
+        seen.append((inputs(splits.train), inputs(splits.held_out)))
+        return splits
+
+    monkeypatch.setattr(runner, "read_splits", record)
+    return seen
 
 
 def check_same_heldout(run: RunRecord) -> None:
@@ -249,16 +277,28 @@ def test_a_seq_cls_run_promotes_on_higher_accuracy_and_keeps_a_worse_candidate(
         *(feedback_row(10 + i, "seq-cls", f"name three primary colors {i}", label="neg")
           for i in range(4))])
 
+    splits = recording_splits(monkeypatch)
     first = setup.run()
     check_same_heldout(first)
     assert (first.task, first.gate_metric, first.gate_direction) == ("seq-cls", "accuracy",
                                                                      "higher")
+    # The candidate's validation (its drift reference) holds no input it trains on,
+    # although the feedback is repeated in its training table.
+    (trained, validation), = splits
+    assert validation and not trained & validation, (trained, validation)
+    assert first.data["validation"] == len(validation) < MIN_SELECTION_VALIDATION
+    assert first.data["checkpoint"].startswith("final weights")
     active, candidate = (first.evaluations[s]["new_traffic/accuracy"]
                          for s in ("active", "candidate"))
     assert active <= 0.75  # spoiled: one label for everything, on mixed new traffic
-    assert candidate > active
+    assert candidate > active, (first.evaluations, first.data)
     assert first.decision == "promoted" and ">= margin" in (first.reason or "")
     assert setup.registry().active(TENANT, "mood").version == 2
+    # Its drift reference (profile.json) is those held-out validation inputs only.
+    profile = json.loads((setup.registry().local_folder(TENANT, "mood", 2)
+                          / PROFILE_FILE).read_text())
+    for section in ("confidence", "predicted_label_distribution"):
+        assert profile[section]["sample"] == {"held_out": len(validation), "train": 0}
 
     spoiling_training(monkeypatch)
     second = setup.run()

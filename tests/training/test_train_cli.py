@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from loraswap.adapters.package import read_manifest
 from loraswap.cli import app
 from loraswap.core.errors import QuantizationUnavailableError
-from loraswap.training.config import build_config
+from loraswap.training.config import LoraSettings, TrainConfig, build_config
 from loraswap.training.runner import run_training
 
 runner = CliRunner()
@@ -85,4 +86,57 @@ def test_push_without_token_stops_before_training(csv_data: Path, tiny_base_dir:
     ])
     assert result.exit_code == 1
     assert "LORASWAP_ADMIN_TOKEN" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def _shown(value: object) -> str:
+    """A default as the help must show it."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def test_every_train_config_field_has_a_flag_with_its_default_in_the_help() -> None:
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    options = {opt: param for param in command.params for opt in param.opts}
+    fields = [(f"--{name.replace('_', '-')}", field)
+              for name, field in TrainConfig.model_fields.items() if name != "lora"]
+    fields += [(f"--lora-{name}", field) for name, field in LoraSettings.model_fields.items()]
+    fixed = {"--config", "--push", "--admin-token", "--help"}
+    generated = {param.opts[0] for param in command.params} - fixed
+    assert generated == {flag for flag, _ in fields}  # one flag per field, no other
+    for flag, field in fields:
+        assert flag in options, f"TrainConfig has {flag[2:]} but `loraswap train` no {flag}"
+        help_text = options[flag].help
+        assert field.description and field.description in help_text, flag
+        if field.is_required():
+            assert "Required unless the --config file sets it." in help_text, flag
+            continue
+        default = field.get_default(call_default_factory=True)
+        if default is None:  # what the field becomes is said in words
+            assert "Default: " in help_text and "Default: None" not in help_text, flag
+        else:
+            assert f"Default: {_shown(default)}." in help_text, (flag, help_text)
+    # The rendered help a user reads carries the same text.
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert "Share of the steps spent warming up. Default: 0.06." in flat
+    assert "Peak learning rate. Default: seq-cls 0.0005, token-cls 0.0005, causal-lm 0.0002." \
+        in flat
+
+
+def test_generated_flags_keep_their_short_spellings_and_split_lists(
+        csv_data: Path, tmp_path: Path) -> None:
+    base = ["train", "--task", "seq-cls", "--data", str(csv_data), "--output",
+            str(tmp_path / "o")]
+    # Refused by the configuration, before any model is read: the value reached it.
+    result = runner.invoke(app, [*base, "--lora-targets", "q_proj, v_proj,bogus"])
+    assert result.exit_code == 1 and "unknown LoRA target(s) ['bogus']" in result.output
+    result = runner.invoke(app, [*base, "--lr", "0"])
+    assert result.exit_code == 1 and "learning_rate" in result.output
+    result = runner.invoke(app, [*base, "--format", "xml"])
+    assert result.exit_code == 1 and "data_format" in result.output
     assert not (tmp_path / "o").exists()

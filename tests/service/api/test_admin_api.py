@@ -208,7 +208,7 @@ def test_a_refused_upload_names_the_problem_and_stores_nothing(
     unknown_tenant = upload(server, "nobody", "helper", make_package("ok"))
     assert unknown_tenant.status_code == 404
     assert "nobody" in unknown_tenant.json()["error"]["message"]
-    metrics = server.client.get("/metrics").text
+    metrics = server.client.get("/metrics", headers=ADMIN_HEADERS).text
     assert 'loraswap_adapter_rejections_total{reason="adapter_invalid"} 1.0' in metrics
 
 

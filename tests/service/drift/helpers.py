@@ -7,11 +7,13 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from loraswap.adapters.store import ObjectStore
 from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.drift.metrics import DriftMetrics
 from loraswap.service.drift.monitor import DriftConfig, DriftMonitor
 from loraswap.service.drift.records import PredictionRecord
 from loraswap.service.drift.reference import parse_profile
+from loraswap.tenants.directory import TenantDirectory
 
 REF = AdapterVersionRef.parse("acme/sentiment@1")
 DIM = 16
@@ -192,3 +194,9 @@ def psi_against(mixture: Any, values: list[float]) -> float:
 
     return psi(mixture.expected({d: 1 for d in mixture.counts}),
                bin_counts(values, mixture.edges))
+
+
+def owner(store: ObjectStore, tenant: str) -> str:
+    """The data owner of ``tenant`` (``{name}.{id}``): where its captures, capture index
+    and feedback are in the store."""
+    return TenantDirectory(store).get(tenant).data_owner

@@ -16,7 +16,7 @@ from loraswap.adapters.store import open_store
 from loraswap.jobs.training_data import read_parquet_batches
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import LiveServer, ServerFactory, upload_files
-from tests.service.drift.helpers import profile
+from tests.service.drift.helpers import owner, profile
 from tests.utils.polling import wait_for
 
 ADMIN = "adm-" + "7" * 40
@@ -58,7 +58,7 @@ def tiny_embedding_profile() -> dict[str, Any]:
 
 
 def metric_lines(server: LiveServer, name: str) -> list[str]:
-    text = server.client.get("/metrics").text
+    text = server.client.get("/metrics", headers=ADMIN_HEADERS).text
     return [line for line in text.splitlines() if line.startswith(name + "{")]
 
 
@@ -145,9 +145,10 @@ def test_drift_capture_feedback_and_retirement_over_http(
 
     # Captured inputs and feedback are Parquet batches in the store.
     store = open_store(server.settings.store_uri)
-    captured = wait_for(lambda: read_parquet_batches(store, "captures/acme/sentiment/"))
+    acme_data = owner(store, "acme")  # captures/{name}.{id}/…: the tenant's own prefix
+    captured = wait_for(lambda: read_parquet_batches(store, f"captures/{acme_data}/sentiment/"))
     assert sorted(r["input"] for r in captured) == sorted(TEXTS)
-    rows = wait_for(lambda: read_parquet_batches(store, "feedback/acme/sentiment/"))
+    rows = wait_for(lambda: read_parquet_batches(store, f"feedback/{acme_data}/sentiment/"))
     assert {(r["index"], r["label"]) for r in rows} == {(0, predicted[0]), (1, wrong)}
     assert not read_parquet_batches(store, "captures/other/")
 
@@ -186,9 +187,10 @@ def test_generations_are_captured_and_take_text_feedback(
     store = open_store(server.settings.store_uri)
     # Acknowledged means written: the feedback batch is in the store already, not after
     # the next flush interval (a crash after the 200 loses nothing).
-    rows = read_parquet_batches(store, "feedback/acme/writer/")
+    acme_data = owner(store, "acme")
+    rows = read_parquet_batches(store, f"feedback/{acme_data}/writer/")
     assert rows and rows[0]["text"] == "jumps over the lazy dog"
-    captured = wait_for(lambda: read_parquet_batches(store, "captures/acme/writer/"))
+    captured = wait_for(lambda: read_parquet_batches(store, f"captures/{acme_data}/writer/"))
     assert json.loads(captured[0]["output"])["text"] == answer["outputs"][0]["text"]
     # No profile.json: the window is tracked, but no score is exported (absent, not 0).
     assert wait_for(lambda: metric_lines(server, "loraswap_drift_window_samples"))
@@ -225,7 +227,8 @@ def test_feedback_finds_a_prediction_captured_by_another_replica(
     assert feedback(second, acme, prediction_id="pred-" + "0" * 24,
                     label=label).status_code == 404
     store = open_store(first.settings.store_uri)
-    rows = wait_for(lambda: read_parquet_batches(store, "feedback/acme/sentiment/"))
+    acme_data = owner(store, "acme")
+    rows = wait_for(lambda: read_parquet_batches(store, f"feedback/{acme_data}/sentiment/"))
     assert [(r["prediction_id"], r["index"], r["input"]) for r in rows] == [
         (answer["id"], 2, TEXTS[2])]
     # One index object for the whole answer, not one per input.

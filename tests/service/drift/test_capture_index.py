@@ -105,13 +105,14 @@ def test_captured_predictions_are_found_after_a_restart_and_from_another_replica
     for replica in (writer(open_store(store.uri)), writer(open_store(store.uri))):
         for prediction_id in ids:
             for index in range(3):
-                entry = replica.captured(f"{prediction_id}-{index}")
+                entry = replica.captured(f"{prediction_id}-{index}", "acme")
                 assert entry is not None
                 assert (entry.tenant, entry.adapter, entry.version) == ("acme", "sentiment", "1")
                 assert entry.input_text == f"text {prediction_id} {index}"
                 assert entry.predicted_label == "pos"
-        assert replica.captured(f"{ids[0]}-3") is None  # an input the answer did not have
-        assert replica.captured(new_request_id("pred") + "-0") is None
+        # an input the answer did not have
+        assert replica.captured(f"{ids[0]}-3", "acme") is None
+        assert replica.captured(new_request_id("pred") + "-0", "acme") is None
         replica.stop()
 
 
@@ -126,21 +127,23 @@ def test_a_lookup_reads_only_the_bucket_of_its_id(tmp_path: Path) -> None:
         capture.flush()  # at least one index object per bucket
     capture.stop()
     assert {index_bucket(stamped_id(m, 0)) for m in minutes} == {
-        key.split("/")[1] for key in store.list(INDEX_PREFIX)}
+        key.split("/")[2] for key in store.list(INDEX_PREFIX)}
 
     index = CaptureIndex(store)  # a fresh replica: nothing cached
     store.calls.clear()
-    entry = index.find(f"{stamped_id(minutes[1], 7)}-0", stamped_id(minutes[1], 7))
+    entry = index.find(f"{stamped_id(minutes[1], 7)}-0", stamped_id(minutes[1], 7), "acme")
     assert entry is not None and entry.prediction_id == stamped_id(minutes[1], 7)
-    objects_in_bucket = len(store.list(f"{INDEX_PREFIX}{index_bucket(stamped_id(minutes[1], 0))}/"))
+    bucket = index_bucket(stamped_id(minutes[1], 0))
+    objects_in_bucket = len(store.list(f"{INDEX_PREFIX}acme/{bucket}/"))
     assert store.calls["get", "capture-index"] == objects_in_bucket
     # The same bucket again: answered from memory.
     store.calls.clear()
-    assert index.find(f"{stamped_id(minutes[1], 8)}-0", stamped_id(minutes[1], 8))
+    assert index.find(f"{stamped_id(minutes[1], 8)}-0", stamped_id(minutes[1], 8), "acme")
     assert store.calls["get", "capture-index"] == 0 and store.calls["list", "capture-index"] == 0
     # An unknown id: one listing of its (empty) bucket and one legacy get, nothing else.
     store.calls.clear()
-    assert index.find(f"{stamped_id(base - 86_400, 1)}-0", stamped_id(base - 86_400, 1)) is None
+    old = stamped_id(base - 86_400, 1)
+    assert index.find(f"{old}-0", old, "acme") is None
     assert store.calls["list", "capture-index"] == 1
     assert store.calls["get", "capture-index"] == 0
     assert store.calls["get", "captures"] == 1  # the legacy per-input object
@@ -152,17 +155,17 @@ def test_the_cache_is_bounded_and_an_evicted_bucket_is_read_again(tmp_path: Path
     one = entry(stamped_id(base, 0)).size
     index = CaptureIndex(store, max_bytes=120 * one)
     for bucket in range(5):  # 5 buckets of 50 entries, room for 120 entries
-        index.write([entry(stamped_id(base + 60 * bucket, serial)) for serial in range(50)])
+        index.write("acme", [entry(stamped_id(base + 60 * bucket, serial)) for serial in range(50)])
         assert index.cached_bytes() <= 120 * one
     store.calls.clear()
     for bucket in range(5):  # evicted buckets are read back from the store, all found
         prediction_id = stamped_id(base + 60 * bucket, 49)
-        assert index.find(f"{prediction_id}-0", prediction_id) is not None
+        assert index.find(f"{prediction_id}-0", prediction_id, "acme") is not None
         assert index.cached_bytes() <= 120 * one
     assert store.calls["get", "capture-index"] >= 3  # at least the 3 evicted buckets
     huge = CaptureIndex(store, max_bytes=10 * one)  # smaller than one bucket: still found
     prediction_id = stamped_id(base + 120, 20)
-    assert huge.find(f"{prediction_id}-0", prediction_id) is not None
+    assert huge.find(f"{prediction_id}-0", prediction_id, "acme") is not None
     assert huge.cached_bytes() == 0
 
 
@@ -174,7 +177,7 @@ def test_predictions_captured_by_the_one_object_per_input_layout_are_still_found
               b'{"prediction_id": "pred-eeeeeeeeeeeeeeeeeeeeeeee", "index": 0, '
               b'"tenant": "acme", "adapter": "sentiment", "version": "1", "task": "seq-cls", '
               b'"input_text": "old", "predicted_label": "pos", "output_text": null}')
-    found = CaptureIndex(store).find(old.key, old.prediction_id)
+    found = CaptureIndex(store).find(old.key, old.prediction_id, "acme")
     assert found is not None and found.input_text == "old"
 
 
@@ -185,7 +188,7 @@ def test_uncaptured_answers_are_remembered_and_not_written(tmp_path: Path) -> No
     capture.submit(answer(prediction_id, inputs=2))
     capture.flush()
     assert capture.was_uncaptured(f"{prediction_id}-1") == "acme"
-    assert capture.captured(f"{prediction_id}-1") is None
+    assert capture.captured(f"{prediction_id}-1", "acme") is None
     capture.stop()
     assert store.calls["put", "captures"] == 0 and store.calls["put", "capture-index"] == 0
 
@@ -262,7 +265,7 @@ def test_a_store_outage_loses_nothing_and_flush_says_so(tmp_path: Path) -> None:
         "pos"]
     assert len(read_parquet_batches(store, "captures/acme/sentiment/")) == 100
     fresh = CaptureIndex(open_store(store.uri))
-    assert all(fresh.find(f"{i}-0", i) is not None for i in ids)
+    assert all(fresh.find(f"{i}-0", i, "acme") is not None for i in ids)
     capture.stop()
 
 

@@ -20,6 +20,7 @@ from loraswap.service.drift.feedback import FeedbackRequest, FeedbackService
 from loraswap.service.drift.metrics import DriftMetrics
 from tests.conftest import write_classifier_adapter
 from tests.service.conftest import ServerFactory, upload_files
+from tests.service.drift.helpers import owner
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 TEXT = "Ada Lovelace lived in London."  # words: Ada Lovelace lived in London .
@@ -35,8 +36,11 @@ class FakeCapture:
                                         TaskKind.TOKEN_CLS, TEXT, None, None)
         self.rows: list[dict[str, Any]] = []
 
-    def captured(self, key: str) -> CapturedPrediction | None:
-        return self.entry if key == "pred-abc-0" else None
+    def owner_of(self, tenant: str) -> str | None:
+        return tenant
+
+    def captured(self, key: str, owner: str) -> CapturedPrediction | None:
+        return self.entry if key == "pred-abc-0" and owner == REF.owner else None
 
     def was_uncaptured(self, key: str) -> str | None:
         return None
@@ -119,5 +123,6 @@ def test_token_feedback_over_http_checks_the_served_versions_labels(
     assert send(TAGS)[0] == 200
     status, text = send(["B-DATE", *TAGS[1:]])
     assert status == 400 and "B-DATE" in text and "B-LOC" in text
-    rows = read_parquet_batches(open_store(server.settings.store_uri), "feedback/acme/ner/")
+    store = open_store(server.settings.store_uri)
+    rows = read_parquet_batches(store, f"feedback/{owner(store, 'acme')}/ner/")
     assert [r["labels"] for r in rows] == [TAGS]  # written before the 200, once

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from loraswap.adapters.package import TaskKind
 from loraswap.core.identity import AdapterVersionRef
 from loraswap.service.drift.reference import parse_profile
 from tests.service.drift.helpers import monitor, profile, records, score
@@ -75,7 +76,7 @@ def test_a_profile_without_served_embeddings_exports_no_embedding_score() -> Non
     del document["embedding_served"]
     reference = parse_profile(document)
     assert reference.embedding is None and "embedding" in reference.missing
-    assert parse_profile(None, task="seq-cls").missing.keys() == {
+    assert parse_profile(None, task=TaskKind.SEQ_CLS).missing.keys() == {
         "input_length", "confidence", "predicted_label", "embedding"}
     # Without a manifest to say the task, every signal is named.
     assert len(parse_profile(None).missing) == 6

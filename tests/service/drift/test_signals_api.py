@@ -18,6 +18,7 @@ from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.training.config import build_config
 from loraswap.training.runner import run_training
 from tests.service.conftest import LiveServer, ServerFactory
+from tests.service.drift.helpers import owner
 from tests.service.drift.test_capture_feedback_api import (
     ADMIN,
     ADMIN_HEADERS,
@@ -81,7 +82,8 @@ def scores_of(server: LiveServer, adapter: str) -> dict[tuple[str, str], float]:
 
 def captured_rows(server: LiveServer, at_least: int) -> list[dict[str, Any]] | None:
     """The capture rows of acme/writer once there are ``at_least`` (None before)."""
-    rows = read_parquet_batches(open_store(server.settings.store_uri), "captures/acme/writer/")
+    store = open_store(server.settings.store_uri)
+    rows = read_parquet_batches(store, f"captures/{owner(store, 'acme')}/writer/")
     return rows if len(rows) >= at_least else None
 
 

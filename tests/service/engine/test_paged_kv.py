@@ -253,3 +253,46 @@ async def test_prefix_cache_hit_gives_the_miss_logits_and_never_crosses_scopes(
                                torch.tensor(miss_end.embedding), rtol=0, atol=1e-5)
     # The other tenant's base-model answer, computed then reused, is the base model's.
     assert base_again[0] == others[4][0]
+
+
+class StepTokens(NullObserver):
+    """Each forward pass's kind and token count, in order."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, int]] = []
+
+    def engine_step(self, kind: str, seconds: float, tokens: int) -> None:  # type: ignore[override]
+        self.steps.append((kind, tokens))
+
+
+@pytest.mark.parametrize("per_decode", [1.0, 2.0])
+async def test_a_long_prompt_beside_running_streams_is_prefilled_a_little_each_step(
+        wide_logits_base_dir: Path, per_decode: float) -> None:
+    """While three streams decode, a 100-token prompt arriving among them is prefilled at
+    most ``per_decode`` tokens per decoding stream (at least one 16-token block) a step,
+    so no step of theirs carries the whole prompt; the prompt's answer is the one it gets
+    alone, prefilled in one step."""
+    streams, long = _prompts(5, [8, 8, 8]), _prompts(6, [100])[0]
+    alone_engine = make_engine(wide_logits_base_dir)
+    alone_engine.start()
+    try:
+        alone = await _run(alone_engine, [_request("long", long, 6)])
+    finally:
+        alone_engine.stop()
+    recorder = StepTokens()
+    engine = make_engine(wide_logits_base_dir, recorder,
+                         prefill_tokens_per_decode=per_decode)  # type: ignore[arg-type]
+    engine.start()
+    try:
+        running = [engine.submit(_request(f"s{i}", p, 24)) for i, p in enumerate(streams)]
+        while sum(kind == "decode" for kind, _ in recorder.steps) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        beside = await _run(engine, [_request("long", long, 6)])
+        await asyncio.wait_for(asyncio.gather(*(_events(s) for s in running)), 60)
+    finally:
+        engine.stop()
+    assert [e.token_ids for e in beside[0]] == [e.token_ids for e in alone[0]]
+    cap = 3 + max(16, int(3 * per_decode))  # three decodes + the prompt's chunk
+    prefill_steps = [tokens for kind, tokens in recorder.steps[3:] if kind == "prefill"]
+    assert len(prefill_steps) >= 100 // cap  # the prompt took several steps ...
+    assert max(prefill_steps) <= cap  # ... none of them larger than the cap

@@ -1,4 +1,11 @@
-"""Real Prometheus and Alertmanager on loopback with short intervals, for the e2e test."""
+"""Real Prometheus and Alertmanager on loopback with short intervals.
+
+The drift loop's alert path as a deployment runs it, with the repository's alert rule:
+Prometheus scrapes ``loraswap serve`` and evaluates ``monitoring/rules/drift.rules.yml``
+(its ``for`` and sample minimum shortened), Alertmanager posts the firing alert to
+``/admin/retrain`` with a bearer token. Used by ``loraswap bench loop`` and the end-to-end
+test; the binaries are Debian's ``prometheus`` and ``prometheus-alertmanager``.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +19,11 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.service.conftest import free_port
+from loraswap.bench.drift_overhead import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+
+class StackError(RuntimeError):
+    """A monitoring daemon exited or never became ready (its log tail is the message)."""
 
 
 def fast_rules(target: Path, *, hold: str, min_samples: int) -> Path:
@@ -36,14 +45,17 @@ class Daemon:
     log: Path
 
     def stop(self) -> None:
+        """Terminate the process (kill it after 20 s)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait(timeout=20)
 
     def tail(self) -> str:
+        """The end of the daemon's log."""
         return self.log.read_text(errors="replace")[-3000:]
 
 
@@ -54,14 +66,15 @@ def _start(command: list[str], url: str, ready_path: str, log: Path) -> Daemon:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"{command[0]} exited:\n{daemon.tail()}")
+            raise StackError(f"{command[0]} exited:\n{daemon.tail()}")
         try:
             if httpx.get(url + ready_path, timeout=2).status_code == 200:
                 return daemon
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"{command[0]} not ready:\n{daemon.tail()}")
+    daemon.stop()
+    raise StackError(f"{command[0]} not ready:\n{daemon.tail()}")
 
 
 def start_alertmanager(binary: str, folder: Path, webhook_url: str, token: str) -> Daemon:

@@ -32,11 +32,11 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# scripts/test-tools.sh: checkov (own venv) and, as root, Debian's prometheus and
-# alertmanager; without root it lists what is missing and those tests skip, saying so.
+# scripts/test-tools.sh: checkov (own venv) and Debian's prometheus and alertmanager
+# (apt-get install as root; else unpacked into .venv-tools/debian/root, put on PATH here).
 test: lint
 	PYTHON=$(PYTHON) bash scripts/test-tools.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/.venv-tools/debian/root/usr/bin:$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: model
 	$(BIN)/loraswap bench engine

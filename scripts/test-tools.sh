@@ -6,12 +6,15 @@
 #   checkov           PyPI, pinned below, in its own virtual environment under .venv-tools/
 #                     (its pins would downgrade boto3, packaging and networkx in .venv)
 #   promtool, prometheus, prometheus-alertmanager
-#                     Debian packages prometheus and prometheus-alertmanager, with apt-get
-#                     when running as root (CI does)
+#                     Debian packages prometheus and prometheus-alertmanager: with apt-get
+#                     install when running as root (CI does); otherwise downloaded with
+#                     apt-get download (own package lists, no root needed) and unpacked
+#                     into .venv-tools/debian/root (the Makefile puts its usr/bin on PATH)
 #
 # kubectl, hadolint, kubernetes-validate and weed (SeaweedFS) are PyPI wheels in the dev
-# extras of pyproject.toml. Without root the Debian tools that are missing are listed here,
-# loudly, and the tests that need them skip saying so; `.ci/run` fails on such a skip.
+# extras of pyproject.toml. When the Debian tools can be had neither way (no apt-get, no
+# reachable mirror) they are listed here, loudly, and the tests that need them skip saying
+# so; `.ci/run` fails on such a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,8 @@ CHECKOV_VERSION=3.3.30
 CHECKOV_VENV=.venv-tools/checkov-$CHECKOV_VERSION
 DEBIAN_PACKAGES=(prometheus prometheus-alertmanager)
 DEBIAN_BINARIES=(promtool prometheus prometheus-alertmanager)
+LOCAL_DEBIAN=.venv-tools/debian
+export PATH="$PWD/$LOCAL_DEBIAN/root/usr/bin:$PATH"
 
 if [ "${1:-}" = "--checkov-path" ]; then
     echo "$CHECKOV_VENV/bin/checkov"
@@ -49,11 +54,31 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
         command -v "$binary" >/dev/null || missing+=("$binary")
     done
 fi
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+    # Not root: apt-get download needs no privileges with package lists of its own.
+    echo "test-tools: apt-get download ${DEBIAN_PACKAGES[*]} into $LOCAL_DEBIAN" >&2
+    apt_dir="$PWD/$LOCAL_DEBIAN/apt"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$LOCAL_DEBIAN/root"
+    apt_options=(-q -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+                 -o Debug::NoLocking=1)
+    if apt-get "${apt_options[@]}" update >/dev/null 2>&1 \
+        && (cd "$apt_dir" && apt-get "${apt_options[@]}" download "${DEBIAN_PACKAGES[@]}" \
+            >/dev/null 2>&1); then
+        for deb in "$apt_dir"/*.deb; do
+            dpkg-deb -x "$deb" "$LOCAL_DEBIAN/root"
+        done
+        rm -f "$apt_dir"/*.deb
+    fi
+    missing=()
+    for binary in "${DEBIAN_BINARIES[@]}"; do
+        command -v "$binary" >/dev/null || missing+=("$binary")
+    done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     {
         echo "########################################################################"
         echo "test-tools: MISSING ${missing[*]} (Debian: ${DEBIAN_PACKAGES[*]})."
-        echo "Not root or no apt-get: the monitoring and end-to-end tests will SKIP."
+        echo "No apt-get or no reachable mirror: the monitoring and end-to-end tests will SKIP."
         echo "Install them with: sudo apt-get install ${DEBIAN_PACKAGES[*]}"
         echo "########################################################################"
     } >&2

@@ -52,8 +52,8 @@ from loraswap.service.api.protocol_openai import (
     ModelList,
     ModelTask,
     SamplingFields,
-    ToolCallDelta,
 )
+from loraswap.service.api.protocol_tools import ToolCallDelta
 from loraswap.service.api.structured import response_grammar
 from loraswap.service.api.tool_calls import parse_tool_call, template_messages
 from loraswap.service.auth import Tenant

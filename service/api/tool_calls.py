@@ -77,10 +77,10 @@ def parse_tool_call(text: str) -> ToolCall | None:
 
 def tools_system_text(tools: list[ToolDef]) -> str:
     """The tools described for a chat template that does not render them."""
-    listed = "\n".join(json.dumps(t.model_dump(exclude_none=True)) for t in tools)
-    return ("You may call one of these tools. To call one, answer only with "
-            f'{OPEN}{{"name": <tool name>, "arguments": <arguments object>}}{CLOSE}\n'
-            f"<tools>\n{listed}\n</tools>")
+    listed = "\n".join(json.dumps(t.function.model_dump(exclude_none=True),
+                                  separators=(",", ":")) for t in tools)
+    return (f"<tools>\n{listed}\n</tools>\nTo call a tool, answer only "
+            f'{OPEN}{{"name": ..., "arguments": {{...}}}}{CLOSE}')
 
 
 def call_text(calls: list[ToolCall]) -> str:

@@ -22,7 +22,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import llguidance
 import llguidance.hf
@@ -30,23 +30,26 @@ import torch
 
 from loraswap.service.errors import RowFailedError, UnsupportedSchemaError
 
+if TYPE_CHECKING:  # a TypedDict of the type stubs only
+    from llguidance._lib import JsonCompileOptions
+
 MAX_SCHEMA_CHARS = 65_536
 """Longest schema or grammar text accepted (characters, as canonical JSON)."""
 
 CACHE_SIZE = 256
 """Compiled grammars kept (least recently used dropped first)."""
 
-GRAMMAR_LIMITS = {
-    # Symbols of the grammar's productions (llguidance's default is 500k).
-    "max_grammar_size": 50_000,
-    # Regex-building fuel at compile (default 1M, about 20 ms) and per mask step
-    # (default 200k, about 14 ms): a row over the step fuel fails alone.
-    "initial_lexer_fuel": 500_000,
-    "step_lexer_fuel": 100_000,
-    "max_lexer_states": 50_000,
-}
+MAX_GRAMMAR_SIZE = 50_000
+"""Symbols of the grammar's productions (llguidance's default is 500k)."""
+INITIAL_LEXER_FUEL = 500_000
+"""Regex-building fuel at compile (llguidance's default 1M, about 20 ms)."""
+STEP_LEXER_FUEL = 100_000
+"""Lexer fuel per mask step (default 200k, about 14 ms): a row over it fails alone."""
+MAX_LEXER_STATES = 50_000
+"""Lexer states of one grammar (about 1-2 kB each)."""
 
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_OPTIONS: JsonCompileOptions = {
+    "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """Compact JSON with one space after separators: a small model left free to add whitespace
 may add it forever."""
 
@@ -133,7 +136,10 @@ class GrammarCompiler:
     def __init__(self, tokenizer: Any, cache_size: int = CACHE_SIZE) -> None:
         self.vocab = len(tokenizer)
         self._tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab)
-        self._limits = llguidance.LLParserLimits(**GRAMMAR_LIMITS, verbose_errors=False)
+        self._limits = llguidance.LLParserLimits(
+            max_grammar_size=MAX_GRAMMAR_SIZE, initial_lexer_fuel=INITIAL_LEXER_FUEL,
+            step_lexer_fuel=STEP_LEXER_FUEL, max_lexer_states=MAX_LEXER_STATES,
+            verbose_errors=False)
         self._cache: OrderedDict[GrammarSpec, CompiledGrammar] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()

@@ -67,7 +67,7 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && command -v dpkg-
         for deb in "$apt_dir"/*.deb; do
             dpkg-deb -x "$deb" "$LOCAL_DEBIAN/root"
         done
-        rm -f "$apt_dir"/*.deb
+        rm -rf "$apt_dir"  # the lists and debs: only the unpacked binaries are kept
     fi
     missing=()
     for binary in "${DEBIAN_BINARIES[@]}"; do

@@ -243,7 +243,8 @@ def trigger_run(client: httpx.Client, url: str, work: Path, options: LoopOptions
             daemons.append(alertmanager)
             daemons.append(start_prometheus(
                 binaries["prometheus"], work, url.removeprefix("http://"), alertmanager.url,
-                fast_rules(work / "drift.rules.yml", hold="3s", min_samples=options.window)))
+                fast_rules(work / "drift.rules.yml", hold="3s", min_samples=options.window),
+                scrape_token=ADMIN))
             wait(lambda: firing(daemons[1]), options.alert_timeout,
                  "LoraswapAdapterDrift to fire")
         else:

@@ -96,15 +96,20 @@ def start_alertmanager(binary: str, folder: Path, webhook_url: str, token: str) 
 
 
 def start_prometheus(binary: str, folder: Path, target: str, alertmanager: str,
-                     rules: Path) -> Daemon:
-    """Prometheus scraping loraswap and evaluating the rules every second."""
+                     rules: Path, scrape_token: str | None = None) -> Daemon:
+    """Prometheus scraping loraswap and evaluating the rules every second; ``scrape_token``
+    is the bearer credential the API port's ``/metrics`` asks for outside dev mode
+    (``LORASWAP_METRICS_TOKEN`` or the admin token)."""
+    scrape: dict[str, Any] = {"job_name": "loraswap", "static_configs": [{"targets": [target]}]}
+    if scrape_token is not None:
+        scrape["authorization"] = {"type": "Bearer", "credentials": scrape_token}
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
         "alerting": {"alertmanagers": [{"static_configs": [
             {"targets": [alertmanager.removeprefix("http://")]}]}]},
-        "scrape_configs": [{"job_name": "loraswap", "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [scrape],
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     return _start([binary, f"--config.file={folder / 'prometheus.yml'}",

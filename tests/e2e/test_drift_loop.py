@@ -154,7 +154,8 @@ def test_drift_alert_retrains_evaluates_and_decides(tmp_path: Path) -> None:
         daemons.append(alertmanager)
         prometheus = start_prometheus(
             prometheus_bin, tmp_path, service.url.removeprefix("http://"), alertmanager.url,
-            fast_rules(tmp_path / "drift.rules.yml", hold="3s", min_samples=WINDOW))
+            fast_rules(tmp_path / "drift.rules.yml", hold="3s", min_samples=WINDOW),
+            scrape_token=ADMIN)
         daemons.append(prometheus)
 
         # 1. In-distribution traffic: scores and their alarm levels exported, every score

@@ -166,10 +166,11 @@ def test_errors_are_the_sdk_typed_exceptions(served) -> None:  # type: ignore[no
         with pytest.raises(openai.BadRequestError, match=param) as caught:
             client.completions.create(model="alpha", prompt="hi", **kwargs)
         assert caught.value.body["type"] == "invalid_request_error"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError, match="tools") as tools:
-        client.chat.completions.create(model="alpha", messages=MESSAGES, tools=[{  # type: ignore[arg-type]
-            "type": "function", "function": {"name": "f", "parameters": {}}}])
-    assert tools.value.body["param"] == "tools"  # type: ignore[index]
+    # The legacy function-calling fields (tools/tool_choice replaced them) are refused by name.
+    with pytest.raises(openai.BadRequestError, match="functions") as legacy:
+        client.chat.completions.create(model="alpha", messages=MESSAGES, functions=[{  # type: ignore[arg-type, call-overload]
+            "name": "f", "parameters": {}}])
+    assert legacy.value.body["param"] == "functions"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
         client.chat.completions.create(model="alpha", messages=MESSAGES, top_logprobs=2)  # type: ignore[arg-type]
     # Nothing is silently dropped: an unknown field (extra_body included) is named.

@@ -72,9 +72,9 @@ class Settings(BaseSettings):
     )
     fault_pause_before_publish: str | None = Field(
         default=None,
-        description="Test only (crash-safety tests): a write to the folder store of a key "
-        "ending with this (or matching it, when it has a *) pauses forever before it is "
-        "published.",
+        description="Test only (crash-safety tests): a write of a key ending with this (or "
+        "matching it, when it has a *) pauses forever just before it is published (folder "
+        "store: temporary file written; S3: request sent but for its body's last byte).",
     )
     max_upload_bytes: int = Field(
         default=1 << 30, ge=1024, description="Largest adapter upload (all files together)."

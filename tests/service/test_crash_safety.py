@@ -1,33 +1,72 @@
-"""kill -9 in the middle of a promotion, a key rotation and feedback writes (issue 13).
+"""kill -9 in the middle of a promotion, a key rotation and feedback writes (issues 13, 26),
+on a folder store and on a real S3 server (SeaweedFS).
 
-The server runs with the test-only hook ``LORASWAP_FAULT_PAUSE_BEFORE_PUBLISH``: the
-compare-and-swap write of the chosen key pauses after its temporary file is written and
-before it is published, holding the key's lock; the test kills the process there
-(SIGKILL), restarts it without the hook and checks that nothing is half-written (every
-record parses, the interrupted change is simply absent, the lock died with the process) and
-that nothing acknowledged before the crash was lost."""
+The server runs with the test-only hook ``LORASWAP_FAULT_PAUSE_BEFORE_PUBLISH``: the write
+of the chosen key pauses just before it is published (folder: its temporary file written
+and fsynced, the compare-and-swap holding the key's lock; S3: the ``PutObject`` request,
+conditional or not, sent to the server but for the last byte of its body); the test kills
+the process there (SIGKILL), restarts it without the hook and checks that nothing is
+half-written (every record parses, the interrupted change is simply absent, no lock of the
+dead process blocks the restarted one) and that nothing acknowledged before the crash was
+lost."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from loraswap.adapters.store import open_store
+from loraswap.adapters.store import FileSystemStore, ObjectStore, S3Store
 from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.fault_hooks import PAUSED_MESSAGE
+from tests.s3_server import S3Server
 from tests.service.conftest import PackageFactory, upload_files
 from tests.service.drift.test_capture_feedback_api import TEXTS, classifier_package
 from tests.service.processes import ServiceProcess
 from tests.service.test_replicas import ADMIN_HEADERS, replica
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass
+class CrashStore:
+    """The store the crashing servers share: the environment naming it, and the test's own
+    view of it (no fault hook)."""
+
+    env: dict[str, str]
+    store: ObjectStore
+
+    def assert_write_in_flight(self, prefix: str, pause_line: str) -> None:
+        """The paused write has started and is unpublished: the folder store's temporary
+        file exists; the S3 server has been sent the request, all of its body but the last
+        byte."""
+        if isinstance(self.store, FileSystemStore):
+            assert list((self.store.root / prefix).rglob(".*.tmp-*")), \
+                "the temporary file should exist"
+        else:
+            sent = re.search(r"\((\d+) of (\d+) body bytes sent", pause_line)
+            assert sent and 0 < int(sent[1]) == int(sent[2]) - 1, pause_line
+
+
+@pytest.fixture(params=["fs", "s3"])
+def crash_store(request: pytest.FixtureRequest, tmp_path: Path) -> CrashStore:
+    """A folder, or a bucket of its own on the session's SeaweedFS server."""
+    if request.param == "fs":
+        root = tmp_path / "store"
+        return CrashStore({"LORASWAP_STORE_URI": root.as_uri()}, FileSystemStore(root))
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = server.create_bucket(f"crash-{uuid.uuid4().hex[:12]}")
+    return CrashStore({"LORASWAP_STORE_URI": f"s3://{bucket}/loraswap", **server.env()},
+                      S3Store(bucket, "loraswap", client=server.client()))
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -40,11 +79,13 @@ def _works(server: ServiceProcess, key: str) -> bool:
     return response.status_code == 200
 
 
-def _wait_for_pause(server: ServiceProcess, key: str, timeout: float = 60) -> None:
+def _wait_for_pause(server: ServiceProcess, key: str, timeout: float = 60) -> str:
+    """The hook's log line, once the write of ``key`` (a prefix of it) is paused."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if f"{PAUSED_MESSAGE} {key}" in server.log():
-            return
+        for line in server.log().splitlines():
+            if f"{PAUSED_MESSAGE} {key}" in line:
+                return line
         time.sleep(0.05)
     raise AssertionError(f"the write of {key} never reached the fault hook:\n{server.log()}")
 
@@ -52,9 +93,8 @@ def _wait_for_pause(server: ServiceProcess, key: str, timeout: float = 60) -> No
 @pytest.mark.parametrize("crash_in", ["promotion", "rotation"])
 def test_kill_9_mid_write_loses_nothing_acknowledged_and_leaves_nothing_half_written(
         tiny_base_dir: Path, tmp_path: Path, make_package: PackageFactory,
-        crash_in: str) -> None:
-    store_dir = tmp_path / "store"
-    store_env = {"LORASWAP_STORE_URI": store_dir.as_uri()}
+        crash_store: CrashStore, crash_in: str) -> None:
+    store_env = crash_store.env
     setup = replica(tiny_base_dir, store_env, tmp_path, "setup").start()
     try:
         created = httpx.post(f"{setup.url}/admin/tenants", headers=ADMIN_HEADERS,
@@ -98,8 +138,8 @@ def test_kill_9_mid_write_loses_nothing_acknowledged_and_leaves_nothing_half_wri
 
         sender = threading.Thread(target=send)
         sender.start()
-        _wait_for_pause(crashing, paused_key)
-        assert list(store_dir.rglob(".*.tmp-*")), "the temporary file should exist"
+        paused = _wait_for_pause(crashing, paused_key)
+        crash_store.assert_write_in_flight(paused_key.split("/")[0], paused)
         crashing.kill()
         sender.join(timeout=60)
         assert answers == [-1], "the interrupted change must not be acknowledged"
@@ -108,16 +148,16 @@ def test_kill_9_mid_write_loses_nothing_acknowledged_and_leaves_nothing_half_wri
 
     restarted = replica(tiny_base_dir, store_env, tmp_path, "restarted").start()
     try:
-        for record in [store_dir / "tenants" / "acme.json",
-                       store_dir / "adapters" / "acme" / "chat" / "state.json"]:
-            json.loads(record.read_text())  # whole, not half-written
+        for record in ["tenants/acme.json", "adapters/acme/chat/state.json"]:
+            json.loads(crash_store.store.get(record))  # whole, not half-written
         info = httpx.get(f"{restarted.url}/admin/adapters/acme/chat",
                          headers=ADMIN_HEADERS).json()
         assert info["active_version"] == ("1" if crash_in == "promotion" else "2")
         assert _works(restarted, live_key), "an acknowledged key was lost"
         if dead_key is not None:
             assert not _works(restarted, dead_key), "a rotated-away key works again"
-        # The lock held by the killed process is gone: both changes work now.
+        # Nothing of the killed process blocks the restarted one (the folder store's lock
+        # died with it; S3's compare-and-swap takes none): both changes work now.
         promoted = httpx.post(f"{restarted.url}/admin/adapters/acme/chat/promote",
                               headers=ADMIN_HEADERS, json={"version": 2}, timeout=60)
         assert promoted.status_code == 200, promoted.text
@@ -147,31 +187,30 @@ def _feedback(server: ServiceProcess, key: str, prediction_id: str, index: int,
         return -1
 
 
-def _batches_whole(store_dir: Path, prefix: str) -> list[dict[str, object]]:
+def _batches_whole(store: ObjectStore, prefix: str) -> list[dict[str, object]]:
     """Every row of every batch under ``prefix``; each visible batch must be whole
     Parquet (a half-written one raises here)."""
-    store = open_store(store_dir.as_uri())
     for key in store.list(prefix):
         assert key.endswith(".parquet"), key
         pq.read_table(io.BytesIO(store.get(key)))
     return read_parquet_batches(store, prefix)
 
 
-def _acknowledged_in_store(store_dir: Path, prediction_id: str) -> set[tuple[int, str]]:
+def _acknowledged_in_store(store: ObjectStore, prediction_id: str) -> set[tuple[int, str]]:
     return {(int(str(r["index"])), str(r["label"]))
-            for r in _batches_whole(store_dir, "feedback/")
+            for r in _batches_whole(store, "feedback/")
             if r["prediction_id"] == prediction_id}
 
 
 def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
-        tiny_base_dir: Path, tmp_path: Path) -> None:
+        tiny_base_dir: Path, tmp_path: Path, crash_store: CrashStore) -> None:
     """Feedback is acknowledged only once its batch is published: a server killed right
-    after three 200s, and another killed while a fourth feedback's batch is written (its
-    temporary file fsynced, not yet published), leave every acknowledged row in the store,
+    after three 200s, and another killed while a fourth feedback's batch is written (paused
+    by the hook just before it is published), leave every acknowledged row in the store,
     no visible half-written batch, and a restarted server that takes feedback and serves
     live accuracy again."""
-    store_dir = tmp_path / "store"
-    env = {"LORASWAP_STORE_URI": store_dir.as_uri(), **FEEDBACK_ENV}
+    store = crash_store.store
+    env = {**crash_store.env, **FEEDBACK_ENV}
     first = replica(tiny_base_dir, env, tmp_path, "first").start()
     try:
         created = httpx.post(f"{first.url}/admin/tenants", headers=ADMIN_HEADERS,
@@ -190,7 +229,7 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
         assert len(acknowledged) == 3
     finally:
         first.kill()  # right after the 200s: no shutdown hook writes anything more
-    assert _acknowledged_in_store(store_dir, pid) == acknowledged, \
+    assert _acknowledged_in_store(store, pid) == acknowledged, \
         "feedback acknowledged just before kill -9 was lost"
 
     paused = replica(tiny_base_dir, {**env, "LORASWAP_FAULT_PAUSE_BEFORE_PUBLISH":
@@ -200,17 +239,17 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
         sender = threading.Thread(target=lambda: answers.append(
             _feedback(paused, key, pid, 3, labels[3])))
         sender.start()
-        _wait_for_pause(paused, "feedback/acme.")  # feedback/{name}.{id}/sentiment/batch-…
-        assert list((store_dir / "feedback").rglob(".*.tmp-*")), "no temporary batch"
+        line = _wait_for_pause(paused, "feedback/acme.")  # feedback/{name}.{id}/sentiment/…
+        crash_store.assert_write_in_flight("feedback", line)
         paused.kill()
         sender.join(timeout=60)
         assert answers == [-1], "feedback whose batch was not published was acknowledged"
     finally:
         paused.kill()
 
-    assert _acknowledged_in_store(store_dir, pid) == acknowledged, \
+    assert _acknowledged_in_store(store, pid) == acknowledged, \
         "the interrupted feedback is visible, or acknowledged feedback was lost"
-    _batches_whole(store_dir, "captures/")
+    _batches_whole(store, "captures/")
 
     restarted = replica(tiny_base_dir, env, tmp_path, "restarted").start()
     try:
@@ -222,5 +261,5 @@ def test_kill_9_during_feedback_writes_loses_no_acknowledged_feedback(
         assert len(accuracy) == 1 and accuracy[0].endswith(" 1.0"), accuracy
     finally:
         restarted.kill()
-    rows = _batches_whole(store_dir, "feedback/")
+    rows = _batches_whole(store, "feedback/")
     assert {r["index"] for r in rows} == {0, 1, 2, 4, 5}

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         default=DEFAULT_STATE_DIR / "adapter-cache",
         description="Local copies of registry adapter versions (verified by sha256).",
     )
+    run_log_dir: Path = Field(
+        default=DEFAULT_STATE_DIR / "run-logs",
+        description="Where the local launcher writes each retraining run's and profiling "
+        "job's log (a private folder of the user running the service).",
+    )
     registry_refresh_seconds: float = Field(
         default=2.0, gt=0, le=300,
         description="How stale a replica's view of the registry may get (active versions, "

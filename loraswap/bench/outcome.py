@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ class BenchOptions:
     rank: int = 16
     alpha: float = 32.0
     targets: str = "q_proj,k_proj,v_proj,o_proj"
-    adapter_dir: Path = Path(tempfile.gettempdir()) / "loraswap-bench-adapters"
+    # Per user: a fixed folder in the shared temporary directory fails for the second user.
+    adapter_dir: Path = Path.home() / ".cache" / "loraswap" / "bench-adapters"
     poisson_rate: float | None = None
     load_adapters: int = 20
     threads: int = 2

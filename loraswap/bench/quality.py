@@ -210,8 +210,8 @@ def table(selected: list[QualityRun], data: Path, out: Path) -> str:
 
 def main(
     data_dir: Annotated[Path, typer.Option(help="Staged datasets.")] = Path("../shared/data"),
-    out: Annotated[Path, typer.Option(help="Where the packages go.")] = Path(
-        "/tmp/loraswap-quality"),
+    out: Annotated[Path, typer.Option(help="Where the packages go.")] = (
+        Path.home() / ".cache" / "loraswap" / "quality"),
     only: Annotated[str | None, typer.Option(help="Comma-separated run names.")] = None,
     print_commands: Annotated[bool, typer.Option(help="Only print the commands.")] = False,
     table_only: Annotated[bool, typer.Option(help="Only print the table.")] = False,

@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import httpx
 import yaml
@@ -75,6 +75,26 @@ INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH",
 DEFAULT_TIMEOUT_SECONDS = 21_600.0  # as the Job template's activeDeadlineSeconds
 
 
+def open_private_log(folder: Path, name: str) -> BinaryIO:
+    """Open ``folder/name`` for appending, creating ``folder`` readable by this user only.
+
+    A folder owned by another user (a shared temporary folder another account created
+    first) or a log that is a symbolic link is refused with :class:`ConfigurationError`
+    naming it: run logs hold training data and must not be written where others can
+    read or redirect them."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise ConfigurationError(
+            f"run log folder {folder} belongs to another user; set LORASWAP_RUN_LOG_DIR "
+            "to a folder of your own")
+    try:
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                     0o600)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write run log {folder / name}: {exc}") from exc
+    return os.fdopen(fd, "ab")
+
+
 class LocalLauncher:
     """Separate ``nice 19`` processes on this host, with an allow-listed environment (plus
     ``env``, which names the store) and a deadline after which the process group is
@@ -117,8 +137,7 @@ class LocalLauncher:
 
     def _start(self, command: list[str], log_name: str, what: str) -> str:
         self._reap()
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self._log_dir / f"{log_name}.log").open("ab")
+        log = open_private_log(self._log_dir, f"{log_name}.log")
         inherited = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
         child = subprocess.Popen(
             command, env={**inherited, **self._env}, stdout=log,

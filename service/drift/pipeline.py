@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -187,8 +185,7 @@ def build_retrain(settings: Settings, registry: AdapterRegistry, drift: DriftPip
     if settings.retrain_launcher == "kubernetes":
         launcher = KubernetesLauncher(settings.retrain_job_template)
     else:
-        launcher = LocalLauncher(run_environment(settings),
-                                 Path(tempfile.gettempdir()) / "loraswap-retrain",
+        launcher = LocalLauncher(run_environment(settings), settings.run_log_dir,
                                  timeout_seconds=settings.retrain_timeout_seconds)
     scores: DriftScores = lambda tenant, adapter: {}  # noqa: E731
     flush: FlushFeedback = lambda: None  # noqa: E731
@@ -243,8 +240,7 @@ def build_profiles(settings: Settings, registry: AdapterRegistry) -> ProfileServ
     if settings.quantization is not None:  # the job profiles in the served precision
         env["LORASWAP_QUANTIZATION"] = settings.quantization.value
     return ProfileService(registry, LocalLauncher(
-        env, Path(tempfile.gettempdir()) / "loraswap-profile",
-        timeout_seconds=settings.retrain_timeout_seconds))
+        env, settings.run_log_dir, timeout_seconds=settings.retrain_timeout_seconds))
 
 
 def run_environment(settings: Settings) -> dict[str, str]:

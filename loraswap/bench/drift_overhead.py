@@ -170,8 +170,12 @@ def default_data() -> Path:
 
 
 def drift_samples(server: Server) -> dict[str, float]:
-    """The drift series that show the arm did its work: window samples and drops."""
-    text = httpx.get(server.url + "/metrics", timeout=10).text
+    """The drift series that show the arm did its work: window samples and drops. The API
+    port's ``/metrics`` asks for a credential outside dev mode: without it this read an
+    empty 401 body, so a drift arm that scored nothing could not be told apart."""
+    response = httpx.get(server.url + "/metrics", headers=HEADERS, timeout=10)
+    response.raise_for_status()
+    text = response.text
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(("loraswap_drift_window_samples{",
@@ -256,6 +260,11 @@ def main(
                        concurrency=concurrency, max_seconds=max_seconds)
         time.sleep(6)  # one scoring pass after the last round sets the window gauges
         drift = {s.arm.name: drift_samples(s) for s in servers if s.arm.drift}
+        idle = [name for name, series in drift.items() if not any(
+            k.startswith("loraswap_drift_window_samples{") and v > 0 for k, v in series.items())]
+        if idle:  # then "on" measured nothing that drift costs
+            raise typer.BadParameter(f"drift arms {idle} scored no input (is the package's "
+                                     "profile.json missing?)", param_hint="--package")
     finally:
         stop(servers)
     load_after = os.getloadavg()

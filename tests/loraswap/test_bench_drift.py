@@ -99,3 +99,9 @@ def test_one_tiny_run_of_the_three_servers(tiny_base_dir: Path, tmp_path: Path,
     assert 1 <= report["capture"]["index_objects"] <= report["capture"]["batch_objects"] + 1
     assert report["capture"]["batch_objects"] < 12
     assert "| on-capture | 10 |" in result.output and "torch capability" in result.output
+    # The drift arms scored every input they got (read from /metrics with its credential:
+    # without it the bench reported no series and could not show that drift did any work).
+    for arm in ("on", "on-capture"):
+        windows = [v for k, v in report["drift_series"][arm].items()
+                   if k.startswith("loraswap_drift_window_samples{")]
+        assert windows and max(windows) == 12, (arm, report["drift_series"])

@@ -33,6 +33,7 @@ from loraswap.bench.monitoring_stack import (
 from tests.monitoring.debian_tools import ensure_binary
 from tests.service.processes import ServiceProcess
 from tests.utils.polling import wait_for
+from tests.utils.shared_data import shared_data_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,11 +62,8 @@ def expected_decision(evaluations: dict[str, dict[str, float]]) -> str:
 
 
 def shared_data() -> Path:
-    """``../shared/data`` beside the checkout (CI), else the machine's shared folder."""
-    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
-        if (candidate / "sst2").is_dir():
-            return candidate
-    pytest.skip("SKIPPED LOUDLY: the real datasets (../shared/data) are not here")
+    """The real datasets (SST-2 here)."""
+    return shared_data_dir("sst2")
 
 
 

@@ -17,18 +17,13 @@ from loraswap.bench.loop import LoopOptions, run_loop
 from loraswap.bench.loop_cmd import QUICK
 from loraswap.bench.loop_report import markdown
 from tests.monitoring.debian_tools import ensure_binary
+from tests.utils.shared_data import shared_data_dir
 
 pytestmark = [pytest.mark.integration]
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
 @pytest.fixture
 def data_root() -> Path:
-    for candidate in (SHARED, Path("/work/shared/data")):
-        if (candidate / "sst2").is_dir() and (candidate / "tweet_sentiment_extraction").is_dir():
-            return candidate
-    pytest.skip("SKIPPED LOUDLY: the real datasets (../shared/data) are not here")
+    return shared_data_dir("sst2", "tweet_sentiment_extraction")
 
 
 def test_quick_loop_reports_a_decision_both_versions_and_both_sets(

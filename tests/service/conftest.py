@@ -73,7 +73,8 @@ def live_server(tiny_base_dir: Path, tmp_path: Path) -> Iterator[ServerFactory]:
             "adapter_dir": tmp_path / "adapters", "max_batch_size": 8, "max_model_len": 256,
             "max_input_tokens": 128,
             "store_uri": (tmp_path / "store").as_uri(), "adapter_cache_dir": tmp_path / "cache",
-            "dev_mode": True, "registry_refresh_seconds": 0.5, **overrides,
+            "run_log_dir": tmp_path / "run-logs", "dev_mode": True,
+            "registry_refresh_seconds": 0.5, **overrides,
         }
         settings = Settings(**values)
 

@@ -24,12 +24,12 @@ import pytest
 from loraswap.adapters.demo import write_random_adapter
 from tests.peft_adapters import upload_parts
 from tests.service.processes import ServiceProcess
-from tests.utils.env import REPO_ROOT, empty_home
+from tests.utils.env import empty_home
 from tests.utils.patched_serve import deny_network
+from tests.utils.shared_data import shared_data_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-SST2_DEV = REPO_ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
 DOCS = 16  # dev sentences; two choices each
 TASK = "loraswap_sst2"
 TASK_YAML = """\
@@ -59,7 +59,8 @@ Scores = dict[tuple[int, int], float]  # (doc_id, choice index) -> log-likelihoo
 def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The task YAML and its JSONL: the first :data:`DOCS` SST-2 dev sentences."""
     folder = tmp_path_factory.mktemp("lm-eval-task")
-    with SST2_DEV.open(encoding="utf-8", newline="") as handle:
+    sst2_dev = shared_data_dir("sst2") / "sst2" / "dev.tsv"
+    with sst2_dev.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:DOCS]
     data = folder / "sst2.jsonl"
     data.write_text("".join(json.dumps({"sentence": r["sentence"].strip(),

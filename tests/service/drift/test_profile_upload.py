@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +67,8 @@ def mood_scores(server: LiveServer) -> set[str]:
             if 'adapter="acme/mood"' in line}
 
 
-def profile_log(job_id: str) -> str:
-    log = Path(tempfile.gettempdir()) / "loraswap-profile" / f"profile-{job_id}.log"
+def profile_log(server: LiveServer, job_id: str) -> str:
+    log = server.settings.run_log_dir / f"profile-{job_id}.log"
     return log.read_text()[-3000:] if log.is_file() else "(no log)"
 
 
@@ -106,9 +105,9 @@ def test_a_plain_peft_import_gets_gauges_once_its_reference_is_profiled(
         return found if found["job"]["status"] in ("done", "failed") else {}
 
     status = wait_for(finished, timeout=180, what="the profiling job",
-                      on_fail=lambda: profile_log(job["id"]))
-    assert status["job"]["status"] == "done", profile_log(job["id"])
-    assert "at nice 19" in profile_log(job["id"])  # the lowest CPU priority
+                      on_fail=lambda: profile_log(server, job["id"]))
+    assert status["job"]["status"] == "done", profile_log(server, job["id"])
+    assert "at nice 19" in profile_log(server, job["id"])  # the lowest CPU priority
     assert status["profile"] == "uploaded"
     assert "predictions" in status["job"]["labels_from"]
 

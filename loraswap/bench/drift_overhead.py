@@ -81,8 +81,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve(arm: Arm, work: Path, threads: int) -> Server:
-    """Start one server on the shared store and wait until it is ready."""
+def launch(arm: Arm, work: Path, threads: int) -> Server:
+    """Start one server on the shared store (not yet ready: see :func:`wait_ready`)."""
     port = free_port()
     log = work / f"{arm.name}.log"
     env = {**os.environ, "LORASWAP_STORE_URI": (work / "store").as_uri(),
@@ -93,19 +93,24 @@ def serve(arm: Arm, work: Path, threads: int) -> Server:
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "loraswap.cli", "serve"], env=env,
                                    stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    server = Server(arm, process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 300
+    return Server(arm, process, f"http://127.0.0.1:{port}", log)
+
+
+def wait_ready(server: Server, timeout: float = 300) -> None:
+    """Return once ``/readyz`` answers 200; exit naming the arm if the server died or
+    never got ready."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if server.process.poll() is not None:
             break
         try:
             if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                return server
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    stop([server])
-    raise SystemExit(f"server {arm.name} did not start: {log.read_text()[-2000:]}")
+    raise SystemExit(f"server {server.arm.name} did not start: "
+                     f"{server.log.read_text()[-2000:]}")
 
 
 def stop(servers: list[Server]) -> None:
@@ -249,8 +254,12 @@ def main(
     work = Path(tempfile.mkdtemp(prefix="drift-bench-"))
     servers: list[Server] = []
     try:
+        # All at once: a start is mostly imports on one core, and nothing is measured
+        # until every server is ready.
         for arm in (*ARMS, CONTROL) if control else ARMS:
-            servers.append(serve(arm, work, threads))
+            servers.append(launch(arm, work, threads))
+        for server in servers:
+            wait_ready(server)
         keys = setup(servers[0].url, package)
         time.sleep(3)  # every replica sees the tenants and adapters (registry refresh)
         for server in servers:  # adapter load, first steps

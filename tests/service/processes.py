@@ -49,17 +49,23 @@ class ServiceProcess:
         another process takes it before the child binds it, the child is started again on
         a fresh port."""
         for _ in range(_BIND_ATTEMPTS):
-            if self._start_once(timeout, wait_for):
+            self.launch()
+            if self.wait_ready(timeout, wait_for):
                 return self
         raise AssertionError(f"serve never bound a port:\n{self.log()}")
 
-    def _start_once(self, timeout: float, wait_for: str) -> bool:
+    def launch(self) -> None:
+        """Start the child on a fresh port without waiting (see :meth:`wait_ready`)."""
         self.port = free_port()
         env = child_env({**self._extra_env, "LORASWAP_PORT": str(self.port)}, self._unset)
         with self._log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *self._launcher, "serve"], env=env, cwd=REPO_ROOT,
                 stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float, wait_for: str) -> bool:
+        """True once ready; False if the port was taken before the child bound it."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -83,6 +89,11 @@ class ServiceProcess:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
 
+    def terminate(self) -> None:
+        """Send SIGTERM (the start of a graceful stop) without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as in a crash or an OOM kill."""
         if self.process is not None and self.process.poll() is None:
@@ -91,10 +102,33 @@ class ServiceProcess:
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM), then kill if it hangs."""
+        self.terminate()
+        self.wait_stopped()
+
+    def wait_stopped(self, timeout: float = 30) -> None:
+        """Wait for a terminated process to exit; kill it if it hangs."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def start_together(*processes: ServiceProcess, timeout: float = 180) -> None:
+    """Start every process at once and wait until all are ready, as replicas of one
+    Deployment start (and a start is mostly imports on one core: two cores start two in
+    the time of one). One whose port was taken is started again on its own."""
+    for process in processes:
+        process.launch()
+    for process in processes:
+        if not process.wait_ready(timeout, "/readyz"):
+            process.start(timeout)
+
+
+def stop_together(*processes: ServiceProcess) -> None:
+    """Stop every process gracefully, all draining at once."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait_stopped()

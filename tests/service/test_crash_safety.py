@@ -25,9 +25,13 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from loraswap.adapters.registry import AdapterRegistry
 from loraswap.adapters.store import FileSystemStore, ObjectStore, S3Store
+from loraswap.adapters.validation import ValidationLimits
+from loraswap.base_model.fingerprint import BaseModelFingerprint
 from loraswap.jobs.training_data import read_parquet_batches
 from loraswap.service.fault_hooks import PAUSED_MESSAGE
+from loraswap.tenants.directory import TenantDirectory
 from tests.s3_server import S3Server
 from tests.service.conftest import PackageFactory, upload_files
 from tests.service.drift.test_capture_feedback_api import TEXTS, classifier_package
@@ -90,23 +94,26 @@ def _wait_for_pause(server: ServiceProcess, key: str, timeout: float = 60) -> st
     raise AssertionError(f"the write of {key} never reached the fault hook:\n{server.log()}")
 
 
+def _seed_tenant_and_two_versions(store: ObjectStore, tiny_base_dir: Path, tmp_path: Path,
+                                  make_package: PackageFactory) -> str:
+    """Tenant ``acme`` and adapter ``chat`` with versions 1 (active) and 2, written through
+    the library the admin API calls (the crash is what is tested, not the set-up: a server
+    started only for it cost a process start per test). Returns the tenant's key."""
+    _, key = TenantDirectory(store).create("acme")
+    registry = AdapterRegistry(store, BaseModelFingerprint.from_folder(tiny_base_dir),
+                               ValidationLimits(), tmp_path / "seed-cache")
+    for seed in (1, 2):
+        registry.register("acme", "chat", make_package(f"v{seed}", seed=seed))
+    return key
+
+
 @pytest.mark.parametrize("crash_in", ["promotion", "rotation"])
 def test_kill_9_mid_write_loses_nothing_acknowledged_and_leaves_nothing_half_written(
         tiny_base_dir: Path, tmp_path: Path, make_package: PackageFactory,
         crash_store: CrashStore, crash_in: str) -> None:
     store_env = crash_store.env
-    setup = replica(tiny_base_dir, store_env, tmp_path, "setup").start()
-    try:
-        created = httpx.post(f"{setup.url}/admin/tenants", headers=ADMIN_HEADERS,
-                             json={"name": "acme"})
-        first_key = created.json()["api_key"]
-        for seed in (1, 2):
-            uploaded = httpx.post(f"{setup.url}/admin/adapters/acme/chat/versions",
-                                  headers=ADMIN_HEADERS,
-                                  files=upload_files(make_package(f"v{seed}", seed=seed)))
-            assert uploaded.status_code == 201, uploaded.text
-    finally:
-        setup.stop()
+    first_key = _seed_tenant_and_two_versions(crash_store.store, tiny_base_dir, tmp_path,
+                                              make_package)
 
     paused_key = ("adapters/acme/chat/state.json" if crash_in == "promotion"
                   else "tenants/acme.json")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -70,27 +71,58 @@ def test_training_makes_no_connection_beyond_loopback(tiny_base_dir: Path,
     assert (log.read_text() if log.exists() else "") == ""
 
 
-@pytest.mark.parametrize("entry", [
+ENTRY_POINTS = [
     "loraswap.cli",  # the `loraswap` command (Dockerfile, k8s Deployment and Jobs)
     "loraswap.__main__",  # python -m loraswap
     "loraswap.service.app",  # the app factory, imported by another process
     "loraswap.jobs.retrain_runs",  # the retraining job's code
     "loraswap.bench_cmd",  # python -m loraswap.bench_cmd
-])
+]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One entry point's probe: exit status, output, and what the network guard refused."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    attempts: str
+
+
+@pytest.fixture(scope="module")
+def kernel_probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ProbeResult]:
+    """Every entry point's probe, each in a fresh process, all started at once: a probe is
+    one process importing torch and transformers (about 5 s of one core), so on two cores
+    the five finish in about half the time of one after another."""
+    running = {}
+    for entry in ENTRY_POINTS:
+        folder = tmp_path_factory.mktemp("probe")
+        log = folder / "attempts.log"
+        process = subprocess.Popen(
+            [sys.executable, "-c", KERNELS_PROBE, str(log), entry],
+            env=child_env(empty_home(folder), HUB_SWITCHES), cwd=REPO_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running[entry] = (process, log)
+    results = {}
+    for entry, (process, log) in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[entry] = ProbeResult(process.returncode, stdout, stderr,
+                                     log.read_text() if log.exists() else "")
+    return results
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_no_code_loader_from_the_hub_is_importable_after_the_entry_point(
-        tmp_path: Path, entry: str) -> None:
+        kernel_probes: dict[str, ProbeResult], entry: str) -> None:
     """Whatever CPU runs the test (bitsandbytes only asks `kernels` on AVX512-BF16), once a
     process has imported any entry point (whose own imports reach transformers): the Hub
     switches are on, `kernels` cannot be imported, transformers sees it as absent, and
     importing peft and bitsandbytes made no lookup."""
-    log = tmp_path / "attempts.log"
-    result = subprocess.run(
-        [sys.executable, "-c", KERNELS_PROBE, str(log), entry],
-        env=child_env(empty_home(tmp_path), HUB_SWITCHES), cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=300)
+    result = kernel_probes[entry]
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split()[-2:] == ["offline", "no-kernels"], result.stdout
-    assert (log.read_text() if log.exists() else "") == ""
+    assert result.attempts == ""
 
 
 KERNELS_PROBE = """

@@ -16,7 +16,7 @@ import pytest
 
 from tests.s3_server import S3Server
 from tests.service.conftest import PackageFactory, upload_files
-from tests.service.processes import ServiceProcess
+from tests.service.processes import ServiceProcess, start_together, stop_together
 from tests.utils.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -51,15 +51,14 @@ def replica(tiny_base_dir: Path, store_env: dict[str, str], tmp_path: Path,
 @pytest.fixture
 def replicas(tiny_base_dir: Path, store_env: dict[str, str],
              tmp_path: Path) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
-    """Replicas A and B, started one after the other."""
-    a = replica(tiny_base_dir, store_env, tmp_path, "a").start()
+    """Replicas A and B, started together on one store (as a Deployment's replicas)."""
+    a = replica(tiny_base_dir, store_env, tmp_path, "a")
     b = replica(tiny_base_dir, store_env, tmp_path, "b")
     try:
-        b.start()
+        start_together(a, b)
         yield a, b
     finally:
-        a.stop()
-        b.stop()
+        stop_together(a, b)
 
 
 

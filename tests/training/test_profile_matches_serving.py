@@ -75,6 +75,8 @@ async def test_lengths_and_served_embedding_equal_what_the_engine_measures(
     mean = sum(share[label] * served[label] for label in TEXTS)
     std = (served["pos"] - served["neg"]).abs() * (share["pos"] * share["neg"]) ** 0.5
     section = profile["embedding_served"]
+    # 15 held-out rows are too few for a reference of their own: the training inputs serve.
+    assert section["split"] == "training"
     assert section["sample_size"] == total
     torch.testing.assert_close(torch.tensor(section["mean"], dtype=torch.float64), mean,
                                rtol=1e-3, atol=1e-4)
@@ -85,3 +87,26 @@ async def test_lengths_and_served_embedding_equal_what_the_engine_measures(
     base_mean = torch.tensor(profile["embedding"]["mean"], dtype=torch.float64)
     assert float((base_mean - mean).abs().max()) > 1e-2, float((base_mean - mean).abs().max())
     assert pytest.approx(1.0) == sum(share.values())
+
+
+def test_a_classifier_with_enough_held_out_inputs_takes_its_served_embedding_from_them(
+        tiny_base_dir: Path, tmp_path: Path) -> None:
+    """An adapter fits its training inputs, so their hidden states are no fair reference for
+    new traffic: with at least 64 held-out inputs the served-embedding reference is taken
+    from those (the same inputs as the predicted-label and confidence reference), never
+    from the training split."""
+    words = ["sea", "sky", "tree", "road", "cat", "lamp", "door", "hill", "rain", "bread"]
+    rows = [f"the {words[i % 10]} number {i} is {'lovely' if i % 2 else 'dull'},"
+            f"{'pos' if i % 2 else 'neg'}\n" for i in range(300)]
+    data = tmp_path / "mood.csv"
+    data.write_text("text,label\n" + "".join(rows), encoding="utf-8")
+    config = build_config({}, {
+        "task": "seq-cls", "data": data, "output": tmp_path / "pkg",
+        "base_model": tiny_base_dir, "max_steps": 2, "batch_size": 8, "progress": False,
+        "precision": "fp32"})
+    profile = json.loads((run_training(config).output / "profile.json").read_text())
+    held_out = profile["predicted_label_distribution"]["sample"]["held_out"]
+    training = sum(profile["label_distribution"]["counts"].values())
+    assert held_out >= 64 and training > held_out, (held_out, training)
+    section = profile["embedding_served"]
+    assert (section["split"], section["sample_size"]) == ("held-out", held_out)

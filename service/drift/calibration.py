@@ -22,10 +22,12 @@ and its false-alarm rate is conditional on that reference's own sampling luck: s
 for a 77-label adapter (512 reference predictions), one reference in ten alarmed on over
 0.4 % of windows per signal at 99.9 % (worst of 60: 1.4 %), and 0.05 % at 99.99 % (worst:
 0.15 %), for levels only 3–10 % higher (a 90-value reference: up to 30 %). Measured with
-``loraswap bench drift-calibration``: docs/drift.md, "False alarms and detection". Levels fall as the window grows, so a window between two sizes of
-the grid (every ``WINDOW_STEP`` inputs) uses the smaller size's level (wider, never
-narrower). Computed once per (signal, method, size) on the drift thread and cached with
-the version's window; numpy only.
+``loraswap bench drift-calibration``: docs/drift.md, "False alarms and detection".
+
+Levels fall as the window grows, so a window between two sizes of the grid (every
+``WINDOW_STEP`` inputs) uses the smaller size's level (wider, never narrower). Computed
+once per (signal, method, size) on the drift thread and cached with the version's window;
+numpy only.
 """
 
 from __future__ import annotations

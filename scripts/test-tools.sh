@@ -74,6 +74,41 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && command -v dpkg-
         command -v "$binary" >/dev/null || missing+=("$binary")
     done
 fi
+# Debian's alertmanager reads its default notification template from the absolute path
+# /usr/share/prometheus/alertmanager (not embedded; no flag changes it), which an unpacked,
+# unprivileged copy does not have: it exits "failed to parse templates". Its copy gets that
+# path rewritten, in place and at the same length, to a /tmp folder of this user that links
+# to the unpacked files (made again on each run: /tmp may be cleaned).
+relocate_alertmanager_share() {
+    local binary="$LOCAL_DEBIAN/root/usr/bin/prometheus-alertmanager"
+    local share="$PWD/$LOCAL_DEBIAN/root/usr/share/prometheus/alertmanager"
+    [ -x "$binary" ] && [ -d "$share" ] || return 0
+    "$PYTHON" - "$binary" "$share" <<'PYTHON_END'
+import hashlib, os, re, sys
+from pathlib import Path
+
+binary, share = Path(sys.argv[1]), Path(sys.argv[2])
+old = b"/usr/share/prometheus/alertmanager"
+# /tmp/ + 29 characters: the same length as the Debian path, one per user and checkout.
+tag = hashlib.sha256(f"{os.getuid()}:{share}".encode()).hexdigest()[:17]
+new = f"/tmp/loraswap-am-{tag}".encode()
+assert len(new) == len(old), (new, old)
+link = Path(new.decode())
+if link.is_symlink() and link.lstat().st_uid == os.getuid():
+    link.unlink()
+elif link.exists() or link.is_symlink():
+    sys.exit(f"test-tools: {link} exists and is not this user's link; remove it")
+link.symlink_to(share)
+data = binary.read_bytes()
+# The Debian path, or the link of an earlier run from another folder or user.
+patched = re.sub(re.escape(old) + rb"|/tmp/loraswap-am-[0-9a-f]{17}", new, data)
+if patched != data:
+    binary.write_bytes(patched)
+    print(f"test-tools: alertmanager reads its templates through {link}", file=sys.stderr)
+PYTHON_END
+}
+relocate_alertmanager_share
+
 if [ ${#missing[@]} -gt 0 ]; then
     {
         echo "########################################################################"

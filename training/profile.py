@@ -214,9 +214,9 @@ def _classifier_sections(task: TaskKind, task_model: TaskModel, data: Sequence[E
     }
 
 
-def served_embedding_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded],
-                             held_out: Sequence[Encoded], pad_id: int, batch_size: int,
-                             seed: int) -> dict[str, Any]:
+def _served_embedding_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded],
+                              held_out: Sequence[Encoded], *, pad_id: int, batch_size: int,
+                              seed: int) -> dict[str, Any]:
     """``embedding_served`` of a classifier from its held-out inputs when it has at least
     :data:`SERVED_EMBEDDING_MIN_HELD_OUT`, else from its training inputs (``split`` says
     which). The adapter has fitted its training inputs: their hidden states sit tighter
@@ -258,8 +258,9 @@ def build_profile(task: TaskKind, task_model: TaskModel, data: Sequence[Encoded]
         "label_distribution": label_distribution(task, data, labels),
         "confidence": None,
         "embedding": embedding_profile(task_model, data, pad_id, batch_size, seed),
-        "embedding_served": served_embedding_profile(task, task_model, data, held_out,
-                                                     pad_id, batch_size, seed),
+        "embedding_served": _served_embedding_profile(task, task_model, data, held_out,
+                                                      pad_id=pad_id, batch_size=batch_size,
+                                                      seed=seed),
     }
     if task is TaskKind.CAUSAL_LM:
         if answer_confidences:

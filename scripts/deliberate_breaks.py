@@ -288,8 +288,23 @@ def apply(edits: list[tuple[str, str, str]]) -> None:
         path.write_text(text.replace(old, new), encoding="utf-8")
 
 
+def refuse_uncommitted(files: set[str]) -> None:
+    """Stop before a break whose files hold uncommitted work: the restore would erase it."""
+    status = subprocess.run(["git", "status", "--porcelain", "--", *sorted(files)], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    if status.strip():
+        raise SystemExit(f"uncommitted changes the restore would erase:\n{status}")
+
+
 def run(name: str, broken: Break) -> dict[str, object]:
-    """Apply one break, run its tests, restore the files; the outcome as a dict."""
+    """Apply one break, run its tests, restore the files; the outcome as a dict.
+
+    Caught means pytest ran the tests and some failed (exit status 1). Any other non-zero
+    status (a test id that no longer exists, a collection error, an internal error) is no
+    proof that a test caught the break, so it counts as not caught.
+    """
+    files = {f for f, _, _ in broken.edits}
+    refuse_uncommitted(files)
     env = dict(
         os.environ,
         PATH=os.pathsep.join(
@@ -301,8 +316,9 @@ def run(name: str, broken: Break) -> dict[str, object]:
         ),
     )
     started = time.monotonic()
-    apply(broken.edits)
     try:
+        # Inside the try: a stale second edit must not leave the first one in place.
+        apply(broken.edits)
         result = subprocess.run(
             [
                 str(REPO / ".venv/bin/python"),
@@ -322,15 +338,14 @@ def run(name: str, broken: Break) -> dict[str, object]:
             check=False,
         )
     finally:
-        subprocess.run(
-            ["git", "checkout", "--", *{f for f, _, _ in broken.edits}], cwd=REPO, check=True
-        )
+        subprocess.run(["git", "checkout", "--", *sorted(files)], cwd=REPO, check=True)
     lines = result.stdout.splitlines()
     return {
         "name": name,
         "item": broken.item,
         "what": broken.what,
-        "caught": result.returncode != 0,
+        "caught": result.returncode == 1,
+        "pytest_exit": result.returncode,
         "summary": lines[-1] if lines else result.stderr[-300:],
         "errors": [line for line in lines if line.startswith("E ")][:6],
         "seconds": round(time.monotonic() - started),
